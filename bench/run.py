@@ -1,0 +1,216 @@
+"""One benchmark run: the same wrk load on the upstream directly, nginx as a reverse proxy,
+and fairgate, all in front of the same nginx `return 200` upstream.
+
+    python bench/run.py [--duration 10] [--connections 32] [--markdown FILE]
+
+Needs wrk (load) and nginx (upstream and reference proxy): `apt-get install -y wrk nginx`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_BODY = '{"id": 42, "status": "open", "title": "A ticket of typical size"}'
+
+
+@dataclass
+class Result:
+    name: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per target (default 10)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
+    args = parser.parse_args()
+
+    missing = [tool for tool in ("wrk", "nginx") if not _find(tool)]
+    if "wrk" in missing:
+        print("bench: wrk is not installed. Install it with: apt-get update && apt-get install -y wrk", file=sys.stderr)
+        return 1
+    if "nginx" in missing:
+        print("bench: nginx is not installed (it serves as upstream and reference proxy).\n"
+              "Install it with: apt-get update && apt-get install -y nginx", file=sys.stderr)
+        return 1
+
+    with tempfile.TemporaryDirectory(prefix="fairgate-bench-") as tmp:
+        workdir = Path(tmp)
+        upstream_port, proxy_port, gateway_port, admin_port = (_free_port() for _ in range(4))
+        processes = []
+        try:
+            processes.append(_start_nginx(workdir / "upstream", _upstream_conf(upstream_port)))
+            processes.append(_start_nginx(workdir / "proxy", _proxy_conf(proxy_port, upstream_port)))
+            processes.append(_start_fairgate(workdir, gateway_port, admin_port, upstream_port))
+            for port in (upstream_port, proxy_port, gateway_port):
+                _wait_http(f"http://127.0.0.1:{port}/api/v1/bench")
+            targets = [
+                ("upstream direct (nginx return 200)", upstream_port),
+                ("nginx reverse proxy, keepalive", proxy_port),
+                ("fairgate, no policies", gateway_port),
+            ]
+            results = []
+            for name, port in targets:
+                _wrk(port, 2, args.connections, args.threads)  # warm-up: pools, caches
+                results.append(_measure(name, port, args))
+        finally:
+            for process in processes:
+                _stop(process)
+
+    table = _table(results, args)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
+
+
+def _measure(name: str, port: int, args: argparse.Namespace) -> Result:
+    output = _wrk(port, args.duration, args.connections, args.threads)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return Result(name, rps, _percentile(output, "50"), _percentile(output, "99"), errors)
+
+
+def _wrk(port: int, duration: int, connections: int, threads: int) -> str:
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+               f"http://127.0.0.1:{port}/api/v1/bench"]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+def _percentile(output: str, which: str) -> float:
+    match = re.search(rf"^\s+{which}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def _table(results: list[Result], args: argparse.Namespace) -> str:
+    direct, nginx = results[0], results[1]
+    lines = [
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, one worker each, "
+        f"{os.cpu_count()} cores, upstream: nginx return 200",
+        "",
+        "| target | req/s | p50 ms | p99 ms | errors | vs nginx proxy | vs direct |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        lines.append(
+            f"| {result.name} | {result.requests_per_second:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
+            f"| {result.errors} | {result.requests_per_second / nginx.requests_per_second:.2f}x "
+            f"| {result.requests_per_second / direct.requests_per_second:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def _upstream_conf(port: int) -> str:
+    return _nginx_conf(f"""
+        listen 127.0.0.1:{port};
+        location / {{ default_type application/json; return 200 '{UPSTREAM_BODY}'; }}
+    """, "")
+
+
+def _proxy_conf(port: int, upstream_port: int) -> str:
+    return _nginx_conf(f"""
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    """, f"upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}")
+
+
+def _nginx_conf(server: str, http_extra: str) -> str:
+    return f"""
+worker_processes 1;
+daemon off;
+pid nginx.pid;
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
+    {http_extra}
+    server {{ {server} }}
+}}
+"""
+
+
+def _start_nginx(prefix: Path, conf: str) -> subprocess.Popen:
+    (prefix / "tmp").mkdir(parents=True)
+    (prefix / "nginx.conf").write_text(conf)
+    return subprocess.Popen([_find("nginx"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
+
+
+def _start_fairgate(workdir: Path, port: int, admin_port: int, upstream_port: int) -> subprocess.Popen:
+    config = workdir / "fairgate.yaml"
+    config.write_text(f"""
+server: {{listen: "127.0.0.1:{port}", access_log: false}}
+admin: {{listen: "127.0.0.1:{admin_port}"}}
+logging: {{level: warning}}
+upstreams:
+  bench: {{url: "http://127.0.0.1:{upstream_port}"}}
+routes:
+  - {{name: api, path_prefix: /, upstream: bench}}
+""")
+    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=ROOT)
+
+
+def _find(tool: str) -> str | None:
+    return shutil.which(tool) or next(
+        (path for path in (f"/usr/sbin/{tool}", f"/usr/local/sbin/{tool}") if os.access(path, os.X_OK)), None
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {url} did not come up within {timeout:.0f}s")
+            time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The `fairgate` command line. Exit codes: 0 ok, 1 failure, 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.model import parse_host_port
+
+log = logging.getLogger("fairgate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except KeyboardInterrupt:
+        return 1
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fairgate", description="A fair-use gateway for SaaS APIs.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway", description="Run the gateway in the foreground.")
+    run.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config file")
+    run.add_argument("--listen", type=_host_port, metavar="HOST:PORT", help="override server.listen")
+    run.add_argument("--admin-listen", type=_host_port, metavar="HOST:PORT", help="override admin.listen")
+    run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                     help="processes sharing the listen port via SO_REUSEPORT (default 1)")
+    run.set_defaults(command=_run)
+
+    check = sub.add_parser("check-config", help="validate a config file",
+                           description="Validate a config file; prints every error and exits 1 if any.")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(command=_check_config)
+
+    schema = sub.add_parser("schema", help="print the config's JSON Schema",
+                            description="Print the JSON Schema of the config file.")
+    schema.set_defaults(command=_schema)
+    return parser
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok")
+    return 0
+
+
+def _schema(_: argparse.Namespace) -> int:
+    print(json.dumps(GatewayConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> Callable[[GatewayConfig], GatewayConfig]:
+    def apply(config: GatewayConfig) -> GatewayConfig:
+        if args.listen:
+            config = config.model_copy(update={"server": config.server.model_copy(update={"listen": args.listen})})
+        if args.admin_listen:
+            config = config.model_copy(update={"admin": config.admin.model_copy(update={"listen": args.admin_listen})})
+        return config
+
+    return apply
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.server.admin import SUPERVISOR_ENV
+    from gateway.server.lifecycle import ServeOptions, serve
+    from gateway.server.logs import configure_logging
+    from gateway.server.workers import supervise
+
+    transform = _overrides(args)
+    try:
+        config = transform(load_config(args.config))
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 1
+    configure_logging(config.logging.level, config.logging.format)
+
+    if args.workers > 1:
+        log.warning("with the memory state store every worker keeps its own limits: "
+                    "each customer gets up to N times its plan; use Redis to share them")
+        worker_argv = ["run", "-c", args.config, "--workers", "1"]
+        if args.listen:
+            worker_argv += ["--listen", _format_host_port(args.listen)]
+        if args.admin_listen:
+            worker_argv += ["--admin-listen", _format_host_port(args.admin_listen)]
+        return supervise(worker_argv, args.workers)
+
+    options = ServeOptions(args.config, transform, reuse_port=bool(os.environ.get(SUPERVISOR_ENV)))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve(config, options))
+
+
+def _format_host_port(value: tuple[str, int]) -> str:
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _loop_factory():
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Read a YAML file into a validated GatewayConfig, or fail naming file, key path and reason."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+from pydantic import ValidationError
+
+from gateway.config.errors import ConfigError, ConfigIssue
+from gateway.config.model import GatewayConfig
+
+_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Parse and validate one config file; raises ConfigError listing every problem found."""
+    source = str(path)
+    environ = os.environ if environ is None else environ
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [ConfigIssue("", f"cannot read file: {exc}")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [ConfigIssue("", f"invalid YAML: {where}{problem}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [ConfigIssue("", "the file must hold a mapping of sections")])
+
+    issues: list[ConfigIssue] = []
+    raw = _substitute_env(raw, (), environ, issues)
+    if issues:
+        raise ConfigError(source, issues)
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, [_issue_from_pydantic(error) for error in exc.errors()]) from None
+    issues = list(_check_references(config))
+    if issues:
+        raise ConfigError(source, issues)
+    return config
+
+
+def _substitute_env(value: Any, path: tuple, environ: Mapping[str, str], issues: list[ConfigIssue]) -> Any:
+    """Replace ${NAME} in every string with the environment's value ($$ is a literal $)."""
+    if isinstance(value, dict):
+        return {key: _substitute_env(item, (*path, key), environ, issues) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(item, (*path, index), environ, issues) for index, item in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        if name not in environ:
+            issues.append(ConfigIssue(format_path(path), f"environment variable {name} is not set"))
+            return ""
+        return environ[name]
+
+    return _ENV_RE.sub(replace, value)
+
+
+def _check_references(config: GatewayConfig) -> Iterator[ConfigIssue]:
+    seen_names: set[str] = set()
+    seen_matches: set[tuple[str | None, str]] = set()
+    for index, route in enumerate(config.routes):
+        if route.upstream not in config.upstreams:
+            known = ", ".join(sorted(config.upstreams))
+            yield ConfigIssue(
+                f"routes[{index}].upstream", f"unknown upstream {route.upstream!r} (known: {known})"
+            )
+        if route.name in seen_names:
+            yield ConfigIssue(f"routes[{index}].name", f"duplicate route name {route.name!r}")
+        if (route.host, route.path_prefix) in seen_matches:
+            yield ConfigIssue(
+                f"routes[{index}].path_prefix",
+                f"another route already matches host={route.host!r} path_prefix={route.path_prefix!r}",
+            )
+        seen_names.add(route.name)
+        seen_matches.add((route.host, route.path_prefix))
+
+
+def format_path(loc: tuple) -> str:
+    """('routes', 2, 'upstream') -> 'routes[2].upstream'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _issue_from_pydantic(error: Mapping[str, Any]) -> ConfigIssue:
+    # pydantic appends the tag of the union member it tried (e.g. 'function-after[...]'); the
+    # user only cares about the keys they wrote.
+    loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return ConfigIssue(format_path(loc), "unknown key")
+    if kind == "missing":
+        return ConfigIssue(format_path(loc), "required key is missing")
+    message = error["msg"]
+    message = message.removeprefix("Value error, ")
+    if kind in ("value_error",):
+        return ConfigIssue(format_path(loc), message)
+    return ConfigIssue(format_path(loc), f"{message} (got {error.get('input')!r})")

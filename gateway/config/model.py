@@ -1,0 +1,172 @@
+"""The typed, immutable shape of a fairgate config file.
+
+Every section is a frozen pydantic model that rejects unknown keys; human units are parsed
+into numbers here, once, so nothing downstream ever sees a raw string or dict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from types import MappingProxyType
+from typing import Annotated, Literal, Mapping
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from gateway.config.units import (
+    DURATION_HINT,
+    SIZE_HINT,
+    parse_duration,
+    parse_size,
+)
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|min|m|h|d|w)$", "description": DURATION_HINT}),
+]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d+(\.\d+)?\s*([kKmMgGtT]i?[bB]|[bB])$"},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": SIZE_HINT,
+        }
+    ),
+]
+
+
+def parse_host_port(value: object) -> tuple[str, int]:
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        if sep and port.isdigit() and 0 <= int(port) <= 65535 and host:
+            return host.strip("[]"), int(port)
+    raise ValueError(f"expected HOST:PORT such as '127.0.0.1:8080' or '[::1]:8080', got {value!r}")
+
+
+HostPort = Annotated[
+    tuple[str, int],
+    BeforeValidator(parse_host_port),
+    WithJsonSchema({"type": "string", "pattern": r"^.+:\d{1,5}$", "description": "HOST:PORT"}),
+]
+
+
+def _parse_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise ValueError(f"expected an IP address or CIDR such as '10.0.0.0/8', got {value!r}") from None
+
+
+Network = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network,
+    BeforeValidator(_parse_network),
+    WithJsonSchema({"type": "string", "description": "an IP address or CIDR"}),
+]
+
+
+def _frozen_mapping(value: dict) -> Mapping:
+    return MappingProxyType(value)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
+
+
+class ServerSettings(Section):
+    """The proxy listener."""
+
+    listen: HostPort = Field(("127.0.0.1", 8080), description="Address of the proxy listener.")
+    drain_timeout: Duration = Field(30.0, description="On SIGTERM, how long in-flight requests may take to finish.")
+    keepalive_timeout: Duration = Field(75.0, description="How long an idle client connection is kept open.")
+    trusted_proxies: tuple[Network, ...] = Field(
+        (), description="Peers whose X-Forwarded-For is believed, read right to left."
+    )
+    max_header_line: Size = Field(
+        65536,
+        description="Longest request line or single header the HTTP parser accepts (431 beyond it). "
+        "Routes set tighter total limits with max_header_bytes.",
+    )
+    access_log: bool = Field(True, description="Write one JSON access-log line per request.")
+
+
+class AdminSettings(Section):
+    """The admin listener: health, readiness, metrics and the admin API."""
+
+    listen: HostPort = Field(("127.0.0.1", 8081), description="Keep it on loopback unless fronted by auth.")
+
+
+class LoggingSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+def _check_upstream_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"expected an http://HOST[:PORT] url, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"an upstream url carries no path, query or fragment, got {value!r}")
+    return value
+
+
+class Upstream(Section):
+    """A named upstream the routes forward to."""
+
+    url: Annotated[str, AfterValidator(_check_upstream_url)] = Field(description="http://HOST:PORT of the upstream; the request path is appended unchanged.")
+    connect_timeout: Duration = Field(5.0, description="Time to open a TCP connection (504 beyond it).")
+    read_timeout: Duration = Field(
+        60.0, description="Longest wait for the response head or the next body bytes (504 beyond it)."
+    )
+    idle_timeout: Duration = Field(30.0, description="A pooled keep-alive connection idle longer is closed.")
+    max_connections: int = Field(512, ge=1, description="Upper bound of open connections to this upstream.")
+    preserve_host: bool = Field(True, description="Send the client's Host header (false: the upstream's host:port).")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 80
+
+
+
+_PREFIX_RE = re.compile(r"^/[^\s?#]*$")
+
+
+def _check_prefix(value: str) -> str:
+    if not _PREFIX_RE.match(value):
+        raise ValueError(f"a path prefix starts with '/' and has no spaces, '?' or '#', got {value!r}")
+    return value
+
+
+class Route(Section):
+    """Requests whose path starts with `path_prefix` (and whose Host matches `host`) go to `upstream`."""
+
+    name: str = Field(description="Stable name used in metrics and logs.", pattern=r"^[A-Za-z0-9_.-]+$")
+    path_prefix: Annotated[str, AfterValidator(_check_prefix)] = Field(description="Longest prefix wins.")
+    host: str | None = Field(None, description="Exact Host to match (port ignored); routes with a host win.")
+    upstream: str = Field(description="Name of an entry in `upstreams`.")
+    max_body: Size = Field(10_000_000, description="Largest request body (413 beyond it).")
+    max_header_bytes: Size = Field(32768, description="Largest total size of the request headers (431 beyond it).")
+    websocket: bool = Field(True, description="Proxy WebSocket upgrades on this route.")
+
+
+class GatewayConfig(Section):
+    """A whole fairgate config file."""
+
+    server: ServerSettings = ServerSettings()
+    admin: AdminSettings = AdminSettings()
+    logging: LoggingSettings = LoggingSettings()
+    upstreams: Annotated[dict[str, Upstream], AfterValidator(_frozen_mapping)] = Field(min_length=1)
+    routes: tuple[Route, ...] = Field(min_length=1)

@@ -1,0 +1,56 @@
+"""The client's address: the socket peer, or X-Forwarded-For read across trusted proxies only."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Iterable
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class ClientAddressResolver:
+    """Walks X-Forwarded-For right to left while each hop is a trusted proxy."""
+
+    __slots__ = ("_networks", "_is_trusted")
+
+    def __init__(self, trusted: Iterable[IPNetwork]) -> None:
+        self._networks = tuple(trusted)
+        # Peers repeat constantly (the same load balancers), so remember verdicts.
+        self._is_trusted = lru_cache(maxsize=4096)(self._check_trusted)
+
+    def _check_trusted(self, address: str) -> bool:
+        parsed = _parse_ip(address)
+        return parsed is not None and any(parsed in network for network in self._networks)
+
+    def is_trusted(self, peer: str) -> bool:
+        return bool(self._networks) and self._is_trusted(peer)
+
+    def resolve(self, peer: str | None, forwarded_for: str | None) -> str:
+        """Return the client address for a request from `peer` carrying `forwarded_for`."""
+        client = peer or ""
+        if not self._networks or not forwarded_for or not self._is_trusted(client):
+            return client
+        for hop in reversed(forwarded_for.split(",")):
+            hop = hop.strip()
+            address = _parse_ip(hop)
+            if address is None:
+                # An unparsable hop was written by someone we cannot vouch for: stop at the
+                # last address a trusted proxy gave us.
+                return client
+            client = str(address)
+            if not self._is_trusted(client):
+                return client
+        return client
+
+
+def _parse_ip(value: str) -> IPAddress | None:
+    if value.startswith("[") and "]" in value:  # "[2001:db8::1]:443"
+        value = value[1 : value.index("]")]
+    elif value.count(":") == 1:  # "192.0.2.1:443"
+        value = value.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None

@@ -1,0 +1,123 @@
+"""Header rules of a proxy: hop-by-hop removal (RFC 9110 7.6.1) and forwarding headers.
+
+Both directions are handled in one pass over the raw header list: this runs on every request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from typing import Iterable
+
+from multidict import CIMultiDict
+
+# Hop-by-hop fields RFC 9110 7.6.1 names, plus the legacy ones (RFC 2616 13.5.1) proxies in
+# the wild still send. Headers named by `Connection` are removed as well, per message.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+VIA_TOKEN = b"1.1 fairgate"
+
+# Set by the gateway on the way upstream (so a client's copy is never passed on as is), and
+# framing that is recomputed for the upstream leg (Expect is answered by the gateway itself).
+_GATEWAY_SET = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via",
+     b"content-length", b"expect"}
+)
+_REQUEST_DROP = HOP_BY_HOP | _GATEWAY_SET
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+# Connection values that name nothing beyond the fields dropped anyway.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# Request ids only need to be unique, not secret: a random per-process prefix and a counter
+# cost no system call.
+_ID_PREFIX = f"{random.SystemRandom().getrandbits(64):016x}"
+_ID_COUNTER = itertools.count(1)
+
+
+def request_id_or_new(value: str | None) -> str:
+    """Keep a well-formed client request id; otherwise mint one."""
+    if value is not None and _REQUEST_ID_RE.match(value):
+        return value
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """Lower-cased field names listed in Connection header values."""
+    return frozenset(token.strip().lower() for value in values for token in value.split(b",") if token.strip())
+
+
+class ForwardedFrom:
+    """What the client (or a trusted proxy in front of it) said in the forwarding headers."""
+
+    __slots__ = ("forwarded_for", "proto", "host", "via")
+
+    def __init__(self) -> None:
+        self.forwarded_for: bytes | None = None
+        self.proto: bytes | None = None
+        self.host: bytes | None = None
+        self.via: bytes | None = None
+
+
+def upstream_header_lines(
+    raw_headers: tuple[tuple[bytes, bytes], ...],
+    *,
+    replace_host: bytes | None,
+    strip: frozenset[bytes] = frozenset(),
+) -> tuple[list[bytes], ForwardedFrom, bytes | None]:
+    """The client's header lines for upstream, minus hop-by-hop and gateway-set fields.
+
+    Returns the lines, the forwarding headers found (for appending), and the client's Host.
+    `replace_host` drops the client's Host (the caller adds its own); `strip` names more
+    fields to remove (lower-case).
+    """
+    lines: list[bytes] = []
+    found = ForwardedFrom()
+    client_host = None
+    named: list[bytes] | None = None
+    for name, value in raw_headers:
+        lower = name.lower()
+        if lower in _REQUEST_DROP or lower in strip:
+            if lower == b"x-forwarded-for":
+                found.forwarded_for = value if found.forwarded_for is None else found.forwarded_for + b", " + value
+            elif lower == b"via":
+                found.via = value if found.via is None else found.via + b", " + value
+            elif lower == b"x-forwarded-proto":
+                found.proto = value
+            elif lower == b"x-forwarded-host":
+                found.host = value
+            elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                (named := named or []).append(value)
+            continue
+        if lower == b"host":
+            client_host = value
+            if replace_host is not None:
+                continue
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if named:
+        drop = connection_tokens(named)
+        lines = [line for line in lines if line.split(b":", 1)[0].lower() not in drop]
+    return lines, found, client_host
+
+
+def client_response_headers(raw_headers: list[tuple[bytes, bytes]]) -> tuple[CIMultiDict[str], int | None]:
+    """Upstream response headers for the client, minus hop-by-hop; also returns Content-Length."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    content_length = None
+    named: list[bytes] | None = None
+    for name, value in raw_headers:
+        lower = name.lower()
+        if lower in _RESPONSE_DROP:
+            if lower == b"content-length":
+                content_length = int(value)  # llhttp has already rejected malformed lengths
+            elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                (named := named or []).append(value)
+            continue
+        # aiohttp writes header text as UTF-8, so UTF-8 round-trips exactly.
+        headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+    if named:
+        for token in connection_tokens(named):
+            headers.popall(token.decode("latin-1"), None)
+    return headers, content_length

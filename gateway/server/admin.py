@@ -1,0 +1,84 @@
+"""The admin listener: health, readiness, metrics, and the token-protected admin API."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import signal
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
+from gateway.proxy.problems import problem_response
+from gateway.server.reloader import ReloadResult
+
+ADMIN_TOKEN_ENV = "FAIRGATE_ADMIN_TOKEN"
+SUPERVISOR_ENV = "FAIRGATE_SUPERVISOR_PID"
+
+Readiness = Callable[[], str | None]  # None when ready, else the reason it is not
+
+
+def build_admin_app(
+    metrics: Metrics,
+    readiness: Readiness,
+    reload: Callable[[], Awaitable[ReloadResult]],
+    admin_token: str | None,
+) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        reason = readiness()
+        if reason is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+
+    async def metrics_endpoint(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def reload_endpoint(_: web.Request) -> web.Response:
+        supervisor = os.environ.get(SUPERVISOR_ENV)
+        if supervisor:
+            # Under --workers every process must reload, so the supervisor fans the signal out.
+            os.kill(int(supervisor), signal.SIGHUP)
+            return web.json_response({"status": "reload signalled to all workers"}, status=202)
+        result = await reload()
+        if result.ok:
+            return web.json_response({"status": "reloaded"})
+        return problem_response(
+            422, "config-rejected", "Config Rejected",
+            "The new config is invalid; the previous config stays in force.",
+            extra={"errors": list(result.errors)},
+        )
+
+    app = web.Application(middlewares=[_require_token(admin_token)])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_post("/admin/reload", reload_endpoint)
+    return app
+
+
+def _require_token(token: str | None):
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if not request.path.startswith("/admin/"):
+            return await handler(request)
+        if expected is None:
+            return problem_response(
+                503, "admin-disabled", "Admin API Disabled", f"Set {ADMIN_TOKEN_ENV} to enable the admin API."
+            )
+        presented = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(presented, expected):
+            return problem_response(
+                401, "admin-unauthorized", "Unauthorized", "A valid admin bearer token is required.",
+                headers={"WWW-Authenticate": 'Bearer realm="fairgate-admin"'},
+            )
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,56 @@
+"""The current Runtime, and atomic reloads that keep the last good config on error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.metrics import Metrics
+from gateway.proxy.runtime import Runtime
+
+log = logging.getLogger("fairgate.reload")
+
+ConfigTransform = Callable[[GatewayConfig], GatewayConfig]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    errors: tuple[str, ...] = ()
+
+
+class RuntimeHolder:
+    """Holds the one Runtime requests read; a reload swaps it whole."""
+
+    def __init__(
+        self, path: str | Path, runtime: Runtime, metrics: Metrics, transform: ConfigTransform = lambda c: c
+    ) -> None:
+        self.path = str(path)
+        self.current = runtime
+        self._metrics = metrics
+        self._transform = transform
+        self._lock = asyncio.Lock()
+
+    async def reload(self) -> ReloadResult:
+        async with self._lock:
+            try:
+                config = self._transform(load_config(self.path))
+            except ConfigError as exc:
+                self._metrics.config_reloads.labels("failure").inc()
+                self._metrics.config_last_reload_success.set(0)
+                log.error("config reload rejected; the previous config stays in force",
+                          extra={"errors": exc.lines()})
+                return ReloadResult(False, tuple(exc.lines()))
+            previous = self.current
+            if config.server != previous.config.server or config.admin != previous.config.admin:
+                log.warning("server and admin settings take effect only on restart")
+            self.current = Runtime.build(config, previous)
+            await previous.close_pools_not_in(self.current)
+            self._metrics.config_reloads.labels("success").inc()
+            self._metrics.config_last_reload_success.set(1)
+            log.info("config reloaded", extra={"path": self.path})
+            return ReloadResult(True)

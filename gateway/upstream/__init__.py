@@ -1,0 +1,20 @@
+"""The upstream client: pooled HTTP/1.1 connections on asyncio protocols with httptools."""
+
+from gateway.upstream.errors import (
+    UpstreamClosed,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.upstream.pool import Exchange, UpstreamPool
+
+__all__ = [
+    "Exchange",
+    "UpstreamClosed",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]

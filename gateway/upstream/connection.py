@@ -1,0 +1,257 @@
+"""One HTTP/1.1 connection to an upstream: an asyncio protocol around the httptools parser.
+
+It carries one exchange at a time. The response body is handed out chunk by chunk with flow
+control in both directions: reading pauses while the consumer lags, and request-body writes
+wait while the socket's send buffer is full. That is what keeps a 1 GB transfer in bounded
+memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Callable
+
+import httptools
+
+from gateway.upstream.errors import UpstreamClosed, UpstreamProtocolError, UpstreamTimeout
+
+_PAUSE_AT = 256 * 1024
+_RESUME_AT = 64 * 1024
+
+
+class ResponseHead:
+    __slots__ = ("status", "reason", "headers", "keep_alive", "body_until_eof")
+
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body_until_eof = False
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A pooled connection; `exchange` state is reset by `begin` for each request."""
+
+    __slots__ = (
+        "_loop", "transport", "closed", "last_used", "_parser", "_head_only", "_reason", "_headers",
+        "_head", "_head_waiter", "_body", "_buffered", "_complete", "_body_waiter", "_error",
+        "_reading_paused", "_write_waiter", "_writing_paused", "_new_parser_after_feed", "_on_lost",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[["UpstreamConnection"], None]) -> None:
+        self._loop = loop
+        self._on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.last_used = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._writing_paused = False
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._new_parser_after_feed = False
+        self._reset_exchange(head_only=False)
+
+    def _reset_exchange(self, head_only: bool) -> None:
+        self._head_only = head_only
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head: ResponseHead | None = None
+        self._head_waiter: asyncio.Future[ResponseHead] | None = None
+        self._body: deque[bytes] = deque()
+        self._buffered = 0
+        self._complete = False
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._error: Exception | None = None
+        self._reading_paused = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_waiter is None or self._complete:
+            # Bytes nobody asked for: the connection's framing can no longer be trusted.
+            self._fail(UpstreamProtocolError("upstream sent data with no request outstanding"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"invalid response from upstream: {exc}"))
+            return
+        if self._new_parser_after_feed:
+            # llhttp cannot be told a response answers HEAD; start clean for the next exchange.
+            self._new_parser_after_feed = False
+            self._parser = httptools.HttpResponseParser(self)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._head is not None and self._head.body_until_eof and not self._complete:
+            self.on_message_complete()
+        elif not self._complete:
+            self._set_error(UpstreamClosed("upstream closed the connection"))
+        if self._write_waiter is not None and not self._write_waiter.done():
+            self._write_waiter.set_exception(UpstreamClosed("upstream closed the connection"))
+        self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._write_waiter is not None and not self._write_waiter.done():
+            self._write_waiter.set_result(None)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim response (100 Continue, 103 Early Hints): the final one follows.
+            self._reason = b""
+            self._headers = []
+            return
+        head = ResponseHead(status, self._reason, self._headers, self._parser.should_keep_alive())
+        if not self._head_only and status not in (101, 204, 304):
+            head.body_until_eof = not any(
+                name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers
+            )
+            if head.body_until_eof:
+                head.keep_alive = False
+        self._head = head
+        if self._head_waiter is not None and not self._head_waiter.done():
+            self._head_waiter.set_result(head)
+        if self._head_only:
+            self._new_parser_after_feed = True
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._buffered += len(body)
+        if self._buffered > _PAUSE_AT and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_body()
+
+    def on_message_complete(self) -> None:
+        if self._head is None or self._complete:
+            return  # the end of an interim response
+        self._complete = True
+        self._wake_body()
+
+    # -- used by the pool and the proxy ---------------------------------------------------
+
+    def begin(self, head_only: bool) -> None:
+        self._reset_exchange(head_only)
+        self._head_waiter = self._loop.create_future()
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise UpstreamClosed("upstream closed the connection")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise UpstreamClosed("upstream closed the connection")
+        if self._writing_paused:
+            self._write_waiter = self._loop.create_future()
+            try:
+                await self._write_waiter
+            finally:
+                self._write_waiter = None
+
+    @property
+    def head_received(self) -> bool:
+        return self._head is not None
+
+    async def read_head(self, timeout: float) -> ResponseHead:
+        waiter = self._head_waiter
+        assert waiter is not None
+        if not waiter.done():
+            timer = self._loop.call_later(timeout, _expire, waiter, "upstream did not answer in time")
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+        return waiter.result()
+
+    async def read_chunk(self, timeout: float) -> bytes:
+        """The next body bytes; b"" once the body is complete."""
+        while not self._body:
+            if self._complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            waiter = self._body_waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, _expire, waiter, "upstream stalled while sending the body")
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._body_waiter = None
+        chunk = self._body.popleft()
+        self._buffered -= len(chunk)
+        if self._reading_paused and self._buffered <= _RESUME_AT and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    @property
+    def reusable(self) -> bool:
+        """True when the exchange ended cleanly and the upstream keeps the connection open."""
+        return (
+            self._complete
+            and not self.closed
+            and not self._body
+            and self._head is not None
+            and self._head.keep_alive
+            and self._error is None
+        )
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _set_error(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        body_waiter = self._body_waiter
+        if body_waiter is not None and not body_waiter.done():
+            body_waiter.set_exception(error)
+
+    def _fail(self, error: Exception) -> None:
+        self._set_error(error)
+        self.abort()
+
+
+def _expire(waiter: asyncio.Future, message: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout(message))

@@ -1,0 +1,208 @@
+"""A keep-alive connection pool for one upstream, and the request/response exchange on it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import AsyncIterator, Callable
+
+from gateway.upstream.connection import ResponseHead, UpstreamConnection
+from gateway.upstream.errors import UpstreamClosed, UpstreamTimeout, UpstreamUnavailable
+
+RequestBody = bytes | AsyncIterator[bytes] | None
+
+
+class UpstreamPool:
+    """Hands out idle connections most-recently-used first; opens new ones up to a cap."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        idle_timeout: float,
+        max_connections: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._clock = clock
+        self._idle: list[UpstreamConnection] = []
+        self._open = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    async def exchange(self, head: bytes, body: RequestBody, *, chunked: bool, head_only: bool) -> "Exchange":
+        """Send one request and wait for the response head.
+
+        A reused connection that the upstream closed while it sat idle fails before any answer;
+        that request is retried once on a fresh connection when its body can be sent again.
+        """
+        conn, reused = await self._acquire()
+        try:
+            return await self._send(conn, head, body, chunked=chunked, head_only=head_only)
+        except UpstreamClosed:
+            if not (reused and not conn.head_received and not _is_stream(body)):
+                raise
+        conn, _ = await self._acquire(fresh=True)
+        return await self._send(conn, head, body, chunked=chunked, head_only=head_only)
+
+    async def _send(
+        self, conn: UpstreamConnection, head: bytes, body: RequestBody, *, chunked: bool, head_only: bool
+    ) -> "Exchange":
+        conn.begin(head_only)
+        try:
+            if body is None or isinstance(body, bytes):
+                conn.write(head + body if body else head)
+            else:
+                conn.write(head)
+                await _send_stream(conn, body, chunked)
+            response = await conn.read_head(self.read_timeout)
+        except BaseException as exc:
+            # A failed body write may still have an early answer (a 413 from upstream, say).
+            if isinstance(exc, (ConnectionError, UpstreamClosed)) and conn.head_received:
+                return Exchange(self, conn, await conn.read_head(self.read_timeout))
+            conn.abort()
+            raise
+        return Exchange(self, conn, response)
+
+    async def _acquire(self, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
+        if self._closed:
+            raise UpstreamUnavailable("upstream pool is closed")
+        now = self._clock()
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if conn.closed:
+                continue
+            if now - conn.last_used > self.idle_timeout:
+                conn.close()
+                continue
+            return conn, True
+        while self._open >= self.max_connections:
+            await self._wait_for_slot()
+        self._open += 1
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(loop, self._connection_lost), self.host, self.port),
+                self.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            self._slot_freed()
+            raise UpstreamTimeout(f"connect to {self.host}:{self.port} timed out") from None
+        except OSError as exc:
+            self._slot_freed()
+            raise UpstreamUnavailable(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+        except BaseException:
+            self._slot_freed()
+            raise
+        return conn, False
+
+    async def _wait_for_slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"all {self.max_connections} connections to {self.host}:{self.port} busy") from None
+        finally:
+            if waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
+
+    def _wake_slot_waiter(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _slot_freed(self) -> None:
+        self._open -= 1
+        self._wake_slot_waiter()
+
+    def _connection_lost(self, conn: UpstreamConnection) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._slot_freed()
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.reusable and not self._closed:
+            conn.last_used = self._clock()
+            self._idle.append(conn)
+            self._wake_slot_waiter()
+        else:
+            conn.close()
+
+    async def close(self) -> None:
+        """Close idle connections now; busy ones close when their exchange ends."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        for waiter in self._slot_waiters:
+            if not waiter.done():
+                waiter.set_exception(UpstreamUnavailable("upstream pool is closed"))
+
+
+class Exchange:
+    """A response being received; `release()` or `abort()` must end it."""
+
+    __slots__ = ("_pool", "_conn", "head", "_done")
+
+    def __init__(self, pool: UpstreamPool, conn: UpstreamConnection, head: ResponseHead) -> None:
+        self._pool = pool
+        self._conn = conn
+        self.head = head
+        self._done = False
+
+    async def read_chunk(self) -> bytes:
+        return await self._conn.read_chunk(self._pool.read_timeout)
+
+    async def read_all(self) -> bytes:
+        chunks = []
+        while chunk := await self.read_chunk():
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def release(self) -> None:
+        """Return the connection to the pool if the exchange ended cleanly, else close it."""
+        if not self._done:
+            self._done = True
+            self._pool.release(self._conn)
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._conn.abort()
+
+
+def _is_stream(body: RequestBody) -> bool:
+    return body is not None and not isinstance(body, bytes)
+
+
+async def _send_stream(conn: UpstreamConnection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async for chunk in body:
+        if not chunk:
+            continue
+        if chunked:
+            conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            conn.write(chunk)
+        await conn.drain()
+    if chunked:
+        conn.write(b"0\r\n\r\n")
