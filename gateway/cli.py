@@ -90,7 +90,7 @@ def _overrides(args: argparse.Namespace) -> Callable[[GatewayConfig], GatewayCon
 
 def _run(args: argparse.Namespace) -> int:
     from gateway.server.admin import SUPERVISOR_ENV
-    from gateway.server.lifecycle import ServeOptions, serve
+    from gateway.server.lifecycle import ServeOptions, admin_token_from_env, serve
     from gateway.server.logs import configure_logging
     from gateway.server.workers import supervise
 
@@ -113,7 +113,9 @@ def _run(args: argparse.Namespace) -> int:
             worker_argv += ["--admin-listen", _format_host_port(args.admin_listen)]
         return supervise(worker_argv, args.workers)
 
-    options = ServeOptions(args.config, transform, reuse_port=bool(os.environ.get(SUPERVISOR_ENV)))
+    options = ServeOptions(
+        args.config, transform, reuse_port=bool(os.environ.get(SUPERVISOR_ENV)), admin_token=admin_token_from_env()
+    )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(serve(config, options))
 

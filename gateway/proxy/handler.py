@@ -12,6 +12,7 @@ from aiohttp.web_request import BaseRequest
 from gateway.metrics import Metrics
 from gateway.proxy.headers import VIA_TOKEN, client_response_headers, request_id_or_new, upstream_header_lines
 from gateway.proxy.problems import problem_response
+from gateway.proxy.request_keys import CLIENT_IP, REQUEST_ID
 from gateway.proxy.routing import has_dot_segments
 from gateway.proxy.runtime import Runtime, RouteTarget
 from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE, is_websocket_upgrade, proxy_websocket
@@ -48,7 +49,7 @@ class ProxyHandler:
         runtime = self._runtimes.current
         metrics = self._metrics
         request_id = request_id_or_new(request.headers.get("X-Request-Id"))
-        request["request_id"] = request_id
+        request[REQUEST_ID] = request_id
         route_name = "-"
         status = 499  # stays so if the client goes away first
         metrics.in_flight += 1
@@ -91,8 +92,8 @@ class ProxyHandler:
         self._metrics.rejections.labels(slug).inc()
         return problem_response(
             status, slug, title, detail,
-            headers={"X-Request-Id": request["request_id"]},
-            extra={"request_id": request["request_id"]},
+            headers={"X-Request-Id": request[REQUEST_ID]},
+            extra={"request_id": request[REQUEST_ID]},
         )
 
     async def _forward(
@@ -105,7 +106,9 @@ class ProxyHandler:
         )
         clients = runtime.client_addresses
         trusted = clients.is_trusted(peer)
-        request["client_ip"] = clients.resolve(peer, found.forwarded_for) if trusted else peer
+        request[CLIENT_IP] = (
+            clients.resolve(peer, found.forwarded_for.decode("latin-1")) if trusted and found.forwarded_for else peer
+        )
         peer_bytes = peer.encode("ascii")
         lines.append(b"X-Forwarded-For: %s\r\n" % (found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes))
         lines.append(b"X-Forwarded-Proto: %s\r\n" % (found.proto if trusted and found.proto else self._scheme))
@@ -149,7 +152,7 @@ class ProxyHandler:
         self._metrics.upstream_errors.labels(target.upstream_name, type(exc).__name__).inc()
         log.warning(
             "upstream %s failed: %s", target.upstream_name, exc,
-            extra={"request_id": request["request_id"], "route": target.route.name},
+            extra={"request_id": request[REQUEST_ID], "route": target.route.name},
         )
         if timed_out:
             return self._reject(request, 504, "upstream-timeout", "Gateway Timeout", "The upstream did not answer in time.")

@@ -73,7 +73,7 @@ def _require_token(token: str | None):
             return problem_response(
                 503, "admin-disabled", "Admin API Disabled", f"Set {ADMIN_TOKEN_ENV} to enable the admin API."
             )
-        presented = request.headers.get("Authorization", "").encode()
+        presented = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(presented, expected):
             return problem_response(
                 401, "admin-unauthorized", "Unauthorized", "A valid admin bearer token is required.",

@@ -24,66 +24,104 @@ log = logging.getLogger("fairgate.server")
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
     config_path: str
-    transform: ConfigTransform
+    transform: ConfigTransform = lambda config: config
     reuse_port: bool = False
+    admin_token: str | None = None
 
 
-async def serve(config: GatewayConfig, options: ServeOptions, stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or `stop`), then drain; returns the process exit code."""
-    loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
-    metrics = Metrics()
-    holder = RuntimeHolder(options.config_path, Runtime.build(config), metrics, options.transform)
-    state = {"ready": False, "draining": False}
+class GatewayServer:
+    """The proxy and admin listeners of one process, started and drained together."""
 
-    def readiness() -> str | None:
-        if state["draining"]:
+    def __init__(self, config: GatewayConfig, options: ServeOptions) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.runtimes = RuntimeHolder(options.config_path, Runtime.build(config), self.metrics, options.transform)
+        self._options = options
+        self._ready = False
+        self._draining = False
+        server = make_proxy_server(
+            ProxyHandler(self.runtimes, self.metrics),
+            max_line=config.server.max_header_line,
+            keepalive_timeout=config.server.keepalive_timeout,
+            access_log=config.server.access_log,
+        )
+        self._proxy = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.server.drain_timeout)
+        admin_app = build_admin_app(self.metrics, self._readiness, self.runtimes.reload, options.admin_token)
+        self._admin = web.AppRunner(admin_app, handle_signals=False, access_log=None)
+
+    def _readiness(self) -> str | None:
+        if self._draining:
             return "draining"
-        return None if state["ready"] else "starting"
+        return None if self._ready else "starting"
 
-    server = make_proxy_server(
-        ProxyHandler(holder, metrics),
-        max_line=config.server.max_header_line,
-        keepalive_timeout=config.server.keepalive_timeout,
-        access_log=config.server.access_log,
-    )
-    proxy_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.server.drain_timeout)
-    admin_app = build_admin_app(metrics, readiness, holder.reload, os.environ.get(ADMIN_TOKEN_ENV) or None)
-    admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None)
-    await proxy_runner.setup()
-    await admin_runner.setup()
+    @property
+    def proxy_address(self) -> tuple[str, int]:
+        return self._proxy.addresses[0][:2]
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        return self._admin.addresses[0][:2]
+
+    async def start(self) -> None:
+        """Bind both listeners; raises OSError if an address is taken."""
+        await self._proxy.setup()
+        await self._admin.setup()
+        reuse_port = self._options.reuse_port or None
+        try:
+            host, port = self.config.server.listen
+            await web.TCPSite(self._proxy, host, port, reuse_port=reuse_port).start()
+            admin_host, admin_port = self.config.admin.listen
+            await web.TCPSite(self._admin, admin_host, admin_port, reuse_port=reuse_port).start()
+        except BaseException:
+            await self._proxy.cleanup()
+            await self._admin.cleanup()
+            raise
+        self._ready = True
+        host, port = self.proxy_address
+        admin_host, admin_port = self.admin_address
+        log.info("fairgate listening", extra={
+            "proxy": f"http://{host}:{port}", "admin": f"http://{admin_host}:{admin_port}", "pid": os.getpid(),
+        })
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, close."""
+        self._draining = True
+        log.info("draining", extra={"grace_seconds": self.config.server.drain_timeout})
+        # aiohttp closes idle keep-alive connections and waits for running handlers.
+        await self._proxy.cleanup()
+        await self.runtimes.current.close_pools_not_in(None)
+        await self._admin.cleanup()
+        log.info("stopped")
+
+
+async def serve(config: GatewayConfig, options: ServeOptions) -> int:
+    """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads. Returns the exit code."""
+    loop = asyncio.get_running_loop()
+    gateway = GatewayServer(config, options)
     try:
-        host, port = config.server.listen
-        await web.TCPSite(proxy_runner, host, port, reuse_port=options.reuse_port or None).start()
-        admin_host, admin_port = config.admin.listen
-        await web.TCPSite(admin_runner, admin_host, admin_port, reuse_port=options.reuse_port or None).start()
+        await gateway.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
-        await proxy_runner.cleanup()
-        await admin_runner.cleanup()
         return 1
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task] = set()
 
-    def on_reload_signal() -> None:
-        loop.create_task(holder.reload())
+    def on_hangup() -> None:
+        task = loop.create_task(gateway.runtimes.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    state["ready"] = True
-    log.info(
-        "fairgate listening",
-        extra={"proxy": f"http://{host}:{port}", "admin": f"http://{admin_host}:{admin_port}", "pid": os.getpid()},
-    )
     try:
         await stop.wait()
     finally:
-        state["draining"] = True
-        log.info("draining", extra={"grace_seconds": config.server.drain_timeout})
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        # Stops accepting, closes idle keep-alive connections, waits for in-flight requests.
-        await proxy_runner.cleanup()
-        await holder.current.close_pools_not_in(None)
-        await admin_runner.cleanup()
-        log.info("stopped")
+        await gateway.drain()
     return 0
+
+
+def admin_token_from_env() -> str | None:
+    return os.environ.get(ADMIN_TOKEN_ENV) or None

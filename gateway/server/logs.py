@@ -12,6 +12,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from gateway.proxy.request_keys import CLIENT_IP, REQUEST_ID
+
 # LogRecord attributes that are not user-supplied `extra` fields.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -54,7 +56,7 @@ class JsonAccessLogger(AbstractAccessLogger):
                 "status": response.status,
                 "bytes_out": response.body_length,
                 "duration_ms": round(duration * 1000, 3),
-                "client_ip": request.get("client_ip") or request.remote,
-                "request_id": request.get("request_id"),
+                "client_ip": request.get(CLIENT_IP) or request.remote,
+                "request_id": request.get(REQUEST_ID),
             },
         )

@@ -84,16 +84,20 @@ class UpstreamPool:
     async def _acquire(self, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
         if self._closed:
             raise UpstreamUnavailable("upstream pool is closed")
-        now = self._clock()
-        while self._idle and not fresh:
-            conn = self._idle.pop()
-            if conn.closed:
-                continue
-            if now - conn.last_used > self.idle_timeout:
-                conn.close()
-                continue
-            return conn, True
-        while self._open >= self.max_connections:
+        while True:
+            now = self._clock()
+            while self._idle and not fresh:
+                conn = self._idle.pop()
+                if conn.closed:
+                    continue
+                if now - conn.last_used > self.idle_timeout:
+                    conn.close()
+                    continue
+                return conn, True
+            if self._open < self.max_connections:
+                break
+            if fresh and self._idle:
+                self._idle.pop().close()  # make room; its slot frees when the close completes
             await self._wait_for_slot()
         self._open += 1
         loop = asyncio.get_running_loop()

@@ -1,0 +1,6 @@
+"""Typed per-request values the proxy records for later stages (access log, accounting)."""
+
+from aiohttp import web
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_IP = web.RequestKey("client_ip", str)

@@ -1,0 +1,163 @@
+"""Fixtures: a real test upstream and real gateways on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from gateway.config import load_config
+from gateway.server.lifecycle import GatewayServer, ServeOptions
+from tests.support.upstream_app import UpstreamState, build_upstream_app
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+@dataclass
+class Upstream:
+    url: str
+    port: int
+    state: UpstreamState
+
+
+@dataclass
+class RunningGateway:
+    server: GatewayServer
+    config_path: Path
+    url: str
+    admin_url: str
+
+
+def gateway_config(upstream_url: str, *, routes: list[dict] | None = None, **server: Any) -> dict:
+    """A minimal config in front of `upstream_url`, listening on free ports."""
+    return {
+        "server": {"listen": "127.0.0.1:0", "access_log": False, "drain_timeout": "5s", **server},
+        "admin": {"listen": "127.0.0.1:0"},
+        "upstreams": {"app": {"url": upstream_url, "read_timeout": "5s", "connect_timeout": "1s"}},
+        "routes": routes or [{"name": "all", "path_prefix": "/", "upstream": "app"}],
+    }
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = UpstreamState()
+    runner = web.AppRunner(
+        build_upstream_app(state), handler_cancellation=True, access_log=None, auto_decompress=False
+    )
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    yield Upstream(f"http://127.0.0.1:{port}", port, state)
+    state.release_stall.set()
+    await runner.cleanup()
+
+
+StartGateway = Callable[[dict], Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
+    started: list[GatewayServer] = []
+
+    async def start(config: dict) -> RunningGateway:
+        path = tmp_path / f"gateway-{len(started)}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        server = GatewayServer(load_config(path), ServeOptions(str(path), admin_token=ADMIN_TOKEN))
+        await server.start()
+        started.append(server)
+        host, port = server.proxy_address
+        admin_host, admin_port = server.admin_address
+        return RunningGateway(server, path, f"http://{host}:{port}", f"http://{admin_host}:{admin_port}")
+
+    yield start
+    for server in started:
+        await server.drain()
+
+
+@pytest.fixture
+async def gateway(start_gateway: StartGateway, upstream: Upstream) -> RunningGateway:
+    return await start_gateway(gateway_config(upstream.url))
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+class GatewayProcess:
+    """`fairgate run` in a child process, for signals, exit codes and memory."""
+
+    def __init__(self, config_path: Path, *extra_args: str, env: dict | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config_path), *extra_args],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, admin_url: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"gateway exited early:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(f"{admin_url}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("gateway did not become ready")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        if self.process.poll() is None:
+            return ""
+        return self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def gateway_process():
+    processes: list[GatewayProcess] = []
+
+    def start(config_path: Path, *extra_args: str, env: dict | None = None) -> GatewayProcess:
+        process = GatewayProcess(config_path, *extra_args, env=env)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll a condition on the event loop; fails the test if it never holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)

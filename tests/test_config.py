@@ -1,0 +1,145 @@
+"""Config parsing: human units, precise errors, the CLI that checks a file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.config import ConfigError, load_config
+from gateway.config.units import parse_duration, parse_rate, parse_size
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = Path(__file__).parent / "fixtures" / "bad"
+
+
+def expected_error(fixture: Path) -> str:
+    first = fixture.read_text().splitlines()[0]
+    return first.removeprefix("# expect: ")
+
+
+@pytest.mark.parametrize("fixture", sorted(BAD.glob("*.yaml")), ids=lambda p: p.stem)
+def test_each_bad_config_names_file_key_path_and_reason(fixture: Path):
+    with pytest.raises(ConfigError) as failure:
+        load_config(fixture, environ={})
+    message = str(failure.value)
+    assert f"{fixture}: {expected_error(fixture)}" in message, message
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        "server: {listen: nowhere, drain_timeout: forever}\n"
+        "upstreams: {a: {url: 'http://127.0.0.1:1'}}\n"
+        "routes: [{name: r, path_prefix: /, upstream: a}]\n"
+    )
+    with pytest.raises(ConfigError) as failure:
+        load_config(path)
+    paths = [issue.path for issue in failure.value.issues]
+    assert paths == ["server.listen", "server.drain_timeout"]
+
+
+def test_shipped_config_is_valid_and_typed():
+    config = load_config(ROOT / "config" / "gateway.yaml")
+    assert config.server.listen == ("127.0.0.1", 8080)
+    assert config.admin.listen == ("127.0.0.1", 8081)
+    assert config.upstreams["product"].port == 9000
+    assert config.routes[0].max_body == 10_000_000
+    assert config.upstreams["product"].read_timeout == 30.0
+
+
+def test_config_objects_are_immutable():
+    config = load_config(ROOT / "config" / "gateway.yaml")
+    with pytest.raises(Exception):
+        config.server.listen = ("0.0.0.0", 1)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.upstreams["other"] = config.upstreams["product"]  # type: ignore[index]
+
+
+def test_environment_variables_are_substituted(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text(
+        "upstreams: {a: {url: '${UPSTREAM_URL}'}}\n"
+        "routes: [{name: r, path_prefix: '/cost$$', upstream: a}]\n"
+    )
+    config = load_config(path, environ={"UPSTREAM_URL": "http://10.1.2.3:8000"})
+    assert config.upstreams["a"].host == "10.1.2.3"
+    assert config.routes[0].path_prefix == "/cost$"
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["ms", "s", "min", "m", "h", "d", "w"]))
+def test_durations_parse_to_seconds(amount, unit):
+    factor = {"ms": 0.001, "s": 1, "min": 60, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    assert parse_duration(f"{amount}{unit}") == pytest.approx(amount * factor)
+
+
+@given(st.integers(min_value=0, max_value=10**9), st.sampled_from(["B", "KB", "MB", "GB", "KiB", "MiB", "GiB", "kb", "mib"]))
+def test_sizes_parse_to_bytes(amount, unit):
+    factor = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}[unit.lower()]
+    assert parse_size(f"{amount}{unit}") == amount * factor
+
+
+@given(st.integers(min_value=1, max_value=10**9), st.sampled_from(["s", "sec", "min", "minute", "h", "hour", "day"]))
+def test_rates_parse(count, unit):
+    rate = parse_rate(f"{count}/{unit}")
+    seconds = {"s": 1, "sec": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "day": 86400}[unit]
+    assert rate.count == count
+    assert rate.per_second == pytest.approx(count / seconds)
+
+
+def test_monthly_rate_is_calendar_based():
+    rate = parse_rate("2000000/month")
+    assert (rate.count, rate.period, rate.period_seconds) == (2_000_000, "month", None)
+    assert str(rate) == "2000000/month"
+    assert parse_rate("10/5s").period_seconds == 5.0
+
+
+@given(st.text(max_size=20))
+def test_unit_parsers_never_crash_on_garbage(text):
+    for parser in (parse_duration, parse_size, parse_rate):
+        try:
+            parser(text)
+        except ValueError as exc:
+            assert repr(text) in str(exc)
+
+
+@pytest.mark.parametrize("value", ["0/s", "1/fortnight", "-1/s", "1/2month", "abc", "1/0s"])
+def test_bad_rates_are_rejected(value):
+    with pytest.raises(ValueError, match="expected a rate"):
+        parse_rate(value)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_check_config_accepts_the_shipped_config():
+    result = run_cli("check-config", "config/gateway.yaml")
+    assert result.returncode == 0
+    assert "ok" in result.stdout
+
+
+def test_check_config_prints_errors_and_exits_1():
+    fixture = BAD / "unknown_upstream.yaml"
+    result = run_cli("check-config", str(fixture))
+    assert result.returncode == 1
+    assert f"{fixture}: routes[1].upstream: unknown upstream 'billing'" in result.stderr
+
+
+def test_cli_usage_errors_exit_2():
+    assert run_cli("run").returncode == 2
+    assert run_cli("no-such-command").returncode == 2
+    assert run_cli("run", "-c", "x.yaml", "--listen", "nope").returncode == 2
+
+
+def test_schema_is_json_schema_of_every_section():
+    result = run_cli("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert set(schema["properties"]) >= {"server", "admin", "logging", "upstreams", "routes"}
+    assert schema["additionalProperties"] is False

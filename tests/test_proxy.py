@@ -1,0 +1,312 @@
+"""What a client and an upstream see through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+
+import aiohttp
+import pytest
+
+from tests.conftest import free_port, gateway_config, wait_until
+from tests.support.upstream_app import pattern_bytes
+
+
+def header_names(echo: dict) -> list[str]:
+    return [name.lower() for name, _ in echo["headers"]]
+
+
+def header(echo: dict, name: str) -> str | None:
+    values = [value for key, value in echo["headers"] if key.lower() == name.lower()]
+    return ", ".join(values) if values else None
+
+
+async def test_get_is_forwarded_with_path_and_query_unchanged(gateway, client):
+    async with client.get(f"{gateway.url}/echo/a%2Fb/c?x=1&y=%20z") as response:
+        assert response.status == 200
+        echo = await response.json()
+    assert echo["method"] == "GET"
+    assert echo["path"] == "/echo/a%2Fb/c?x=1&y=%20z"
+
+
+async def test_forwarded_headers_are_set(gateway, client):
+    async with client.get(f"{gateway.url}/echo", headers={"X-Forwarded-For": "203.0.113.9"}) as response:
+        echo = await response.json()
+        returned_id = response.headers["X-Request-Id"]
+        assert "1.1 fairgate" in response.headers["Via"]
+    assert header(echo, "X-Forwarded-For") == "203.0.113.9, 127.0.0.1"
+    assert header(echo, "X-Forwarded-Proto") == "http"
+    assert header(echo, "X-Forwarded-Host") == gateway.url.removeprefix("http://")
+    assert header(echo, "Via") == "1.1 fairgate"
+    assert header(echo, "X-Request-Id") == returned_id
+    assert len(returned_id) == 32
+
+
+async def test_client_request_id_is_kept_and_echoed(gateway, client):
+    async with client.get(f"{gateway.url}/echo", headers={"X-Request-Id": "req-abc.123"}) as response:
+        assert response.headers["X-Request-Id"] == "req-abc.123"
+        assert header(await response.json(), "X-Request-Id") == "req-abc.123"
+
+
+async def test_malformed_request_id_is_replaced(gateway, client):
+    async with client.get(f"{gateway.url}/echo", headers={"X-Request-Id": "bad id with spaces"}) as response:
+        assert response.headers["X-Request-Id"] != "bad id with spaces"
+        assert header(await response.json(), "X-Request-Id") == response.headers["X-Request-Id"]
+
+
+async def test_untrusted_peer_cannot_set_forwarded_proto_or_host(gateway, client):
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
+    async with client.get(f"{gateway.url}/echo", headers=headers) as response:
+        echo = await response.json()
+    assert header(echo, "X-Forwarded-Proto") == "http"
+    assert header(echo, "X-Forwarded-Host") != "evil.example"
+
+
+async def test_trusted_proxy_forwarding_headers_are_believed(start_gateway, upstream, client, caplog):
+    gw = await start_gateway(gateway_config(upstream.url, trusted_proxies=["127.0.0.0/8"], access_log=True))
+    headers = {"X-Forwarded-For": "198.51.100.7, 127.0.0.5", "X-Forwarded-Proto": "https",
+               "X-Forwarded-Host": "api.example.com"}
+    with caplog.at_level("INFO", logger="fairgate.access"):
+        async with client.get(f"{gw.url}/echo", headers=headers) as response:
+            echo = await response.json()
+        await wait_until(lambda: any(r.name == "fairgate.access" for r in caplog.records))
+    assert header(echo, "X-Forwarded-For") == "198.51.100.7, 127.0.0.5, 127.0.0.1"
+    assert header(echo, "X-Forwarded-Proto") == "https"
+    assert header(echo, "X-Forwarded-Host") == "api.example.com"
+    access = next(r for r in caplog.records if r.name == "fairgate.access")
+    # 127.0.0.1 and 127.0.0.5 are trusted hops; the client is the first untrusted one.
+    assert access.client_ip == "198.51.100.7"
+
+
+async def test_hop_by_hop_headers_are_removed_towards_upstream(gateway, client):
+    headers = {
+        "Connection": "keep-alive, X-Secret-Hop",
+        "X-Secret-Hop": "do-not-forward",
+        "Keep-Alive": "timeout=5",
+        "Proxy-Connection": "keep-alive",
+        "TE": "trailers",
+        "Upgrade": "h2c",
+        "X-End-To-End": "kept",
+    }
+    async with client.get(f"{gateway.url}/echo", headers=headers) as response:
+        names = header_names(await response.json())
+    for hop in ("x-secret-hop", "keep-alive", "proxy-connection", "te", "upgrade"):
+        assert hop not in names
+    assert "x-end-to-end" in names
+
+
+async def test_hop_by_hop_headers_are_removed_towards_client(gateway, client):
+    async with client.get(f"{gateway.url}/hop") as response:
+        assert await response.text() == "hop"
+        for hop in ("X-Private-Hop", "Keep-Alive", "Proxy-Connection", "Trailer"):
+            assert hop not in response.headers
+        assert response.headers["X-End-To-End"] == "kept"
+        assert response.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+
+
+async def test_content_encoding_passes_through_untouched(gateway, client):
+    async with client.get(f"{gateway.url}/gzip", headers={"Accept-Encoding": "gzip"}) as response:
+        raw = await response.read()
+        assert response.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(raw) == b'{"compressed": true}' * 100
+
+
+async def test_compressed_request_body_reaches_upstream_as_sent(gateway, client):
+    body = gzip.compress(b"x" * 10_000, mtime=0)
+    async with client.post(f"{gateway.url}/echo", data=body, headers={"Content-Encoding": "gzip"}) as response:
+        echo = await response.json()
+    assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("length", [0, 1, 65536, 65537, 3_000_000])
+async def test_request_bodies_arrive_intact(gateway, client, length):
+    body = bytes(i % 251 for i in range(length))
+    async with client.post(f"{gateway.url}/echo", data=body) as response:
+        echo = await response.json()
+    assert echo["body_length"] == length
+    assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_chunked_request_body_is_streamed_upstream(gateway, client):
+    async def generate():
+        for chunk in pattern_bytes(1_000_000):
+            yield chunk
+
+    async with client.post(f"{gateway.url}/upload", data=generate()) as response:
+        result = await response.json()
+    assert result["size"] == 1_000_000
+    assert result["sha256"] == hashlib.sha256(b"".join(pattern_bytes(1_000_000))).hexdigest()
+    assert result["transfer_encoding"] == "chunked"
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+async def test_response_bodies_stream_intact(gateway, client, with_length):
+    size = 5_000_123
+    query = "?length=1" if with_length else ""
+    async with client.get(f"{gateway.url}/bytes/{size}{query}") as response:
+        digest = hashlib.sha256()
+        async for chunk in response.content.iter_any():
+            digest.update(chunk)
+        if with_length:
+            assert response.headers["Content-Length"] == str(size)
+    assert digest.hexdigest() == hashlib.sha256(b"".join(pattern_bytes(size))).hexdigest()
+
+
+async def test_head_keeps_content_length_and_sends_no_body(gateway, client):
+    async with client.head(f"{gateway.url}/bytes/1234?length=1") as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == "1234"
+        assert await response.read() == b""
+    # The pooled connection is still usable after a HEAD.
+    async with client.get(f"{gateway.url}/echo") as response:
+        assert response.status == 200
+
+
+@pytest.mark.parametrize("code", [201, 204, 304, 404, 500, 503])
+async def test_upstream_status_codes_pass_through(gateway, client, code):
+    async with client.get(f"{gateway.url}/status/{code}") as response:
+        assert response.status == code
+        if code in (204, 304):
+            assert response.headers["X-Status"] == str(code)
+            assert await response.read() == b""
+
+
+async def test_problem_for_unknown_route(start_gateway, upstream, client):
+    gw = await start_gateway(gateway_config(upstream.url, routes=[{"name": "api", "path_prefix": "/api/", "upstream": "app"}]))
+    async with client.get(f"{gw.url}/other") as response:
+        assert response.status == 404
+        assert response.content_type == "application/problem+json"
+        problem = await response.json()
+    assert problem["type"] == "urn:fairgate:problem:no-route"
+    assert problem["status"] == 404
+
+
+@pytest.mark.parametrize("path", ["/public/../echo", "/public/%2e%2e/echo", "/a/./echo", "/x/%2E%2E%2Fecho"])
+async def test_paths_with_dot_segments_are_rejected(gateway, path):
+    reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 400")
+
+
+async def test_body_over_route_limit_gets_413(start_gateway, upstream, client):
+    gw = await start_gateway(
+        gateway_config(upstream.url, routes=[{"name": "small", "path_prefix": "/", "upstream": "app", "max_body": "1KB"}])
+    )
+    async with client.post(f"{gw.url}/echo", data=b"x" * 1001) as response:
+        assert response.status == 413
+        assert response.content_type == "application/problem+json"
+        assert (await response.json())["type"] == "urn:fairgate:problem:body-too-large"
+    assert upstream.state.requests == 0
+
+    async def generate():
+        for _ in range(10):
+            yield b"y" * 200
+
+    async with client.post(f"{gw.url}/upload", data=generate()) as response:
+        assert response.status == 413
+        assert response.content_type == "application/problem+json"
+    async with client.post(f"{gw.url}/echo", data=b"x" * 1000) as response:
+        assert response.status == 200
+
+
+async def test_headers_over_route_limit_get_431(start_gateway, upstream, client):
+    gw = await start_gateway(gateway_config(
+        upstream.url, routes=[{"name": "r", "path_prefix": "/", "upstream": "app", "max_header_bytes": "2KB"}]
+    ))
+    async with client.get(f"{gw.url}/echo", headers={"X-Big": "a" * 3000}) as response:
+        assert response.status == 431
+        assert response.content_type == "application/problem+json"
+        assert (await response.json())["type"] == "urn:fairgate:problem:headers-too-large"
+
+
+async def test_header_line_over_parser_limit_gets_431_problem(start_gateway, upstream):
+    gw = await start_gateway(gateway_config(upstream.url, max_header_line="4KB"))
+    reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Huge: " + b"a" * 70_000 + b"\r\n\r\n")
+    response = await reader.read()
+    writer.close()
+    assert response.split(b" ", 2)[1] == b"431"
+    assert b"application/problem+json" in response
+    assert b"Traceback" not in response
+
+
+async def test_garbage_request_gets_400_problem(gateway):
+    reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nBad Header Without Colon\r\n\r\n")
+    response = await reader.read()
+    writer.close()
+    assert response.split(b" ", 2)[1] == b"400"
+    assert b"application/problem+json" in response
+
+
+async def test_unreachable_upstream_gets_502(start_gateway, client):
+    gw = await start_gateway(gateway_config(f"http://127.0.0.1:{free_port()}"))
+    async with client.get(f"{gw.url}/echo") as response:
+        assert response.status == 502
+        assert response.content_type == "application/problem+json"
+        problem = await response.json()
+    assert problem["type"] == "urn:fairgate:problem:upstream-unavailable"
+    assert "127.0.0.1" not in problem["detail"]  # no internal addresses to clients
+
+
+async def test_slow_upstream_gets_504(start_gateway, upstream, client):
+    config = gateway_config(upstream.url)
+    config["upstreams"]["app"]["read_timeout"] = "200ms"
+    gw = await start_gateway(config)
+    async with client.get(f"{gw.url}/stall") as response:
+        assert response.status == 504
+        assert response.content_type == "application/problem+json"
+        assert (await response.json())["type"] == "urn:fairgate:problem:upstream-timeout"
+
+
+async def test_client_disconnect_cancels_the_upstream_call(gateway, upstream):
+    reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
+    writer.write(b"GET /stall HTTP/1.1\r\nHost: t\r\n\r\n")
+    await asyncio.wait_for(upstream.state.stall_started.wait(), 5)
+    writer.close()
+    await asyncio.wait_for(upstream.state.cancelled.wait(), 5)
+
+
+async def test_websocket_echo_through_gateway(gateway, client):
+    async with client.ws_connect(f"{gateway.url}/ws", protocols=("chat.v1",)) as ws:
+        assert ws.protocol == "chat.v1"
+        await ws.send_str("hello")
+        assert (await ws.receive_str()) == "echo:hello"
+        await ws.send_bytes(b"\x01\x02\x03")
+        assert (await ws.receive_bytes()) == b"\x03\x02\x01"
+        await ws.close()
+    assert ws.close_code == aiohttp.WSCloseCode.OK
+
+
+async def test_websocket_to_unreachable_upstream_gets_502(start_gateway, client):
+    gw = await start_gateway(gateway_config(f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as failure:
+        await client.ws_connect(f"{gw.url}/ws")
+    assert failure.value.status == 502
+
+
+async def test_host_routing_prefers_exact_host(start_gateway, upstream, client):
+    routes = [
+        {"name": "default", "path_prefix": "/", "upstream": "app"},
+        {"name": "missing", "path_prefix": "/", "host": "other.example", "upstream": "nowhere"},
+    ]
+    config = gateway_config(upstream.url, routes=routes)
+    config["upstreams"]["nowhere"] = {"url": f"http://127.0.0.1:{free_port()}", "connect_timeout": "1s"}
+    gw = await start_gateway(config)
+    async with client.get(f"{gw.url}/echo") as response:
+        assert response.status == 200
+    async with client.get(f"{gw.url}/echo", headers={"Host": "Other.Example:8080"}) as response:
+        assert response.status == 502
+
+
+async def test_preserve_host_false_sends_upstream_authority(start_gateway, upstream, client):
+    config = gateway_config(upstream.url)
+    config["upstreams"]["app"]["preserve_host"] = False
+    gw = await start_gateway(config)
+    async with client.get(f"{gw.url}/echo", headers={"Host": "public.example"}) as response:
+        echo = await response.json()
+    assert header(echo, "Host") == f"127.0.0.1:{upstream.port}"
+    assert header(echo, "X-Forwarded-Host") == "public.example"

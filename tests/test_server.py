@@ -1,0 +1,198 @@
+"""Server life: admin endpoints, reload, graceful drain, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.conftest import ADMIN_TOKEN, free_port, gateway_config, wait_until
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def test_health_ready_and_metrics(gateway, client):
+    async with client.get(f"{gateway.admin_url}/healthz") as response:
+        assert response.status == 200
+    async with client.get(f"{gateway.admin_url}/readyz") as response:
+        assert response.status == 200
+    async with client.get(f"{gateway.url}/echo") as response:
+        assert response.status == 200
+    async with client.get(f"{gateway.admin_url}/metrics") as response:
+        text = await response.text()
+        assert response.content_type == "text/plain"
+    assert 'fairgate_requests_total{code="2xx",route="all"} 1.0' in text
+    assert 'fairgate_request_duration_seconds_count{route="all"} 1.0' in text
+
+
+async def test_admin_api_requires_the_token(gateway, client):
+    async with client.post(f"{gateway.admin_url}/admin/reload") as response:
+        assert response.status == 401
+        assert response.content_type == "application/problem+json"
+    async with client.post(f"{gateway.admin_url}/admin/reload", headers={"Authorization": "Bearer wrong"}) as response:
+        assert response.status == 401
+
+
+async def test_reload_swaps_config_and_rejects_a_bad_one(gateway, upstream, client):
+    routes = [{"name": "only-echo", "path_prefix": "/echo/", "upstream": "app"}]
+    config = gateway_config(upstream.url, routes=routes)
+    config["server"] = yaml.safe_load(gateway.config_path.read_text())["server"]
+    config["admin"] = yaml.safe_load(gateway.config_path.read_text())["admin"]
+    gateway.config_path.write_text(yaml.safe_dump(config))
+
+    async with client.post(f"{gateway.admin_url}/admin/reload", headers=AUTH) as response:
+        assert response.status == 200
+    async with client.get(f"{gateway.url}/status/200") as response:
+        assert response.status == 404  # the new routes are in force
+        assert response.content_type == "application/problem+json"
+    async with client.get(f"{gateway.url}/echo/x") as response:
+        assert response.status == 200
+
+    gateway.config_path.write_text("routes: [{name: r, path_prefix: /, upstream: ghost}]\nupstreams: {}\n")
+    async with client.post(f"{gateway.admin_url}/admin/reload", headers=AUTH) as response:
+        assert response.status == 422
+        problem = await response.json()
+    assert any("upstreams" in error for error in problem["errors"])
+    async with client.get(f"{gateway.url}/echo/x") as response:
+        assert response.status == 200  # still the last good config
+    async with client.get(f"{gateway.url}/status/200") as response:
+        assert response.status == 404
+    async with client.get(f"{gateway.admin_url}/metrics") as response:
+        text = await response.text()
+    assert 'fairgate_config_reloads_total{result="failure"} 1.0' in text
+    assert 'fairgate_config_reloads_total{result="success"} 1.0' in text
+    assert "fairgate_config_last_reload_successful 0.0" in text
+
+
+async def test_admin_api_is_disabled_without_a_token(start_gateway, upstream, client, tmp_path):
+    from gateway.config import load_config
+    from gateway.server.lifecycle import GatewayServer, ServeOptions
+
+    path = tmp_path / "no-token.yaml"
+    path.write_text(yaml.safe_dump(gateway_config(upstream.url)))
+    server = GatewayServer(load_config(path), ServeOptions(str(path), admin_token=None))
+    await server.start()
+    try:
+        host, port = server.admin_address
+        async with client.post(f"http://{host}:{port}/admin/reload") as response:
+            assert response.status == 503
+            assert "FAIRGATE_ADMIN_TOKEN" in (await response.json())["detail"]
+    finally:
+        await server.drain()
+
+
+def write_config(tmp_path, upstream_url: str, routes: list[dict] | None = None, **server) -> tuple:
+    port, admin_port = free_port(), free_port()
+    config = gateway_config(upstream_url, routes=routes, **server)
+    config["server"]["listen"] = f"127.0.0.1:{port}"
+    config["admin"]["listen"] = f"127.0.0.1:{admin_port}"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+
+
+async def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path, upstream, client, gateway_process):
+    path, url, admin_url = write_config(tmp_path, upstream.url)
+    process = gateway_process(path)
+    await asyncio.to_thread(process.wait_ready, admin_url)
+
+    in_flight = asyncio.create_task(client.get(f"{url}/stall"))
+    await asyncio.wait_for(upstream.state.stall_started.wait(), 5)
+    process.process.send_signal(signal.SIGTERM)
+
+    async def refused() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        except OSError:
+            return True
+        writer.close()
+        return False
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await refused():
+        assert asyncio.get_running_loop().time() < deadline, "listener still accepting after SIGTERM"
+        await asyncio.sleep(0.02)
+    assert process.process.poll() is None  # still finishing the in-flight request
+
+    upstream.state.release_stall.set()
+    response = await asyncio.wait_for(in_flight, 5)
+    assert response.status == 200
+    assert await response.json() == {"released": True}
+    assert await asyncio.to_thread(process.process.wait, 10) == 0
+
+
+async def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path, upstream, client, gateway_process):
+    path, url, admin_url = write_config(tmp_path, upstream.url)
+    process = gateway_process(path)
+    await asyncio.to_thread(process.wait_ready, admin_url)
+    original = path.read_text()
+
+    path.write_text("this: is: not yaml")
+    process.process.send_signal(signal.SIGHUP)
+
+    async def reload_count(result: str) -> float:
+        async with client.get(f"{admin_url}/metrics") as response:
+            for line in (await response.text()).splitlines():
+                if line.startswith(f'fairgate_config_reloads_total{{result="{result}"}}'):
+                    return float(line.split()[-1])
+        return 0.0
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while await reload_count("failure") < 1:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    async with client.get(f"{url}/echo") as response:
+        assert response.status == 200
+
+    config = yaml.safe_load(original)
+    config["routes"] = [{"name": "api", "path_prefix": "/api/", "upstream": "app"}]
+    path.write_text(yaml.safe_dump(config))
+    process.process.send_signal(signal.SIGHUP)
+    deadline = asyncio.get_running_loop().time() + 5
+    while await reload_count("success") < 1:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    async with client.get(f"{url}/echo") as response:
+        assert response.status == 404
+    process.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.process.wait, 10) == 0
+
+
+async def test_listen_flags_override_the_config(tmp_path, upstream, client, gateway_process):
+    path, _, _ = write_config(tmp_path, upstream.url)
+    port, admin_port = free_port(), free_port()
+    process = gateway_process(path, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}")
+    await asyncio.to_thread(process.wait_ready, f"http://127.0.0.1:{admin_port}")
+    async with client.get(f"http://127.0.0.1:{port}/echo") as response:
+        assert response.status == 200
+
+
+async def test_port_in_use_fails_with_exit_1(tmp_path, upstream, gateway_process):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        path, _, _ = write_config(tmp_path, upstream.url)
+        process = gateway_process(path, "--listen", f"127.0.0.1:{taken.getsockname()[1]}")
+        assert await asyncio.to_thread(process.process.wait, 20) == 1
+        assert "cannot listen" in process.output()
+
+
+async def test_workers_share_one_port_and_stop_together(tmp_path, upstream, client, gateway_process):
+    path, url, admin_url = write_config(tmp_path, upstream.url)
+    process = gateway_process(path, "--workers", "2")
+    await asyncio.to_thread(process.wait_ready, admin_url)
+    for _ in range(20):
+        async with aiohttp.ClientSession() as fresh:  # new connections spread over the workers
+            async with fresh.get(f"{url}/echo") as response:
+                assert response.status == 200
+    async with client.get(f"{admin_url}/readyz") as response:
+        assert response.status == 200
+    process.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.process.wait, 20) == 0
+    assert "keeps its own limits" in process.output()
