@@ -1,7 +1,12 @@
 """One benchmark run: the same wrk load on the upstream directly, nginx as a reverse proxy,
-and fairgate, all in front of the same nginx `return 200` upstream.
+a bare aiohttp server (the framework's own ceiling) and fairgate, all answering from the same
+nginx `return 200` upstream.
 
-    python bench/run.py [--duration 10] [--connections 32] [--markdown FILE]
+    python bench/run.py [--duration 5] [--rounds 3] [--connections 32] [--markdown FILE]
+
+Targets are measured in interleaved rounds and the median round is reported, so a noisy
+neighbour on the machine skews every target alike. With taskset available, the server under
+test gets core 0 and the load generator and upstream share core 1.
 
 Needs wrk (load) and nginx (upstream and reference proxy): `apt-get install -y wrk nginx`.
 """
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVER_CORE, LOAD_CORE = 0, 1
 UPSTREAM_BODY = '{"id": 42, "status": "open", "title": "A ticket of typical size"}'
 
 
@@ -33,11 +39,15 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    # CPU time the server under test spent per request: steadier than req/s on a shared
+    # machine, and the number to compare before and after a hot-path change.
+    cpu_us_per_request: float
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per target (default 10)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per target and round (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported (default 3)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
@@ -54,23 +64,29 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="fairgate-bench-") as tmp:
         workdir = Path(tmp)
-        upstream_port, proxy_port, gateway_port, admin_port = (_free_port() for _ in range(4))
+        upstream_port, proxy_port, hello_port, gateway_port, admin_port = (_free_port() for _ in range(5))
         processes = []
         try:
-            processes.append(_start_nginx(workdir / "upstream", _upstream_conf(upstream_port)))
-            processes.append(_start_nginx(workdir / "proxy", _proxy_conf(proxy_port, upstream_port)))
+            processes.append(_start_nginx(workdir / "upstream", _upstream_conf(upstream_port), LOAD_CORE))
+            processes.append(_start_nginx(workdir / "proxy", _proxy_conf(proxy_port, upstream_port), SERVER_CORE))
+            processes.append(_pinned([sys.executable, str(ROOT / "bench" / "aiohttp_hello.py"), str(hello_port)],
+                                     SERVER_CORE))
             processes.append(_start_fairgate(workdir, gateway_port, admin_port, upstream_port))
-            for port in (upstream_port, proxy_port, gateway_port):
-                _wait_http(f"http://127.0.0.1:{port}/api/v1/bench")
+            upstream, proxy, hello, gateway = processes
             targets = [
-                ("upstream direct (nginx return 200)", upstream_port),
-                ("nginx reverse proxy, keepalive", proxy_port),
-                ("fairgate, no policies", gateway_port),
+                ("upstream direct (nginx return 200)", upstream_port, upstream.pid),
+                ("nginx reverse proxy, keepalive", proxy_port, proxy.pid),
+                ("aiohttp server alone (no upstream)", hello_port, hello.pid),
+                ("fairgate, no policies", gateway_port, gateway.pid),
             ]
-            results = []
-            for name, port in targets:
-                _wrk(port, 2, args.connections, args.threads)  # warm-up: pools, caches
-                results.append(_measure(name, port, args))
+            for _, port, _ in targets:
+                _wait_http(f"http://127.0.0.1:{port}/api/v1/bench")
+                _wrk(port, 1, args.connections, args.threads)  # warm-up: pools, caches
+            rounds: dict[str, list[Result]] = {name: [] for name, _, _ in targets}
+            for _ in range(args.rounds):
+                for name, port, pid in targets:
+                    rounds[name].append(_measure(name, port, pid, args))
+            results = [_median(rounds[name]) for name, _, _ in targets]
         finally:
             for process in processes:
                 _stop(process)
@@ -82,17 +98,30 @@ def main() -> int:
     return 0
 
 
-def _measure(name: str, port: int, args: argparse.Namespace) -> Result:
+def _measure(name: str, port: int, pid: int, args: argparse.Namespace) -> Result:
+    cpu_before = _cpu_seconds(pid)
     output = _wrk(port, args.duration, args.connections, args.threads)
+    cpu_used = _cpu_seconds(pid) - cpu_before
+    total = int(re.search(r"(\d+) requests in", output).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors += int(non2xx.group(1)) if non2xx else 0
-    return Result(name, rps, _percentile(output, "50"), _percentile(output, "99"), errors)
+    cpu_us = cpu_used / total * 1e6 if total else float("nan")
+    return Result(name, rps, _percentile(output, "50"), _percentile(output, "99"), errors, cpu_us)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _median(results: list[Result]) -> Result:
+    return sorted(results, key=lambda r: r.requests_per_second)[len(results) // 2]
 
 
 def _wrk(port: int, duration: int, connections: int, threads: int) -> str:
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+    command = [*_taskset(LOAD_CORE), "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
                f"http://127.0.0.1:{port}/api/v1/bench"]
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
@@ -107,17 +136,19 @@ def _percentile(output: str, which: str) -> float:
 
 def _table(results: list[Result], args: argparse.Namespace) -> str:
     direct, nginx = results[0], results[1]
+    pinning = f"server on core {SERVER_CORE}, wrk and upstream on core {LOAD_CORE}" if _taskset(0) else "unpinned"
     lines = [
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, one worker each, "
-        f"{os.cpu_count()} cores, upstream: nginx return 200",
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, median of {args.rounds} interleaved rounds, "
+        f"one worker each, {os.cpu_count()} cores ({pinning}), upstream: nginx return 200",
         "",
-        "| target | req/s | p50 ms | p99 ms | errors | vs nginx proxy | vs direct |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s | p50 ms | p99 ms | errors | server CPU us/req | vs nginx proxy | vs direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         lines.append(
             f"| {result.name} | {result.requests_per_second:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
-            f"| {result.errors} | {result.requests_per_second / nginx.requests_per_second:.2f}x "
+            f"| {result.errors} | {result.cpu_us_per_request:.1f} "
+            f"| {result.requests_per_second / nginx.requests_per_second:.2f}x "
             f"| {result.requests_per_second / direct.requests_per_second:.2f}x |"
         )
     return "\n".join(lines)
@@ -145,6 +176,7 @@ def _proxy_conf(port: int, upstream_port: int) -> str:
 def _nginx_conf(server: str, http_extra: str) -> str:
     return f"""
 worker_processes 1;
+master_process off;
 daemon off;
 pid nginx.pid;
 error_log stderr error;
@@ -159,10 +191,21 @@ http {{
 """
 
 
-def _start_nginx(prefix: Path, conf: str) -> subprocess.Popen:
+def _start_nginx(prefix: Path, conf: str, core: int) -> subprocess.Popen:
     (prefix / "tmp").mkdir(parents=True)
     (prefix / "nginx.conf").write_text(conf)
-    return subprocess.Popen([_find("nginx"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
+    # master_process off: the one nginx process is the worker, so pinning it pins the work.
+    return _pinned([_find("nginx"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")], core)
+
+
+def _pinned(command: list[str], core: int) -> subprocess.Popen:
+    return subprocess.Popen([*_taskset(core), *command], cwd=ROOT)
+
+
+def _taskset(core: int) -> list[str]:
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(core)]
 
 
 def _start_fairgate(workdir: Path, port: int, admin_port: int, upstream_port: int) -> subprocess.Popen:
@@ -176,7 +219,7 @@ upstreams:
 routes:
   - {{name: api, path_prefix: /, upstream: bench}}
 """)
-    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=ROOT)
+    return _pinned([sys.executable, "-m", "gateway", "run", "-c", str(config)], SERVER_CORE)
 
 
 def _find(tool: str) -> str | None:
