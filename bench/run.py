@@ -1,6 +1,6 @@
 """One benchmark run: the same wrk load on the upstream directly, nginx as a reverse proxy,
-a bare aiohttp server (the framework's own ceiling) and fairgate, all answering from the same
-nginx `return 200` upstream.
+a bare aiohttp server (the framework's own ceiling), a naive aiohttp ClientSession proxy and
+fairgate, all answering from the same nginx `return 200` upstream.
 
     python bench/run.py [--duration 5] [--rounds 3] [--connections 32] [--markdown FILE]
 
@@ -64,19 +64,24 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="fairgate-bench-") as tmp:
         workdir = Path(tmp)
-        upstream_port, proxy_port, hello_port, gateway_port, admin_port = (_free_port() for _ in range(5))
+        upstream_port, proxy_port, hello_port, naive_port, gateway_port, admin_port = (
+            _free_port() for _ in range(6)
+        )
         processes = []
         try:
             processes.append(_start_nginx(workdir / "upstream", _upstream_conf(upstream_port), LOAD_CORE))
             processes.append(_start_nginx(workdir / "proxy", _proxy_conf(proxy_port, upstream_port), SERVER_CORE))
             processes.append(_pinned([sys.executable, str(ROOT / "bench" / "aiohttp_hello.py"), str(hello_port)],
                                      SERVER_CORE))
+            processes.append(_pinned([sys.executable, str(ROOT / "bench" / "aiohttp_client_proxy.py"),
+                                      str(naive_port), str(upstream_port)], SERVER_CORE))
             processes.append(_start_fairgate(workdir, gateway_port, admin_port, upstream_port))
-            upstream, proxy, hello, gateway = processes
+            upstream, proxy, hello, naive, gateway = processes
             targets = [
                 ("upstream direct (nginx return 200)", upstream_port, upstream.pid),
                 ("nginx reverse proxy, keepalive", proxy_port, proxy.pid),
                 ("aiohttp server alone (no upstream)", hello_port, hello.pid),
+                ("aiohttp server + aiohttp ClientSession proxy", naive_port, naive.pid),
                 ("fairgate, no policies", gateway_port, gateway.pid),
             ]
             for _, port, _ in targets:

@@ -1,0 +1,37 @@
+"""The docs name every config key there is, so they cannot drift from the code."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from gateway.config import GatewayConfig
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+
+
+def key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    paths = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += key_paths(annotation, f"{path}.")
+        elif origin is dict and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+            paths += key_paths(args[1], f"{path}.<name>.")
+        elif origin is tuple and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            paths += key_paths(args[0], f"{path}[i].")
+        else:
+            paths.append(path)
+    return paths
+
+
+def test_every_config_key_is_documented():
+    paths = key_paths(GatewayConfig)
+    assert "routes[i].max_body" in paths  # the walk reaches nested sections
+    missing = [path for path in paths if f"`{path}`" not in DOC]
+    assert not missing, f"docs/configuration.md does not document: {missing}"
