@@ -187,12 +187,21 @@ async def test_workers_share_one_port_and_stop_together(tmp_path, upstream, clie
     path, url, admin_url = write_config(tmp_path, upstream.url)
     process = gateway_process(path, "--workers", "2")
     await asyncio.to_thread(process.wait_ready, admin_url)
-    for _ in range(20):
-        async with aiohttp.ClientSession() as fresh:  # new connections spread over the workers
-            async with fresh.get(f"{url}/echo") as response:
-                assert response.status == 200
-    async with client.get(f"{admin_url}/readyz") as response:
-        assert response.status == 200
+    pids: set[int] = set()
+    deadline = asyncio.get_running_loop().time() + 15
+    while len(pids) < 2:
+        assert asyncio.get_running_loop().time() < deadline, f"only workers {pids} answered"
+        try:
+            async with aiohttp.ClientSession() as fresh:  # new connections spread over the workers
+                async with fresh.get(f"{admin_url}/healthz") as response:
+                    pids.add((await response.json())["pid"])
+                async with fresh.get(f"{url}/echo") as response:
+                    assert response.status == 200
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.05)  # a worker still binding
+    assert process.process.pid not in pids
     process.process.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(process.process.wait, 20) == 0
-    assert "keeps its own limits" in process.output()
+    code = await asyncio.to_thread(process.process.wait, 20)
+    output = process.output()
+    assert code == 0, output
+    assert "keeps its own limits" in output

@@ -26,7 +26,8 @@ def build_admin_app(
     admin_token: str | None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        # The pid tells which worker answered when --workers shares the port.
+        return web.json_response({"status": "ok", "pid": os.getpid()})
 
     async def readyz(_: web.Request) -> web.Response:
         reason = readiness()

@@ -43,7 +43,10 @@ def supervise(worker_argv: list[str], count: int) -> int:
     while True:
         if stopping:
             codes = [worker.wait() for worker in workers]
-            return 0 if all(code == 0 for code in codes) else 1
+            # A worker still starting up dies of the forwarded signal itself; it was not
+            # serving anything yet, so that is a clean stop too.
+            clean = (0, -signal.SIGTERM, -signal.SIGINT)
+            return 0 if all(code in clean for code in codes) else 1
         for index, worker in enumerate(workers):
             code = worker.poll()
             if code is not None and not stopping:
