@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import json
 
 import aiohttp
 import pytest
@@ -126,6 +127,31 @@ async def test_request_bodies_arrive_intact(gateway, client, length):
         echo = await response.json()
     assert echo["body_length"] == length
     assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_expect_100_continue_is_answered_by_the_gateway(gateway):
+    reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert await asyncio.wait_for(reader.readline(), 5) == b"HTTP/1.1 100 Continue\r\n"
+    assert await reader.readline() == b"\r\n"
+    writer.write(b"hello")
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1])
+    echo = json.loads(await reader.readexactly(length))
+    writer.close()
+    assert echo["body_length"] == 5
+    assert "expect" not in header_names(echo)
+
+
+async def test_body_over_limit_is_refused_before_continue(start_gateway, upstream):
+    gw = await start_gateway(
+        gateway_config(upstream.url, routes=[{"name": "r", "path_prefix": "/", "upstream": "app", "max_body": "10B"}])
+    )
+    reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\nExpect: 100-continue\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 413")
+    writer.close()
 
 
 async def test_chunked_request_body_is_streamed_upstream(gateway, client):

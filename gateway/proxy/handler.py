@@ -112,7 +112,9 @@ class ProxyHandler:
         peer_bytes = peer.encode("ascii")
         lines.append(b"X-Forwarded-For: %s\r\n" % (found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes))
         lines.append(b"X-Forwarded-Proto: %s\r\n" % (found.proto if trusted and found.proto else self._scheme))
-        lines.append(b"X-Forwarded-Host: %s\r\n" % (found.host if trusted and found.host else client_host or b""))
+        forwarded_host = found.host if trusted and found.host else client_host
+        if forwarded_host:
+            lines.append(b"X-Forwarded-Host: %s\r\n" % forwarded_host)
         lines.append(b"Via: %s\r\n" % (found.via + b", " + VIA_TOKEN if found.via else VIA_TOKEN))
         lines.append(b"X-Request-Id: %s\r\n" % request_id.encode("ascii"))
         if target.host_header is not None:
@@ -125,6 +127,9 @@ class ProxyHandler:
         length = request.content_length
         body: bytes | AsyncIterator[bytes] | None = None
         chunked = False
+        if request.body_exists and request.headers.get("Expect", "").lower() == "100-continue":
+            # The limits passed, so invite the body; the upstream never sees the Expect.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if length is None and request.body_exists:
             chunked = True
             body = _limited_body(request, route.max_body)
@@ -193,7 +198,7 @@ class ProxyHandler:
             return response
         except UpstreamError as exc:
             exchange.abort()
-            if not request.writer or request.writer.output_size == 0:  # nothing sent yet
+            if response is None or not response.prepared:  # nothing of this response sent yet
                 return self._upstream_failed(request, target, exc)
             # Part of the body is out: only a broken connection tells the client it is truncated.
             log.warning("upstream %s failed mid-response: %s", target.upstream_name, exc,
@@ -201,7 +206,7 @@ class ProxyHandler:
             self._metrics.upstream_errors.labels(target.upstream_name, type(exc).__name__).inc()
             if request.transport is not None:
                 request.transport.abort()
-            return response  # type: ignore[return-value]
+            return response
         except BaseException:
             exchange.abort()
             raise
