@@ -136,17 +136,17 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path, upst
     path.write_text("this: is: not yaml")
     process.process.send_signal(signal.SIGHUP)
 
-    async def reload_count(result: str) -> float:
-        async with client.get(f"{admin_url}/metrics") as response:
-            for line in (await response.text()).splitlines():
-                if line.startswith(f'fairgate_config_reloads_total{{result="{result}"}}'):
-                    return float(line.split()[-1])
-        return 0.0
+    async def wait_for_reload(result: str) -> None:
+        metric = f'fairgate_config_reloads_total{{result="{result}"}} 1.0'
+        deadline = asyncio.get_running_loop().time() + 5
+        while True:
+            async with client.get(f"{admin_url}/metrics") as response:
+                if metric in await response.text():
+                    return
+            assert asyncio.get_running_loop().time() < deadline, f"no {metric}"
+            await asyncio.sleep(0.02)
 
-    deadline = asyncio.get_running_loop().time() + 5
-    while await reload_count("failure") < 1:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.02)
+    await wait_for_reload("failure")
     async with client.get(f"{url}/echo") as response:
         assert response.status == 200
 
@@ -154,10 +154,7 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path, upst
     config["routes"] = [{"name": "api", "path_prefix": "/api/", "upstream": "app"}]
     path.write_text(yaml.safe_dump(config))
     process.process.send_signal(signal.SIGHUP)
-    deadline = asyncio.get_running_loop().time() + 5
-    while await reload_count("success") < 1:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.02)
+    await wait_for_reload("success")
     async with client.get(f"{url}/echo") as response:
         assert response.status == 404
     process.process.send_signal(signal.SIGTERM)
