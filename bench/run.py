@@ -222,7 +222,7 @@ logging: {{level: warning}}
 upstreams:
   bench: {{url: "http://127.0.0.1:{upstream_port}"}}
 routes:
-  - {{name: api, path_prefix: /, upstream: bench}}
+  - {{name: api, path_prefix: /, upstream: bench, auth: none}}
 """)
     return _pinned([sys.executable, "-m", "gateway", "run", "-c", str(config)], SERVER_CORE)
 

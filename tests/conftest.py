@@ -17,6 +17,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import load_config
 from gateway.server.lifecycle import GatewayServer, ServeOptions
 from tests.support.upstream_app import UpstreamState, build_upstream_app
@@ -40,14 +41,24 @@ class RunningGateway:
     admin_url: str
 
 
-def gateway_config(upstream_url: str, *, routes: list[dict] | None = None, **server: Any) -> dict:
-    """A minimal config in front of `upstream_url`, listening on free ports."""
-    return {
+def gateway_config(upstream_url: str, *, routes: list[dict] | None = None, auth: dict | None = None,
+                   **server: Any) -> dict:
+    """A minimal config in front of `upstream_url`, listening on free ports.
+
+    Without an `auth` section the routes default to `auth: none`.
+    """
+    routes = routes or [{"name": "all", "path_prefix": "/", "upstream": "app"}]
+    if auth is None:
+        routes = [{"auth": "none", **route} for route in routes]
+    config = {
         "server": {"listen": "127.0.0.1:0", "access_log": False, "drain_timeout": "5s", **server},
         "admin": {"listen": "127.0.0.1:0"},
         "upstreams": {"app": {"url": upstream_url, "read_timeout": "5s", "connect_timeout": "1s"}},
-        "routes": routes or [{"name": "all", "path_prefix": "/", "upstream": "app"}],
+        "routes": routes,
     }
+    if auth is not None:
+        config["auth"] = auth
+    return config
 
 
 @pytest.fixture
@@ -64,17 +75,35 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
-StartGateway = Callable[[dict], Awaitable[RunningGateway]]
+StartGateway = Callable[..., Awaitable[RunningGateway]]
+
+
+class ManualClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, wall: float = 1_800_000_000.0) -> None:
+        self.wall = wall
+        self.mono = 10_000.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
 
 
 @pytest.fixture
 async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     started: list[GatewayServer] = []
 
-    async def start(config: dict) -> RunningGateway:
+    async def start(config: dict, clock: Clock = SYSTEM_CLOCK) -> RunningGateway:
         path = tmp_path / f"gateway-{len(started)}.yaml"
         path.write_text(yaml.safe_dump(config))
-        server = GatewayServer(load_config(path), ServeOptions(str(path), admin_token=ADMIN_TOKEN))
+        server = GatewayServer(load_config(path), ServeOptions(str(path), admin_token=ADMIN_TOKEN, clock=clock))
         await server.start()
         started.append(server)
         host, port = server.proxy_address

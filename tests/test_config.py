@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from gateway.config.units import parse_duration, parse_rate, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = Path(__file__).parent / "fixtures" / "bad"
+DEMO_ENV = {"FAIRGATE_DEMO_SECRET": "a-demo-secret-of-at-least-32-bytes!!"}
 
 
 def expected_error(fixture: Path) -> str:
@@ -36,7 +38,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     path.write_text(
         "server: {listen: nowhere, drain_timeout: forever}\n"
         "upstreams: {a: {url: 'http://127.0.0.1:1'}}\n"
-        "routes: [{name: r, path_prefix: /, upstream: a}]\n"
+        "routes: [{name: r, path_prefix: /, upstream: a, auth: none}]\n"
     )
     with pytest.raises(ConfigError) as failure:
         load_config(path)
@@ -45,7 +47,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 
 def test_shipped_config_is_valid_and_typed():
-    config = load_config(ROOT / "config" / "gateway.yaml")
+    config = load_config(ROOT / "config" / "gateway.yaml", environ=DEMO_ENV)
     assert config.server.listen == ("127.0.0.1", 8080)
     assert config.admin.listen == ("127.0.0.1", 8081)
     assert config.upstreams["product"].port == 9000
@@ -54,7 +56,7 @@ def test_shipped_config_is_valid_and_typed():
 
 
 def test_config_objects_are_immutable():
-    config = load_config(ROOT / "config" / "gateway.yaml")
+    config = load_config(ROOT / "config" / "gateway.yaml", environ=DEMO_ENV)
     with pytest.raises(Exception):
         config.server.listen = ("0.0.0.0", 1)  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -65,7 +67,7 @@ def test_environment_variables_are_substituted(tmp_path):
     path = tmp_path / "env.yaml"
     path.write_text(
         "upstreams: {a: {url: '${UPSTREAM_URL}'}}\n"
-        "routes: [{name: r, path_prefix: '/cost$$', upstream: a}]\n"
+        "routes: [{name: r, path_prefix: '/cost$$', upstream: a, auth: none}]\n"
     )
     config = load_config(path, environ={"UPSTREAM_URL": "http://10.1.2.3:8000"})
     assert config.upstreams["a"].host == "10.1.2.3"
@@ -114,8 +116,9 @@ def test_bad_rates_are_rejected(value):
         parse_rate(value)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True)
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **DEMO_ENV, **(env or {})})
 
 
 def test_check_config_accepts_the_shipped_config():
@@ -137,9 +140,31 @@ def test_cli_usage_errors_exit_2():
     assert run_cli("run", "-c", "x.yaml", "--listen", "nope").returncode == 2
 
 
+def test_shipped_config_names_the_missing_demo_secret():
+    env = {key: value for key, value in os.environ.items() if key != "FAIRGATE_DEMO_SECRET"}
+    result = subprocess.run([sys.executable, "-m", "gateway", "check-config", "config/gateway.yaml"], cwd=ROOT,
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "auth.issuers[0].hmac_secret: environment variable FAIRGATE_DEMO_SECRET is not set" in result.stderr
+
+
+def test_dev_token_verifies_against_the_demo_issuer():
+    import jwt
+
+    result = run_cli("token", "--customer", "acme", "--user", "alice@acme.example", "--ttl", "10min",
+                     "--scope", "reports:read", "--plan", "business")
+    assert result.returncode == 0, result.stderr
+    issuer = load_config(ROOT / "config" / "gateway.yaml", environ=DEMO_ENV).auth.issuers[0]
+    claims = jwt.decode(result.stdout.strip(), issuer.hmac_key, algorithms=["HS256"], audience=issuer.audiences[0])
+    assert claims["org_id"] == "acme"
+    assert claims["email"] == "alice@acme.example"
+    assert claims["scope"] == "reports:read"
+    assert claims["exp"] - claims["iat"] == 600
+
+
 def test_schema_is_json_schema_of_every_section():
     result = run_cli("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
-    assert set(schema["properties"]) >= {"server", "admin", "logging", "upstreams", "routes"}
+    assert set(schema["properties"]) >= {"server", "admin", "logging", "auth", "upstreams", "routes"}
     assert schema["additionalProperties"] is False

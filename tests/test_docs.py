@@ -35,3 +35,21 @@ def test_every_config_key_is_documented():
     assert "routes[i].max_body" in paths  # the walk reaches nested sections
     missing = [path for path in paths if f"`{path}`" not in DOC]
     assert not missing, f"docs/configuration.md does not document: {missing}"
+
+
+def yaml_blocks(text: str) -> list[str]:
+    return [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+
+
+def test_the_documented_examples_are_valid_configs(tmp_path):
+    from gateway.config import load_config
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    examples = yaml_blocks(DOC) + yaml_blocks(readme)
+    assert len(examples) >= 2
+    env = {"PRODUCT_API_URL": "http://10.1.2.3:9000", "PARTNER_HMAC_SECRET": "p" * 32,
+           "FAIRGATE_DEMO_SECRET": "d" * 32}
+    for number, example in enumerate(examples):
+        path = tmp_path / f"example-{number}.yaml"
+        path.write_text(example)
+        load_config(path, environ=env)

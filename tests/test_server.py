@@ -151,7 +151,7 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path, upst
         assert response.status == 200
 
     config = yaml.safe_load(original)
-    config["routes"] = [{"name": "api", "path_prefix": "/api/", "upstream": "app"}]
+    config["routes"] = [{"name": "api", "path_prefix": "/api/", "upstream": "app", "auth": "none"}]
     path.write_text(yaml.safe_dump(config))
     process.process.send_signal(signal.SIGHUP)
     await wait_for_reload("success")

@@ -85,6 +85,13 @@ def _check_references(config: GatewayConfig) -> Iterator[ConfigIssue]:
                 f"routes[{index}].path_prefix",
                 f"another route already matches host={route.host!r} path_prefix={route.path_prefix!r}",
             )
+        if route.auth != "none" and not config.auth.issuers:
+            yield ConfigIssue(
+                f"routes[{index}].auth",
+                f"auth is {route.auth!r} but auth.issuers is empty: add an issuer or set auth: none",
+            )
+        if route.required_scopes and route.auth != "required":
+            yield ConfigIssue(f"routes[{index}].required_scopes", "scopes can only be required with auth: required")
         seen_names.add(route.name)
         seen_matches.add((route.host, route.path_prefix))
 
@@ -112,5 +119,9 @@ def _issue_from_pydantic(error: Mapping[str, Any]) -> ConfigIssue:
     message = error["msg"]
     message = message.removeprefix("Value error, ")
     if kind in ("value_error",):
+        # Section validators name the key they reject as "key: reason".
+        key, sep, reason = message.partition(": ")
+        if sep and key.isidentifier():
+            return ConfigIssue(format_path((*loc, key)), reason)
         return ConfigIssue(format_path(loc), message)
     return ConfigIssue(format_path(loc), f"{message} (got {error.get('input')!r})")

@@ -6,77 +6,14 @@ into numbers here, once, so nothing downstream ever sees a raw string or dict.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from types import MappingProxyType
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, Field
 
-from gateway.config.units import (
-    DURATION_HINT,
-    SIZE_HINT,
-    parse_duration,
-    parse_size,
-)
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|min|m|h|d|w)$", "description": DURATION_HINT}),
-]
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\d+(\.\d+)?\s*([kKmMgGtT]i?[bB]|[bB])$"},
-                {"type": "integer", "minimum": 0},
-            ],
-            "description": SIZE_HINT,
-        }
-    ),
-]
-
-
-def parse_host_port(value: object) -> tuple[str, int]:
-    if isinstance(value, str):
-        host, sep, port = value.rpartition(":")
-        if sep and port.isdigit() and 0 <= int(port) <= 65535 and host:
-            return host.strip("[]"), int(port)
-    raise ValueError(f"expected HOST:PORT such as '127.0.0.1:8080' or '[::1]:8080', got {value!r}")
-
-
-HostPort = Annotated[
-    tuple[str, int],
-    BeforeValidator(parse_host_port),
-    WithJsonSchema({"type": "string", "pattern": r"^.+:\d{1,5}$", "description": "HOST:PORT"}),
-]
-
-
-def _parse_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(str(value), strict=False)
-    except ValueError:
-        raise ValueError(f"expected an IP address or CIDR such as '10.0.0.0/8', got {value!r}") from None
-
-
-Network = Annotated[
-    ipaddress.IPv4Network | ipaddress.IPv6Network,
-    BeforeValidator(_parse_network),
-    WithJsonSchema({"type": "string", "description": "an IP address or CIDR"}),
-]
-
-
-def _frozen_mapping(value: dict) -> Mapping:
-    return MappingProxyType(value)
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
-
+from gateway.config.auth import AuthSettings
+from gateway.config.types import Duration, HostPort, Network, Section, Size, frozen_mapping
 
 class ServerSettings(Section):
     """The proxy listener."""
@@ -160,6 +97,11 @@ class Route(Section):
     max_body: Size = Field(10_000_000, description="Largest request body (413 beyond it).")
     max_header_bytes: Size = Field(32768, description="Largest total size of the request headers (431 beyond it).")
     websocket: bool = Field(True, description="Proxy WebSocket upgrades on this route.")
+    auth: Literal["required", "optional", "none"] = Field(
+        "required", description="required: a valid login or 401; optional: checked when sent; none: not looked at."
+    )
+    required_scopes: tuple[str, ...] = Field((), description="Scopes (or roles) the login must carry, else 403.")
+    forward_authorization: bool = Field(False, description="Pass the client's Authorization header upstream.")
 
 
 class GatewayConfig(Section):
@@ -168,5 +110,6 @@ class GatewayConfig(Section):
     server: ServerSettings = ServerSettings()
     admin: AdminSettings = AdminSettings()
     logging: LoggingSettings = LoggingSettings()
-    upstreams: Annotated[dict[str, Upstream], AfterValidator(_frozen_mapping)] = Field(min_length=1)
+    auth: AuthSettings = AuthSettings()
+    upstreams: Annotated[dict[str, Upstream], AfterValidator(frozen_mapping)] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)

@@ -9,13 +9,15 @@ from typing import AsyncIterator, Protocol
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from gateway.auth.errors import AuthError
+from gateway.auth.responses import auth_problem
 from gateway.metrics import Metrics
 from gateway.proxy.headers import VIA_TOKEN, client_response_headers, request_id_or_new, upstream_header_lines
 from gateway.proxy.problems import problem_response
-from gateway.proxy.request_keys import CLIENT_IP, REQUEST_ID
+from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
 from gateway.proxy.routing import has_dot_segments
 from gateway.proxy.runtime import Runtime, RouteTarget
-from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE, is_websocket_upgrade, proxy_websocket
+from gateway.proxy.websocket import is_websocket_upgrade, proxy_websocket
 from gateway.upstream import Exchange, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("fairgate.proxy")
@@ -23,7 +25,6 @@ log = logging.getLogger("fairgate.proxy")
 # Bodies up to this size are read whole: one write instead of a streaming loop.
 _BUFFER_LIMIT = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
-_NOTHING: frozenset[bytes] = frozenset()
 _VIA = VIA_TOKEN.decode()
 
 
@@ -100,15 +101,30 @@ class ProxyHandler:
         self, runtime: Runtime, target: RouteTarget, request: BaseRequest, request_id: str
     ) -> web.StreamResponse:
         peer = request.remote or ""
-        websocket = target.route.websocket and is_websocket_upgrade(request)
+        route = target.route
+        websocket = route.websocket and is_websocket_upgrade(request)
         lines, found, client_host = upstream_header_lines(
-            request.raw_headers, replace_host=target.host_header, strip=WEBSOCKET_HANDSHAKE if websocket else _NOTHING
+            request.raw_headers, replace_host=target.host_header,
+            strip=target.strip_headers_websocket if websocket else target.strip_headers,
         )
         clients = runtime.client_addresses
         trusted = clients.is_trusted(peer)
-        request[CLIENT_IP] = (
+        client_ip = request[CLIENT_IP] = (
             clients.resolve(peer, found.forwarded_for.decode("latin-1")) if trusted and found.forwarded_for else peer
         )
+        if route.auth != "none":
+            try:
+                identity = await runtime.authenticator.authenticate(  # type: ignore[union-attr]
+                    request.headers.get("Authorization"), client_ip,
+                    required=route.auth == "required", scopes=route.required_scopes,
+                )
+            except AuthError as exc:
+                self._metrics.rejections.labels(type(exc).__name__).inc()
+                return auth_problem(exc, request_id)
+            if identity is not None:
+                request[IDENTITY] = identity
+                lines.append(b"%s: %s\r\n" % (runtime.customer_header, identity.customer.encode()))
+                lines.append(b"%s: %s\r\n" % (runtime.user_header, identity.user.encode()))
         peer_bytes = peer.encode("ascii")
         lines.append(b"X-Forwarded-For: %s\r\n" % (found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes))
         lines.append(b"X-Forwarded-Proto: %s\r\n" % (found.proto if trusted and found.proto else self._scheme))
@@ -123,7 +139,6 @@ class ProxyHandler:
         if websocket:
             return await proxy_websocket(request, target, lines, self._metrics)
 
-        route = target.route
         length = request.content_length
         body: bytes | AsyncIterator[bytes] | None = None
         chunked = False

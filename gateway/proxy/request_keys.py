@@ -2,5 +2,8 @@
 
 from aiohttp import web
 
+from gateway.auth.identity import Identity
+
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_IP = web.RequestKey("client_ip", str)
+IDENTITY = web.RequestKey("identity", Identity)

@@ -1,17 +1,41 @@
-"""Everything the proxy needs for one config, compiled once: routes, pools, trusted proxies.
+"""Everything the proxy needs for one config, compiled once: routes, pools, trusted proxies,
+the authenticator.
 
-A reload builds a new Runtime and swaps one reference; pools whose upstream settings did not
-change are carried over so warm connections survive the reload.
+A reload builds a new Runtime and swaps one reference. Upstream pools and JWKS fetchers whose
+settings did not change are carried over, so warm connections and loaded keys survive it;
+long-lived state (revocations, failed logins) lives in GatewayState, outside any one config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gateway.auth.authenticator import AuthMetrics, Authenticator
+from gateway.auth.failed_logins import FailedLogins
+from gateway.auth.keys import JwksFetcher, KeySource, StaticKeys
+from gateway.auth.revocations import Revocations
+from gateway.auth.verifier import IssuerVerifier, TokenVerifier
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig, Route, Upstream
+from gateway.config.auth import FailedLoginLimit
 from gateway.proxy.client_address import ClientAddressResolver
 from gateway.proxy.routing import Router
+from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
 from gateway.upstream import UpstreamPool
+
+
+@dataclass
+class GatewayState:
+    """What outlives a config reload."""
+
+    auth_metrics: AuthMetrics
+    clock: Clock = SYSTEM_CLOCK
+    revocations: Revocations = field(init=False)
+    failed_logins: FailedLogins = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.revocations = Revocations(self.clock)
+        self.failed_logins = FailedLogins(FailedLoginLimit(), self.clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +46,34 @@ class RouteTarget:
     # None keeps the client's Host header.
     host_header: bytes | None
     ws_base_url: str
+    # Request headers never passed upstream on this route (identity headers, maybe Authorization).
+    strip_headers: frozenset[bytes]
+    strip_headers_websocket: frozenset[bytes]
 
 
 class Runtime:
-    def __init__(self, config: GatewayConfig, pools: dict[str, UpstreamPool]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        pools: dict[str, UpstreamPool],
+        key_sources: dict[str, KeySource],
+        state: GatewayState,
+    ) -> None:
         self.config = config
         self.pools = pools
+        self.key_sources = key_sources
         self.client_addresses = ClientAddressResolver(config.server.trusted_proxies)
+        headers = config.auth.identity_headers
+        self.customer_header = headers.customer.encode("ascii")
+        self.user_header = headers.user.encode("ascii")
+        self.authenticator: Authenticator | None = None
+        if config.auth.issuers:
+            verifier = TokenVerifier(
+                [IssuerVerifier(issuer, key_sources[issuer.name], state.clock) for issuer in config.auth.issuers]
+            )
+            self.authenticator = Authenticator(
+                config.auth, verifier, state.revocations, state.failed_logins, state.auth_metrics, state.clock
+            )
         self.router: Router[RouteTarget] = Router(
             [(route.host, route.path_prefix, self._target(route)) for route in config.routes]
         )
@@ -36,28 +81,61 @@ class Runtime:
     def _target(self, route: Route) -> RouteTarget:
         upstream = self.config.upstreams[route.upstream]
         authority = f"{upstream.host}:{upstream.port}"
+        strip = {self.customer_header.lower(), self.user_header.lower()}
+        if not route.forward_authorization:
+            strip.add(b"authorization")
         return RouteTarget(
             route=route,
             upstream_name=route.upstream,
             pool=self.pools[route.upstream],
             host_header=None if upstream.preserve_host else authority.encode("ascii"),
             ws_base_url=f"ws://{authority}",
+            strip_headers=frozenset(strip),
+            strip_headers_websocket=frozenset(strip) | WEBSOCKET_HANDSHAKE,
         )
 
     @classmethod
-    def build(cls, config: GatewayConfig, previous: "Runtime | None" = None) -> "Runtime":
+    def build(cls, config: GatewayConfig, state: GatewayState, previous: "Runtime | None" = None) -> "Runtime":
+        state.failed_logins.settings = config.auth.failed_logins
         pools = {}
         for name, upstream in config.upstreams.items():
             old = previous.pools.get(name) if previous else None
             old_settings = previous.config.upstreams.get(name) if previous else None
             pools[name] = old if old is not None and old_settings == upstream else _new_pool(upstream)
-        return cls(config, pools)
+        key_sources: dict[str, KeySource] = {}
+        for issuer in config.auth.issuers:
+            if issuer.jwks_url is None:
+                key_sources[issuer.name] = StaticKeys.for_issuer(issuer)
+                continue
+            fetcher = JwksFetcher.for_issuer(issuer, state.clock)
+            reusable = previous.key_sources.get(issuer.name) if previous else None
+            if isinstance(reusable, JwksFetcher) and reusable.settings_key() == fetcher.settings_key():
+                fetcher = reusable
+            key_sources[issuer.name] = fetcher
+        return cls(config, pools, key_sources, state)
 
-    async def close_pools_not_in(self, successor: "Runtime | None") -> None:
-        kept = {id(pool) for pool in successor.pools.values()} if successor else set()
+    def start(self) -> None:
+        """Begin background work (JWKS fetching); needs the running loop."""
+        for source in self.key_sources.values():
+            if isinstance(source, JwksFetcher):
+                source.start()
+
+    def not_ready_reason(self) -> str | None:
+        for name, source in self.key_sources.items():
+            reason = source.not_ready_reason()
+            if reason is not None:
+                return f"issuer {name}: {reason}"
+        return None
+
+    async def close_unused(self, successor: "Runtime | None") -> None:
+        """Close what this runtime owns that `successor` did not take over."""
+        kept = {id(item) for item in (*successor.pools.values(), *successor.key_sources.values())} if successor else set()
         for pool in self.pools.values():
             if id(pool) not in kept:
                 await pool.close()
+        for source in self.key_sources.values():
+            if isinstance(source, JwksFetcher) and id(source) not in kept:
+                await source.close()
 
 
 def _new_pool(upstream: Upstream) -> UpstreamPool:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import signal
-from typing import Awaitable, Callable
+from typing import Callable
 
 from aiohttp import web
 
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.proxy.problems import problem_response
-from gateway.server.reloader import ReloadResult
+from gateway.server.reloader import RuntimeHolder
 
 ADMIN_TOKEN_ENV = "FAIRGATE_ADMIN_TOKEN"
 SUPERVISOR_ENV = "FAIRGATE_SUPERVISOR_PID"
@@ -20,10 +21,7 @@ Readiness = Callable[[], str | None]  # None when ready, else the reason it is n
 
 
 def build_admin_app(
-    metrics: Metrics,
-    readiness: Readiness,
-    reload: Callable[[], Awaitable[ReloadResult]],
-    admin_token: str | None,
+    metrics: Metrics, readiness: Readiness, runtimes: RuntimeHolder, admin_token: str | None
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         # The pid tells which worker answered when --workers shares the port.
@@ -46,7 +44,7 @@ def build_admin_app(
             # Under --workers every process must reload, so the supervisor fans the signal out.
             os.kill(int(supervisor), signal.SIGHUP)
             return web.json_response({"status": "reload signalled to all workers"}, status=202)
-        result = await reload()
+        result = await runtimes.reload()
         if result.ok:
             return web.json_response({"status": "reloaded"})
         return problem_response(
@@ -55,12 +53,44 @@ def build_admin_app(
             extra={"errors": list(result.errors)},
         )
 
+    async def revoke(request: web.Request) -> web.Response:
+        """{"issuer": NAME, "jti": ID} revokes one token; {"issuer": NAME, "user": ID} every
+        token of that user issued until now."""
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return _bad_request("The body must be a JSON object.")
+        issuer_name, token_id, user = body.get("issuer"), body.get("jti"), body.get("user")
+        authenticator = runtimes.current.authenticator
+        issuer = authenticator.verifier.issuer_named(issuer_name) if authenticator and isinstance(issuer_name, str) else None
+        if issuer is None:
+            return _bad_request(f"Unknown issuer {issuer_name!r}.")
+        if (token_id is None) == (user is None) or not isinstance(token_id or user, str):
+            return _bad_request("Give exactly one of 'jti' or 'user', as a string.")
+        settings = issuer.settings
+        revocations = runtimes.state.revocations
+        now = runtimes.state.clock.time()
+        if token_id is not None:
+            # The token's own expiry is unknown here; no token of this issuer outlives this.
+            revocations.revoke_token(settings.name, token_id, now + settings.max_lifetime + settings.leeway)
+            return web.json_response({"revoked": {"issuer": settings.name, "jti": token_id}}, status=201)
+        before = revocations.revoke_user(settings.name, user, settings.max_lifetime + settings.leeway)
+        return web.json_response({"revoked": {"issuer": settings.name, "user": user, "issued_before": before}},
+                                 status=201)
+
     app = web.Application(middlewares=[_require_token(admin_token)])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/admin/reload", reload_endpoint)
+    app.router.add_post("/admin/revocations", revoke)
     return app
+
+
+def _bad_request(detail: str) -> web.Response:
+    return problem_response(400, "bad-request", "Bad Request", detail)
 
 
 def _require_token(token: str | None):

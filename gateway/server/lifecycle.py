@@ -13,7 +13,9 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.proxy.handler import ProxyHandler
-from gateway.proxy.runtime import Runtime
+from gateway.auth.authenticator import AuthMetrics
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.proxy.runtime import GatewayState, Runtime
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.listener import make_proxy_server
 from gateway.server.reloader import ConfigTransform, RuntimeHolder
@@ -27,6 +29,7 @@ class ServeOptions:
     transform: ConfigTransform = lambda config: config
     reuse_port: bool = False
     admin_token: str | None = None
+    clock: Clock = SYSTEM_CLOCK
 
 
 class GatewayServer:
@@ -35,7 +38,10 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig, options: ServeOptions) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.runtimes = RuntimeHolder(options.config_path, Runtime.build(config), self.metrics, options.transform)
+        self.state = GatewayState(AuthMetrics(self.metrics.auth_results, self.metrics.findings), options.clock)
+        self.runtimes = RuntimeHolder(
+            options.config_path, Runtime.build(config, self.state), self.state, self.metrics, options.transform
+        )
         self._options = options
         self._ready = False
         self._draining = False
@@ -46,13 +52,15 @@ class GatewayServer:
             access_log=config.server.access_log,
         )
         self._proxy = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.server.drain_timeout)
-        admin_app = build_admin_app(self.metrics, self._readiness, self.runtimes.reload, options.admin_token)
+        admin_app = build_admin_app(self.metrics, self._readiness, self.runtimes, options.admin_token)
         self._admin = web.AppRunner(admin_app, handle_signals=False, access_log=None)
 
     def _readiness(self) -> str | None:
         if self._draining:
             return "draining"
-        return None if self._ready else "starting"
+        if not self._ready:
+            return "starting"
+        return self.runtimes.current.not_ready_reason()
 
     @property
     def proxy_address(self) -> tuple[str, int]:
@@ -64,6 +72,7 @@ class GatewayServer:
 
     async def start(self) -> None:
         """Bind both listeners; raises OSError if an address is taken."""
+        self.runtimes.current.start()
         await self._proxy.setup()
         await self._admin.setup()
         reuse_port = self._options.reuse_port or None
@@ -89,7 +98,7 @@ class GatewayServer:
         log.info("draining", extra={"grace_seconds": self.config.server.drain_timeout})
         # aiohttp closes idle keep-alive connections and waits for running handlers.
         await self._proxy.cleanup()
-        await self.runtimes.current.close_pools_not_in(None)
+        await self.runtimes.current.close_unused(None)
         await self._admin.cleanup()
         log.info("stopped")
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.metrics import Metrics
-from gateway.proxy.runtime import Runtime
+from gateway.proxy.runtime import GatewayState, Runtime
 
 log = logging.getLogger("fairgate.reload")
 
@@ -27,10 +27,16 @@ class RuntimeHolder:
     """Holds the one Runtime requests read; a reload swaps it whole."""
 
     def __init__(
-        self, path: str | Path, runtime: Runtime, metrics: Metrics, transform: ConfigTransform = lambda c: c
+        self,
+        path: str | Path,
+        runtime: Runtime,
+        state: GatewayState,
+        metrics: Metrics,
+        transform: ConfigTransform = lambda c: c,
     ) -> None:
         self.path = str(path)
         self.current = runtime
+        self.state = state
         self._metrics = metrics
         self._transform = transform
         self._lock = asyncio.Lock()
@@ -48,8 +54,10 @@ class RuntimeHolder:
             previous = self.current
             if config.server != previous.config.server or config.admin != previous.config.admin:
                 log.warning("server and admin settings take effect only on restart")
-            self.current = Runtime.build(config, previous)
-            await previous.close_pools_not_in(self.current)
+            successor = Runtime.build(config, self.state, previous)
+            successor.start()
+            self.current = successor
+            await previous.close_unused(successor)
             self._metrics.config_reloads.labels("success").inc()
             self._metrics.config_last_reload_success.set(1)
             log.info("config reloaded", extra={"path": self.path})

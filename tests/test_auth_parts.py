@@ -1,0 +1,117 @@
+"""The pieces of authentication, each on an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.auth.authenticator import _bearer_token
+from gateway.auth.corporate_email import FreeMailDomains
+from gateway.auth.errors import AuthError, InvalidToken
+from gateway.auth.failed_logins import FailedLogins
+from gateway.auth.identity import Identity
+from gateway.auth.keys import StaticKeys
+from gateway.auth.revocations import Revocations
+from gateway.auth.token_cache import TokenCache
+from gateway.auth.verifier import IssuerVerifier, TokenVerifier
+from gateway.config.auth import DEFAULT_FREE_MAIL_DOMAINS, FailedLoginLimit, Issuer
+from tests.conftest import ManualClock
+
+
+def identity(user: str = "alice", token_id: str | None = "t1", issued_at: float = 0.0) -> Identity:
+    return Identity(customer="acme", user=user, session="s1", email=None, plan=None, issuer="test",
+                    token_id=token_id, scopes=frozenset(), issued_at=issued_at, expires_at=issued_at + 600)
+
+
+def test_failed_logins_block_after_the_limit_within_the_window():
+    clock = ManualClock()
+    limiter = FailedLogins(FailedLoginLimit(max_failures=3, window="60s", block_for="30s"), clock)
+    assert not limiter.record_failure("192.0.2.1")
+    clock.advance(61)  # the first failure has left the window
+    assert not limiter.record_failure("192.0.2.1")
+    assert not limiter.record_failure("192.0.2.1")
+    assert limiter.blocked_for("192.0.2.1") == 0
+    assert limiter.record_failure("192.0.2.1")
+    assert limiter.blocked_for("192.0.2.1") == 30
+    assert limiter.blocked_for("192.0.2.2") == 0  # other addresses are unaffected
+    clock.advance(30)
+    assert limiter.blocked_for("192.0.2.1") == 0
+
+
+def test_failed_logins_memory_is_bounded():
+    limiter = FailedLogins(FailedLoginLimit(max_failures=5, max_tracked_addresses=100), ManualClock())
+    for i in range(10_000):
+        limiter.record_failure(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter._failures) == 100
+
+
+def test_token_cache_evicts_least_recently_used_and_expired():
+    cache = TokenCache(capacity=2)
+    cache.put("a", identity("a"), valid_until=100)
+    cache.put("b", identity("b"), valid_until=100)
+    assert cache.get("a", now=1) is not None  # a is now the most recent
+    cache.put("c", identity("c"), valid_until=100)
+    assert cache.get("b", now=1) is None
+    assert cache.get("a", now=1) is not None
+    assert cache.get("c", now=100) is None  # at its expiry it is gone
+    assert len(cache) == 1
+
+
+def test_revocations_match_and_then_forget():
+    clock = ManualClock(wall=1000.0)
+    revocations = Revocations(clock)
+    revocations.revoke_token("test", "t1", expires_at=1600.0)
+    assert revocations.is_revoked(identity(token_id="t1", issued_at=900))
+    assert not revocations.is_revoked(identity(token_id="t2", issued_at=900))
+    revocations.revoke_user("test", "bob", max_lifetime=300)
+    assert revocations.is_revoked(identity("bob", token_id=None, issued_at=1000))
+    assert not revocations.is_revoked(identity("bob", token_id=None, issued_at=1001))
+    clock.advance(601)
+    revocations.is_revoked(identity())
+    assert len(revocations) == 0  # nothing outlives the tokens it could match
+
+
+@pytest.mark.parametrize(("email", "free"), [
+    ("bob@gmail.com", True), ("Bob@GMAIL.com", True), ("x@mail.yahoo.co.uk", True), ("x@yahoo.co.uk.", True),
+    ("alice@acme.example", False), ("alice@notgmail.com", False), ("no-at-sign", False), (None, False), ("", False),
+])
+def test_free_mail_domains(email, free):
+    assert FreeMailDomains(DEFAULT_FREE_MAIL_DOMAINS).contains(email) is free
+
+
+@given(st.text(max_size=200))
+def test_bearer_parsing_never_fails_and_finds_only_bearer_tokens(value):
+    token = _bearer_token(value)
+    if token is not None:
+        assert value.lower().startswith("bearer ")
+        assert token == token.strip() and token
+
+
+def make_verifier() -> TokenVerifier:
+    issuer = Issuer.model_validate({"name": "test", "issuer": "https://login.test.invalid", "audiences": ["api"],
+                                    "algorithms": ["HS256"], "hmac_secret": "x" * 32})
+    return TokenVerifier([IssuerVerifier(issuer, StaticKeys.for_issuer(issuer), ManualClock())])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_header_bytes_give_an_auth_error_never_a_crash(raw):
+    # aiohttp hands header values over decoded as UTF-8 with surrogateescape.
+    value = raw.decode("utf-8", "surrogateescape")
+    verifier = make_verifier()
+    token = _bearer_token("Bearer " + value)
+    if token is None:
+        return
+    with pytest.raises(AuthError):
+        asyncio.run(verifier.verify(token))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", max_size=40),
+                min_size=3, max_size=3))
+def test_well_shaped_garbage_tokens_are_invalid(parts):
+    with pytest.raises(InvalidToken):
+        asyncio.run(make_verifier().verify(".".join(parts)))
