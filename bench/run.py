@@ -1,6 +1,7 @@
 """One benchmark run: the same wrk load on the upstream directly, nginx as a reverse proxy,
 a bare aiohttp server (the framework's own ceiling), a naive aiohttp ClientSession proxy and
-fairgate, all answering from the same nginx `return 200` upstream.
+fairgate (plain, and with HS256 bearer tokens from a spread of users, authentication off and
+on), all answering from the same nginx `return 200` upstream.
 
     python bench/run.py [--duration 5] [--rounds 3] [--connections 32] [--markdown FILE]
 
@@ -24,12 +25,24 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE, LOAD_CORE = 0, 1
+TOKEN_USERS = 400
+TOKEN_ISSUER = "https://login.bench.invalid"
+TOKEN_SECRET = "bench-secret-bench-secret-bench-secret!"
 UPSTREAM_BODY = '{"id": 42, "status": "open", "title": "A ticket of typical size"}'
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    pid: int
+    # wrk Lua script and its arguments, when the requests need more than a GET.
+    script: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,34 +77,42 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="fairgate-bench-") as tmp:
         workdir = Path(tmp)
-        upstream_port, proxy_port, hello_port, naive_port, gateway_port, admin_port = (
-            _free_port() for _ in range(6)
-        )
+        upstream_port, proxy_port, hello_port, naive_port = (_free_port() for _ in range(4))
+        tokens = _write_tokens(workdir)
+        with_tokens = [str(ROOT / "bench" / "bearer.lua"), "--", str(tokens)]
         processes = []
         try:
-            processes.append(_start_nginx(workdir / "upstream", _upstream_conf(upstream_port), LOAD_CORE))
-            processes.append(_start_nginx(workdir / "proxy", _proxy_conf(proxy_port, upstream_port), SERVER_CORE))
-            processes.append(_pinned([sys.executable, str(ROOT / "bench" / "aiohttp_hello.py"), str(hello_port)],
-                                     SERVER_CORE))
-            processes.append(_pinned([sys.executable, str(ROOT / "bench" / "aiohttp_client_proxy.py"),
-                                      str(naive_port), str(upstream_port)], SERVER_CORE))
-            processes.append(_start_fairgate(workdir, gateway_port, admin_port, upstream_port))
-            upstream, proxy, hello, naive, gateway = processes
+            upstream = _start_nginx(workdir / "upstream", _upstream_conf(upstream_port), LOAD_CORE)
+            processes.append(upstream)
+            proxy = _start_nginx(workdir / "proxy", _proxy_conf(proxy_port, upstream_port), SERVER_CORE)
+            processes.append(proxy)
+            hello = _pinned([sys.executable, str(ROOT / "bench" / "aiohttp_hello.py"), str(hello_port)], SERVER_CORE)
+            processes.append(hello)
+            naive = _pinned([sys.executable, str(ROOT / "bench" / "aiohttp_client_proxy.py"),
+                             str(naive_port), str(upstream_port)], SERVER_CORE)
+            processes.append(naive)
+            plain = _start_fairgate(workdir / "plain.yaml", upstream_port, authenticated=False)
+            processes.append(plain.process)
+            authed = _start_fairgate(workdir / "auth.yaml", upstream_port, authenticated=True)
+            processes.append(authed.process)
             targets = [
-                ("upstream direct (nginx return 200)", upstream_port, upstream.pid),
-                ("nginx reverse proxy, keepalive", proxy_port, proxy.pid),
-                ("aiohttp server alone (no upstream)", hello_port, hello.pid),
-                ("aiohttp server + aiohttp ClientSession proxy", naive_port, naive.pid),
-                ("fairgate, no policies", gateway_port, gateway.pid),
+                Target("upstream direct (nginx return 200)", upstream_port, upstream.pid),
+                Target("nginx reverse proxy, keepalive", proxy_port, proxy.pid),
+                Target("aiohttp server alone (no upstream)", hello_port, hello.pid),
+                Target("aiohttp server + aiohttp ClientSession proxy", naive_port, naive.pid),
+                Target("fairgate, no policies", plain.port, plain.process.pid),
+                # Same requests, each with a bearer token: the first pays no auth, the second verifies.
+                Target("fairgate, tokens sent, auth off", plain.port, plain.process.pid, with_tokens),
+                Target(f"fairgate, HS256 auth ({TOKEN_USERS} users)", authed.port, authed.process.pid, with_tokens),
             ]
-            for _, port, _ in targets:
-                _wait_http(f"http://127.0.0.1:{port}/api/v1/bench")
-                _wrk(port, 1, args.connections, args.threads)  # warm-up: pools, caches
-            rounds: dict[str, list[Result]] = {name: [] for name, _, _ in targets}
+            for target in targets:
+                _wait_http(f"http://127.0.0.1:{target.port}/healthz")
+                _wrk(target, 1, args)  # warm-up: pools, token cache
+            rounds: dict[str, list[Result]] = {target.name: [] for target in targets}
             for _ in range(args.rounds):
-                for name, port, pid in targets:
-                    rounds[name].append(_measure(name, port, pid, args))
-            results = [_median(rounds[name]) for name, _, _ in targets]
+                for target in targets:
+                    rounds[target.name].append(_measure(target, args))
+            results = [_median(rounds[target.name]) for target in targets]
         finally:
             for process in processes:
                 _stop(process)
@@ -103,17 +124,17 @@ def main() -> int:
     return 0
 
 
-def _measure(name: str, port: int, pid: int, args: argparse.Namespace) -> Result:
-    cpu_before = _cpu_seconds(pid)
-    output = _wrk(port, args.duration, args.connections, args.threads)
-    cpu_used = _cpu_seconds(pid) - cpu_before
+def _measure(target: Target, args: argparse.Namespace) -> Result:
+    cpu_before = _cpu_seconds(target.pid)
+    output = _wrk(target, args.duration, args)
+    cpu_used = _cpu_seconds(target.pid) - cpu_before
     total = int(re.search(r"(\d+) requests in", output).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors += int(non2xx.group(1)) if non2xx else 0
     cpu_us = cpu_used / total * 1e6 if total else float("nan")
-    return Result(name, rps, _percentile(output, "50"), _percentile(output, "99"), errors, cpu_us)
+    return Result(target.name, rps, _percentile(output, "50"), _percentile(output, "99"), errors, cpu_us)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -125,9 +146,10 @@ def _median(results: list[Result]) -> Result:
     return sorted(results, key=lambda r: r.requests_per_second)[len(results) // 2]
 
 
-def _wrk(port: int, duration: int, connections: int, threads: int) -> str:
-    command = [*_taskset(LOAD_CORE), "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-               f"http://127.0.0.1:{port}/api/v1/bench"]
+def _wrk(target: Target, duration: int, args: argparse.Namespace) -> str:
+    script = ["-s", target.script[0]] if target.script else []
+    command = [*_taskset(LOAD_CORE), "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s",
+               "--latency", *script, f"http://127.0.0.1:{target.port}/api/v1/bench", *target.script[1:]]
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
@@ -141,6 +163,7 @@ def _percentile(output: str, which: str) -> float:
 
 def _table(results: list[Result], args: argparse.Namespace) -> str:
     direct, nginx = results[0], results[1]
+    auth_off, auth_on = results[-2], results[-1]
     pinning = f"server on core {SERVER_CORE}, wrk and upstream on core {LOAD_CORE}" if _taskset(0) else "unpinned"
     lines = [
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, median of {args.rounds} interleaved rounds, "
@@ -156,6 +179,11 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
             f"| {result.requests_per_second / nginx.requests_per_second:.2f}x "
             f"| {result.requests_per_second / direct.requests_per_second:.2f}x |"
         )
+    lines += [
+        "",
+        f"Authentication on / off, same requests: {auth_on.requests_per_second / auth_off.requests_per_second:.2f}x "
+        f"req/s, {auth_on.cpu_us_per_request - auth_off.cpu_us_per_request:+.1f} us CPU per request.",
+    ]
     return "\n".join(lines)
 
 
@@ -213,18 +241,45 @@ def _taskset(core: int) -> list[str]:
     return ["taskset", "-c", str(core)]
 
 
-def _start_fairgate(workdir: Path, port: int, admin_port: int, upstream_port: int) -> subprocess.Popen:
-    config = workdir / "fairgate.yaml"
+@dataclass
+class Gateway:
+    process: subprocess.Popen
+    port: int
+
+
+def _start_fairgate(config: Path, upstream_port: int, authenticated: bool) -> Gateway:
+    port, admin_port = _free_port(), _free_port()
     config.write_text(f"""
 server: {{listen: "127.0.0.1:{port}", access_log: false}}
 admin: {{listen: "127.0.0.1:{admin_port}"}}
 logging: {{level: warning}}
+auth:
+  issuers:
+    - {{name: bench, issuer: "{TOKEN_ISSUER}", audiences: [bench], algorithms: [HS256], hmac_secret: "{TOKEN_SECRET}"}}
 upstreams:
   bench: {{url: "http://127.0.0.1:{upstream_port}"}}
 routes:
-  - {{name: api, path_prefix: /, upstream: bench, auth: none}}
+  - {{name: health, path_prefix: /healthz, upstream: bench, auth: none}}
+  - {{name: api, path_prefix: /, upstream: bench, auth: {"required" if authenticated else "none"}}}
 """)
-    return _pinned([sys.executable, "-m", "gateway", "run", "-c", str(config)], SERVER_CORE)
+    process = _pinned([sys.executable, "-m", "gateway", "run", "-c", str(config)], SERVER_CORE)
+    return Gateway(process, port)
+
+
+def _write_tokens(workdir: Path) -> Path:
+    """HS256 tokens for TOKEN_USERS users spread over a few dozen customers, one per line."""
+    import jwt
+
+    now = int(time.time())
+    lines = [
+        jwt.encode({"iss": TOKEN_ISSUER, "aud": "bench", "sub": f"user-{n}@customer-{n % 40}.example",
+                    "org_id": f"customer-{n % 40}", "sid": f"s-{n}", "iat": now, "exp": now + 3600},
+                   TOKEN_SECRET, algorithm="HS256")
+        for n in range(TOKEN_USERS)
+    ]
+    path = workdir / "tokens.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _find(tool: str) -> str | None:
