@@ -85,12 +85,18 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _load_or_report(path: str) -> GatewayConfig | None:
+    """The config, or None after printing every error (file: key.path: reason) to stderr."""
     try:
-        load_config(args.file)
+        return load_config(path)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    if _load_or_report(args.file) is None:
         return 1
     print(f"{args.file}: ok")
     return 0
@@ -99,11 +105,8 @@ def _check_config(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     from gateway.auth.dev_tokens import mint_token
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
+    config = _load_or_report(args.config)
+    if config is None:
         return 1
     issuer = next((issuer for issuer in config.auth.issuers if issuer.name == args.issuer), None)
     if issuer is None:
@@ -141,12 +144,10 @@ def _run(args: argparse.Namespace) -> int:
     from gateway.server.workers import supervise
 
     transform = _overrides(args)
-    try:
-        config = transform(load_config(args.config))
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
+    loaded = _load_or_report(args.config)
+    if loaded is None:
         return 1
+    config = transform(loaded)
     configure_logging(config.logging.level, config.logging.format)
 
     if args.workers > 1:
