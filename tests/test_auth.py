@@ -404,3 +404,21 @@ async def test_forward_authorization_when_the_route_says_so(start_gateway, upstr
     token = hs_token(clock)
     async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
         assert header(await response.json(), "Authorization") == f"Bearer {token}"
+
+
+async def test_reload_swaps_issuer_keys_and_drops_cached_tokens(gw, client, clock):
+    import yaml
+
+    old = hs_token(clock)
+    async with client.get(f"{gw.url}/echo", headers=bearer(old)) as response:
+        assert response.status == 200  # cached under the old secret
+    config = yaml.safe_load(gw.config_path.read_text())
+    new_secret = "a-rotated-secret-that-is-long-enough!!"
+    config["auth"]["issuers"][0]["hmac_secret"] = new_secret
+    gw.config_path.write_text(yaml.safe_dump(config))
+    async with client.post(f"{gw.admin_url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+        assert r.status == 200
+    await expect_401(client, f"{gw.url}/echo", old, "signature")
+    rotated = jwt.encode(claims(clock), new_secret, algorithm="HS256")
+    async with client.get(f"{gw.url}/echo", headers=bearer(rotated)) as response:
+        assert response.status == 200
