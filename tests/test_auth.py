@@ -306,6 +306,19 @@ async def test_optional_route_identifies_when_a_token_is_sent(gw, client, clock)
     await expect_401(client, f"{gw.url}/echo/optional", "not-a-token")
 
 
+async def test_revocation_lasts_as_long_as_the_token(gw, client, clock):
+    token = hs_token(clock, jti="short", exp=int(clock.time()) + 60)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    body = {"issuer": "test", "jti": "short", "exp": int(clock.time()) + 60}
+    async with client.post(f"{gw.admin_url}/admin/revocations", json=body, headers=admin) as response:
+        assert (await response.json())["revoked"]["until"] == clock.time() + 60 + 30
+    await expect_401(client, f"{gw.url}/echo", token, "revoked")
+    assert gw.server.state.revocations.active() == 1
+    clock.advance(91)
+    await expect_401(client, f"{gw.url}/echo", token, "expired")
+    assert gw.server.state.revocations.active() == 0
+
+
 async def test_revoked_token_id(gw, client, clock):
     token = hs_token(clock, jti="token-123")
     async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
@@ -331,7 +344,8 @@ async def test_revoking_a_user_ends_older_tokens_only(gw, client, clock):
 
 async def test_revocation_requests_are_validated(gw, client):
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    for body in ({"issuer": "nope", "jti": "x"}, {"issuer": "test"}, {"issuer": "test", "jti": "a", "user": "b"}, []):
+    for body in ({"issuer": "nope", "jti": "x"}, {"issuer": "test"}, {"issuer": "test", "jti": "a", "user": "b"}, [],
+                 {"issuer": "test", "jti": "a", "exp": "tomorrow"}):
         async with client.post(f"{gw.admin_url}/admin/revocations", json=body, headers=admin) as response:
             assert response.status == 400
             assert response.content_type == "application/problem+json"

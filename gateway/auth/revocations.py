@@ -50,5 +50,7 @@ class Revocations:
             if current is not None and (current if kind == "token" else current[1]) <= now:
                 del table[key]
 
-    def __len__(self) -> int:
+    def active(self) -> int:
+        """How many revocations can still match a token (expired ones are dropped first)."""
+        self._forget_expired()
         return len(self._token_ids) + len(self._users)

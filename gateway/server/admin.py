@@ -54,8 +54,8 @@ def build_admin_app(
         )
 
     async def revoke(request: web.Request) -> web.Response:
-        """{"issuer": NAME, "jti": ID} revokes one token; {"issuer": NAME, "user": ID} every
-        token of that user issued until now."""
+        """{"issuer": NAME, "jti": ID[, "exp": EXP]} revokes one token; {"issuer": NAME, "user": ID}
+        every token of that user issued until now."""
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -73,9 +73,16 @@ def build_admin_app(
         revocations = runtimes.state.revocations
         now = runtimes.state.clock.time()
         if token_id is not None:
-            # The token's own expiry is unknown here; no token of this issuer outlives this.
-            revocations.revoke_token(settings.name, token_id, now + settings.max_lifetime + settings.leeway)
-            return web.json_response({"revoked": {"issuer": settings.name, "jti": token_id}}, status=201)
+            # Kept as long as the token can live: its `exp` when given, else the issuer's maximum.
+            longest = now + settings.max_lifetime + settings.leeway
+            exp = body.get("exp")
+            if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
+                return _bad_request("'exp' must be a number (the token's expiry, seconds since the epoch).")
+            expires_at = min(float(exp) + settings.leeway, longest) if exp is not None else longest
+            revocations.revoke_token(settings.name, token_id, expires_at)
+            return web.json_response(
+                {"revoked": {"issuer": settings.name, "jti": token_id, "until": expires_at}}, status=201
+            )
         before = revocations.revoke_user(settings.name, user, settings.max_lifetime + settings.leeway)
         return web.json_response({"revoked": {"issuer": settings.name, "user": user, "issued_before": before}},
                                  status=201)
