@@ -69,7 +69,34 @@ def _substitute_env(value: Any, path: tuple, environ: Mapping[str, str], issues:
     return _ENV_RE.sub(replace, value)
 
 
+def _check_plans(config: GatewayConfig) -> Iterator[ConfigIssue]:
+    plans = config.plans
+    if plans and config.limits.default_plan is None:
+        yield ConfigIssue("limits.default_plan", "required when plans are defined (the plan of unknown callers)")
+    if config.limits.default_plan is not None and config.limits.default_plan not in plans:
+        yield ConfigIssue("limits.default_plan", f"unknown plan {config.limits.default_plan!r}")
+    fits = {"rate": {"rate", "burst", "mode"}, "concurrency": {"max", "mode"}, "quota": {"quota", "mode"}}
+    for name, customer in config.customers.items():
+        plan = plans.get(customer.plan)
+        if plan is None:
+            yield ConfigIssue(f"customers.{name}.plan", f"unknown plan {customer.plan!r}")
+            continue
+        limits = {limit.name: limit for limit in plan.limits}
+        for index, override in enumerate(customer.overrides):
+            path = f"customers.{name}.overrides[{index}]"
+            limit = limits.get(override.limit)
+            if limit is None:
+                yield ConfigIssue(f"{path}.limit", f"plan {customer.plan!r} has no limit {override.limit!r}")
+                continue
+            given = {key for key in ("rate", "burst", "max", "quota", "mode") if getattr(override, key) is not None}
+            for key in sorted(given - fits[limit.kind]):
+                yield ConfigIssue(f"{path}.{key}", f"does not apply to a {limit.kind} limit")
+            if override.rate is not None and override.rate.period_seconds is None:
+                yield ConfigIssue(f"{path}.rate", "a token bucket needs a fixed period")
+
+
 def _check_references(config: GatewayConfig) -> Iterator[ConfigIssue]:
+    yield from _check_plans(config)
     seen_names: set[str] = set()
     seen_matches: set[tuple[str | None, str]] = set()
     for index, route in enumerate(config.routes):

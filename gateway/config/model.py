@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field
 
 from gateway.config.auth import AuthSettings
+from gateway.config.limits import Customers, LimitSettings, Plans, StateSettings
 from gateway.config.types import Duration, HostPort, Network, Section, Size, frozen_mapping
 
 class ServerSettings(Section):
@@ -67,6 +68,10 @@ class Upstream(Section):
     idle_timeout: Duration = Field(30.0, description="A pooled keep-alive connection idle longer is closed.")
     max_connections: int = Field(512, ge=1, description="Upper bound of open connections to this upstream.")
     preserve_host: bool = Field(True, description="Send the client's Host header (false: the upstream's host:port).")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Requests in flight to this upstream at most; past a plan's share, lower-priority "
+                                "plans are shed first with 503."
+    )
 
     @property
     def host(self) -> str:
@@ -102,6 +107,7 @@ class Route(Section):
     )
     required_scopes: tuple[str, ...] = Field((), description="Scopes (or roles) the login must carry, else 403.")
     forward_authorization: bool = Field(False, description="Pass the client's Authorization header upstream.")
+    cost: int = Field(1, ge=1, le=10_000, description="Weight of one request in rate limits and request quotas.")
 
 
 class GatewayConfig(Section):
@@ -111,5 +117,9 @@ class GatewayConfig(Section):
     admin: AdminSettings = AdminSettings()
     logging: LoggingSettings = LoggingSettings()
     auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
+    plans: Plans = Field(default_factory=dict)
+    customers: Customers = Field(default_factory=dict)
+    state: StateSettings = StateSettings()
     upstreams: Annotated[dict[str, Upstream], AfterValidator(frozen_mapping)] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)

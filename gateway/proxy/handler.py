@@ -1,23 +1,34 @@
-"""The request path: route, check limits, forward upstream, stream the answer back."""
+"""The request path: route, check request limits, authenticate, apply fair-use limits,
+forward upstream, stream the answer back, account for it afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from gateway.auth.errors import AuthError
 from gateway.auth.responses import auth_problem
+from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.metrics import Metrics
-from gateway.proxy.headers import VIA_TOKEN, client_response_headers, request_id_or_new, upstream_header_lines
-from gateway.proxy.problems import problem_response
+from gateway.proxy.headers import (
+    VIA_TOKEN,
+    ForwardedFrom,
+    client_response_headers,
+    request_id_or_new,
+    upstream_header_lines,
+)
+from gateway.proxy.problems import IETF_PROBLEM_TYPES, problem_response
 from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
 from gateway.proxy.routing import has_dot_segments
 from gateway.proxy.runtime import Runtime, RouteTarget
 from gateway.proxy.websocket import is_websocket_upgrade, proxy_websocket
+from gateway.state.store import StoreUnavailable
 from gateway.upstream import Exchange, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("fairgate.proxy")
@@ -37,13 +48,32 @@ class BodyTooLarge(Exception):
     pass
 
 
+class Meter:
+    """What one request used: bytes both ways and the upstream's time."""
+
+    __slots__ = ("bytes", "upstream_started", "upstream_seconds")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.upstream_started = 0.0
+        self.upstream_seconds = 0.0
+
+
 class ProxyHandler:
     """The aiohttp low-level handler for the proxy listener."""
 
-    def __init__(self, runtimes: RuntimeSource, metrics: Metrics, *, scheme: str = "http") -> None:
+    def __init__(
+        self,
+        runtimes: RuntimeSource,
+        metrics: Metrics,
+        *,
+        scheme: str = "http",
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._runtimes = runtimes
         self._metrics = metrics
         self._scheme = scheme.encode("ascii")
+        self._sleep = sleep
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -60,7 +90,7 @@ class ProxyHandler:
                 response = target
             else:
                 route_name = target.route.name
-                response = await self._forward(runtime, target, request, request_id)
+                response = await self._serve(runtime, target, request, request_id)
             status = response.status
             return response
         finally:
@@ -89,15 +119,20 @@ class ProxyHandler:
             )
         return target
 
-    def _reject(self, request: BaseRequest, status: int, slug: str, title: str, detail: str) -> web.Response:
+    def _reject(
+        self, request: BaseRequest, status: int, slug: str, title: str, detail: str,
+        headers: Mapping[str, str] | None = None, extra: Mapping | None = None, type_uri: str | None = None,
+    ) -> web.Response:
         self._metrics.rejections.labels(slug).inc()
+        request_id = request[REQUEST_ID]
         return problem_response(
             status, slug, title, detail,
-            headers={"X-Request-Id": request[REQUEST_ID]},
-            extra={"request_id": request[REQUEST_ID]},
+            headers={**(headers or {}), "X-Request-Id": request_id},
+            extra={**(extra or {}), "request_id": request_id},
+            type_uri=type_uri,
         )
 
-    async def _forward(
+    async def _serve(
         self, runtime: Runtime, target: RouteTarget, request: BaseRequest, request_id: str
     ) -> web.StreamResponse:
         peer = request.remote or ""
@@ -112,6 +147,8 @@ class ProxyHandler:
         client_ip = request[CLIENT_IP] = (
             clients.resolve(peer, found.forwarded_for.decode("latin-1")) if trusted and found.forwarded_for else peer
         )
+
+        identity = None
         if route.auth != "none":
             try:
                 identity = await runtime.authenticator.authenticate(  # type: ignore[union-attr]
@@ -125,6 +162,43 @@ class ProxyHandler:
                 request[IDENTITY] = identity
                 lines.append(b"%s: %s\r\n" % (runtime.customer_header, identity.customer.encode()))
                 lines.append(b"%s: %s\r\n" % (runtime.user_header, identity.user.encode()))
+
+        admission = NO_LIMITS
+        if runtime.limiter is not None:
+            try:
+                admission = await runtime.limiter.admit(identity, route, client_ip, request_id)
+            except StoreUnavailable:
+                return self._reject(request, 503, "limits-unavailable", "Service Unavailable",
+                                    "Fair-use limits cannot be checked right now.", headers={"Retry-After": "1"})
+            if admission.rejected:
+                return self._limited(request, admission)
+
+        gate = target.gate
+        if gate is not None and not gate.try_enter(admission.priority):
+            if runtime.limiter is not None:
+                runtime.limiter.finish(admission, 0, 0.0)  # gives back any concurrency slot
+            return self._reject(
+                request, 503, "temporary-reduced-capacity", "Service Unavailable",
+                "The service is at capacity; lower-priority traffic is shed first. Retry shortly.",
+                headers={"Retry-After": "1", **admission.headers},
+                type_uri=IETF_PROBLEM_TYPES["temporary-reduced-capacity"],
+            )
+        meter = Meter()
+        try:
+            if admission.delay:
+                await self._sleep(admission.delay)
+            self._add_forwarding(lines, found, peer, trusted, client_host, request_id, target)
+            if websocket:
+                return await proxy_websocket(request, target, lines, self._metrics)
+            return await self._forward(target, request, request_id, lines, admission.headers, meter)
+        finally:
+            if gate is not None:
+                gate.leave()
+            if runtime.limiter is not None:
+                runtime.limiter.finish(admission, meter.bytes, meter.upstream_seconds)
+
+    def _add_forwarding(self, lines: list[bytes], found: ForwardedFrom, peer: str, trusted: bool,
+                        client_host: bytes | None, request_id: str, target: RouteTarget) -> None:
         peer_bytes = peer.encode("ascii")
         lines.append(b"X-Forwarded-For: %s\r\n" % (found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes))
         lines.append(b"X-Forwarded-Proto: %s\r\n" % (found.proto if trusted and found.proto else self._scheme))
@@ -136,9 +210,22 @@ class ProxyHandler:
         if target.host_header is not None:
             lines.append(b"Host: %s\r\n" % target.host_header)
 
-        if websocket:
-            return await proxy_websocket(request, target, lines, self._metrics)
+    def _limited(self, request: BaseRequest, admission: Admission) -> web.Response:
+        names = [limit.name for limit in admission.rejected]
+        retry_after = max(1, math.ceil(admission.retry_after))
+        return self._reject(
+            request, 429, "quota-exceeded", "Too Many Requests",
+            f"The {admission.plan} plan's limit {', '.join(names)} is used up; retry in {retry_after} s.",
+            headers={**admission.headers, "Retry-After": str(retry_after)},
+            extra={"violated-policies": names, "plan": admission.plan},
+            type_uri=IETF_PROBLEM_TYPES["quota-exceeded"],
+        )
 
+    async def _forward(
+        self, target: RouteTarget, request: BaseRequest, request_id: str, lines: list[bytes],
+        extra_headers: Mapping[str, str], meter: Meter,
+    ) -> web.StreamResponse:
+        route = target.route
         length = request.content_length
         body: bytes | AsyncIterator[bytes] | None = None
         chunked = False
@@ -147,15 +234,18 @@ class ProxyHandler:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if length is None and request.body_exists:
             chunked = True
-            body = _limited_body(request, route.max_body)
+            body = _limited_body(request, route.max_body, meter)
             lines.append(b"Transfer-Encoding: chunked\r\n")
         elif length:
-            body = await request.read() if length <= _BUFFER_LIMIT else _limited_body(request, route.max_body)
+            body = await request.read() if length <= _BUFFER_LIMIT else _limited_body(request, route.max_body, meter)
+            if isinstance(body, bytes):
+                meter.bytes += length
             lines.append(b"Content-Length: %d\r\n" % length)
         elif length == 0 and request.method not in ("GET", "HEAD"):
             lines.append(b"Content-Length: 0\r\n")
 
         head = b"".join([_wire(f"{request.method} {request.raw_path} HTTP/1.1\r\n"), *lines, b"\r\n"])
+        meter.upstream_started = time.perf_counter()
         try:
             exchange = await target.pool.exchange(head, body, chunked=chunked, head_only=request.method == "HEAD")
         except BodyTooLarge:
@@ -164,25 +254,30 @@ class ProxyHandler:
                 f"The request body exceeds {route.max_body} bytes on this route.",
             )
         except UpstreamError as exc:
-            return self._upstream_failed(request, target, exc)
-        return await self._relay(request, exchange, target, request_id)
+            return self._upstream_failed(request, target, exc, extra_headers)
+        return await self._relay(request, exchange, target, request_id, extra_headers, meter)
 
-    def _upstream_failed(self, request: BaseRequest, target: RouteTarget, exc: UpstreamError) -> web.Response:
-        timed_out = isinstance(exc, UpstreamTimeout)
+    def _upstream_failed(self, request: BaseRequest, target: RouteTarget, exc: UpstreamError,
+                         extra_headers: Mapping[str, str]) -> web.Response:
         self._metrics.upstream_errors.labels(target.upstream_name, type(exc).__name__).inc()
         log.warning(
             "upstream %s failed: %s", target.upstream_name, exc,
             extra={"request_id": request[REQUEST_ID], "route": target.route.name},
         )
-        if timed_out:
-            return self._reject(request, 504, "upstream-timeout", "Gateway Timeout", "The upstream did not answer in time.")
-        return self._reject(request, 502, "upstream-unavailable", "Bad Gateway", "The upstream could not be reached or answered badly.")
+        if isinstance(exc, UpstreamTimeout):
+            return self._reject(request, 504, "upstream-timeout", "Gateway Timeout",
+                                "The upstream did not answer in time.", headers=extra_headers)
+        return self._reject(request, 502, "upstream-unavailable", "Bad Gateway",
+                            "The upstream could not be reached or answered badly.", headers=extra_headers)
 
     async def _relay(
-        self, request: BaseRequest, exchange: Exchange, target: RouteTarget, request_id: str
+        self, request: BaseRequest, exchange: Exchange, target: RouteTarget, request_id: str,
+        extra_headers: Mapping[str, str], meter: Meter,
     ) -> web.StreamResponse:
         upstream = exchange.head
         headers, length = client_response_headers(upstream.headers)
+        if extra_headers:
+            headers.update(extra_headers)
         headers["X-Request-Id"] = request_id
         via = headers.get("Via")
         headers["Via"] = f"{via}, {_VIA}" if via else _VIA
@@ -192,6 +287,7 @@ class ProxyHandler:
         try:
             if request.method == "HEAD" or status in _NO_BODY_STATUSES:
                 exchange.release()
+                meter.upstream_seconds = time.perf_counter() - meter.upstream_started
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
                 if length is not None and status != 204:
                     response.content_length = length
@@ -201,20 +297,24 @@ class ProxyHandler:
             if length is not None and length <= _BUFFER_LIMIT:
                 body = await exchange.read_all()
                 exchange.release()
+                meter.upstream_seconds = time.perf_counter() - meter.upstream_started
+                meter.bytes += len(body)
                 return web.Response(status=status, reason=reason, headers=headers, body=body)
             response = web.StreamResponse(status=status, reason=reason, headers=headers)
             if length is not None:
                 response.content_length = length
             await response.prepare(request)
             while chunk := await exchange.read_chunk():
+                meter.bytes += len(chunk)
                 await response.write(chunk)
             exchange.release()
+            meter.upstream_seconds = time.perf_counter() - meter.upstream_started
             await response.write_eof()
             return response
         except UpstreamError as exc:
             exchange.abort()
             if response is None or not response.prepared:  # nothing of this response sent yet
-                return self._upstream_failed(request, target, exc)
+                return self._upstream_failed(request, target, exc, extra_headers)
             # Part of the body is out: only a broken connection tells the client it is truncated.
             log.warning("upstream %s failed mid-response: %s", target.upstream_name, exc,
                         extra={"request_id": request_id})
@@ -233,10 +333,11 @@ def _wire(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-async def _limited_body(request: BaseRequest, limit: int) -> AsyncIterator[bytes]:
+async def _limited_body(request: BaseRequest, limit: int, meter: Meter) -> AsyncIterator[bytes]:
     received = 0
     while chunk := await request.content.readany():
         received += len(chunk)
         if received > limit:
             raise BodyTooLarge()
+        meter.bytes += len(chunk)
         yield chunk

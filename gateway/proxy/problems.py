@@ -9,6 +9,11 @@ from aiohttp import web
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 _TYPE_PREFIX = "urn:fairgate:problem:"
+# Problem types the IETF httpapi ratelimit-headers draft registers, used where they fit.
+IETF_PROBLEM_TYPES = {
+    "quota-exceeded": "https://iana.org/assignments/http-problem-types#quota-exceeded",
+    "temporary-reduced-capacity": "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity",
+}
 
 
 def problem_response(
@@ -19,9 +24,11 @@ def problem_response(
     *,
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    type_uri: str | None = None,
 ) -> web.Response:
-    """A problem+json response whose `type` is the stable `urn:fairgate:problem:<slug>`."""
-    body: dict[str, Any] = {"type": _TYPE_PREFIX + slug, "title": title, "status": status, "detail": detail}
+    """A problem+json response whose `type` is `type_uri` or the stable `urn:fairgate:problem:<slug>`."""
+    body: dict[str, Any] = {"type": type_uri or _TYPE_PREFIX + slug, "title": title, "status": status,
+                            "detail": detail}
     if extra:
         body.update(extra)
     response = web.Response(

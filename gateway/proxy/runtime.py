@@ -21,6 +21,12 @@ from gateway.config.auth import FailedLoginLimit
 from gateway.proxy.client_address import ClientAddressResolver
 from gateway.proxy.routing import Router
 from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
+from gateway.limits.limiter import Limiter
+from gateway.limits.policy import PlanBook
+from gateway.limits.shedding import InFlightGate
+from gateway.limits.stats import LimitStats
+from gateway.state.memory import MemoryStore
+from gateway.state.store import StateStore
 from gateway.upstream import UpstreamPool
 
 
@@ -29,6 +35,8 @@ class GatewayState:
     """What outlives a config reload."""
 
     auth_metrics: AuthMetrics
+    store: StateStore = field(default_factory=MemoryStore)
+    limit_stats: LimitStats = field(default_factory=LimitStats)
     clock: Clock = SYSTEM_CLOCK
     revocations: Revocations = field(init=False)
     failed_logins: FailedLogins = field(init=False)
@@ -49,6 +57,8 @@ class RouteTarget:
     # Request headers never passed upstream on this route (identity headers, maybe Authorization).
     strip_headers: frozenset[bytes]
     strip_headers_websocket: frozenset[bytes]
+    # The upstream's in-flight cap (shared by every route to it), if it has one.
+    gate: InFlightGate | None
 
 
 class Runtime:
@@ -56,11 +66,13 @@ class Runtime:
         self,
         config: GatewayConfig,
         pools: dict[str, UpstreamPool],
+        gates: dict[str, InFlightGate],
         key_sources: dict[str, KeySource],
         state: GatewayState,
     ) -> None:
         self.config = config
         self.pools = pools
+        self.gates = gates
         self.key_sources = key_sources
         self.client_addresses = ClientAddressResolver(config.server.trusted_proxies)
         headers = config.auth.identity_headers
@@ -73,6 +85,13 @@ class Runtime:
             )
             self.authenticator = Authenticator(
                 config.auth, verifier, state.revocations, state.failed_logins, state.auth_metrics, state.clock
+            )
+        self.limiter: Limiter | None = None
+        if config.plans:
+            self.limiter = Limiter(
+                PlanBook(config.limits, config.plans, config.customers), state.store, state.limit_stats, state.clock,
+                key_prefix=config.state.key_prefix, ratelimit_headers=config.limits.ratelimit_headers,
+                legacy_headers=config.limits.legacy_headers,
             )
         self.router: Router[RouteTarget] = Router(
             [(route.host, route.path_prefix, self._target(route)) for route in config.routes]
@@ -92,16 +111,22 @@ class Runtime:
             ws_base_url=f"ws://{authority}",
             strip_headers=frozenset(strip),
             strip_headers_websocket=frozenset(strip) | WEBSOCKET_HANDSHAKE,
+            gate=self.gates.get(route.upstream),
         )
 
     @classmethod
     def build(cls, config: GatewayConfig, state: GatewayState, previous: "Runtime | None" = None) -> "Runtime":
         state.failed_logins.settings = config.auth.failed_logins
-        pools = {}
+        pools, gates = {}, {}
+        max_priority = max((plan.priority for plan in config.plans.values()), default=0)
         for name, upstream in config.upstreams.items():
-            old = previous.pools.get(name) if previous else None
-            old_settings = previous.config.upstreams.get(name) if previous else None
-            pools[name] = old if old is not None and old_settings == upstream else _new_pool(upstream)
+            unchanged = previous is not None and previous.config.upstreams.get(name) == upstream
+            pools[name] = previous.pools[name] if unchanged else _new_pool(upstream)  # type: ignore[union-attr]
+            if upstream.max_in_flight is not None:
+                # The same gate object carries on, so requests still out leave the gate they entered.
+                gate = previous.gates.get(name) if unchanged else None  # type: ignore[union-attr]
+                gates[name] = gate or InFlightGate(upstream.max_in_flight, max_priority)
+                gates[name].set_priorities(max_priority)
         key_sources: dict[str, KeySource] = {}
         for issuer in config.auth.issuers:
             if issuer.jwks_url is None:
@@ -112,7 +137,7 @@ class Runtime:
             if isinstance(reusable, JwksFetcher) and reusable.settings_key() == fetcher.settings_key():
                 fetcher = reusable
             key_sources[issuer.name] = fetcher
-        return cls(config, pools, key_sources, state)
+        return cls(config, pools, gates, key_sources, state)
 
     def start(self) -> None:
         """Begin background work (JWKS fetching); needs the running loop."""

@@ -19,6 +19,7 @@ from gateway.proxy.runtime import GatewayState, Runtime
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.listener import make_proxy_server
 from gateway.server.reloader import ConfigTransform, RuntimeHolder
+from gateway.state.factory import open_store
 
 log = logging.getLogger("fairgate.server")
 
@@ -38,7 +39,12 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig, options: ServeOptions) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.state = GatewayState(AuthMetrics(self.metrics.auth_results, self.metrics.findings), options.clock)
+        self.state = GatewayState(
+            AuthMetrics(self.metrics.auth_results, self.metrics.findings),
+            store=open_store(config.state, options.clock),
+            clock=options.clock,
+        )
+        self.metrics.registry.register(self.state.limit_stats)
         self.runtimes = RuntimeHolder(
             options.config_path, Runtime.build(config, self.state), self.state, self.metrics, options.transform
         )
@@ -98,7 +104,11 @@ class GatewayServer:
         log.info("draining", extra={"grace_seconds": self.config.server.drain_timeout})
         # aiohttp closes idle keep-alive connections and waits for running handlers.
         await self._proxy.cleanup()
-        await self.runtimes.current.close_unused(None)
+        runtime = self.runtimes.current
+        if runtime.limiter is not None:
+            await runtime.limiter.drain()
+        await runtime.close_unused(None)
+        await self.state.store.close()
         await self._admin.cleanup()
         log.info("stopped")
 

@@ -1,0 +1,159 @@
+"""Plans, customers and the state store: the fair-use limits of the subscription."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from typing import Annotated, Literal, Union
+
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
+
+from gateway.config.types import Duration, Section, frozen_mapping
+from gateway.config.units import RATE_HINT, Rate, parse_rate
+
+RateValue = Annotated[
+    Rate,
+    BeforeValidator(parse_rate),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+\s*/\s*(\d+(\.\d+)?)?\s*[a-z]+$", "description": RATE_HINT}),
+]
+KEY_PARTS = ("customer", "user", "client_ip", "route")
+_KEY_RE = re.compile(rf"^({'|'.join(KEY_PARTS)})(\+({'|'.join(KEY_PARTS)}))*$")
+LimitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+def _check_key(value: str) -> str:
+    if not _KEY_RE.match(value):
+        raise ValueError(f"expected one of {', '.join(KEY_PARTS)} or a '+' composite such as customer+route, "
+                         f"got {value!r}")
+    parts = value.split("+")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"a key part appears twice in {value!r}")
+    return value
+
+
+LimitKey = Annotated[str, BeforeValidator(lambda v: _check_key(str(v)))]
+
+
+class _Limit(Section):
+    name: LimitName = Field(description="Unique within the plan; names the limit in headers, problems and metrics.")
+    key: LimitKey = Field("customer", description="What is counted separately: customer, user, client_ip, route, "
+                                                  "or a composite such as customer+route.")
+    mode: Literal["enforce", "shadow"] = Field("enforce", description="shadow: decide and count, never block.")
+
+
+class RateLimit(_Limit):
+    """A token bucket (GCRA): `rate` sustained, up to `burst` at once."""
+
+    kind: Literal["rate"]
+    rate: RateValue = Field(description="Sustained rate, e.g. 1/s or 600/min (calendar months not allowed).")
+    burst: int = Field(ge=1, description="Requests (cost units) allowed at once from a full bucket.")
+    mode: Literal["enforce", "shadow", "delay"] = Field(  # type: ignore[assignment]
+        "enforce", description="delay: hold a request until the bucket allows it, up to max_delay, else reject."
+    )
+    max_delay: Duration = Field(0.0, description="With mode delay: the longest a request is held.")
+
+    @model_validator(mode="after")
+    def _fixed_period(self) -> "RateLimit":
+        if self.rate.period_seconds is None:
+            raise ValueError("rate: a token bucket needs a fixed period (use a quota for months)")
+        if self.mode == "delay" and self.max_delay <= 0:
+            raise ValueError("max_delay: mode delay needs a max_delay above 0")
+        return self
+
+
+class ConcurrencyLimit(_Limit):
+    """Requests in flight at once."""
+
+    kind: Literal["concurrency"]
+    max: int = Field(ge=1, description="Most requests in flight at once per key.")
+
+
+class QuotaLimit(_Limit):
+    """A budget per calendar day or month, in the configured time zone."""
+
+    kind: Literal["quota"]
+    metric: Literal["requests", "bytes", "upstream_seconds"] = Field(
+        description="requests (weighted by route cost), request+response bytes, or the time the upstream spent "
+                    "answering (the policy's 'minutes')."
+    )
+    period: Literal["day", "month"]
+    limit: float = Field(gt=0, description="Budget per period.")
+    action: Literal["reject", "flag"] = Field(
+        "reject", description="reject: 429 once used up; flag: allow and count the overage (billing)."
+    )
+
+
+Limit = Annotated[Union[RateLimit, ConcurrencyLimit, QuotaLimit], Field(discriminator="kind")]
+
+
+class Plan(Section):
+    priority: int = Field(0, ge=0, le=100, description="When an upstream is saturated, lower priorities shed first.")
+    limits: tuple[Limit, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Plan":
+        names = [limit.name for limit in self.limits]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"limits: duplicate limit names {duplicates}")
+        return self
+
+
+class Override(Section):
+    """An exception by agreement: new numbers for one limit of the customer's plan."""
+
+    limit: LimitName = Field(description="Name of the plan's limit this replaces numbers of.")
+    rate: RateValue | None = None
+    burst: int | None = Field(None, ge=1)
+    max: int | None = Field(None, ge=1)
+    quota: float | None = Field(None, gt=0, description="New budget for a quota limit.")
+    mode: Literal["enforce", "shadow"] | None = None
+    until: dt.date | dt.datetime | None = Field(None, description="The exception ends at this date (exclusive).")
+
+
+class Customer(Section):
+    plan: str = Field(description="Name of an entry in `plans`.")
+    overrides: tuple[Override, ...] = ()
+
+
+class StateSettings(Section):
+    """Where limit state lives: this process's memory, or Redis shared by a fleet."""
+
+    url: str = Field("memory://", description="memory://, redis://HOST:PORT/DB, rediss://..., "
+                                              "redis+cluster://HOST:PORT, redis+sentinel://HOST:PORT/SERVICE/DB")
+    key_prefix: str = Field("fairgate", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    timeout: Duration = Field(0.05, description="Longest a request waits on the state store.")
+    on_failure: Literal["open", "closed", "local"] = Field(
+        "local", description="Redis unreachable: open allows, closed answers 503, local limits per instance."
+    )
+    breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit.")
+    breaker_cooldown: Duration = Field(2.0, description="How long the circuit stays open before a trial.")
+    max_memory_keys: int = Field(1_000_000, ge=1000, description="Memory store bound; idle keys go first.")
+
+    @model_validator(mode="after")
+    def _scheme(self) -> "StateSettings":
+        scheme = self.url.split("://", 1)[0]
+        if "://" not in self.url or scheme not in ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel"):
+            raise ValueError(f"url: expected memory://, redis://, rediss://, redis+cluster:// or "
+                             f"redis+sentinel://, got {self.url!r}")
+        return self
+
+
+class LimitSettings(Section):
+    default_plan: str | None = Field(None, description="Plan of callers not in `customers` (and anonymous ones).")
+    time_zone: str = Field("UTC", description="IANA zone that days and months of quotas follow.")
+    ratelimit_headers: bool = Field(True, description="Send RateLimit-Policy and RateLimit on every response.")
+    legacy_headers: bool = Field(False, description="Also send X-RateLimit-Limit/-Remaining/-Reset.")
+
+    @model_validator(mode="after")
+    def _zone(self) -> "LimitSettings":
+        try:
+            zoneinfo.ZoneInfo(self.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"time_zone: unknown time zone {self.time_zone!r}") from None
+        return self
+
+
+Plans = Annotated[dict[str, Plan], AfterValidator(frozen_mapping)]
+Customers = Annotated[dict[str, Customer], AfterValidator(frozen_mapping)]

@@ -1,0 +1,1 @@
+"""Per-customer fair-use limits: token buckets, concurrency, calendar quotas."""

@@ -1,0 +1,137 @@
+"""Plans compiled for the request path: the effective limits of each customer, with their
+exceptions applied while they last."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass, replace
+
+from gateway.config.limits import ConcurrencyLimit, Customer, LimitSettings, Override, Plan, QuotaLimit, RateLimit
+
+RATE, CONCURRENCY, QUOTA = "rate", "concurrency", "quota"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLimit:
+    plan: str
+    name: str
+    kind: str
+    key_parts: tuple[str, ...]
+    mode: str  # enforce | shadow | delay
+    # rate: seconds per unit (the emission interval) and bucket size
+    interval: float = 0.0
+    burst: int = 0
+    max_delay: float = 0.0
+    # concurrency
+    max: int = 0
+    # quota
+    metric: str = ""
+    period: str = ""
+    quota: float = 0.0
+    action: str = "reject"
+
+    @property
+    def policy_header_item(self) -> str:
+        """This limit in `RateLimit-Policy` (IETF httpapi ratelimit-headers draft)."""
+        if self.kind == RATE:
+            return f'"{self.name}";q={self.burst};w={_number(self.burst * self.interval)}'
+        if self.kind == CONCURRENCY:
+            return f'"{self.name}";q={self.max}'
+        return f'"{self.name}";q={_number(self.quota)};w={86400 if self.period == "day" else 2592000}'
+
+
+def compile_limit(plan: str, limit: RateLimit | ConcurrencyLimit | QuotaLimit) -> CompiledLimit:
+    base = dict(plan=plan, name=limit.name, kind=limit.kind, key_parts=tuple(limit.key.split("+")), mode=limit.mode)
+    if isinstance(limit, RateLimit):
+        interval = limit.rate.period_seconds / limit.rate.count  # type: ignore[operator]
+        return CompiledLimit(**base, interval=interval, burst=limit.burst, max_delay=limit.max_delay)
+    if isinstance(limit, ConcurrencyLimit):
+        return CompiledLimit(**base, max=limit.max)
+    return CompiledLimit(**base, metric=limit.metric, period=limit.period, quota=limit.limit, action=limit.action)
+
+
+def apply_override(limit: CompiledLimit, override: Override) -> CompiledLimit:
+    changes: dict = {}
+    if override.rate is not None:
+        changes["interval"] = override.rate.period_seconds / override.rate.count  # type: ignore[operator]
+    if override.burst is not None:
+        changes["burst"] = override.burst
+    if override.max is not None:
+        changes["max"] = override.max
+    if override.quota is not None:
+        changes["quota"] = override.quota
+    if override.mode is not None:
+        changes["mode"] = override.mode
+    return replace(limit, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveLimits:
+    plan: str
+    priority: int
+    limits: tuple[CompiledLimit, ...]
+    policy_header: str
+    # Wall time at which an exception starts or stops applying; recompute then.
+    valid_until: float
+
+
+class PlanBook:
+    """Effective limits per customer, recomputed only when an exception expires."""
+
+    def __init__(self, settings: LimitSettings, plans: dict[str, Plan], customers: dict[str, Customer]) -> None:
+        self.zone = zoneinfo.ZoneInfo(settings.time_zone)
+        self._plans = {name: tuple(compile_limit(name, limit) for limit in plan.limits) for name, plan in plans.items()}
+        self._priorities = {name: plan.priority for name, plan in plans.items()}
+        self._customers = dict(customers)
+        self._default = settings.default_plan
+        self._cache: dict[str | None, EffectiveLimits] = {}
+
+    @property
+    def max_priority(self) -> int:
+        return max(self._priorities.values(), default=0)
+
+    def for_customer(self, customer: str | None, now: float) -> EffectiveLimits | None:
+        cached = self._cache.get(customer)
+        if cached is not None and now < cached.valid_until:
+            return cached
+        effective = self._compute(customer, now)
+        if effective is not None:
+            if len(self._cache) > 100_000:
+                self._cache.clear()  # unknown customers share the default; this bounds a churn of ids
+            self._cache[customer] = effective
+        return effective
+
+    def _compute(self, customer: str | None, now: float) -> EffectiveLimits | None:
+        entry = self._customers.get(customer) if customer is not None else None
+        plan = entry.plan if entry is not None else self._default
+        if plan is None:
+            return None
+        limits = list(self._plans[plan])
+        valid_until = float("inf")
+        for override in entry.overrides if entry is not None else ():
+            ends = _ends_at(override.until, self.zone)
+            if ends is not None and now >= ends:
+                continue
+            if ends is not None:
+                valid_until = min(valid_until, ends)
+            limits = [apply_override(limit, override) if limit.name == override.limit else limit for limit in limits]
+        return EffectiveLimits(
+            plan=plan,
+            priority=self._priorities[plan],
+            limits=tuple(limits),
+            policy_header=", ".join(limit.policy_header_item for limit in limits),
+            valid_until=valid_until,
+        )
+
+
+def _ends_at(until: dt.date | dt.datetime | None, zone: zoneinfo.ZoneInfo) -> float | None:
+    if until is None:
+        return None
+    if isinstance(until, dt.datetime):
+        return (until if until.tzinfo else until.replace(tzinfo=zone)).timestamp()
+    return dt.datetime.combine(until, dt.time(), tzinfo=zone).timestamp()
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

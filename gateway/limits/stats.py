@@ -1,0 +1,31 @@
+"""Per-limit decision counts, kept as plain integers and exported when /metrics is scraped."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+
+class LimitStats(Collector):
+    """fairgate_limit_decisions_total{plan, limit, result}: allowed, near_limit, rejected,
+    shadow_rejected, over_quota."""
+
+    def __init__(self) -> None:
+        self._counts: Tally[tuple[str, str, str]] = Tally()
+
+    def count(self, plan: str, limit: str, result: str) -> None:
+        self._counts[(plan, limit, result)] += 1
+
+    def value(self, plan: str, limit: str, result: str) -> int:
+        return self._counts[(plan, limit, result)]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "fairgate_limit_decisions", "Limit decisions, by plan, limit and result.", labels=["plan", "limit", "result"]
+        )
+        for (plan, limit, result), count in list(self._counts.items()):
+            family.add_metric([plan, limit, result], count)
+        yield family

@@ -1,0 +1,63 @@
+"""The state store interface: what a batch of limit checks asks, and what it answers.
+
+A store decides all checks of one request atomically: if any enforced check rejects, nothing
+is consumed. Memory and Redis implement exactly the same rules (the Redis side in Lua).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+RATE, CONCURRENCY, QUOTA = 0, 1, 2
+
+
+@dataclass(slots=True)
+class Check:
+    kind: int
+    key: str
+    shadow: bool = False
+    # rate (GCRA): seconds per unit, bucket size, units this request takes, longest hold
+    interval: float = 0.0
+    burst: int = 0
+    cost: float = 1.0
+    max_delay: float = 0.0
+    # concurrency: slots, this request's slot id, how long a slot outlives a lost gateway
+    max: int = 0
+    token: str = ""
+    lease: float = 0.0
+    # quota: budget, allow past it (flag only), end of the period (wall time)
+    limit: float = 0.0
+    flag_only: bool = False
+    expires_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    allowed: bool
+    remaining: float
+    reset: float  # seconds until the limit is fully available again
+    retry_after: float = 0.0  # when not allowed
+    delay: float = 0.0  # delay mode: hold the request this long
+    over: bool = False  # a flag-only quota is exceeded
+
+
+class StoreUnavailable(Exception):
+    """The store cannot answer now (timeout, connection, open circuit)."""
+
+
+class StateStore(ABC):
+    @abstractmethod
+    async def evaluate(self, tag: str, checks: list[Check], now: float) -> list[Outcome]:
+        """Decide all checks at `now` in one atomic step; consume only if none enforced rejects."""
+
+    @abstractmethod
+    async def release(self, tag: str, slots: list[tuple[str, str]]) -> None:
+        """Give back concurrency slots: (key, token) pairs."""
+
+    @abstractmethod
+    async def add_usage(self, tag: str, usage: list[tuple[str, float, float]]) -> None:
+        """Add measured usage to quotas after a response: (key, amount, period end)."""
+
+    async def close(self) -> None:
+        return None
