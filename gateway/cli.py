@@ -16,6 +16,9 @@ from gateway.config.units import parse_duration
 
 log = logging.getLogger("fairgate")
 
+STATE_ENV = "FAIRGATE_STATE"
+STATE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+cluster://", "redis+sentinel://")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
@@ -34,6 +37,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config file")
     run.add_argument("--listen", type=_host_port, metavar="HOST:PORT", help="override server.listen")
     run.add_argument("--admin-listen", type=_host_port, metavar="HOST:PORT", help="override admin.listen")
+    run.add_argument("--state", metavar="URL",
+                     help="override state.url (memory://, redis://HOST:PORT/DB, redis+cluster://, "
+                          "redis+sentinel://); default from FAIRGATE_STATE, else the config")
     run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                      help="processes sharing the listen port via SO_REUSEPORT (default 1)")
     run.set_defaults(command=_run)
@@ -127,7 +133,11 @@ def _schema(_: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> Callable[[GatewayConfig], GatewayConfig]:
+    state_url = args.state or os.environ.get(STATE_ENV)
+
     def apply(config: GatewayConfig) -> GatewayConfig:
+        if state_url:
+            config = config.model_copy(update={"state": config.state.model_copy(update={"url": state_url})})
         if args.listen:
             config = config.model_copy(update={"server": config.server.model_copy(update={"listen": args.listen})})
         if args.admin_listen:
@@ -143,6 +153,11 @@ def _run(args: argparse.Namespace) -> int:
     from gateway.server.logs import configure_logging
     from gateway.server.workers import supervise
 
+    state_url = args.state or os.environ.get(STATE_ENV)
+    if state_url and not state_url.startswith(STATE_SCHEMES):
+        print(f"fairgate run: state URL must start with {', '.join(STATE_SCHEMES)}, got {state_url!r}",
+              file=sys.stderr)
+        return 2
     transform = _overrides(args)
     loaded = _load_or_report(args.config)
     if loaded is None:
@@ -150,10 +165,13 @@ def _run(args: argparse.Namespace) -> int:
     config = transform(loaded)
     configure_logging(config.logging.level, config.logging.format)
 
-    if args.workers > 1:
+    if args.workers > 1 and config.state.url.startswith("memory://"):
         log.warning("with the memory state store every worker keeps its own limits: "
                     "each customer gets up to N times its plan; use Redis to share them")
+    if args.workers > 1:
         worker_argv = ["run", "-c", args.config, "--workers", "1"]
+        if args.state:
+            worker_argv += ["--state", args.state]
         if args.listen:
             worker_argv += ["--listen", _format_host_port(args.listen)]
         if args.admin_listen:

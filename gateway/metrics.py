@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -55,6 +55,21 @@ class Metrics:
         self.config_last_reload_success.set(1)
         self.auth_results = Counter(
             "fairgate_auth_results", "Logins checked (cache misses and rejections), by result.", ["result"],
+            registry=self.registry,
+        )
+        self.state_latency = Histogram(
+            "fairgate_state_store_seconds", "Round-trip time of one state-store batch.", registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+        )
+        self.state_errors = Counter(
+            "fairgate_state_store_errors", "Failed state-store calls, by error.", ["kind"], registry=self.registry
+        )
+        self.state_circuit = Gauge(
+            "fairgate_state_store_circuit", "1 for the circuit breaker's current state.", ["state"],
+            registry=self.registry,
+        )
+        self.state_fallbacks = Counter(
+            "fairgate_state_store_fallbacks", "Decisions made without the shared store, by failure mode.", ["mode"],
             registry=self.registry,
         )
         self.findings = Counter(

@@ -61,6 +61,27 @@ def gateway_config(upstream_url: str, *, routes: list[dict] | None = None, auth:
     return config
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    from tests.support.redis_servers import shared_redis_url
+
+    return shared_redis_url()
+
+
+@pytest.fixture(scope="session")
+def key_prefix(redis_url: str):
+    """A key prefix of this test run; its keys are deleted afterwards (the shared Redis is never flushed)."""
+    import secrets
+
+    import redis
+
+    prefix = f"fgtest-{secrets.token_hex(4)}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        client.delete(key)
+
+
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     state = UpstreamState()
@@ -100,10 +121,12 @@ class ManualClock:
 async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     started: list[GatewayServer] = []
 
-    async def start(config: dict, clock: Clock = SYSTEM_CLOCK) -> RunningGateway:
+    async def start(config: dict, clock: Clock = SYSTEM_CLOCK, **options: Any) -> RunningGateway:
         path = tmp_path / f"gateway-{len(started)}.yaml"
         path.write_text(yaml.safe_dump(config))
-        server = GatewayServer(load_config(path), ServeOptions(str(path), admin_token=ADMIN_TOKEN, clock=clock))
+        server = GatewayServer(
+            load_config(path), ServeOptions(str(path), admin_token=ADMIN_TOKEN, clock=clock, **options)
+        )
         await server.start()
         started.append(server)
         host, port = server.proxy_address

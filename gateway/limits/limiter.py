@@ -75,8 +75,10 @@ class Limiter:
         now = self._clock.time()
         customer = identity.customer if identity is not None else None
         effective = self.book.for_customer(customer, now)
-        if effective is None or not effective.limits:
+        if effective is None:
             return NO_LIMITS
+        if not effective.limits:
+            return Admission(plan=effective.plan, priority=effective.priority)
         subject = f"c:{customer}" if customer is not None else f"ip:{client_ip}"
         if "{" in subject or "}" in subject:
             subject = subject.replace("{", "%7B").replace("}", "%7D")

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -31,6 +32,8 @@ class ServeOptions:
     reuse_port: bool = False
     admin_token: str | None = None
     clock: Clock = SYSTEM_CLOCK
+    # How delay-mode limits hold a request; tests record instead of waiting.
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 class GatewayServer:
@@ -41,7 +44,7 @@ class GatewayServer:
         self.metrics = Metrics()
         self.state = GatewayState(
             AuthMetrics(self.metrics.auth_results, self.metrics.findings),
-            store=open_store(config.state, options.clock),
+            store=open_store(config.state, options.clock, self.metrics),
             clock=options.clock,
         )
         self.metrics.registry.register(self.state.limit_stats)
@@ -52,7 +55,7 @@ class GatewayServer:
         self._ready = False
         self._draining = False
         server = make_proxy_server(
-            ProxyHandler(self.runtimes, self.metrics),
+            ProxyHandler(self.runtimes, self.metrics, sleep=options.sleep),
             max_line=config.server.max_header_line,
             keepalive_timeout=config.server.keepalive_timeout,
             access_log=config.server.access_log,

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.limits import StateSettings
+from gateway.metrics import Metrics
 from gateway.state.memory import MemoryStore
 from gateway.state.store import StateStore
 
 
-def open_store(settings: StateSettings, clock: Clock = SYSTEM_CLOCK) -> StateStore:
+def open_store(settings: StateSettings, clock: Clock = SYSTEM_CLOCK, metrics: Metrics | None = None) -> StateStore:
     if settings.url.startswith("memory://"):
         return MemoryStore(settings.max_memory_keys)
-    from gateway.state.redis_store import RedisStore
+    from gateway.state.redis_store import RedisStore, StoreMetrics
 
-    return RedisStore.from_settings(settings, clock)
+    store_metrics = None
+    if metrics is not None:
+        store_metrics = StoreMetrics(metrics.state_latency, metrics.state_errors, metrics.state_circuit,
+                                     metrics.state_fallbacks)
+    return RedisStore.from_settings(settings, clock, store_metrics)

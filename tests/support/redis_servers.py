@@ -1,0 +1,115 @@
+"""Real Redis servers for tests: the shared one (REDIS_URL or 127.0.0.1:6379, never flushed)
+and private redis-server processes on free loopback ports (to kill, or to form a Cluster)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+def shared_redis_url() -> str:
+    """The shared Redis; under CI a missing one is an error, elsewhere the test is skipped."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        message = f"Redis at {url} is not reachable ({exc}); start one or set REDIS_URL"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisProcess:
+    """One redis-server of our own: no persistence, loopback only."""
+
+    def __init__(self, port: int | None = None, *extra: str) -> None:
+        if not Path(REDIS_SERVER).exists():
+            message = "redis-server is not installed (apt-get install redis-server)"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="fairgate-redis-")
+        self._extra = extra
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisProcess":
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, *self._extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return self
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on {self.port} did not start")
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisCluster:
+    """Three masters on loopback, slots spread by redis-cli."""
+
+    def __init__(self) -> None:
+        self.nodes = [RedisProcess(None, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                                   "--cluster-config-file", f"nodes-{i}.conf") for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> "RedisCluster":
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            info = redis.Redis(port=self.nodes[0].port).cluster("info")
+            state = info.get("cluster_state") if isinstance(info, dict) else None
+            if state == "ok":
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster did not become ok: {info}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -1,0 +1,149 @@
+"""One suite, every store: memory and Redis decide the same way, to the unit and the second."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from gateway.config.limits import StateSettings
+from gateway.state.memory import MemoryStore
+from gateway.state.redis_store import RedisStore, connect
+from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request):
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    redis_url = request.getfixturevalue("redis_url")
+    settings = StateSettings(url=redis_url, timeout="1s")
+    client, cluster = connect(settings)
+    store = RedisStore(client, settings, cluster=cluster, use_redis_time=False)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def key(request):
+    prefix = request.getfixturevalue("key_prefix") if "redis" in request.node.callspec.id else "mem"
+    tag = secrets.token_hex(4)
+
+    def make(name: str) -> str:
+        return f"{prefix}:{{c:{tag}}}:{name}"
+
+    return make
+
+
+def rate(key: str, per_second: float = 1.0, burst: int = 5, cost: float = 1, max_delay: float = 0.0,
+         shadow: bool = False) -> Check:
+    return Check(RATE, key, shadow, interval=1 / per_second, burst=burst, cost=cost, max_delay=max_delay)
+
+
+async def hits(store, checks_factory, now: float, count: int) -> list[bool]:
+    results = []
+    for _ in range(count):
+        outcomes = await store.evaluate("t", checks_factory(), now)
+        results.append(all(outcome.allowed for outcome in outcomes))
+    return results
+
+
+async def test_burst_then_one_per_second(store, key):
+    k = key("rate")
+    assert await hits(store, lambda: [rate(k)], T0, 7) == [True] * 5 + [False] * 2
+    assert await hits(store, lambda: [rate(k)], T0 + 0.999, 1) == [False]
+    assert await hits(store, lambda: [rate(k)], T0 + 1.0, 2) == [True, False]
+    assert await hits(store, lambda: [rate(k)], T0 + 3.0, 3) == [True, True, False]
+
+
+async def test_retry_after_and_headers_numbers(store, key):
+    k = key("rate")
+    first = (await store.evaluate("t", [rate(k)], T0))[0]
+    assert (first.allowed, first.remaining, first.reset) == (True, 4, pytest.approx(1.0))
+    for _ in range(4):
+        await store.evaluate("t", [rate(k)], T0)
+    rejected = (await store.evaluate("t", [rate(k)], T0 + 0.25))[0]
+    assert not rejected.allowed
+    assert rejected.retry_after == pytest.approx(0.75)
+    assert rejected.remaining == 0
+    assert rejected.reset == pytest.approx(4.75)
+
+
+async def test_route_cost_takes_several_units(store, key):
+    k = key("rate")
+    assert await hits(store, lambda: [rate(k, burst=10, cost=4)], T0, 3) == [True, True, False]
+    assert await hits(store, lambda: [rate(k, burst=10, cost=4)], T0 + 2, 1) == [True]
+
+
+async def test_rejected_requests_consume_nothing(store, key):
+    bucket, quota = key("rate"), key("quota")
+    checks = lambda: [rate(bucket, burst=1), Check(QUOTA, quota, limit=10, cost=1, expires_at=T0 + 86400)]  # noqa: E731
+    assert await hits(store, checks, T0, 3) == [True, False, False]
+    outcomes = await store.evaluate("t", [Check(QUOTA, quota, limit=10, cost=1, expires_at=T0 + 86400)], T0)
+    assert outcomes[0].remaining == 8  # only the first request counted against the quota
+
+
+async def test_shadow_limits_never_block_and_never_consume(store, key):
+    enforced, shadow = key("enforced"), key("shadow")
+    checks = lambda: [rate(enforced, burst=10), rate(shadow, burst=2, shadow=True)]  # noqa: E731
+    outcomes = [await store.evaluate("t", checks(), T0) for _ in range(4)]
+    assert [o[1].allowed for o in outcomes] == [True, True, False, False]
+    assert all(o[0].allowed for o in outcomes)
+    assert outcomes[3][0].remaining == 6
+
+
+async def test_delay_mode_schedules_instead_of_rejecting(store, key):
+    k = key("rate")
+    checks = lambda: [rate(k, burst=1, max_delay=2.0)]  # noqa: E731
+    delays = [(await store.evaluate("t", checks(), T0))[0] for _ in range(4)]
+    assert [(o.allowed, round(o.delay, 6)) for o in delays] == [(True, 0.0), (True, 1.0), (True, 2.0), (False, 0.0)]
+
+
+async def test_concurrency_slots_and_release(store, key):
+    k = key("conc")
+
+    def slot(token: str) -> list[Check]:
+        return [Check(CONCURRENCY, k, max=2, token=token, lease=600)]
+
+    assert [o[0].allowed for o in [await store.evaluate("t", slot(t), T0) for t in "abc"]] == [True, True, False]
+    await store.release("t", [(k, "a")])
+    assert (await store.evaluate("t", slot("d"), T0))[0].allowed
+    assert not (await store.evaluate("t", slot("e"), T0))[0].allowed
+
+
+async def test_quota_reject_and_flag(store, key):
+    hard, soft = key("hard"), key("soft")
+    end = T0 + 3600
+    assert await hits(store, lambda: [Check(QUOTA, hard, limit=3, cost=1, expires_at=end)], T0, 4) == [True] * 3 + [False]
+    rejected = (await store.evaluate("t", [Check(QUOTA, hard, limit=3, cost=1, expires_at=end)], T0))[0]
+    assert rejected.retry_after == pytest.approx(3600)
+    flagged = [(await store.evaluate("t", [Check(QUOTA, soft, limit=2, cost=1, flag_only=True, expires_at=end)], T0))[0]
+               for _ in range(3)]
+    assert [(o.allowed, o.over) for o in flagged] == [(True, False), (True, False), (True, True)]
+
+
+async def test_measured_usage_counts_against_a_quota(store, key):
+    k = key("bytes")
+    end = T0 + 3600
+    check = lambda: [Check(QUOTA, k, limit=1000, cost=0, expires_at=end)]  # noqa: E731
+    assert (await store.evaluate("t", check(), T0))[0].allowed
+    await store.add_usage("t", [(k, 600.0, end)])
+    assert (await store.evaluate("t", check(), T0))[0].remaining == 400
+    await store.add_usage("t", [(k, 400.0, end)])
+    assert not (await store.evaluate("t", check(), T0))[0].allowed
+
+
+async def test_state_expires_with_what_it_describes(store, key):
+    k = key("rate")
+    await hits(store, lambda: [rate(k, burst=2)], T0, 2)
+    assert await hits(store, lambda: [rate(k, burst=2)], T0 + 10, 2) == [True, True]
+
+
+def test_memory_store_is_bounded():
+    store = MemoryStore(max_keys=1000)
+    for n in range(50_000):
+        store.evaluate_now([rate(f"k{n}", burst=5)], T0)
+    assert len(store) == 1000
