@@ -1,0 +1,154 @@
+"""Limits shared through Redis: a fleet enforces one limit, a Cluster works, an outage is survived."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+import yaml
+
+from gateway.config.limits import StateSettings
+from gateway.state.redis_store import RedisStore, connect
+from gateway.state.store import QUOTA, RATE, Check
+from tests.conftest import free_port, gateway_config
+from tests.support.redis_servers import RedisCluster, RedisProcess
+from tests.test_auth import bearer, hs_issuer, hs_token
+from tests.test_limits import limits_config
+
+def write_process_config(tmp_path, name: str, config: dict) -> tuple:
+    port, admin_port = free_port(), free_port()
+    config = {**config, "server": {**config["server"], "listen": f"127.0.0.1:{port}"},
+              "admin": {"listen": f"127.0.0.1:{admin_port}"}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+
+
+@pytest.mark.parametrize(("limit", "allowed"), [
+    ({"name": "slow", "kind": "rate", "rate": "1/min", "burst": 10}, 10),
+    ({"name": "daily", "kind": "quota", "metric": "requests", "period": "day", "limit": 25}, 25),
+], ids=["rate", "quota"])
+async def test_a_fleet_of_two_enforces_one_limit(tmp_path, upstream, client, gateway_process, redis_url, key_prefix,
+                                                 limit, allowed):
+    from tests.conftest import SYSTEM_CLOCK
+
+    config = limits_config(upstream, {"standard": {"limits": [limit]}})
+    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}:fleet"}
+    urls = []
+    for name in ("a", "b"):
+        path, url, admin_url = write_process_config(tmp_path, name, config)
+        await asyncio.to_thread(gateway_process(path).wait_ready, admin_url)
+        urls.append(url)
+    token = hs_token(SYSTEM_CLOCK, org_id=f"fleet-{limit['name']}", exp=int(time.time()) + 600)
+    statuses = []
+    for n in range(allowed * 2 + 10):  # alternate: each gateway alone would allow `allowed` more
+        async with client.get(f"{urls[n % 2]}/echo", headers=bearer(token)) as response:
+            statuses.append(response.status)
+    assert statuses.count(200) == allowed, statuses
+    assert statuses[:allowed] == [200] * allowed
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    nodes = RedisCluster().start()
+    yield nodes
+    nodes.stop()
+
+
+async def test_limits_on_a_redis_cluster_without_crossslot_errors(cluster):
+    settings = StateSettings(url=cluster.url, timeout="2s")
+    client, is_cluster = connect(settings)
+    assert is_cluster
+    store = RedisStore(client, settings, cluster=True, use_redis_time=True)
+    try:
+        now = time.time()
+        # Many customers land on all three masters; each request's keys share its hash tag.
+        for customer in range(30):
+            tag = f"c:cust-{customer}"
+            checks = lambda: [  # noqa: E731
+                Check(RATE, f"fg:{{{tag}}}:sustained:cust-{customer}", interval=60.0, burst=2, cost=1),
+                Check(QUOTA, f"fg:{{{tag}}}:daily:cust-{customer}:2026-11-21", limit=100, cost=1,
+                      expires_at=now + 3600),
+            ]
+            results = [all(o.allowed for o in await store.evaluate(tag, checks(), now)) for _ in range(3)]
+            assert results == [True, True, False], customer
+        assert store.breaker.state == "closed"
+    finally:
+        await store.close()
+
+
+async def test_gateway_on_a_redis_cluster(start_gateway, upstream, client, cluster):
+    from tests.conftest import SYSTEM_CLOCK
+
+    plans = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/min", "burst": 3}]}}
+    config = limits_config(upstream, plans)
+    config["state"] = {"url": cluster.url, "timeout": "2s"}
+    gw = await start_gateway(config)
+    for customer in ("acme", "globex", "initech", "umbrella"):
+        token = hs_token(SYSTEM_CLOCK, org_id=customer, exp=int(time.time()) + 600)
+        statuses = []
+        for _ in range(4):
+            async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+                statuses.append(response.status)
+        assert statuses == [200, 200, 200, 429], customer
+
+
+@pytest.fixture
+def private_redis():
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("mode", ["open", "local", "closed"])
+async def test_redis_outage_and_recovery(start_gateway, upstream, client, private_redis, mode, caplog):
+    from tests.conftest import SYSTEM_CLOCK
+
+    plans = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1000/s", "burst": 1000}]}}
+    config = limits_config(upstream, plans)
+    config["state"] = {"url": private_redis.url, "timeout": "100ms", "on_failure": mode,
+                       "breaker_failures": 3, "breaker_cooldown": "200ms"}
+    gw = await start_gateway(config)
+    token = hs_token(SYSTEM_CLOCK, exp=int(time.time()) + 600)
+
+    async def load(rounds: int) -> list[tuple[int, float]]:
+        results = []
+        for _ in range(rounds):
+            started = time.monotonic()
+            async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+                await response.read()
+                results.append((response.status, time.monotonic() - started))
+        return results
+
+    assert {status for status, _ in await load(5)} == {200}
+    with caplog.at_level(logging.WARNING, logger="fairgate.state"):
+        private_redis.kill()
+        during = await load(30)
+        statuses = {status for status, _ in during}
+        if mode == "closed":
+            assert statuses == {503}
+            async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+                assert response.content_type == "application/problem+json"
+                assert (await response.json())["type"] == "urn:fairgate:problem:limits-unavailable"
+        else:
+            assert statuses == {200}  # no 5xx while Redis is down
+        # Nobody waits on the dead Redis: the 100 ms timeout bounds every request (with room for a busy CI box).
+        assert max(seconds for _, seconds in during) < 1.0
+
+        private_redis.start()
+        deadline = time.monotonic() + 10
+        while True:
+            async with client.get(f"{gw.admin_url}/metrics") as response:
+                metrics = await response.text()
+            recovered = 'fairgate_state_store_circuit{state="closed"} 1.0' in metrics
+            if recovered and {status for status, _ in await load(3)} == {200}:
+                break
+            assert time.monotonic() < deadline, "no recovery after Redis came back"
+            await load(1)
+            await asyncio.sleep(0.05)
+    transitions = [record.getMessage() for record in caplog.records if record.name == "fairgate.state"]
+    assert "state store circuit open" in transitions
+    assert "state store circuit closed" in transitions
+    assert f'fairgate_state_store_fallbacks_total{{mode="{mode}"}}' in metrics
