@@ -72,6 +72,14 @@ async def test_retry_after_and_headers_numbers(store, key):
     assert rejected.reset == pytest.approx(4.75)
 
 
+async def test_fractional_intervals_count_whole_units_at_real_epochs(store, key):
+    k = key("rate")
+    now = 1_795_295_220.526829  # a real wall-clock time: floats there are coarse
+    outcomes = [(await store.evaluate("t", [rate(k, per_second=5, burst=50)], now))[0] for _ in range(3)]
+    assert [o.remaining for o in outcomes] == [49, 48, 47]
+    assert all(o.allowed for o in outcomes)
+
+
 async def test_route_cost_takes_several_units(store, key):
     k = key("rate")
     assert await hits(store, lambda: [rate(k, burst=10, cost=4)], T0, 3) == [True, True, False]

@@ -91,6 +91,10 @@ class MemoryStore(StateStore):
             self._put(key, (entry[0] if entry is not None else 0.0) + amount, expires_at)
 
 
+# Wall-clock seconds near 1.8e9 carry ~2e-7 s of float error; decisions and counts allow for it.
+_EPSILON = 1e-6
+
+
 def gcra(tat: float | None, now: float, interval: float, burst: int, cost: float, max_delay: float) -> Outcome:
     """The generic cell rate algorithm: one theoretical arrival time per key.
 
@@ -102,11 +106,11 @@ def gcra(tat: float | None, now: float, interval: float, burst: int, cost: float
     new_tat = tat + cost * interval
     window = burst * interval
     allow_at = new_tat - window
-    if allow_at <= now:
-        return Outcome(True, math.floor((window - (new_tat - now)) / interval + 1e-9), new_tat - now)
+    if allow_at <= now + _EPSILON:
+        return Outcome(True, math.floor((window - (new_tat - now)) / interval + 1e-3), new_tat - now)
     if max_delay > 0 and allow_at - now <= max_delay:
         return Outcome(True, 0.0, new_tat - now, delay=allow_at - now)
-    return Outcome(False, max(0.0, math.floor((window - (tat - now)) / interval + 1e-9)), tat - now,
+    return Outcome(False, max(0.0, math.floor((window - (tat - now)) / interval + 1e-3)), tat - now,
                    retry_after=allow_at - now)
 
 

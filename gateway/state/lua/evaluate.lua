@@ -34,16 +34,16 @@ for i = 1, #KEYS do
     local new_tat = tat + cost * interval
     local window = burst * interval
     local allow_at = new_tat - window
-    if allow_at <= now then
+    if allow_at <= now + 1e-6 then
       allowed = 1
-      remaining = math.floor((window - (new_tat - now)) / interval + 1e-9)
+      remaining = math.floor((window - (new_tat - now)) / interval + 1e-3)
       reset = new_tat - now
     elseif max_delay > 0 and allow_at - now <= max_delay then
       allowed = 1
       reset = new_tat - now
       delay = allow_at - now
     else
-      remaining = math.max(0, math.floor((window - (tat - now)) / interval + 1e-9))
+      remaining = math.max(0, math.floor((window - (tat - now)) / interval + 1e-3))
       reset = tat - now
       retry = allow_at - now
     end
