@@ -43,6 +43,8 @@ class Target:
     pid: int
     # wrk Lua script and its arguments, when the requests need more than a GET.
     script: list[str] = field(default_factory=list)
+    # A Redis whose commands per request are counted (INFO commandstats) during the run.
+    redis_port: int | None = None
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    redis_commands_per_request: float | None
     # CPU time the server under test spent per request: steadier than req/s on a shared
     # machine, and the number to compare before and after a hot-path change.
     cpu_us_per_request: float
@@ -95,6 +98,15 @@ def main() -> int:
             processes.append(plain.process)
             authed = _start_fairgate(workdir / "auth.yaml", upstream_port, authenticated=True)
             processes.append(authed.process)
+            limited = _start_fairgate(workdir / "limits.yaml", upstream_port, authenticated=True, limits=True)
+            processes.append(limited.process)
+            redis = _start_redis(workdir)
+            shared = None
+            if redis is not None:
+                processes.append(redis.process)
+                shared = _start_fairgate(workdir / "redis.yaml", upstream_port, authenticated=True, limits=True,
+                                         state_url=f"redis://127.0.0.1:{redis.port}/0")
+                processes.append(shared.process)
             targets = [
                 Target("upstream direct (nginx return 200)", upstream_port, upstream.pid),
                 Target("nginx reverse proxy, keepalive", proxy_port, proxy.pid),
@@ -104,7 +116,11 @@ def main() -> int:
                 # Same requests, each with a bearer token: the first pays no auth, the second verifies.
                 Target("fairgate, tokens sent, auth off", plain.port, plain.process.pid, with_tokens),
                 Target(f"fairgate, HS256 auth ({TOKEN_USERS} users)", authed.port, authed.process.pid, with_tokens),
+                Target("fairgate, auth + limits on memory", limited.port, limited.process.pid, with_tokens),
             ]
+            if shared is not None:
+                targets.append(Target("fairgate, auth + limits on Redis", shared.port, shared.process.pid,
+                                      with_tokens, redis_port=redis.port))
             for target in targets:
                 _wait_http(f"http://127.0.0.1:{target.port}/healthz")
                 _wrk(target, 1, args)  # warm-up: pools, token cache
@@ -125,16 +141,58 @@ def main() -> int:
 
 
 def _measure(target: Target, args: argparse.Namespace) -> Result:
+    commands_before = _redis_commands(target.redis_port)
     cpu_before = _cpu_seconds(target.pid)
     output = _wrk(target, args.duration, args)
     cpu_used = _cpu_seconds(target.pid) - cpu_before
+    commands = _redis_commands(target.redis_port) - commands_before
     total = int(re.search(r"(\d+) requests in", output).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors += int(non2xx.group(1)) if non2xx else 0
     cpu_us = cpu_used / total * 1e6 if total else float("nan")
-    return Result(target.name, rps, _percentile(output, "50"), _percentile(output, "99"), errors, cpu_us)
+    per_request = commands / total if target.redis_port is not None and total else None
+    return Result(target.name, rps, _percentile(output, "50"), _percentile(output, "99"), errors, per_request, cpu_us)
+
+
+@dataclass
+class RedisServer:
+    process: subprocess.Popen
+    port: int
+
+
+def _start_redis(workdir: Path) -> RedisServer | None:
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.access(server, os.X_OK):
+        print("bench: redis-server not found; skipping the Redis run (apt-get install -y redis-server)",
+              file=sys.stderr)
+        return None
+    port = _free_port()
+    process = _pinned([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                       "--dir", str(workdir)], LOAD_CORE)
+    deadline = time.monotonic() + 10
+    while _redis_commands(port, quiet=True) < 0:
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: redis-server did not start")
+        time.sleep(0.05)
+    return RedisServer(process, port)
+
+
+def _redis_commands(port: int | None, quiet: bool = False) -> int:
+    """Round trips the gateways caused: EVALSHA calls (INFO commandstats also lists the commands
+    a script runs inside Redis, which cost no round trip); -1 if unreachable."""
+    if port is None:
+        return 0
+    import redis
+
+    try:
+        stats = redis.Redis(port=port, socket_timeout=2).info("commandstats")
+    except redis.RedisError:
+        if quiet:
+            return -1
+        raise
+    return stats.get("cmdstat_evalsha", {}).get("calls", 0)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -163,19 +221,23 @@ def _percentile(output: str, which: str) -> float:
 
 def _table(results: list[Result], args: argparse.Namespace) -> str:
     direct, nginx = results[0], results[1]
-    auth_off, auth_on = results[-2], results[-1]
+    by_name = {result.name: result for result in results}
+    auth_off = by_name["fairgate, tokens sent, auth off"]
+    auth_on = by_name[f"fairgate, HS256 auth ({TOKEN_USERS} users)"]
     pinning = f"server on core {SERVER_CORE}, wrk and upstream on core {LOAD_CORE}" if _taskset(0) else "unpinned"
     lines = [
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, median of {args.rounds} interleaved rounds, "
         f"one worker each, {os.cpu_count()} cores ({pinning}), upstream: nginx return 200",
         "",
-        "| target | req/s | p50 ms | p99 ms | errors | server CPU us/req | vs nginx proxy | vs direct |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s | p50 ms | p99 ms | errors | server CPU us/req | EVALSHA/req | vs nginx proxy "
+        "| vs direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         lines.append(
             f"| {result.name} | {result.requests_per_second:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
             f"| {result.errors} | {result.cpu_us_per_request:.1f} "
+            f"| {'' if result.redis_commands_per_request is None else f'{result.redis_commands_per_request:.2f}'} "
             f"| {result.requests_per_second / nginx.requests_per_second:.2f}x "
             f"| {result.requests_per_second / direct.requests_per_second:.2f}x |"
         )
@@ -184,6 +246,14 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
         f"Authentication on / off, same requests: {auth_on.requests_per_second / auth_off.requests_per_second:.2f}x "
         f"req/s, {auth_on.cpu_us_per_request - auth_off.cpu_us_per_request:+.1f} us CPU per request.",
     ]
+    for name in ("fairgate, auth + limits on memory", "fairgate, auth + limits on Redis"):
+        if name in by_name:
+            result = by_name[name]
+            lines.append(
+                f"{name.removeprefix('fairgate, auth + ')} / auth alone: "
+                f"{result.requests_per_second / auth_on.requests_per_second:.2f}x req/s, "
+                f"{result.cpu_us_per_request - auth_on.cpu_us_per_request:+.1f} us CPU per request."
+            )
     return "\n".join(lines)
 
 
@@ -247,9 +317,22 @@ class Gateway:
     port: int
 
 
-def _start_fairgate(config: Path, upstream_port: int, authenticated: bool) -> Gateway:
+# Never rejects under the bench's load, so every request pays for a full decision.
+BENCH_PLANS = """
+limits: {default_plan: bench}
+plans:
+  bench:
+    limits:
+      - {name: sustained, kind: rate, rate: 100000/s, burst: 100000}
+      - {name: daily, kind: quota, metric: requests, period: day, limit: 1000000000000}
+"""
+
+
+def _start_fairgate(config: Path, upstream_port: int, authenticated: bool, limits: bool = False,
+                    state_url: str = "memory://") -> Gateway:
     port, admin_port = _free_port(), _free_port()
-    config.write_text(f"""
+    plans = BENCH_PLANS + f"state: {{url: '{state_url}', timeout: 200ms}}\n" if limits else ""
+    config.write_text(plans + f"""
 server: {{listen: "127.0.0.1:{port}", access_log: false}}
 admin: {{listen: "127.0.0.1:{admin_port}"}}
 logging: {{level: warning}}

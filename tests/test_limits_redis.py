@@ -152,3 +152,28 @@ async def test_redis_outage_and_recovery(start_gateway, upstream, client, privat
     assert "state store circuit open" in transitions
     assert "state store circuit closed" in transitions
     assert f'fairgate_state_store_fallbacks_total{{mode="{mode}"}}' in metrics
+
+
+async def test_concurrency_slots_are_shared_and_released_through_redis(start_gateway, upstream, client, redis_url,
+                                                                      key_prefix):
+    from tests.conftest import SYSTEM_CLOCK
+
+    plans = {"standard": {"limits": [{"name": "parallel", "kind": "concurrency", "max": 1}]}}
+    config = limits_config(upstream, plans)
+    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}:conc", "timeout": "1s"}
+    gw = await start_gateway(config)
+    token = hs_token(SYSTEM_CLOCK, org_id="conc-co", exp=int(time.time()) + 600)
+    held = asyncio.create_task(client.get(f"{gw.url}/stall", headers=bearer(token)))
+    await asyncio.wait_for(upstream.state.stall_started.wait(), 5)
+    for _ in range(2):  # the request template is reused; each request still gets its own slot
+        async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+            assert response.status == 429
+    upstream.state.release_stall.set()
+    assert (await held).status == 200
+    deadline = time.monotonic() + 5
+    while True:  # the slot goes back to Redis right after the response
+        async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+            if response.status == 200:
+                break
+        assert time.monotonic() < deadline, "slot never released"
+        await asyncio.sleep(0.01)

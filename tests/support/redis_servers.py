@@ -4,6 +4,7 @@ and private redis-server processes on free loopback ports (to kill, or to form a
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -31,22 +32,34 @@ def shared_redis_url() -> str:
     return url
 
 
-def free_port() -> int:
+def free_port(with_bus: bool = False) -> int:
+    """A free loopback port; with_bus also needs port + 10000 free (a Cluster node's bus port)."""
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        if all(_bindable(p) for p in ((port, port + 10000) if with_bus else (port,))):
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class RedisProcess:
     """One redis-server of our own: no persistence, loopback only."""
 
-    def __init__(self, port: int | None = None, *extra: str) -> None:
+    def __init__(self, port: int | None = None, *extra: str, cluster: bool = False) -> None:
         if not Path(REDIS_SERVER).exists():
             message = "redis-server is not installed (apt-get install redis-server)"
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(message)
             pytest.skip(message)
-        self.port = port or free_port()
+        self.port = port or free_port(with_bus=cluster)
         self.dir = tempfile.mkdtemp(prefix="fairgate-redis-")
         self._extra = extra
         self.process: subprocess.Popen | None = None
@@ -86,7 +99,7 @@ class RedisCluster:
 
     def __init__(self) -> None:
         self.nodes = [RedisProcess(None, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
-                                   "--cluster-config-file", f"nodes-{i}.conf") for i in range(3)]
+                                   "--cluster-config-file", f"nodes-{i}.conf", cluster=True) for i in range(3)]
 
     @property
     def url(self) -> str:

@@ -7,7 +7,7 @@
 --   rate (0):        interval, burst, cost, max_delay
 --   concurrency (1): max, token, lease, -
 --   quota (2):       cost, limit, flag_only, expires_at
--- Returns per check: allowed, remaining, reset, retry_after, delay, over (as strings).
+-- Returns one string: per check "allowed,remaining,reset,retry_after,delay,over", joined by ";".
 
 local now = tonumber(ARGV[1])
 if not now then
@@ -77,17 +77,12 @@ for i = 1, #KEYS do
   end
 
   if allowed == 0 and not shadow then blocked = true end
-  out[#out + 1] = tostring(allowed)
-  out[#out + 1] = string.format('%.6f', remaining)
-  out[#out + 1] = string.format('%.6f', reset)
-  out[#out + 1] = string.format('%.6f', retry)
-  out[#out + 1] = string.format('%.6f', delay)
-  out[#out + 1] = tostring(over)
+  out[i] = string.format('%d,%.6f,%.6f,%.6f,%.6f,%d', allowed, remaining, reset, retry, delay, over)
 end
 
 if not blocked then
   for i = 1, #KEYS do
-    if out[(i - 1) * 6 + 1] == '1' then
+    if string.sub(out[i], 1, 1) == '1' then
       local base = 2 + (i - 1) * 6
       local kind = tonumber(ARGV[base])
       local key = KEYS[i]
@@ -109,4 +104,4 @@ if not blocked then
   end
 end
 
-return out
+return table.concat(out, ';')
