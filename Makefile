@@ -34,6 +34,7 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	@mkdir -p bench/results
+	$(BIN)/python bench/limiter_micro.py | tee bench/results/limiter.md
 	$(BIN)/python bench/run.py --markdown bench/results/latest.md
 
 loadtest: $(INSTALLED)
