@@ -3,7 +3,7 @@ a bare aiohttp server (the framework's own ceiling), a naive aiohttp ClientSessi
 fairgate (plain, and with HS256 bearer tokens from a spread of users, authentication off and
 on), all answering from the same nginx `return 200` upstream.
 
-    python bench/run.py [--duration 5] [--rounds 3] [--connections 32] [--markdown FILE]
+    python bench/run.py [--duration 5] [--rounds 5] [--connections 32] [--markdown FILE]
 
 Targets are measured in interleaved rounds and the median round is reported, so a noisy
 neighbour on the machine skews every target alike. With taskset available, the server under
@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE, LOAD_CORE = 0, 1
 TOKEN_USERS = 400
+TOKEN_CUSTOMERS = 40
 TOKEN_ISSUER = "https://login.bench.invalid"
 TOKEN_SECRET = "bench-secret-bench-secret-bench-secret!"
 UPSTREAM_BODY = '{"id": 42, "status": "open", "title": "A ticket of typical size"}'
@@ -45,6 +46,7 @@ class Target:
     script: list[str] = field(default_factory=list)
     # A Redis whose commands per request are counted (INFO commandstats) during the run.
     redis_port: int | None = None
+    path: str = "/api/v1/bench"
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Result:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5, help="seconds per target and round (default 5)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported (default 5)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
@@ -81,8 +83,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fairgate-bench-") as tmp:
         workdir = Path(tmp)
         upstream_port, proxy_port, hello_port, naive_port = (_free_port() for _ in range(4))
-        tokens = _write_tokens(workdir)
-        with_tokens = [str(ROOT / "bench" / "bearer.lua"), "--", str(tokens)]
+        limited_tokens = _write_tokens(workdir / "limited.txt", "customer")
+        unlimited_tokens = _write_tokens(workdir / "unlimited.txt", "free")
+
+        def bearer(tokens: Path) -> list[str]:
+            return [str(ROOT / "bench" / "bearer.lua"), "--", str(tokens)]
         processes = []
         try:
             upstream = _start_nginx(workdir / "upstream", _upstream_conf(upstream_port), LOAD_CORE)
@@ -94,33 +99,33 @@ def main() -> int:
             naive = _pinned([sys.executable, str(ROOT / "bench" / "aiohttp_client_proxy.py"),
                              str(naive_port), str(upstream_port)], SERVER_CORE)
             processes.append(naive)
-            plain = _start_fairgate(workdir / "plain.yaml", upstream_port, authenticated=False)
-            processes.append(plain.process)
-            authed = _start_fairgate(workdir / "auth.yaml", upstream_port, authenticated=True)
-            processes.append(authed.process)
-            limited = _start_fairgate(workdir / "limits.yaml", upstream_port, authenticated=True, limits=True)
-            processes.append(limited.process)
+            # Each fairgate process serves every variant, so a comparison is never between two
+            # processes (which alone differ by several microseconds per request here).
+            memory = _start_fairgate(workdir / "memory.yaml", upstream_port, "memory://")
+            processes.append(memory.process)
             redis = _start_redis(workdir)
             shared = None
             if redis is not None:
                 processes.append(redis.process)
-                shared = _start_fairgate(workdir / "redis.yaml", upstream_port, authenticated=True, limits=True,
-                                         state_url=f"redis://127.0.0.1:{redis.port}/0")
+                shared = _start_fairgate(workdir / "redis.yaml", upstream_port, f"redis://127.0.0.1:{redis.port}/0")
                 processes.append(shared.process)
             targets = [
                 Target("upstream direct (nginx return 200)", upstream_port, upstream.pid),
                 Target("nginx reverse proxy, keepalive", proxy_port, proxy.pid),
                 Target("aiohttp server alone (no upstream)", hello_port, hello.pid),
                 Target("aiohttp server + aiohttp ClientSession proxy", naive_port, naive.pid),
-                Target("fairgate, no policies", plain.port, plain.process.pid),
-                # Same requests, each with a bearer token: the first pays no auth, the second verifies.
-                Target("fairgate, tokens sent, auth off", plain.port, plain.process.pid, with_tokens),
-                Target(f"fairgate, HS256 auth ({TOKEN_USERS} users)", authed.port, authed.process.pid, with_tokens),
-                Target("fairgate, auth + limits on memory", limited.port, limited.process.pid, with_tokens),
+                Target(PLAIN, memory.port, memory.process.pid, path="/open/bench"),
+                Target(AUTH_OFF, memory.port, memory.process.pid, bearer(limited_tokens), path="/open/bench"),
+                Target(AUTH_ON, memory.port, memory.process.pid, bearer(unlimited_tokens)),
+                Target(LIMITS_MEMORY, memory.port, memory.process.pid, bearer(limited_tokens)),
             ]
             if shared is not None:
-                targets.append(Target("fairgate, auth + limits on Redis", shared.port, shared.process.pid,
-                                      with_tokens, redis_port=redis.port))
+                targets += [
+                    Target(AUTH_ON_REDIS, shared.port, shared.process.pid, bearer(unlimited_tokens),
+                           redis_port=redis.port),
+                    Target(LIMITS_REDIS, shared.port, shared.process.pid, bearer(limited_tokens),
+                           redis_port=redis.port),
+                ]
             for target in targets:
                 _wait_http(f"http://127.0.0.1:{target.port}/healthz")
                 _wrk(target, 1, args)  # warm-up: pools, token cache
@@ -170,7 +175,7 @@ def _start_redis(workdir: Path) -> RedisServer | None:
         return None
     port = _free_port()
     process = _pinned([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                       "--dir", str(workdir)], LOAD_CORE)
+                       "--dir", str(workdir)], LOAD_CORE, quiet=True)
     deadline = time.monotonic() + 10
     while _redis_commands(port, quiet=True) < 0:
         if time.monotonic() > deadline:
@@ -207,7 +212,7 @@ def _median(results: list[Result]) -> Result:
 def _wrk(target: Target, duration: int, args: argparse.Namespace) -> str:
     script = ["-s", target.script[0]] if target.script else []
     command = [*_taskset(LOAD_CORE), "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s",
-               "--latency", *script, f"http://127.0.0.1:{target.port}/api/v1/bench", *target.script[1:]]
+               "--latency", *script, f"http://127.0.0.1:{target.port}{target.path}", *target.script[1:]]
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
@@ -222,8 +227,6 @@ def _percentile(output: str, which: str) -> float:
 def _table(results: list[Result], args: argparse.Namespace) -> str:
     direct, nginx = results[0], results[1]
     by_name = {result.name: result for result in results}
-    auth_off = by_name["fairgate, tokens sent, auth off"]
-    auth_on = by_name[f"fairgate, HS256 auth ({TOKEN_USERS} users)"]
     pinning = f"server on core {SERVER_CORE}, wrk and upstream on core {LOAD_CORE}" if _taskset(0) else "unpinned"
     lines = [
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, median of {args.rounds} interleaved rounds, "
@@ -234,26 +237,23 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
+        evalsha = "" if result.redis_commands_per_request is None else f"{result.redis_commands_per_request:.2f}"
         lines.append(
             f"| {result.name} | {result.requests_per_second:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
-            f"| {result.errors} | {result.cpu_us_per_request:.1f} "
-            f"| {'' if result.redis_commands_per_request is None else f'{result.redis_commands_per_request:.2f}'} "
+            f"| {result.errors} | {result.cpu_us_per_request:.1f} | {evalsha} "
             f"| {result.requests_per_second / nginx.requests_per_second:.2f}x "
             f"| {result.requests_per_second / direct.requests_per_second:.2f}x |"
         )
-    lines += [
-        "",
-        f"Authentication on / off, same requests: {auth_on.requests_per_second / auth_off.requests_per_second:.2f}x "
-        f"req/s, {auth_on.cpu_us_per_request - auth_off.cpu_us_per_request:+.1f} us CPU per request.",
-    ]
-    for name in ("fairgate, auth + limits on memory", "fairgate, auth + limits on Redis"):
-        if name in by_name:
-            result = by_name[name]
-            lines.append(
-                f"{name.removeprefix('fairgate, auth + ')} / auth alone: "
-                f"{result.requests_per_second / auth_on.requests_per_second:.2f}x req/s, "
-                f"{result.cpu_us_per_request - auth_on.cpu_us_per_request:+.1f} us CPU per request."
-            )
+    lines.append("")
+    for label, numerator, denominator in (
+        ("Authentication on / off (same process, same requests)", AUTH_ON, AUTH_OFF),
+        ("Limits on memory / auth alone (same process)", LIMITS_MEMORY, AUTH_ON),
+        ("Limits on Redis / auth alone (same process)", LIMITS_REDIS, AUTH_ON_REDIS),
+    ):
+        if numerator in by_name and denominator in by_name:
+            a, b = by_name[numerator], by_name[denominator]
+            lines.append(f"{label}: {a.requests_per_second / b.requests_per_second:.2f}x req/s, "
+                         f"{a.cpu_us_per_request - b.cpu_us_per_request:+.1f} us CPU per request.")
     return "\n".join(lines)
 
 
@@ -301,8 +301,9 @@ def _start_nginx(prefix: Path, conf: str, core: int) -> subprocess.Popen:
     return _pinned([_find("nginx"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")], core)
 
 
-def _pinned(command: list[str], core: int) -> subprocess.Popen:
-    return subprocess.Popen([*_taskset(core), *command], cwd=ROOT)
+def _pinned(command: list[str], core: int, quiet: bool = False) -> subprocess.Popen:
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen([*_taskset(core), *command], cwd=ROOT, stdout=output)
 
 
 def _taskset(core: int) -> list[str]:
@@ -317,22 +318,33 @@ class Gateway:
     port: int
 
 
-# Never rejects under the bench's load, so every request pays for a full decision.
-BENCH_PLANS = """
-limits: {default_plan: bench}
+PLAIN = "fairgate, no policies"
+AUTH_OFF = "fairgate, bearer tokens sent, auth off"
+AUTH_ON = f"fairgate, HS256 auth ({TOKEN_USERS} users), plan without limits"
+LIMITS_MEMORY = "fairgate, auth + limits, memory store"
+AUTH_ON_REDIS = "fairgate (Redis process), auth, plan without limits"
+LIMITS_REDIS = "fairgate (Redis process), auth + limits, Redis store"
+
+# Customers "customer-N" get the bench plan, whose limits never reject under this load, so every
+# request pays for a whole decision; customers "free-N" are on a plan without limits.
+BENCH_LIMITS = """
+limits: {{default_plan: bench}}
 plans:
   bench:
     limits:
-      - {name: sustained, kind: rate, rate: 100000/s, burst: 100000}
-      - {name: daily, kind: quota, metric: requests, period: day, limit: 1000000000000}
+      - {{name: sustained, kind: rate, rate: 100000/s, burst: 100000}}
+      - {{name: daily, kind: quota, metric: requests, period: day, limit: 1000000000000}}
+  unlimited: {{}}
+customers:
+{customers}
+state: {{url: "{state_url}", timeout: 200ms}}
 """
 
 
-def _start_fairgate(config: Path, upstream_port: int, authenticated: bool, limits: bool = False,
-                    state_url: str = "memory://") -> Gateway:
+def _start_fairgate(config: Path, upstream_port: int, state_url: str) -> Gateway:
     port, admin_port = _free_port(), _free_port()
-    plans = BENCH_PLANS + f"state: {{url: '{state_url}', timeout: 200ms}}\n" if limits else ""
-    config.write_text(plans + f"""
+    customers = "\n".join(f"  free-{n}: {{plan: unlimited}}" for n in range(TOKEN_CUSTOMERS))
+    config.write_text(BENCH_LIMITS.format(customers=customers, state_url=state_url) + f"""
 server: {{listen: "127.0.0.1:{port}", access_log: false}}
 admin: {{listen: "127.0.0.1:{admin_port}"}}
 logging: {{level: warning}}
@@ -343,24 +355,25 @@ upstreams:
   bench: {{url: "http://127.0.0.1:{upstream_port}"}}
 routes:
   - {{name: health, path_prefix: /healthz, upstream: bench, auth: none}}
-  - {{name: api, path_prefix: /, upstream: bench, auth: {"required" if authenticated else "none"}}}
+  - {{name: open, path_prefix: /open/, upstream: bench, auth: none}}
+  - {{name: api, path_prefix: /, upstream: bench}}
 """)
     process = _pinned([sys.executable, "-m", "gateway", "run", "-c", str(config)], SERVER_CORE)
     return Gateway(process, port)
 
 
-def _write_tokens(workdir: Path) -> Path:
-    """HS256 tokens for TOKEN_USERS users spread over a few dozen customers, one per line."""
+def _write_tokens(path: Path, customer_prefix: str) -> Path:
+    """HS256 tokens of TOKEN_USERS users spread over TOKEN_CUSTOMERS customers, one per line."""
     import jwt
 
     now = int(time.time())
     lines = [
-        jwt.encode({"iss": TOKEN_ISSUER, "aud": "bench", "sub": f"user-{n}@customer-{n % 40}.example",
-                    "org_id": f"customer-{n % 40}", "sid": f"s-{n}", "iat": now, "exp": now + 3600},
+        jwt.encode({"iss": TOKEN_ISSUER, "aud": "bench", "sub": f"user-{n}@{customer_prefix}-{n % TOKEN_CUSTOMERS}",
+                    "org_id": f"{customer_prefix}-{n % TOKEN_CUSTOMERS}", "sid": f"s-{n}", "iat": now,
+                    "exp": now + 3600},
                    TOKEN_SECRET, algorithm="HS256")
         for n in range(TOKEN_USERS)
     ]
-    path = workdir / "tokens.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -177,3 +177,23 @@ async def test_concurrency_slots_are_shared_and_released_through_redis(start_gat
                 break
         assert time.monotonic() < deadline, "slot never released"
         await asyncio.sleep(0.01)
+
+
+async def test_limits_through_redis_sentinel():
+    from tests.support.redis_servers import RedisSentinel
+
+    sentinel = RedisSentinel().start()
+    try:
+        settings = StateSettings(url=sentinel.url, timeout="2s")
+        client, is_cluster = connect(settings)
+        assert not is_cluster
+        store = RedisStore(client, settings, cluster=False)
+        now = time.time()
+        results = []
+        for _ in range(3):
+            outcomes = await store.evaluate("t", [Check(RATE, "fg:{c:s}:sustained:s", interval=60.0, burst=2)], now)
+            results.append(outcomes[0].allowed)
+        assert results == [True, True, False]
+        await store.close()
+    finally:
+        sentinel.stop()
