@@ -197,3 +197,25 @@ async def test_limits_through_redis_sentinel():
         await store.close()
     finally:
         sentinel.stop()
+
+
+async def test_a_revocation_reaches_the_whole_fleet(start_gateway, upstream, client, redis_url, key_prefix):
+    from tests.conftest import ADMIN_TOKEN, SYSTEM_CLOCK
+
+    config = limits_config(upstream, {"standard": {"limits": []}})
+    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}:revocations"}
+    first, second = await start_gateway(config), await start_gateway(config)
+    token = hs_token(SYSTEM_CLOCK, jti="fleet-token", exp=int(time.time()) + 600)
+    async with client.get(f"{second.url}/echo", headers=bearer(token)) as response:
+        assert response.status == 200  # verified and cached on the second gateway
+    async with client.post(f"{first.admin_url}/admin/revocations", json={"issuer": "test", "jti": "fleet-token"},
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
+        assert response.status == 201
+    deadline = time.monotonic() + 5
+    while True:  # the second gateway merges the shared list every second
+        async with client.get(f"{second.url}/echo", headers=bearer(token)) as response:
+            if response.status == 401:
+                assert "revoked" in response.headers["WWW-Authenticate"]
+                break
+        assert time.monotonic() < deadline, "the revocation never reached the other gateway"
+        await asyncio.sleep(0.05)

@@ -1,7 +1,9 @@
 """Revoked logins: single token ids, and every token of a user issued before a moment.
 
 Each entry lives only as long as a token it could match, so the set never outgrows the
-tokens in circulation. (Kept in process memory until the shared state store arrives.)
+tokens in circulation. Requests check this process's copy (no round trip); with a shared
+state store every revocation is also written there, with that same lifetime, and each gateway
+of the fleet merges the shared list in every second (`sync_from`).
 """
 
 from __future__ import annotations
@@ -19,18 +21,32 @@ class Revocations:
         self._users: dict[tuple[str, str], tuple[float, float]] = {}  # (issuer, user) -> (before, drop after)
         self._expiry: list[tuple[float, str, tuple[str, str]]] = []
 
-    def revoke_token(self, issuer: str, token_id: str, expires_at: float) -> None:
+    def revoke_token(self, issuer: str, token_id: str, expires_at: float) -> dict:
+        """Revoke one token id until `expires_at`; returns the entry to share with the fleet."""
         key = (issuer, token_id)
-        self._token_ids[key] = expires_at
-        heapq.heappush(self._expiry, (expires_at, "token", key))
+        if self._token_ids.get(key, 0.0) < expires_at:
+            self._token_ids[key] = expires_at
+            heapq.heappush(self._expiry, (expires_at, "token", key))
+        return {"kind": "token", "issuer": issuer, "id": token_id, "until": expires_at}
 
-    def revoke_user(self, issuer: str, user: str, max_lifetime: float) -> float:
-        """Revoke every token of `user` issued up to now; returns that moment."""
-        now = self._clock.time()
-        drop_after = now + max_lifetime
-        self._users[(issuer, user)] = (now, drop_after)
-        heapq.heappush(self._expiry, (drop_after, "user", (issuer, user)))
-        return now
+    def revoke_user(self, issuer: str, user: str, max_lifetime: float, before: float | None = None) -> dict:
+        """Revoke every token of `user` issued up to `before` (default: now)."""
+        before = self._clock.time() if before is None else before
+        drop_after = before + max_lifetime
+        key = (issuer, user)
+        if key not in self._users or self._users[key][0] < before:
+            self._users[key] = (before, drop_after)
+            heapq.heappush(self._expiry, (drop_after, "user", key))
+        return {"kind": "user", "issuer": issuer, "id": user, "before": before, "until": drop_after}
+
+    def sync_from(self, entries: list[dict]) -> None:
+        """Merge revocations other gateways shared (idempotent)."""
+        for entry in entries:
+            if entry.get("kind") == "token":
+                self.revoke_token(entry["issuer"], entry["id"], float(entry["until"]))
+            elif entry.get("kind") == "user":
+                before = float(entry["before"])
+                self.revoke_user(entry["issuer"], entry["id"], float(entry["until"]) - before, before)
 
     def is_revoked(self, identity: Identity) -> bool:
         if not self._token_ids and not self._users:

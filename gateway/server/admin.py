@@ -79,13 +79,15 @@ def build_admin_app(
             if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
                 return _bad_request("'exp' must be a number (the token's expiry, seconds since the epoch).")
             expires_at = min(float(exp) + settings.leeway, longest) if exp is not None else longest
-            revocations.revoke_token(settings.name, token_id, expires_at)
+            await _share(runtimes, revocations.revoke_token(settings.name, token_id, expires_at))
             return web.json_response(
                 {"revoked": {"issuer": settings.name, "jti": token_id, "until": expires_at}}, status=201
             )
-        before = revocations.revoke_user(settings.name, user, settings.max_lifetime + settings.leeway)
-        return web.json_response({"revoked": {"issuer": settings.name, "user": user, "issued_before": before}},
-                                 status=201)
+        entry = revocations.revoke_user(settings.name, user, settings.max_lifetime + settings.leeway)
+        await _share(runtimes, entry)
+        return web.json_response(
+            {"revoked": {"issuer": settings.name, "user": user, "issued_before": entry["before"]}}, status=201
+        )
 
     app = web.Application(middlewares=[_require_token(admin_token)])
     app.router.add_get("/healthz", healthz)
@@ -94,6 +96,19 @@ def build_admin_app(
     app.router.add_post("/admin/reload", reload_endpoint)
     app.router.add_post("/admin/revocations", revoke)
     return app
+
+
+async def _share(runtimes: RuntimeHolder, entry: dict) -> None:
+    """Write a revocation to the shared store; this gateway already enforces it."""
+    try:
+        await runtimes.state.store.share_revocation(entry, entry["until"])
+    except Exception as exc:  # Redis down: the fleet learns it when the admin retries
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"type": "urn:fairgate:problem:state-unavailable", "title": "Service Unavailable",
+                             "status": 503, "detail": "Revoked on this gateway only: the shared state store "
+                                                      "could not be written. Retry to reach the fleet."}),
+            content_type="application/problem+json",
+        ) from exc
 
 
 def _bad_request(detail: str) -> web.Response:

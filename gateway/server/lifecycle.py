@@ -24,6 +24,8 @@ from gateway.state.factory import open_store
 
 log = logging.getLogger("fairgate.server")
 
+REVOCATION_SYNC_SECONDS = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
@@ -54,6 +56,7 @@ class GatewayServer:
         self._options = options
         self._ready = False
         self._draining = False
+        self._background: list[asyncio.Task] = []
         server = make_proxy_server(
             ProxyHandler(self.runtimes, self.metrics, sleep=options.sleep),
             max_line=config.server.max_header_line,
@@ -95,15 +98,31 @@ class GatewayServer:
             await self._admin.cleanup()
             raise
         self._ready = True
+        self._background = [asyncio.get_running_loop().create_task(self._sync_revocations())]
         host, port = self.proxy_address
         admin_host, admin_port = self.admin_address
         log.info("fairgate listening", extra={
             "proxy": f"http://{host}:{port}", "admin": f"http://{admin_host}:{admin_port}", "pid": os.getpid(),
         })
 
+    async def _sync_revocations(self) -> None:
+        """Merge the fleet's revocations every second (only a shared store has any)."""
+        while True:
+            try:
+                entries = await self.state.store.shared_revocations(self.state.clock.time())
+            except Exception as exc:
+                log.debug("revocation sync failed", extra={"error": str(exc)})
+            else:
+                if entries is None:
+                    return  # a store of one process: nothing to merge, ever
+                self.state.revocations.sync_from(entries)
+            await asyncio.sleep(REVOCATION_SYNC_SECONDS)
+
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, close."""
         self._draining = True
+        for task in self._background:
+            task.cancel()
         log.info("draining", extra={"grace_seconds": self.config.server.drain_timeout})
         # aiohttp closes idle keep-alive connections and waits for running handlers.
         await self._proxy.cleanup()

@@ -10,6 +10,7 @@ per-instance memory limits. A request never waits on a dead Redis for longer tha
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -248,6 +249,22 @@ class RedisStore(StateStore):
             log.warning("state store write failed", extra={"error": str(exc) or type(exc).__name__})
             return
         self.breaker.succeeded()
+
+    # -- revocations shared by the fleet ---------------------------------------------------
+
+    @property
+    def _revocations_key(self) -> str:
+        return f"{self._settings.key_prefix}:{{revocations}}"
+
+    async def share_revocation(self, entry: dict, until: float) -> None:
+        # Scored by expiry, so the list trims itself to what can still match a token.
+        await self._client.zadd(self._revocations_key, {json.dumps(entry, sort_keys=True): until})
+
+    async def shared_revocations(self, now: float) -> list[dict] | None:
+        key = self._revocations_key
+        await self._client.zremrangebyscore(key, "-inf", now)
+        members = await self._client.zrange(key, 0, -1)
+        return [json.loads(member) for member in members]
 
     async def close(self) -> None:
         if self._tasks:

@@ -66,5 +66,13 @@ class StateStore(ABC):
     async def add_usage(self, tag: str, usage: list[tuple[str, float, float]]) -> None:
         """Add measured usage to quotas after a response: (key, amount, period end)."""
 
+    async def share_revocation(self, entry: dict, until: float) -> None:
+        """Make a revocation visible to the whole fleet (a no-op for a store of one process)."""
+        return None
+
+    async def shared_revocations(self, now: float) -> list[dict] | None:
+        """Every revocation still in force; None for a store of one process."""
+        return None
+
     async def close(self) -> None:
         return None
