@@ -219,3 +219,42 @@ async def test_a_revocation_reaches_the_whole_fleet(start_gateway, upstream, cli
                 break
         assert time.monotonic() < deadline, "the revocation never reached the other gateway"
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+async def test_state_flag_and_environment_point_a_config_at_redis(tmp_path, upstream, client, gateway_process,
+                                                                redis_url, key_prefix, how):
+    import redis.asyncio
+
+    from tests.conftest import SYSTEM_CLOCK
+
+    config = limits_config(upstream, {"standard": {"limits": [
+        {"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 5}]}})
+    prefix = f"{key_prefix}:{how}"
+    config["state"] = {"key_prefix": prefix}  # the file says memory://
+    path, url, admin_url = write_process_config(tmp_path, how, config)
+    if how == "flag":
+        process = gateway_process(path, "--state", redis_url)
+    else:
+        process = gateway_process(path, env={"FAIRGATE_STATE": redis_url})
+    await asyncio.to_thread(process.wait_ready, admin_url)
+    token = hs_token(SYSTEM_CLOCK, org_id=f"state-{how}", exp=int(time.time()) + 600)
+    async with client.get(f"{url}/echo", headers=bearer(token)) as response:
+        assert response.status == 200
+    shared = redis.asyncio.Redis.from_url(redis_url)
+    keys = [key async for key in shared.scan_iter(match=f"{prefix}:*")]
+    await shared.aclose()
+    assert keys == [f"{prefix}:{{c:state-{how}}}:sustained:state-{how}".encode()]
+
+
+def test_a_bad_state_url_is_a_usage_error(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml", "--state", "mysql://x"],
+                            cwd=ROOT, capture_output=True, text=True, env={"FAIRGATE_DEMO_SECRET": "x" * 40,
+                                                                         "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "state URL must start with" in result.stderr

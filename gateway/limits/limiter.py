@@ -165,9 +165,8 @@ class Limiter:
                 items.append(_ratelimit_item(limit, outcome))
             if not outcome.allowed:
                 if check.shadow:
+                    # Counted, not logged: a shadowed limit may "reject" thousands of times a second.
                     stats.count(plan, limit.name, "shadow_rejected")
-                    log.info("shadow limit would reject", extra={"plan": plan, "limit": limit.name,
-                                                                   "tag": admission.tag})
                 else:
                     rejected.append(limit)
                     admission.retry_after = max(admission.retry_after, outcome.retry_after)

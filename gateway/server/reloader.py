@@ -52,8 +52,9 @@ class RuntimeHolder:
                           extra={"errors": exc.lines()})
                 return ReloadResult(False, tuple(exc.lines()))
             previous = self.current
-            if config.server != previous.config.server or config.admin != previous.config.admin:
-                log.warning("server and admin settings take effect only on restart")
+            if (config.server, config.admin, config.state) != (previous.config.server, previous.config.admin,
+                                                                 previous.config.state):
+                log.warning("server, admin and state settings take effect only on restart")
             successor = Runtime.build(config, self.state, previous)
             successor.start()
             self.current = successor
