@@ -258,3 +258,23 @@ def test_a_bad_state_url_is_a_usage_error(tmp_path):
                                                                          "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "state URL must start with" in result.stderr
+
+
+async def test_the_local_over_limit_cache_is_per_cost(redis_url, key_prefix):
+    settings = StateSettings(url=redis_url, timeout="2s")
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=False, use_redis_time=False)
+    key = f"{key_prefix}:{{c:cost}}:sustained:cost"
+    now = 1_800_000_000.0
+    try:
+        first = await store.evaluate("t", [Check(RATE, key, interval=1.0, burst=10, cost=10)], now)
+        assert first[0].allowed
+        expensive = await store.evaluate("t", [Check(RATE, key, interval=1.0, burst=10, cost=10)], now + 1)
+        assert not expensive[0].allowed and expensive[0].retry_after == pytest.approx(9)
+        # A cheap request fits a second later, though the expensive one is cached as over the limit.
+        cheap = store.evaluate_now([Check(RATE, key, interval=1.0, burst=10, cost=1)], now + 1) or \
+            await store.evaluate("t", [Check(RATE, key, interval=1.0, burst=10, cost=1)], now + 1)
+        assert cheap[0].allowed
+        assert store.evaluate_now([Check(RATE, key, interval=1.0, burst=10, cost=10)], now + 2)[0].allowed is False
+    finally:
+        await store.close()

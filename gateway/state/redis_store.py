@@ -63,8 +63,8 @@ class RedisStore(StateStore):
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
         self._local = MemoryStore(settings.max_memory_keys)
-        # key -> wall time until which it is known to be over its limit
-        self._over_limit: dict[str, float] = {}
+        # (key, cost) -> wall time until which a request of that cost is known to be over the limit
+        self._over_limit: dict[tuple[str, float], float] = {}
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown, clock, self._circuit_moved)
         self._circuit_moved(CLOSED)
 
@@ -113,11 +113,11 @@ class RedisStore(StateStore):
         if not self._over_limit:
             return None
         for check in checks:
-            until = self._over_limit.get(check.key)
+            until = self._over_limit.get((check.key, check.cost))
             if until is None or check.shadow:
                 continue
             if until <= now:
-                del self._over_limit[check.key]
+                del self._over_limit[(check.key, check.cost)]
                 continue
             # Only the known check's numbers are exact; the others are reported as untouched.
             return [Outcome(False, 0.0, until - now, retry_after=until - now) if other is check
@@ -126,10 +126,11 @@ class RedisStore(StateStore):
 
     def _remember_over_limit(self, checks: list[Check], outcomes: list[Outcome], now: float) -> None:
         for check, outcome in zip(checks, outcomes):
-            # Rate and quota rejections stay true until retry_after whatever other gateways do;
-            # a concurrency slot can free at any moment, so those are always asked.
+            # Rate and quota rejections stay true until retry_after whatever other gateways do
+            # (for requests of the same cost: a cheaper one may fit sooner); a concurrency slot
+            # can free at any moment, so those are always asked.
             if not outcome.allowed and not check.shadow and check.kind in (RATE, QUOTA) and outcome.retry_after > 0:
-                self._over_limit[check.key] = now + outcome.retry_after
+                self._over_limit[(check.key, check.cost)] = now + outcome.retry_after
         if len(self._over_limit) > 100_000:
             self._over_limit.clear()
 
