@@ -9,10 +9,11 @@ import time
 import pytest
 import yaml
 
+from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
 from gateway.state.store import QUOTA, RATE, Check
-from tests.conftest import free_port, gateway_config
+from tests.conftest import ADMIN_TOKEN, free_port
 from tests.support.redis_servers import RedisCluster, RedisProcess
 from tests.test_auth import bearer, hs_issuer, hs_token
 from tests.test_limits import limits_config
@@ -32,8 +33,6 @@ def write_process_config(tmp_path, name: str, config: dict) -> tuple:
 ], ids=["rate", "quota"])
 async def test_a_fleet_of_two_enforces_one_limit(tmp_path, upstream, client, gateway_process, redis_url, key_prefix,
                                                  limit, allowed):
-    from tests.conftest import SYSTEM_CLOCK
-
     config = limits_config(upstream, {"standard": {"limits": [limit]}})
     config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}:fleet"}
     urls = []
@@ -80,8 +79,6 @@ async def test_limits_on_a_redis_cluster_without_crossslot_errors(cluster):
 
 
 async def test_gateway_on_a_redis_cluster(start_gateway, upstream, client, cluster):
-    from tests.conftest import SYSTEM_CLOCK
-
     plans = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/min", "burst": 3}]}}
     config = limits_config(upstream, plans)
     config["state"] = {"url": cluster.url, "timeout": "2s"}
@@ -104,8 +101,6 @@ def private_redis():
 
 @pytest.mark.parametrize("mode", ["open", "local", "closed"])
 async def test_redis_outage_and_recovery(start_gateway, upstream, client, private_redis, mode, caplog):
-    from tests.conftest import SYSTEM_CLOCK
-
     plans = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1000/s", "burst": 1000}]}}
     config = limits_config(upstream, plans)
     config["state"] = {"url": private_redis.url, "timeout": "100ms", "on_failure": mode,
@@ -156,8 +151,6 @@ async def test_redis_outage_and_recovery(start_gateway, upstream, client, privat
 
 async def test_concurrency_slots_are_shared_and_released_through_redis(start_gateway, upstream, client, redis_url,
                                                                       key_prefix):
-    from tests.conftest import SYSTEM_CLOCK
-
     plans = {"standard": {"limits": [{"name": "parallel", "kind": "concurrency", "max": 1}]}}
     config = limits_config(upstream, plans)
     config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}:conc", "timeout": "1s"}
@@ -200,8 +193,6 @@ async def test_limits_through_redis_sentinel():
 
 
 async def test_a_revocation_reaches_the_whole_fleet(start_gateway, upstream, client, redis_url, key_prefix):
-    from tests.conftest import ADMIN_TOKEN, SYSTEM_CLOCK
-
     config = limits_config(upstream, {"standard": {"limits": []}})
     config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}:revocations"}
     first, second = await start_gateway(config), await start_gateway(config)
@@ -225,8 +216,6 @@ async def test_a_revocation_reaches_the_whole_fleet(start_gateway, upstream, cli
 async def test_state_flag_and_environment_point_a_config_at_redis(tmp_path, upstream, client, gateway_process,
                                                                 redis_url, key_prefix, how):
     import redis.asyncio
-
-    from tests.conftest import SYSTEM_CLOCK
 
     config = limits_config(upstream, {"standard": {"limits": [
         {"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 5}]}})

@@ -15,6 +15,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from gateway.proxy.problems import problem_response
+from gateway.server.logs import JsonAccessLogger
 
 log = logging.getLogger("fairgate.server")
 
@@ -58,8 +59,6 @@ class ProxyServer(web.Server):
 
 
 def make_proxy_server(handler: Any, *, max_line: int, keepalive_timeout: float, access_log: bool) -> ProxyServer:
-    from gateway.server.logs import JsonAccessLogger
-
     return ProxyServer(
         handler,
         # A client that goes away cancels its handler, and so its upstream exchange.

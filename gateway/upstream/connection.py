@@ -87,9 +87,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._new_parser_after_feed = False
             self._parser = httptools.HttpResponseParser(self)
 
-    def eof_received(self) -> bool | None:
-        return None
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._head is not None and self._head.body_until_eof and not self._complete:
