@@ -267,3 +267,34 @@ async def test_the_local_over_limit_cache_is_per_cost(redis_url, key_prefix):
         assert store.evaluate_now([Check(RATE, key, interval=1.0, burst=10, cost=10)], now + 2)[0].allowed is False
     finally:
         await store.close()
+
+
+async def test_a_slot_taken_for_a_cancelled_request_goes_back(redis_url, key_prefix):
+    from gateway.auth.identity import Identity
+    from gateway.config import Route
+    from gateway.config.limits import LimitSettings, Plan
+    from gateway.limits.limiter import Limiter
+    from gateway.limits.policy import PlanBook
+    from gateway.limits.stats import LimitStats
+
+    settings = StateSettings(url=redis_url, timeout="2s", key_prefix=f"{key_prefix}:cancel")
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=False)
+    plans = {"standard": Plan.model_validate({"limits": [{"name": "parallel", "kind": "concurrency", "max": 1}]})}
+    limiter = Limiter(PlanBook(LimitSettings(default_plan="standard"), plans, {}), store, LimitStats(), SYSTEM_CLOCK,
+                      key_prefix=settings.key_prefix, ratelimit_headers=False, legacy_headers=False)
+    route = Route.model_validate({"name": "api", "path_prefix": "/", "upstream": "app"})
+    who = Identity("cancel-co", "u", None, None, None, "test", None, frozenset(), 0.0, 0.0)
+    try:
+        admitting = asyncio.create_task(limiter.admit(who, route, "127.0.0.1", "first"))
+        await asyncio.sleep(0)  # the script is queued for Redis
+        admitting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admitting
+        deadline = time.monotonic() + 5
+        while (await limiter.admit(who, route, "127.0.0.1", f"next-{time.monotonic()}")).rejected:
+            # Without the give-back the slot would stay taken for its whole 10-minute lease.
+            assert time.monotonic() < deadline, "the abandoned slot was never given back"
+            await asyncio.sleep(0.01)
+    finally:
+        await store.close()

@@ -173,14 +173,27 @@ class RedisStore(StateStore):
             return
         if self._metrics is not None:
             self._metrics.latency.observe(time.perf_counter() - started)
-        for (_, _, future), result in zip(batch, results):
+        for (checks, _, future), result in zip(batch, results):
             if isinstance(result, Exception):
                 _fail(future, result)
+            elif future.cancelled():
+                self._give_back_abandoned(checks, result)
             elif not future.done():
                 future.set_result(result)
 
     def _now_arg(self, now: float) -> str:
         return "" if self._use_redis_time else repr(now)
+
+    def _give_back_abandoned(self, checks: list[Check], result: bytes) -> None:
+        """The client left while Redis decided: release any slot the script took for it."""
+        outcomes = _outcomes(result)
+        if any(not o.allowed and not c.shadow for c, o in zip(checks, outcomes)):
+            return  # rejected: nothing was taken
+        slots = [(c.key, c.token) for c, o in zip(checks, outcomes) if c.kind == CONCURRENCY and o.allowed]
+        if slots:
+            task = asyncio.get_running_loop().create_task(self.release("", slots))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _load_script(self) -> None:
         # Concurrent batches share one SCRIPT LOAD.
