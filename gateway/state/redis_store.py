@@ -216,7 +216,7 @@ class RedisStore(StateStore):
         # One write and one read on a pooled connection, without redis-py's Pipeline object:
         # measured, its per-command bookkeeping cost more than the rest of the request.
         pool = self._client.connection_pool
-        connection = await pool.get_connection("EVALSHA")
+        connection = await pool.get_connection()
         try:
             sha = _bulk(self._sha.encode())
             await connection.send_packed_command(
