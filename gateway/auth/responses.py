@@ -1,10 +1,10 @@
-"""AuthError -> the answer a client gets: RFC 6750 challenges and problem+json."""
+"""AuthError -> the answer a client gets: RFC 6750 challenges and problem+json fields."""
 
 from __future__ import annotations
 
 import math
 
-from aiohttp import web
+from dataclasses import dataclass, field
 
 from gateway.auth.errors import (
     AuthError,
@@ -15,42 +15,41 @@ from gateway.auth.errors import (
     MissingToken,
     TooManyFailures,
 )
-from gateway.proxy.problems import problem_response
 
 REALM = "fairgate"
 
 
-def auth_problem(error: AuthError, request_id: str) -> web.Response:
-    headers = {"X-Request-Id": request_id}
-    extra = {"request_id": request_id}
+@dataclass(frozen=True, slots=True)
+class AuthProblem:
+    """The problem+json answer to an AuthError; the request path adds the request id."""
+
+    status: int
+    slug: str
+    title: str
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def auth_problem(error: AuthError) -> AuthProblem:
     if isinstance(error, MissingToken):
         # RFC 6750 3.1: no error code when the request carried no credentials at all.
-        headers["WWW-Authenticate"] = f'Bearer realm="{REALM}"'
-        return problem_response(401, "login-required", "Unauthorized", "This route requires a bearer token.",
-                                headers=headers, extra=extra)
+        return AuthProblem(401, "login-required", "Unauthorized", "This route requires a bearer token.",
+                           {"WWW-Authenticate": f'Bearer realm="{REALM}"'})
     if isinstance(error, InvalidToken):
-        headers["WWW-Authenticate"] = (
-            f'Bearer realm="{REALM}", error="invalid_token", error_description="{_quoted(error.public)}"'
-        )
-        return problem_response(401, "invalid-token", "Unauthorized", error.public, headers=headers, extra=extra)
+        challenge = f'Bearer realm="{REALM}", error="invalid_token", error_description="{_quoted(error.public)}"'
+        return AuthProblem(401, "invalid-token", "Unauthorized", error.public, {"WWW-Authenticate": challenge})
     if isinstance(error, InsufficientScope):
-        scopes = " ".join(error.missing)
-        headers["WWW-Authenticate"] = (
-            f'Bearer realm="{REALM}", error="insufficient_scope", scope="{_quoted(scopes)}"'
-        )
-        return problem_response(403, "insufficient-scope", "Forbidden", error.public, headers=headers,
-                                extra={**extra, "required_scopes": list(error.missing)})
+        challenge = f'Bearer realm="{REALM}", error="insufficient_scope", scope="{_quoted(" ".join(error.missing))}"'
+        return AuthProblem(403, "insufficient-scope", "Forbidden", error.public, {"WWW-Authenticate": challenge},
+                           {"required_scopes": list(error.missing)})
     if isinstance(error, CorporateEmailRequired):
-        return problem_response(403, "corporate-email-required", "Forbidden", error.public, headers=headers,
-                                extra=extra)
+        return AuthProblem(403, "corporate-email-required", "Forbidden", error.public)
     if isinstance(error, TooManyFailures):
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-        return problem_response(429, "too-many-failed-logins", "Too Many Requests", error.public, headers=headers,
-                                extra=extra)
+        return AuthProblem(429, "too-many-failed-logins", "Too Many Requests", error.public,
+                           {"Retry-After": str(max(1, math.ceil(error.retry_after)))})
     if isinstance(error, KeysUnavailable):
-        headers["Retry-After"] = "5"
-        return problem_response(503, "login-unavailable", "Service Unavailable", error.public, headers=headers,
-                                extra=extra)
+        return AuthProblem(503, "login-unavailable", "Service Unavailable", error.public, {"Retry-After": "5"})
     raise TypeError(f"no response for {type(error).__name__}")
 
 

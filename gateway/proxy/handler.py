@@ -156,8 +156,9 @@ class ProxyHandler:
                     required=route.auth == "required", scopes=route.required_scopes,
                 )
             except AuthError as exc:
-                self._metrics.rejections.labels(type(exc).__name__).inc()
-                return auth_problem(exc, request_id)
+                problem = auth_problem(exc)
+                return self._reject(request, problem.status, problem.slug, problem.title, problem.detail,
+                                    headers=problem.headers, extra=problem.extra)
             if identity is not None:
                 request[IDENTITY] = identity
                 lines.append(b"%s: %s\r\n" % (runtime.customer_header, identity.customer.encode()))
@@ -257,13 +258,14 @@ class ProxyHandler:
             return self._upstream_failed(request, target, exc, extra_headers)
         return await self._relay(request, exchange, target, request_id, extra_headers, meter)
 
+    def _count_upstream_failure(self, request: BaseRequest, target: RouteTarget, exc: UpstreamError) -> None:
+        self._metrics.upstream_errors.labels(target.route.upstream, type(exc).__name__).inc()
+        log.warning("upstream %s failed: %s", target.route.upstream, exc,
+                    extra={"request_id": request[REQUEST_ID], "route": target.route.name})
+
     def _upstream_failed(self, request: BaseRequest, target: RouteTarget, exc: UpstreamError,
                          extra_headers: Mapping[str, str]) -> web.Response:
-        self._metrics.upstream_errors.labels(target.upstream_name, type(exc).__name__).inc()
-        log.warning(
-            "upstream %s failed: %s", target.upstream_name, exc,
-            extra={"request_id": request[REQUEST_ID], "route": target.route.name},
-        )
+        self._count_upstream_failure(request, target, exc)
         if isinstance(exc, UpstreamTimeout):
             return self._reject(request, 504, "upstream-timeout", "Gateway Timeout",
                                 "The upstream did not answer in time.", headers=extra_headers)
@@ -316,9 +318,7 @@ class ProxyHandler:
             if response is None or not response.prepared:  # nothing of this response sent yet
                 return self._upstream_failed(request, target, exc, extra_headers)
             # Part of the body is out: only a broken connection tells the client it is truncated.
-            log.warning("upstream %s failed mid-response: %s", target.upstream_name, exc,
-                        extra={"request_id": request_id})
-            self._metrics.upstream_errors.labels(target.upstream_name, type(exc).__name__).inc()
+            self._count_upstream_failure(request, target, exc)
             if request.transport is not None:
                 request.transport.abort()
             return response

@@ -49,7 +49,6 @@ class GatewayState:
 @dataclass(frozen=True, slots=True)
 class RouteTarget:
     route: Route
-    upstream_name: str
     pool: UpstreamPool
     # None keeps the client's Host header.
     host_header: bytes | None
@@ -105,7 +104,6 @@ class Runtime:
             strip.add(b"authorization")
         return RouteTarget(
             route=route,
-            upstream_name=route.upstream,
             pool=self.pools[route.upstream],
             host_header=None if upstream.preserve_host else authority.encode("ascii"),
             ws_base_url=f"ws://{authority}",

@@ -44,11 +44,11 @@ async def proxy_websocket(request: BaseRequest, target, lines: list[bytes], metr
                 autoping=False, max_msg_size=0,
             )
         except asyncio.TimeoutError:
-            metrics.upstream_errors.labels(target.upstream_name, "UpstreamTimeout").inc()
+            metrics.upstream_errors.labels(target.route.upstream, "UpstreamTimeout").inc()
             return problem_response(504, "upstream-timeout", "Gateway Timeout", "The upstream did not answer in time.")
         except (aiohttp.ClientError, OSError) as exc:
-            metrics.upstream_errors.labels(target.upstream_name, "UpstreamUnavailable").inc()
-            log.warning("websocket upstream %s failed: %s", target.upstream_name, exc)
+            metrics.upstream_errors.labels(target.route.upstream, "UpstreamUnavailable").inc()
+            log.warning("websocket upstream %s failed: %s", target.route.upstream, exc)
             return problem_response(
                 502, "upstream-unavailable", "Bad Gateway", "The upstream refused the WebSocket connection."
             )
