@@ -298,3 +298,17 @@ async def test_a_slot_taken_for_a_cancelled_request_goes_back(redis_url, key_pre
             await asyncio.sleep(0.01)
     finally:
         await store.close()
+
+
+async def test_a_revocation_the_fleet_cannot_see_is_a_503(start_gateway, upstream, client, private_redis):
+    config = limits_config(upstream, {"standard": {"limits": []}})
+    config["state"] = {"url": private_redis.url, "timeout": "100ms"}
+    gw = await start_gateway(config)
+    token = hs_token(SYSTEM_CLOCK, jti="lonely", exp=int(time.time()) + 600)
+    private_redis.kill()
+    async with client.post(f"{gw.admin_url}/admin/revocations", json={"issuer": "test", "jti": "lonely"},
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
+        assert response.status == 503
+        assert (await response.json())["type"] == "urn:fairgate:problem:state-unavailable"
+    async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+        assert response.status == 401  # this gateway enforces it all the same

@@ -79,12 +79,16 @@ def build_admin_app(
             if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
                 return _bad_request("'exp' must be a number (the token's expiry, seconds since the epoch).")
             expires_at = min(float(exp) + settings.leeway, longest) if exp is not None else longest
-            await _share(runtimes, revocations.revoke_token(settings.name, token_id, expires_at))
+            failed = await _share(runtimes, revocations.revoke_token(settings.name, token_id, expires_at))
+            if failed is not None:
+                return failed
             return web.json_response(
                 {"revoked": {"issuer": settings.name, "jti": token_id, "until": expires_at}}, status=201
             )
         entry = revocations.revoke_user(settings.name, user, settings.max_lifetime + settings.leeway)
-        await _share(runtimes, entry)
+        failed = await _share(runtimes, entry)
+        if failed is not None:
+            return failed
         return web.json_response(
             {"revoked": {"issuer": settings.name, "user": user, "issued_before": entry["before"]}}, status=201
         )
@@ -98,17 +102,16 @@ def build_admin_app(
     return app
 
 
-async def _share(runtimes: RuntimeHolder, entry: dict) -> None:
-    """Write a revocation to the shared store; this gateway already enforces it."""
+async def _share(runtimes: RuntimeHolder, entry: dict) -> web.Response | None:
+    """Write a revocation to the shared store (this gateway already enforces it); a problem if that fails."""
     try:
         await runtimes.state.store.share_revocation(entry, entry["until"])
-    except Exception as exc:  # Redis down: the fleet learns it when the admin retries
-        raise web.HTTPServiceUnavailable(
-            text=json.dumps({"type": "urn:fairgate:problem:state-unavailable", "title": "Service Unavailable",
-                             "status": 503, "detail": "Revoked on this gateway only: the shared state store "
-                                                      "could not be written. Retry to reach the fleet."}),
-            content_type="application/problem+json",
-        ) from exc
+    except Exception:
+        return problem_response(
+            503, "state-unavailable", "Service Unavailable",
+            "Revoked on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
+        )
+    return None
 
 
 def _bad_request(detail: str) -> web.Response:
