@@ -69,6 +69,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
+    parser.add_argument("--only", metavar="TEXT", action="append",
+                        help="measure only targets whose name contains TEXT (repeatable; for quick A/B runs)")
     args = parser.parse_args()
 
     missing = [tool for tool in ("wrk", "nginx") if not _find(tool)]
@@ -126,6 +128,8 @@ def main() -> int:
                     Target(LIMITS_REDIS, shared.port, shared.process.pid, bearer(limited_tokens),
                            redis_port=redis.port),
                 ]
+            if args.only:
+                targets = [t for t in targets if any(text in t.name for text in args.only)]
             for target in targets:
                 _wait_http(f"http://127.0.0.1:{target.port}/healthz")
                 _wrk(target, 1, args)  # warm-up: pools, token cache
