@@ -7,6 +7,7 @@ INSTALLED := $(VENV)/.installed
 # Development defaults for `make run` only; real deployments set their own.
 export FAIRGATE_ADMIN_TOKEN ?= demo-admin-token
 export FAIRGATE_DEMO_SECRET ?= fairgate-demo-secret-for-make-run-only
+export FAIRGATE_HASH_SALT ?= fairgate-demo-salt-for-make-run-only
 DEMO_LISTEN := 127.0.0.1:9000
 
 .PHONY: run test bench loadtest clean

@@ -77,6 +77,10 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch_detection(self, detection) -> None:
+        """Export the detectors' backlog, drops and sanctions (read at scrape time)."""
+        self.registry.register(_DetectionCollector(detection))
+
     def observe(self, route: str, status: int, seconds: float) -> None:
         stats = self._routes.get(route)
         if stats is None:
@@ -111,3 +115,18 @@ class _RequestCollector(Collector):
         yield requests
         yield duration
         yield GaugeMetricFamily("fairgate_in_flight_requests", "Requests being proxied now.", value=self._metrics.in_flight)
+
+
+class _DetectionCollector(Collector):
+    def __init__(self, detection) -> None:
+        self._detection = detection
+
+    def collect(self) -> Iterator:
+        detection = self._detection
+        yield CounterMetricFamily("fairgate_detection_dropped_observations",
+                                  "Requests not analysed because the detectors fell behind (queue full).",
+                                  value=detection.dropped)
+        yield GaugeMetricFamily("fairgate_detection_queue", "Requests waiting for analysis.",
+                                value=detection.backlog)
+        yield GaugeMetricFamily("fairgate_sanctions", "Blocks and re-logins in force in this process.",
+                                value=len(detection.sanctions))

@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
+from gateway.config.detection import SharingAllowance
 from gateway.config.types import Duration, Section, frozen_mapping
 from gateway.config.units import RATE_HINT, Rate, parse_rate
 
@@ -90,6 +91,10 @@ Limit = Annotated[Union[RateLimit, ConcurrencyLimit, QuotaLimit], Field(discrimi
 class Plan(Section):
     priority: int = Field(0, ge=0, le=100, description="When an upstream is saturated, lower priorities shed first.")
     limits: tuple[Limit, ...] = ()
+    seats: int | None = Field(None, ge=1, description="Licensed users: distinct active users per month beyond it "
+                                                      "are a seats finding (detection.seats).")
+    sharing: SharingAllowance | None = Field(None, description="This plan's allowance for the sharing detector "
+                                                               "(default: detection.sharing.allowance).")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Plan":

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field
 
 from gateway.config.auth import AuthSettings
+from gateway.config.detection import DetectionSettings, RouteClass
 from gateway.config.limits import Customers, LimitSettings, Plans, StateSettings
 from gateway.config.types import Duration, HostPort, Network, Section, Size, frozen_mapping
 
@@ -108,6 +109,9 @@ class Route(Section):
     required_scopes: tuple[str, ...] = Field((), description="Scopes (or roles) the login must carry, else 403.")
     forward_authorization: bool = Field(False, description="Pass the client's Authorization header upstream.")
     cost: int = Field(1, ge=1, le=10_000, description="Weight of one request in rate limits and request quotas.")
+    route_class: RouteClass = Field(
+        "api", alias="class", description="What the route serves, for the detectors: portal (pages people read), "
+                                          "api, asset (a portal's static files), public.")
 
 
 class GatewayConfig(Section):
@@ -121,5 +125,6 @@ class GatewayConfig(Section):
     plans: Plans = Field(default_factory=dict)
     customers: Customers = Field(default_factory=dict)
     state: StateSettings = StateSettings()
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
     upstreams: Annotated[dict[str, Upstream], AfterValidator(frozen_mapping)] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)

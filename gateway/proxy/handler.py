@@ -4,6 +4,7 @@ forward upstream, stream the answer back, account for it afterwards."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from gateway.proxy.headers import (
     request_id_or_new,
     upstream_header_lines,
 )
-from gateway.proxy.problems import IETF_PROBLEM_TYPES, problem_response
+from gateway.proxy.problems import IETF_PROBLEM_TYPES, Problem, problem_response
 from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
 from gateway.proxy.routing import has_dot_segments
 from gateway.proxy.runtime import Runtime, RouteTarget
@@ -51,12 +52,15 @@ class BodyTooLarge(Exception):
 class Meter:
     """What one request used: bytes both ways and the upstream's time."""
 
-    __slots__ = ("bytes", "upstream_started", "upstream_seconds")
+    __slots__ = ("bytes", "upstream_started", "upstream_seconds", "status", "body_digest", "wants_digest")
 
-    def __init__(self) -> None:
+    def __init__(self, wants_digest: bool = False) -> None:
         self.bytes = 0
         self.upstream_started = 0.0
         self.upstream_seconds = 0.0
+        self.status = 0  # the upstream's answer, once it came
+        self.wants_digest = wants_digest  # the detectors compare request bodies
+        self.body_digest: bytes | None = None
 
 
 class ProxyHandler:
@@ -156,13 +160,17 @@ class ProxyHandler:
                     required=route.auth == "required", scopes=route.required_scopes,
                 )
             except AuthError as exc:
-                problem = auth_problem(exc)
-                return self._reject(request, problem.status, problem.slug, problem.title, problem.detail,
-                                    headers=problem.headers, extra=problem.extra)
+                return self._refuse(request, auth_problem(exc))
             if identity is not None:
                 request[IDENTITY] = identity
                 lines.append(b"%s: %s\r\n" % (runtime.customer_header, identity.customer.encode()))
                 lines.append(b"%s: %s\r\n" % (runtime.user_header, identity.user.encode()))
+
+        detection = runtime.detection
+        if detection is not None and detection.sanctions:
+            problem = detection.refusal(identity, client_ip, route.route_class)
+            if problem is not None:
+                return self._refuse(request, problem)
 
         admission = NO_LIMITS
         if runtime.limiter is not None:
@@ -184,7 +192,7 @@ class ProxyHandler:
                 headers={"Retry-After": "1", **admission.headers},
                 type_uri=IETF_PROBLEM_TYPES["temporary-reduced-capacity"],
             )
-        meter = Meter()
+        meter = Meter(wants_digest=detection is not None)
         try:
             if admission.delay:
                 await self._sleep(admission.delay)
@@ -197,6 +205,13 @@ class ProxyHandler:
                 gate.leave()
             if runtime.limiter is not None:
                 runtime.limiter.finish(admission, meter.bytes, meter.upstream_seconds)
+            if detection is not None and meter.status:
+                detection.observe_request(route.route_class, identity, client_ip, request.method, request.raw_path,
+                                          request.headers, meter.status, meter.body_digest)
+
+    def _refuse(self, request: BaseRequest, problem: Problem) -> web.Response:
+        return self._reject(request, problem.status, problem.slug, problem.title, problem.detail,
+                            headers=problem.headers, extra=problem.extra)
 
     def _add_forwarding(self, lines: list[bytes], found: ForwardedFrom, peer: str, trusted: bool,
                         client_host: bytes | None, request_id: str, target: RouteTarget) -> None:
@@ -241,6 +256,8 @@ class ProxyHandler:
             body = await request.read() if length <= _BUFFER_LIMIT else _limited_body(request, route.max_body, meter)
             if isinstance(body, bytes):
                 meter.bytes += length
+                if meter.wants_digest:
+                    meter.body_digest = hashlib.blake2b(body, digest_size=8).digest()
             lines.append(b"Content-Length: %d\r\n" % length)
         elif length == 0 and request.method not in ("GET", "HEAD"):
             lines.append(b"Content-Length: 0\r\n")
@@ -284,7 +301,7 @@ class ProxyHandler:
         via = headers.get("Via")
         headers["Via"] = f"{via}, {_VIA}" if via else _VIA
         reason = upstream.reason.decode("utf-8", "replace") or None
-        status = upstream.status
+        status = meter.status = upstream.status
         response: web.StreamResponse | None = None
         try:
             if request.method == "HEAD" or status in _NO_BODY_STATUSES:

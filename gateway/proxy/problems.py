@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from aiohttp import web
@@ -14,6 +15,19 @@ IETF_PROBLEM_TYPES = {
     "quota-exceeded": "https://iana.org/assignments/http-problem-types#quota-exceeded",
     "temporary-reduced-capacity": "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A refusal decided away from the handler (auth, detection); the handler answers it with
+    the request id and counts it like every other rejection."""
+
+    status: int
+    slug: str
+    title: str
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 def problem_response(

@@ -18,6 +18,8 @@ from gateway.auth.verifier import IssuerVerifier, TokenVerifier
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig, Route, Upstream
 from gateway.config.auth import FailedLoginLimit
+from gateway.detect.engine import Detection
+from gateway.detect.findings import FindingLog
 from gateway.proxy.client_address import ClientAddressResolver
 from gateway.proxy.routing import Router
 from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
@@ -38,12 +40,17 @@ class GatewayState:
     store: StateStore = field(default_factory=MemoryStore)
     limit_stats: LimitStats = field(default_factory=LimitStats)
     clock: Clock = SYSTEM_CLOCK
+    findings: FindingLog = field(default_factory=lambda: FindingLog(None))
     revocations: Revocations = field(init=False)
     failed_logins: FailedLogins = field(init=False)
+    detection: Detection = field(init=False)
 
     def __post_init__(self) -> None:
         self.revocations = Revocations(self.clock)
         self.failed_logins = FailedLogins(FailedLoginLimit(), self.clock)
+        store = self.store
+        self.detection = Detection(store.sightings(), self.findings, self.clock,
+                                   share=lambda entry, until: store.share("sanctions", entry, until))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,8 @@ class Runtime:
                 key_prefix=config.state.key_prefix, ratelimit_headers=config.limits.ratelimit_headers,
                 legacy_headers=config.limits.legacy_headers,
             )
+        # Detection state outlives reloads; a config without detectors simply stops consulting it.
+        self.detection: Detection | None = state.detection if config.detection.enabled else None
         self.router: Router[RouteTarget] = Router(
             [(route.host, route.path_prefix, self._target(route)) for route in config.routes]
         )
@@ -115,6 +124,7 @@ class Runtime:
     @classmethod
     def build(cls, config: GatewayConfig, state: GatewayState, previous: "Runtime | None" = None) -> "Runtime":
         state.failed_logins.settings = config.auth.failed_logins
+        state.detection.configure(config)
         pools, gates = {}, {}
         max_priority = max((plan.priority for plan in config.plans.values()), default=0)
         for name, upstream in config.upstreams.items():

@@ -93,19 +93,34 @@ def build_admin_app(
             {"revoked": {"issuer": settings.name, "user": user, "issued_before": entry["before"]}}, status=201
         )
 
+    async def findings(request: web.Request) -> web.Response:
+        """Recent findings, newest last; filters: detector, subject, customer, since (epoch seconds)."""
+        query = request.query
+        since = None
+        if "since" in query:
+            try:
+                since = float(query["since"])
+            except ValueError:
+                return _bad_request("since: expected epoch seconds, e.g. 1795000000")
+        found = runtimes.state.findings.recent(
+            detector=query.get("detector"), subject=query.get("subject"), customer=query.get("customer"), since=since,
+        )
+        return web.json_response({"findings": [finding.as_json() for finding in found]})
+
     app = web.Application(middlewares=[_require_token(admin_token)])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/admin/reload", reload_endpoint)
     app.router.add_post("/admin/revocations", revoke)
+    app.router.add_get("/admin/findings", findings)
     return app
 
 
 async def _share(runtimes: RuntimeHolder, entry: dict) -> web.Response | None:
     """Write a revocation to the shared store (this gateway already enforces it); a problem if that fails."""
     try:
-        await runtimes.state.store.share_revocation(entry, entry["until"])
+        await runtimes.state.store.share("revocations", entry, entry["until"])
     except Exception:
         return problem_response(
             503, "state-unavailable", "Service Unavailable",

@@ -20,11 +20,12 @@ from gateway.proxy.runtime import GatewayState, Runtime
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.listener import make_proxy_server
 from gateway.server.reloader import ConfigTransform, RuntimeHolder
+from gateway.detect.findings import FindingLog
 from gateway.state.factory import open_store
 
 log = logging.getLogger("fairgate.server")
 
-REVOCATION_SYNC_SECONDS = 1.0
+SHARED_SYNC_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,9 @@ class GatewayServer:
             AuthMetrics(self.metrics.auth_results, self.metrics.findings),
             store=open_store(config.state, options.clock, self.metrics),
             clock=options.clock,
+            findings=FindingLog(self.metrics.findings),
         )
+        self.metrics.watch_detection(self.state.detection)
         self.metrics.registry.register(self.state.limit_stats)
         self.runtimes = RuntimeHolder(
             options.config_path, Runtime.build(config, self.state), self.state, self.metrics, options.transform
@@ -98,25 +101,28 @@ class GatewayServer:
             await self._admin.cleanup()
             raise
         self._ready = True
-        self._background = [asyncio.get_running_loop().create_task(self._sync_revocations())]
+        loop = asyncio.get_running_loop()
+        self._background = [loop.create_task(self._sync_shared()), loop.create_task(self.state.detection.run())]
         host, port = self.proxy_address
         admin_host, admin_port = self.admin_address
         log.info("fairgate listening", extra={
             "proxy": f"http://{host}:{port}", "admin": f"http://{admin_host}:{admin_port}", "pid": os.getpid(),
         })
 
-    async def _sync_revocations(self) -> None:
-        """Merge the fleet's revocations every second (only a shared store has any)."""
+    async def _sync_shared(self) -> None:
+        """Merge the fleet's revocations and sanctions every second (only a shared store has any)."""
+        store, state = self.state.store, self.state
         while True:
             try:
-                entries = await self.state.store.shared_revocations(self.state.clock.time())
-            except Exception as exc:
-                log.debug("revocation sync failed", extra={"error": str(exc)})
-            else:
-                if entries is None:
+                now = state.clock.time()
+                revocations = await store.shared("revocations", now)
+                if revocations is None:
                     return  # a store of one process: nothing to merge, ever
-                self.state.revocations.sync_from(entries)
-            await asyncio.sleep(REVOCATION_SYNC_SECONDS)
+                state.revocations.sync_from(revocations)
+                state.detection.sanctions.sync_from(await store.shared("sanctions", now) or [])
+            except Exception as exc:
+                log.debug("fleet sync failed", extra={"error": str(exc)})
+            await asyncio.sleep(SHARED_SYNC_SECONDS)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, close."""
@@ -126,6 +132,7 @@ class GatewayServer:
         log.info("draining", extra={"grace_seconds": self.config.server.drain_timeout})
         # aiohttp closes idle keep-alive connections and waits for running handlers.
         await self._proxy.cleanup()
+        await self.state.detection.drain()  # findings of the last requests are not lost
         runtime = self.runtimes.current
         if runtime.limiter is not None:
             await runtime.limiter.drain()

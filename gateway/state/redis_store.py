@@ -25,6 +25,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.limits import StateSettings
 from gateway.state.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from gateway.state.memory import MemoryStore
+from gateway.state.redis_sightings import RedisSightings
 from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StateStore, StoreUnavailable
 
 log = logging.getLogger("fairgate.state")
@@ -264,21 +265,24 @@ class RedisStore(StateStore):
             return
         self.breaker.succeeded()
 
-    # -- revocations shared by the fleet ---------------------------------------------------
+    # -- entries shared by the fleet (revocations, sanctions) ------------------------------
 
-    @property
-    def _revocations_key(self) -> str:
-        return f"{self._settings.key_prefix}:{{revocations}}"
+    def _topic_key(self, topic: str) -> str:
+        return f"{self._settings.key_prefix}:{{{topic}}}"
 
-    async def share_revocation(self, entry: dict, until: float) -> None:
-        # Scored by expiry, so the list trims itself to what can still match a token.
-        await self._client.zadd(self._revocations_key, {json.dumps(entry, sort_keys=True): until})
+    async def share(self, topic: str, entry: dict, until: float) -> None:
+        # Scored by expiry, so the set trims itself to what is still in force.
+        await self._client.zadd(self._topic_key(topic), {json.dumps(entry, sort_keys=True): until})
 
-    async def shared_revocations(self, now: float) -> list[dict] | None:
-        key = self._revocations_key
+    async def shared(self, topic: str, now: float) -> list[dict] | None:
+        key = self._topic_key(topic)
         await self._client.zremrangebyscore(key, "-inf", now)
         members = await self._client.zrange(key, 0, -1)
         return [json.loads(member) for member in members]
+
+    def sightings(self) -> RedisSightings:
+        # Off the request path, so it may wait longer than a limit decision.
+        return RedisSightings(self._client, max(self._settings.timeout * 10, 0.5))
 
     async def close(self) -> None:
         if self._tasks:

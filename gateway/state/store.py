@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.state.sightings import Sightings
 
 RATE, CONCURRENCY, QUOTA = 0, 1, 2
 
@@ -66,13 +70,20 @@ class StateStore(ABC):
     async def add_usage(self, tag: str, usage: list[tuple[str, float, float]]) -> None:
         """Add measured usage to quotas after a response: (key, amount, period end)."""
 
-    async def share_revocation(self, entry: dict, until: float) -> None:
-        """Make a revocation visible to the whole fleet (a no-op for a store of one process)."""
+    async def share(self, topic: str, entry: dict, until: float) -> None:
+        """Make an entry (a revocation, a sanction) visible to the whole fleet until `until`; a
+        no-op for a store of one process."""
         return None
 
-    async def shared_revocations(self, now: float) -> list[dict] | None:
-        """Every revocation still in force; None for a store of one process."""
+    async def shared(self, topic: str, now: float) -> list[dict] | None:
+        """Every entry of `topic` still in force; None for a store of one process."""
         return None
+
+    def sightings(self) -> "Sightings":
+        """Where the detectors keep what they saw: in this store's memory or server."""
+        from gateway.state.sightings import MemorySightings
+
+        return MemorySightings()
 
     async def close(self) -> None:
         return None

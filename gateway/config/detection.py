@@ -1,0 +1,168 @@
+"""The `detection` section: shared credentials, screen-scraping, seats.
+
+Detectors watch forwarded traffic after the fact and produce findings; what a finding does
+(flag, reauth, challenge, block) is configured here per detector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Mapping
+
+from pydantic import AfterValidator, Field, SecretStr, model_validator
+
+from gateway.config.types import Duration, Section, frozen_mapping
+
+ROUTE_CLASSES = ("portal", "api", "asset", "public")
+RouteClass = Literal["portal", "api", "asset", "public"]
+Mode = Literal["enforce", "shadow", "off"]
+
+# Automation user agents by family, matched case-insensitively as substrings. HTTP libraries
+# are normal on API routes (integrations), so by default they only count on portal pages.
+DEFAULT_HEADLESS = ("headlesschrome", "phantomjs", "puppeteer", "playwright", "selenium", "webdriver",
+                    "electron/", "splash", "slimerjs")
+DEFAULT_LIBRARIES = ("python-requests", "python-urllib", "aiohttp", "httpx", "curl/", "wget/", "go-http-client",
+                     "java/", "okhttp", "libwww-perl", "node-fetch", "axios/", "guzzlehttp", "ruby", "powershell")
+DEFAULT_CRAWLERS = ("scrapy", "crawler", "spider", "bot/", "bot;", "httrack", "colly", "nutch", "heritrix",
+                    "apache-httpclient")
+DEFAULT_SCANNERS = ("sqlmap", "nikto", "nmap", "masscan", "zgrab", "nuclei", "dirbuster", "gobuster", "wpscan",
+                    "acunetix", "burp")
+
+
+class SharingAllowance(Section):
+    """What one login may use at once before it looks shared (a plan may set its own)."""
+
+    sessions: int = Field(1, ge=1, description="Distinct sessions (sid/jti) active within sharing.windows.sessions.")
+    networks: int = Field(3, ge=1, description="Distinct client networks (IPv4 /24, IPv6 /48) within windows.networks.")
+    devices: int = Field(3, ge=1, description="Distinct devices (browser family + platform, or device id) within "
+                                              "windows.devices.")
+
+
+class SharingWindows(Section):
+    sessions: Duration = Field(600.0, description="A session counts as active this long after its last request.")
+    networks: Duration = Field(3600.0, description="Window over which client networks are counted.")
+    devices: Duration = Field(86400.0, description="Window over which devices are counted.")
+
+
+class SharingDetector(Section):
+    """One login used by several people: sessions, networks and devices per user."""
+
+    mode: Mode = Field("enforce", description="enforce: apply the action; shadow: record findings only; off.")
+    action: Literal["flag", "reauth", "block_newest"] = Field(
+        "flag", description="flag: record; reauth: 401 the newest session until it logs in again; "
+                            "block_newest: 403 the newest session for block_for.")
+    allowance: SharingAllowance = Field(SharingAllowance(), description="Default allowance; plans may override.")
+    windows: SharingWindows = SharingWindows()
+    block_for: Duration = Field(3600.0, description="How long block_newest blocks the newest session.")
+    device_header: str | None = Field(None, description="Request header carrying a device id, if the apps send one.")
+    device_cookie: str | None = Field(None, description="Cookie carrying a device id, if the portal sets one.")
+    geoip_database: Path | None = Field(
+        None, description="MaxMind .mmdb city database for impossible travel; skipped (with a log line) when the "
+                          "file or the maxminddb package is missing.")
+    max_speed_kmh: float = Field(1000.0, gt=0, description="Impossible travel: faster than this between two "
+                                                            "requests of one user.")
+    cooldown: Duration = Field(3600.0, description="At most one finding per user and signal in this period.")
+
+
+class SignalWeights(Section):
+    """Score added each time a signal is seen; 0 turns a signal off."""
+
+    automation_agent: float = Field(6.0, ge=0, description="A deny-listed automation user agent (not allow-listed).")
+    no_browser_signals: float = Field(2.0, ge=0, description="A portal page load without Accept-Language, "
+                                                             "Sec-Fetch-* and an HTML Accept.")
+    no_assets: float = Field(2.0, ge=0, description="Portal pages loaded, never any of their assets.")
+    regular_cadence: float = Field(3.0, ge=0, description="Inter-arrival times too regular for a person.")
+    enumeration: float = Field(2.0, ge=0, description="Numeric ids or page numbers walked in sequence.")
+    crawl_breadth: float = Field(3.0, ge=0, description="Far more distinct paths per minute than crawl_paths_per_minute.")
+    invalid_destinations: float = Field(2.0, ge=0, description="A high share of upstream 404/4xx answers.")
+    agent_rotation: float = Field(3.0, ge=0, description="Many user agents under one identity.")
+    looping: float = Field(3.0, ge=0, description="The same request repeated many times in a short window.")
+
+
+class UserAgentLists(Section):
+    """Substrings matched case-insensitively; the allow list wins."""
+
+    headless: tuple[str, ...] = DEFAULT_HEADLESS
+    libraries: tuple[str, ...] = DEFAULT_LIBRARIES
+    crawlers: tuple[str, ...] = DEFAULT_CRAWLERS
+    scanners: tuple[str, ...] = DEFAULT_SCANNERS
+    allow: tuple[str, ...] = Field((), description="User agents never counted as automation (a customer's own "
+                                                   "integration, e.g. 'acme-sync/').")
+    libraries_on: tuple[RouteClass, ...] = Field(("portal", "public"), description="Route classes on which HTTP "
+                                                                                    "libraries count as automation.")
+
+
+class ScrapingDetector(Section):
+    """Screen-scraping and abusive patterns, scored per user (per client address when anonymous)."""
+
+    mode: Mode = Field("enforce", description="enforce: apply the action; shadow: record findings only; off.")
+    actions: Annotated[Mapping[RouteClass, Literal["flag", "challenge", "block"]], AfterValidator(frozen_mapping)] = Field(
+        default_factory=lambda: frozen_mapping({"portal": "flag", "api": "flag", "public": "flag"}),
+        description="Per route class: what an identity over the threshold meets there. Classes not listed are "
+                    "not watched (assets only count as fetched).")
+    threshold: float = Field(12.0, gt=0, description="Score at which a finding fires.")
+    half_life: Duration = Field(300.0, description="Scores halve in this time without new signals.")
+    block_for: Duration = Field(900.0, description="First block; it doubles for each repeat offence.")
+    max_block: Duration = Field(86400.0, description="Longest block for a repeat offender.")
+    weights: SignalWeights = SignalWeights()
+    user_agents: UserAgentLists = UserAgentLists()
+    cadence_samples: int = Field(12, ge=4, le=200, description="Inter-arrival times the cadence signal looks at.")
+    cadence_max_cv: float = Field(0.1, gt=0, description="Coefficient of variation below which cadence is "
+                                                          "machine-regular.")
+    enumeration_run: int = Field(5, ge=2, description="Consecutive ids or pages in sequence that count as walking.")
+    crawl_paths_per_minute: int = Field(60, ge=1, description="Distinct paths per minute beyond a person's norm.")
+    invalid_min_requests: int = Field(20, ge=1, description="Requests seen before the invalid-destination ratio counts.")
+    invalid_ratio: float = Field(0.5, gt=0, le=1, description="Share of upstream 4xx answers that is suspicious.")
+    agents_per_hour: int = Field(4, ge=2, description="Distinct user agents per hour under one identity.")
+    loop_repeats: int = Field(20, ge=2, description="Identical requests (method, path, query, body) within loop_window.")
+    loop_window: Duration = Field(60.0, description="Window of the looping signal.")
+    asset_grace_pages: int = Field(3, ge=1, description="Portal pages loaded before missing assets count.")
+
+
+class SeatsDetector(Section):
+    """Bureau use: more distinct active users per customer per month than the plan's `seats`."""
+
+    mode: Mode = Field("enforce", description="enforce | shadow | off.")
+    action: Literal["flag"] = Field("flag", description="Seat overage is for the account manager: flag.")
+
+
+class DetectionSettings(Section):
+    """Detectors run off the request path; findings are counted, logged and listed by the admin API."""
+
+    hash_salt: SecretStr | None = Field(
+        None, description="Salt for hashing client addresses in findings (use ${ENV}); one per deployment. "
+                          "Unset: a random salt per process (hashes then differ between gateways).")
+    hash_salt_file: Path | None = Field(None, description="File holding the salt.")
+    flush_interval: Duration = Field(0.1, description="How often queued observations are analysed.")
+    queue_size: int = Field(100_000, ge=100, description="Observations waiting for analysis at most; beyond it the "
+                                                         "oldest are dropped and counted.")
+    max_tracked: int = Field(100_000, ge=100, description="Identities tracked at once in this process; the least "
+                                                          "recently seen go first.")
+    # Off unless configured: each detector's own default mode is enforce once its section is given.
+    sharing: SharingDetector = Field(default_factory=lambda: SharingDetector(mode="off"))
+    scraping: ScrapingDetector = Field(default_factory=lambda: ScrapingDetector(mode="off"))
+    seats: SeatsDetector = Field(default_factory=lambda: SeatsDetector(mode="off"))
+
+    @model_validator(mode="after")
+    def _one_salt(self) -> "DetectionSettings":
+        if self.hash_salt is not None and self.hash_salt_file is not None:
+            raise ValueError("hash_salt, hash_salt_file: set at most one")
+        if self.hash_salt_file is not None:
+            try:
+                salt = self.hash_salt_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"hash_salt_file: cannot read {self.hash_salt_file}: {exc.strerror}") from None
+            if not salt:
+                raise ValueError(f"hash_salt_file: {self.hash_salt_file} is empty")
+        return self
+
+    def salt(self) -> bytes | None:
+        if self.hash_salt is not None:
+            return self.hash_salt.get_secret_value().encode()
+        if self.hash_salt_file is not None:
+            return self.hash_salt_file.read_text().strip().encode()
+        return None
+
+    @property
+    def enabled(self) -> bool:
+        return any(d.mode != "off" for d in (self.sharing, self.scraping, self.seats))

@@ -1,0 +1,394 @@
+"""The detectors' side of the gateway: observations queued on the request path, analysed in
+batches off it, findings recorded, sanctions applied to later requests.
+
+The request path pays for two things only: appending an Observation after the upstream
+answered, and a sanction lookup that is skipped while none are in force. One batch makes one
+call to the sightings store (memory, or one Redis pipeline), never one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import zoneinfo
+from collections import OrderedDict, deque
+from typing import Awaitable, Callable
+
+from gateway.auth.identity import Identity
+from gateway.clock import Clock
+from gateway.config import GatewayConfig
+from gateway.config.detection import SharingAllowance
+from gateway.detect.addresses import Hasher
+from gateway.detect.findings import SCRAPING, SEATS, SHARING, Finding, FindingLog
+from gateway.detect.observation import Observation
+from gateway.detect.sanctions import BLOCK, REAUTH, SCRAPING as SCRAPING_SANCTION
+from gateway.detect.sanctions import Sanction, Sanctions, session_key, user_key
+from gateway.detect.scraping import ScrapingSignals, ScrapingTrack
+from gateway.detect.sharing import SharingTrack, SharingWatch
+from gateway.detect.travel import TravelCheck
+from gateway.proxy.problems import Problem
+from gateway.state.sightings import Query, Sighting, Sightings
+
+log = logging.getLogger("fairgate.detect")
+
+SHARING_POLICY = "one login per user; logins are not shared between people"
+SCRAPING_POLICY = "no screen-scraping or automated extraction outside the permitted API use"
+_MAX_ASSET_ADDRESSES = 100_000
+_SEAT_WINDOW = 32 * 86400.0
+
+Share = Callable[[dict, float], Awaitable[None]]
+
+
+class _Track:
+    """Per identity, in this process: least recently seen evicted past detection.max_tracked."""
+
+    __slots__ = ("scraping", "sharing")
+
+    def __init__(self) -> None:
+        self.scraping: ScrapingTrack | None = None
+        self.sharing: SharingTrack | None = None
+
+
+class Detection:
+    def __init__(self, sightings: Sightings, findings: FindingLog, clock: Clock, share: Share | None = None) -> None:
+        self.sightings = sightings
+        self.findings = findings
+        self.sanctions = Sanctions()
+        self.dropped = 0  # observations dropped because analysis fell behind
+        self._clock = clock
+        self._share = share
+        self._queue: deque[Observation] = deque()
+        self._tracks: OrderedDict[str, _Track] = OrderedDict()
+        self._asset_addresses: OrderedDict[str, float] = OrderedDict()
+        self._seats_reported: dict[str, float] = {}
+        self._salt: bytes | None | object = object()
+        self._analysing = asyncio.Lock()
+
+    def configure(self, config: GatewayConfig) -> None:
+        """Take a (re)loaded config; what was observed so far is kept."""
+        settings = config.detection
+        self.settings = settings
+        salt = settings.salt()
+        if salt != self._salt:
+            self._salt = salt
+            self.hasher = Hasher(salt)
+        prefix = config.state.key_prefix
+        self._prefix = prefix
+        self._sharing = SharingWatch(settings.sharing, self.hasher, prefix) if settings.sharing.mode != "off" else None
+        self._scraping = ScrapingSignals(settings.scraping) if settings.scraping.mode != "off" else None
+        self._travel = TravelCheck(settings.sharing.geoip_database, settings.sharing.max_speed_kmh)
+        self._plans = config.plans
+        self._customers = config.customers
+        self._default_plan = config.limits.default_plan
+        self._zone = zoneinfo.ZoneInfo(config.limits.time_zone)
+        self._watched = frozenset(settings.scraping.actions)
+        self._refusing = frozenset(cls for cls, action in settings.scraping.actions.items() if action != "flag")
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    # -- the request path ---------------------------------------------------------------
+
+    def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
+                        target: str, headers, status: int, body_digest: bytes | None) -> None:
+        """Queue a forwarded request for analysis (`status` is the upstream's)."""
+        if identity is None:
+            customer = user = session = None
+        else:
+            customer, user, session = identity.customer, identity.user, identity.session
+        self.observe(Observation(self._clock.time(), route_class, customer, user, session, client_ip, method,
+                                 target, headers, status, body_digest))
+
+    def observe(self, obs: Observation) -> None:
+        if len(self._queue) >= self.settings.queue_size:
+            self._queue.popleft()
+            self.dropped += 1
+            if self.dropped % 10_000 == 1:
+                log.warning("detection is behind: observations dropped", extra={"dropped": self.dropped})
+        self._queue.append(obs)
+
+    def refusal(self, identity: Identity | None, client_ip: str, route_class: str) -> Problem | None:
+        """The problem to answer instead of forwarding, if a sanction applies. Call only when
+        `self.sanctions` is non-empty."""
+        now = self._clock.time()
+        sanctions = self.sanctions
+        if identity is not None:
+            if identity.session is not None:
+                sanction = sanctions.get(session_key(identity.customer, identity.user, identity.session), now)
+                if sanction is not None and (sanction.kind == BLOCK or identity.issued_at <= sanction.issued_before):
+                    return _problem(sanction, now, "")
+            subject = user_key(identity.customer, identity.user)
+        else:
+            subject = "address:" + self.hasher.hash(client_ip)
+        sanction = sanctions.get(subject, now)
+        if sanction is not None and route_class in self._refusing:
+            return _problem(sanction, now, self.settings.scraping.actions[route_class])
+        return None
+
+    # -- off the request path -------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval)
+            try:
+                await self.drain()
+            except Exception:  # a bug here must not stop detection for good
+                log.exception("detection batch failed")
+
+    async def drain(self) -> None:
+        """Analyse everything observed so far."""
+        async with self._analysing:
+            while self._queue:
+                batch, self._queue = self._queue, deque()
+                await self._analyse(list(batch))
+
+    async def _analyse(self, batch: list[Observation]) -> None:
+        seen: list[Sighting] = []
+        scraped: dict[str, tuple[Observation, int]] = {}  # subject -> last observation, requests
+        shared: dict[str, Observation] = {}
+        seat_users: dict[str, Observation] = {}
+        travelled: set[str] = set()
+        for obs in batch:
+            if obs.route_class == "asset":
+                self._asset_fetched(obs)
+            if self._scraping is not None and obs.route_class in self._watched:
+                if self._score(obs):
+                    _, count = scraped.get(obs.subject, (obs, 0))
+                    scraped[obs.subject] = (obs, count + 1)
+                    seen += self._scraping_sightings(obs)
+            if obs.user is None:
+                continue
+            if self._sharing is not None:
+                seen += self._sharing.sightings(obs, self._track(obs.subject, "sharing"))
+                shared[obs.subject] = obs
+                if self._travel.moved_too_fast(obs.subject, obs.client_ip, obs.at):
+                    travelled.add(obs.subject)
+            if self.settings.seats.mode != "off" and obs.customer is not None and self._seats_of(obs.customer):
+                seen.append(Sighting(self._seat_key(obs), obs.user, obs.at, _SEAT_WINDOW, 100_000))
+                seat_users[obs.customer] = obs
+
+        queries: list[Query] = []
+        for obs, _ in scraped.values():
+            queries += self._scraping_queries(obs)
+        for subject, obs in shared.items():
+            queries += self._sharing.queries(subject, obs.at)  # type: ignore[union-attr]
+        for obs in seat_users.values():
+            queries.append((self._seat_key(obs), self._month_start(obs.at)))
+        answers = await self.sightings.exchange(seen, queries)
+        if answers is None:
+            return  # the per-request signals above still counted; distinct counts wait for the next batch
+        answers.reverse()
+
+        for subject, (obs, count) in scraped.items():
+            paths, agents = answers.pop(), answers.pop()
+            self._score_breadth(obs, count, len(paths), len(agents))
+        for subject, obs in shared.items():
+            found = [answers.pop(), answers.pop(), answers.pop()]
+            await self._judge_sharing(obs, found, ("travel",) if subject in travelled else ())
+        for customer, obs in seat_users.items():
+            self._judge_seats(customer, obs, answers.pop())
+
+    def _track(self, subject: str, kind: str) -> ScrapingTrack | SharingTrack:
+        track = self._tracks.get(subject)
+        if track is None:
+            if len(self._tracks) >= self.settings.max_tracked:
+                self._tracks.popitem(last=False)
+            track = self._tracks[subject] = _Track()
+        else:
+            self._tracks.move_to_end(subject)
+        if kind == "sharing":
+            if track.sharing is None:
+                track.sharing = SharingTrack()
+            return track.sharing
+        if track.scraping is None:
+            track.scraping = ScrapingTrack(self.settings.scraping.cadence_samples)
+        return track.scraping
+
+    # -- scraping -----------------------------------------------------------------------
+
+    def _asset_fetched(self, obs: Observation) -> None:
+        self._asset_addresses.pop(obs.client_ip, None)
+        if len(self._asset_addresses) >= _MAX_ASSET_ADDRESSES:
+            self._asset_addresses.popitem(last=False)
+        self._asset_addresses[obs.client_ip] = obs.at
+        if obs.user is not None:
+            track = self._tracks.get(obs.subject)
+            if track is not None and track.scraping is not None:
+                track.scraping.assets += 1
+
+    def _score(self, obs: Observation) -> bool:
+        """Add this request's signals to its identity's score; False if it is never scored."""
+        scraping = self._scraping
+        if scraping.agents.allowed(obs.headers.get("User-Agent", "")):  # type: ignore[union-attr]
+            return False  # an integration the customer declared
+        track = self._track(obs.subject, "scraping")
+        assert isinstance(track, ScrapingTrack)
+        fired = scraping.signals(obs, track, obs.client_ip in self._asset_addresses)  # type: ignore[union-attr]
+        if fired:
+            self._add_score(obs, track, fired, 1)
+        return True
+
+    def _scraping_key(self, subject: str, what: str) -> str:
+        return f"{self._prefix}:d:{{{self._public(subject)}}}:{what}"
+
+    def _scraping_sightings(self, obs: Observation) -> list[Sighting]:
+        settings = self.settings.scraping
+        path = obs.target.partition("?")[0]
+        agent = self.hasher.hash(obs.headers.get("User-Agent", ""))
+        return [Sighting(self._scraping_key(obs.subject, "paths"), path, obs.at, 60.0,
+                         settings.crawl_paths_per_minute * 2),
+                Sighting(self._agents_key(obs), agent, obs.at, 3600.0, settings.agents_per_hour * 2)]
+
+    def _agents_key(self, obs: Observation) -> str:
+        # Per session: people sharing a login each keep their own browser (the sharing
+        # detector's business); a scraper rotating user agents does it within one session.
+        return self._scraping_key(obs.subject, f"agents:{obs.session or ''}")
+
+    def _scraping_queries(self, obs: Observation) -> list[Query]:
+        return [(self._scraping_key(obs.subject, "paths"), obs.at - 60.0), (self._agents_key(obs), obs.at - 3600.0)]
+
+    def _score_breadth(self, obs: Observation, requests: int, paths: int, agents: int) -> None:
+        settings = self.settings.scraping
+        fired = []
+        if settings.weights.crawl_breadth and paths > settings.crawl_paths_per_minute:
+            fired.append("crawl_breadth")
+        if settings.weights.agent_rotation and agents >= settings.agents_per_hour:
+            fired.append("agent_rotation")
+        if fired:
+            track = self._track(obs.subject, "scraping")
+            assert isinstance(track, ScrapingTrack)
+            self._add_score(obs, track, fired, requests)
+
+    def _add_score(self, obs: Observation, track: ScrapingTrack, fired: list[str], times: int) -> None:
+        settings = self.settings.scraping
+        weights = self._scraping.weights  # type: ignore[union-attr]
+        if track.decayed(obs.at, settings.half_life) < settings.threshold / 2:
+            track.flagged = False  # calmed down since the last finding: a new one may fire
+        score = track.score = track.score + times * sum(weights[name] for name in fired)
+        if score < settings.threshold:
+            return
+        if track.flagged:
+            return
+        track.flagged = True
+        track.offences += 1
+        shadow = settings.mode == "shadow"
+        action = settings.actions[obs.route_class]
+        until = None
+        if self._refusing and not shadow:
+            until = obs.at + min(settings.block_for * 2 ** (track.offences - 1), settings.max_block)
+            self._sanction(Sanction(self._public(obs.subject), SCRAPING_SANCTION, until, SCRAPING_POLICY))
+        self.findings.record(Finding(
+            SCRAPING, self._public(obs.subject), obs.customer, obs.user, action, shadow, obs.at, tuple(fired),
+            score=round(score, 2), until=until,
+            evidence={"route_class": obs.route_class, "method": obs.method, "path": obs.target.partition("?")[0],
+                      "user_agent": obs.headers.get("User-Agent", ""), "offences": track.offences,
+                      "client": self.hasher.hash(obs.client_ip)},
+        ))
+
+    def _public(self, subject: str) -> str:
+        """A subject as findings and shared state name it: addresses only hashed."""
+        if subject.startswith("address:"):
+            return "address:" + self.hasher.hash(subject[len("address:"):])
+        return subject
+
+    # -- sharing ------------------------------------------------------------------------
+
+    async def _judge_sharing(self, obs: Observation, answers: list[dict[str, float]], extra: tuple[str, ...]) -> None:
+        settings = self.settings.sharing
+        track = self._track(obs.subject, "sharing")
+        assert isinstance(track, SharingTrack)
+        verdict = self._sharing.verdict(answers, self._allowance(obs.customer), track, obs.at, extra)  # type: ignore[union-attr]
+        if verdict is None:
+            return
+        shadow = settings.mode == "shadow"
+        action, until = settings.action, None
+        if action != "flag" and not shadow and verdict.newest_session is not None:
+            until = obs.at + settings.block_for
+            kind = REAUTH if action == "reauth" else BLOCK
+            self._sanction(Sanction(session_key(obs.customer or "", obs.user or "", verdict.newest_session), kind,
+                                    until, SHARING_POLICY, issued_before=obs.at))
+        elif action != "flag":
+            action = "flag"  # one session: nobody newer to ask
+        self.findings.record(Finding(
+            SHARING, obs.subject, obs.customer, obs.user, action, shadow, obs.at, verdict.signals, until=until,
+            evidence={**verdict.evidence, "newest_session": verdict.newest_session},
+        ))
+
+    def _allowance(self, customer: str | None) -> SharingAllowance:
+        plan = self._plans.get(self._plan_of(customer) or "")
+        return plan.sharing if plan is not None and plan.sharing is not None else self.settings.sharing.allowance
+
+    def _plan_of(self, customer: str | None) -> str | None:
+        entry = self._customers.get(customer) if customer is not None else None
+        return entry.plan if entry is not None else self._default_plan
+
+    # -- seats --------------------------------------------------------------------------
+
+    def _seats_of(self, customer: str) -> int | None:
+        plan = self._plans.get(self._plan_of(customer) or "")
+        return plan.seats if plan is not None else None
+
+    def _month(self, at: float) -> dt.datetime:
+        local = dt.datetime.fromtimestamp(at, self._zone)
+        return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+    def _month_start(self, at: float) -> float:
+        return self._month(at).timestamp()
+
+    def _seat_key(self, obs: Observation) -> str:
+        return f"{self._prefix}:d:{{customer:{obs.customer}}}:users:{self._month(obs.at):%Y-%m}"
+
+    def _judge_seats(self, customer: str, obs: Observation, users: dict[str, float]) -> None:
+        seats = self._seats_of(customer)
+        if seats is None or len(users) <= seats:
+            return
+        month = f"{self._month(obs.at):%Y-%m}"
+        marker = f"{customer}:{month}"
+        if self._seats_reported.get(marker, -math.inf) > obs.at - 86400:
+            return  # once a day per customer and month
+        if len(self._seats_reported) > 100_000:
+            self._seats_reported.clear()
+        self._seats_reported[marker] = obs.at
+        self.findings.record(Finding(
+            SEATS, f"customer:{customer}", customer, None, "flag", self.settings.seats.mode == "shadow", obs.at,
+            ("seats",), evidence={"month": month, "seats": seats, "active_users": len(users),
+                                  "users": sorted(users)[:500]},
+        ))
+
+    # -- sanctions ------------------------------------------------------------------------
+
+    def _sanction(self, sanction: Sanction) -> None:
+        self.sanctions.add(sanction)
+        if self._share is not None:
+            task = asyncio.get_running_loop().create_task(self._share(sanction.as_entry(), sanction.until))
+            task.add_done_callback(_log_share_failure)
+
+
+def _log_share_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("sanction not shared with the fleet", extra={"error": str(task.exception())})
+
+
+def _problem(sanction: Sanction, now: float, scraping_action: str) -> Problem:
+    retry_after = str(max(1, math.ceil(sanction.until - now)))
+    until = dt.datetime.fromtimestamp(sanction.until, dt.timezone.utc).isoformat(timespec="seconds")
+    if sanction.kind == REAUTH:
+        return Problem(401, "reauthentication-required", "Unauthorized",
+                       f"This login is in use elsewhere ({sanction.policy}); sign in again.",
+                       {"WWW-Authenticate": 'Bearer realm="fairgate", error="invalid_token", '
+                                            'error_description="sign in again"'},
+                       {"policy": sanction.policy})
+    if sanction.kind == BLOCK:
+        return Problem(403, "session-blocked", "Forbidden",
+                       f"This session is blocked until {until} ({sanction.policy}).",
+                       {"Retry-After": retry_after}, {"policy": sanction.policy, "until": until})
+    if scraping_action == "challenge":
+        return Problem(403, "automation-challenge", "Forbidden",
+                       f"This traffic looks automated ({sanction.policy}). Use the API under your plan, or "
+                       "contact support if this is a mistake.", {}, {"policy": sanction.policy})
+    return Problem(403, "automation-blocked", "Forbidden",
+                   f"Automated access is blocked until {until} ({sanction.policy}).",
+                   {"Retry-After": retry_after}, {"policy": sanction.policy, "until": until})

@@ -1,0 +1,29 @@
+"""One forwarded request as the detectors see it, taken on the request path at the cost of a
+few attribute reads; everything else is worked out later, off the path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    at: float
+    route_class: str
+    customer: str | None
+    user: str | None
+    session: str | None
+    client_ip: str
+    method: str
+    target: str  # path and query, as sent
+    headers: Mapping[str, str]  # the request's (read off the path)
+    status: int  # the upstream's answer; the gateway's own refusals are never observed
+    body_digest: bytes | None  # of a buffered request body; None for none or a streamed one
+
+    @property
+    def subject(self) -> str:
+        """Whom scraping scores are kept for: the login, or the address when anonymous."""
+        if self.user is not None:
+            return f"user:{self.customer}/{self.user}"
+        return f"address:{self.client_ip}"

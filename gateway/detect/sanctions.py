@@ -1,0 +1,65 @@
+"""Sanctions in force: what a finding does to the next requests. Looked up on the request path
+(a dictionary read, nothing when the table is empty) and shared by a fleet through the store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+REAUTH, BLOCK, SCRAPING = "reauth", "block", "scraping"
+
+
+@dataclass(frozen=True, slots=True)
+class Sanction:
+    key: str  # "session:C/U/SID", "user:C/U" or "address:HASH"
+    kind: str  # reauth (tokens issued until `issued_before` must log in again), block, scraping
+    until: float
+    policy: str  # the policy clause, for the client's problem detail
+    issued_before: float = 0.0
+
+    def as_entry(self) -> dict:
+        return asdict(self)
+
+
+def session_key(customer: str, user: str, session: str) -> str:
+    return f"session:{customer}/{user}/{session}"
+
+
+def user_key(customer: str, user: str) -> str:
+    return f"user:{customer}/{user}"
+
+
+class Sanctions:
+    def __init__(self) -> None:
+        self._table: dict[str, Sanction] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def add(self, sanction: Sanction) -> None:
+        current = self._table.get(sanction.key)
+        if current is None or current.until < sanction.until:
+            self._table[sanction.key] = sanction
+
+    def get(self, key: str, now: float) -> Sanction | None:
+        sanction = self._table.get(key)
+        if sanction is not None and sanction.until <= now:
+            del self._table[key]
+            return None
+        return sanction
+
+    def clear(self, key_prefix: str) -> int:
+        """Lift every sanction whose key starts with `key_prefix`; how many were lifted."""
+        keys = [key for key in self._table if key.startswith(key_prefix)]
+        for key in keys:
+            del self._table[key]
+        return len(keys)
+
+    def sync_from(self, entries: list[dict]) -> None:
+        for entry in entries:
+            try:
+                self.add(Sanction(**entry))
+            except TypeError:
+                continue  # written by a different version; its own gateway still enforces it

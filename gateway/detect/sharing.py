@@ -1,0 +1,99 @@
+"""Shared credentials: one login's sessions, client networks and devices over sliding windows,
+against the plan's allowance (one session, three networks an hour, three devices a day)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config.detection import SharingAllowance, SharingDetector as SharingSettings
+from gateway.detect.addresses import Hasher, network_of
+from gateway.detect.agents import device_of
+from gateway.detect.observation import Observation
+from gateway.state.sightings import Query, Sighting
+
+_MAX_SESSIONS_KEPT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class SharingVerdict:
+    signals: tuple[str, ...]
+    newest_session: str | None
+    evidence: dict
+
+
+class SharingTrack:
+    """When this process first saw each session of a user, to tell which one is newest."""
+
+    __slots__ = ("first_seen", "reported")
+
+    def __init__(self) -> None:
+        self.first_seen: dict[str, float] = {}
+        self.reported: dict[str, float] = {}  # signal -> when last reported (cooldown)
+
+
+class SharingWatch:
+    def __init__(self, settings: SharingSettings, hasher: Hasher, key_prefix: str) -> None:
+        self.settings = settings
+        self._hasher = hasher
+        self._prefix = key_prefix
+
+    def _key(self, obs_subject: str, what: str) -> str:
+        return f"{self._prefix}:d:{{{obs_subject}}}:{what}"
+
+    def sightings(self, obs: Observation, track: SharingTrack) -> list[Sighting]:
+        subject, windows = obs.subject, self.settings.windows
+        seen = []
+        if obs.session:
+            if obs.session not in track.first_seen:
+                if len(track.first_seen) >= _MAX_SESSIONS_KEPT:
+                    del track.first_seen[min(track.first_seen, key=track.first_seen.__getitem__)]
+                track.first_seen[obs.session] = obs.at
+            seen.append(Sighting(self._key(subject, "sessions"), obs.session, obs.at, windows.sessions, 64))
+        network = network_of(obs.client_ip)
+        if network:
+            seen.append(Sighting(self._key(subject, "networks"), self._hasher.hash(network), obs.at,
+                                 windows.networks, 64))
+        seen.append(Sighting(self._key(subject, "devices"), self._device(obs), obs.at, windows.devices, 64))
+        return seen
+
+    def _device(self, obs: Observation) -> str:
+        settings = self.settings
+        if settings.device_header and (device := obs.headers.get(settings.device_header)):
+            return "id:" + self._hasher.hash(device)
+        if settings.device_cookie and (device := _cookie(obs.headers.get("Cookie", ""), settings.device_cookie)):
+            return "id:" + self._hasher.hash(device)
+        return device_of(obs.headers.get("User-Agent", ""))
+
+    def queries(self, subject: str, now: float) -> list[Query]:
+        windows = self.settings.windows
+        return [(self._key(subject, "sessions"), now - windows.sessions),
+                (self._key(subject, "networks"), now - windows.networks),
+                (self._key(subject, "devices"), now - windows.devices)]
+
+    def verdict(self, answers: list[dict[str, float]], allowance: SharingAllowance, track: SharingTrack,
+                now: float, extra_signals: tuple[str, ...] = ()) -> SharingVerdict | None:
+        sessions, networks, devices = answers
+        over = [name for name, seen, allowed in (("sessions", sessions, allowance.sessions),
+                                                 ("networks", networks, allowance.networks),
+                                                 ("devices", devices, allowance.devices)) if len(seen) > allowed]
+        over += extra_signals
+        fresh = [s for s in over if now - track.reported.get(s, float("-inf")) >= self.settings.cooldown]
+        if not fresh:
+            return None
+        for signal in over:
+            track.reported[signal] = now
+        newest = max((s for s in sessions if s in track.first_seen), key=track.first_seen.__getitem__,
+                     default=None) if len(sessions) > 1 else None
+        evidence = {
+            "sessions": sorted(sessions), "networks": sorted(networks), "devices": sorted(devices),
+            "allowance": allowance.model_dump(),
+        }
+        return SharingVerdict(tuple(over), newest, evidence)
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return value
+    return None

@@ -1,0 +1,59 @@
+"""Sightings: which members (sessions, networks, devices, paths, users) a key was seen with,
+and when last. The detectors' shared state, bounded per key and in time.
+
+Memory here; Redis in redis_sightings.py (a capped sorted set per key, with a TTL).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    key: str
+    member: str
+    at: float
+    window: float  # members older than this are forgotten
+    cap: int  # members kept per key at most; the least recently seen go first
+
+
+Query = tuple[str, float]  # (key, since)
+
+
+class Sightings(ABC):
+    @abstractmethod
+    async def exchange(self, seen: list[Sighting], queries: list[Query]) -> list[dict[str, float]] | None:
+        """Record `seen`, then answer each query with {member: last seen} for members seen at
+        or after `since`. None when the store cannot answer now."""
+
+
+class MemorySightings(Sightings):
+    def __init__(self, max_keys: int = 200_000) -> None:
+        self._max_keys = max_keys
+        self._sets: dict[str, dict[str, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    async def exchange(self, seen: list[Sighting], queries: list[Query]) -> list[dict[str, float]]:
+        for sighting in seen:
+            self._record(sighting)
+        return [{member: at for member, at in self._sets.get(key, {}).items() if at >= since}
+                for key, since in queries]
+
+    def _record(self, sighting: Sighting) -> None:
+        members = self._sets.pop(sighting.key, None)  # re-inserted last: the dict is in write order
+        if members is None:
+            members = {}
+            if len(self._sets) >= self._max_keys:
+                del self._sets[next(iter(self._sets))]
+        if members.get(sighting.member, -1.0) < sighting.at:
+            members[sighting.member] = sighting.at
+        if len(members) > sighting.cap:
+            horizon = sighting.at - sighting.window
+            members = {m: at for m, at in members.items() if at >= horizon}
+            while len(members) > sighting.cap:
+                del members[min(members, key=members.__getitem__)]
+        self._sets[sighting.key] = members
