@@ -15,7 +15,7 @@ DOC = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").rea
 def key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     paths = []
     for name, field in model.model_fields.items():
-        path = f"{prefix}{name}"
+        path = f"{prefix}{field.alias or name}"
         annotation = field.annotation
         origin = typing.get_origin(annotation)
         args = typing.get_args(annotation)

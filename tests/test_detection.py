@@ -1,0 +1,341 @@
+"""Detectors, signal by signal, on an injected clock; the same suite on memory and on Redis."""
+
+from __future__ import annotations
+
+import secrets
+from types import MappingProxyType
+
+import pytest
+
+from gateway.auth.identity import Identity
+from gateway.config import GatewayConfig
+from gateway.detect.engine import Detection
+from gateway.detect.findings import FindingLog
+from gateway.detect.observation import Observation
+from gateway.detect.scraping import in_sequence, template_of
+from gateway.state.redis_sightings import RedisSightings
+from gateway.state.sightings import MemorySightings, Sighting
+from tests.conftest import ManualClock
+
+T0 = 1_800_000_000.0
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+BROWSER = {"User-Agent": FIREFOX, "Accept": "text/html,*/*;q=0.8", "Accept-Language": "en",
+           "Sec-Fetch-Mode": "navigate"}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def sightings(request):
+    if request.param == "memory":
+        yield MemorySightings(), "mem"
+        return
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(request.getfixturevalue("redis_url"))
+    yield RedisSightings(client, timeout=2.0), request.getfixturevalue("key_prefix")
+    await client.aclose()
+
+
+def make_detection(sightings, detection: dict, clock: ManualClock, plans: dict | None = None) -> Detection:
+    store, prefix = sightings
+    config = GatewayConfig.model_validate({
+        "upstreams": {"app": {"url": "http://127.0.0.1:9"}},
+        "routes": [{"name": "all", "path_prefix": "/", "upstream": "app"}],
+        "plans": plans or {"basic": {"seats": 2}},
+        "limits": {"default_plan": "basic"},
+        # Each test its own prefix: the Redis keys of one test never meet another's.
+        "state": {"key_prefix": f"{prefix}-{secrets.token_hex(3)}"},
+        "detection": {"hash_salt": "test-salt", **detection},
+    })
+    engine = Detection(store, FindingLog(None), clock)
+    engine.configure(config)
+    return engine
+
+
+def obs(at: float, path: str = "/portal/tickets", *, route_class: str = "portal", user: str | None = "ann",
+        customer: str = "acme", session: str | None = "s1", ip: str = "10.0.0.1", headers: dict | None = None,
+        status: int = 200, method: str = "GET", body: bytes | None = None) -> Observation:
+    return Observation(at, route_class, customer if user else None, user, session if user else None, ip, method,
+                       path, MappingProxyType(BROWSER if headers is None else headers), status, body)
+
+
+def refuse(engine: Detection, customer: str, user: str, session: str, route_class: str, issued_at: float = T0):
+    login = Identity(customer, user, session, None, None, "test", None, frozenset(), issued_at, issued_at + 3600)
+    return engine.refusal(login, "10.0.0.1", route_class)
+
+
+async def feed(engine: Detection, observations: list[Observation]) -> None:
+    for item in observations:  # one batch per request, as under light load
+        engine.observe(item)
+        await engine.drain()
+
+
+def signals_of(engine: Detection, detector: str = "scraping") -> set[str]:
+    return {signal for finding in engine.findings.recent(detector=detector) for signal in finding.signals}
+
+
+SCRAPING = {"scraping": {"actions": {"portal": "block", "api": "flag", "public": "flag"}}}
+
+
+# -- scraping signals ------------------------------------------------------------------------
+
+
+async def test_headless_browser_is_blocked_on_the_portal(sightings):
+    clock = ManualClock()
+    engine = make_detection(sightings, SCRAPING, clock)
+    headless = {**BROWSER, "User-Agent": "Mozilla/5.0 HeadlessChrome/126.0"}
+    await feed(engine, [obs(T0 + n * 7.3 % 5 + n, f"/portal/tickets/{n * 37 % 500}", headers=headless) for n in range(3)])
+    (finding,) = engine.findings.recent()
+    assert finding.action == "block" and "automation_agent" in finding.signals
+    assert finding.until == finding.at + 900
+    assert refuse(engine, "acme", "ann", "s1", "portal").status == 403
+    assert refuse(engine, "acme", "ann", "s1", "api") is None  # api: flag only
+
+
+async def test_http_libraries_are_normal_on_the_api_but_not_on_portal_pages(sightings):
+    engine = make_detection(sightings, SCRAPING, ManualClock())
+    library = {"User-Agent": "python-requests/2.32", "Accept": "*/*"}
+    await feed(engine, [obs(T0 + n * 3.7, f"/api/v1/tickets?page={n * 7 % 25}", route_class="api", headers=library)
+                        for n in range(30)])
+    assert not engine.findings.recent()
+    await feed(engine, [obs(T0 + 200 + n * 3.7, f"/portal/tickets/{n * 37 % 500}", headers=library, user="bob")
+                        for n in range(3)])
+    assert {"automation_agent", "no_browser_signals"} <= signals_of(engine)
+
+
+async def test_allow_listed_integration_is_never_scored(sightings):
+    engine = make_detection(sightings, {"scraping": {"user_agents": {"allow": ["acme-sync/"]}}}, ManualClock())
+    agent = {"User-Agent": "acme-sync/2.1 python-requests/2.32"}
+    await feed(engine, [obs(T0 + n * 2.0, f"/api/v1/tickets/{n}", route_class="api", headers=agent)
+                        for n in range(1, 120)])
+    assert not engine.findings.recent()
+
+
+async def test_regular_cadence(sightings):
+    engine = make_detection(sightings, {"scraping": {"weights": {"enumeration": 0, "no_assets": 0}}}, ManualClock())
+    await feed(engine, [obs(T0 + n * 1.5, f"/portal/tickets/{n * 37 % 500}") for n in range(30)])
+    assert signals_of(engine) == {"regular_cadence"}
+
+
+async def test_pages_without_their_assets(sightings):
+    engine = make_detection(sightings, {"scraping": {"weights": {"enumeration": 0}}}, ManualClock())
+    await feed(engine, [obs(T0 + n * 4.1 + (n % 3) * 2.3, f"/portal/tickets/{n * 37 % 500}") for n in range(12)])
+    assert signals_of(engine) == {"no_assets"}
+
+
+async def test_a_person_reading_the_portal_is_never_found(sightings):
+    import random
+
+    rng = random.Random(5)
+    person = make_detection(sightings, {"scraping": {}}, ManualClock())
+    at = T0
+    for n in range(60):
+        at += rng.uniform(3, 25)
+        status = 404 if rng.random() < 0.1 else 200
+        person.observe(obs(at, f"/portal/tickets/{rng.randint(1, 500)}", ip="10.9.0.1", status=status))
+        person.observe(obs(at + 0.05, "/portal/static/app.css", route_class="asset", user=None, ip="10.9.0.1"))
+        await person.drain()
+    assert not person.findings.recent()
+
+
+async def test_enumeration_of_ids_is_found_random_ids_are_not(sightings):
+    walker = make_detection(sightings, SCRAPING, ManualClock())
+    agent = {"User-Agent": "python-requests/2.32"}
+    await feed(walker, [obs(T0 + n * 0.37 + (n % 3) * 0.11, f"/api/v1/tickets/{n}", route_class="api", headers=agent)
+                        for n in range(1, 12)])
+    (finding,) = walker.findings.recent()
+    assert finding.signals == ("enumeration",) and finding.action == "flag"
+
+    random_ids = make_detection(sightings, SCRAPING, ManualClock())
+    await feed(random_ids, [obs(T0 + n * 0.37 + (n % 3) * 0.11, f"/api/v1/tickets/{n * 37 % 500}", route_class="api",
+                                headers=agent) for n in range(1, 40)])
+    assert not random_ids.findings.recent()
+
+
+async def test_crawl_breadth(sightings):
+    engine = make_detection(sightings, {"scraping": {"crawl_paths_per_minute": 20, "weights": {"enumeration": 0}}},
+                            ManualClock())
+    api = {"User-Agent": "sync/1"}
+    await feed(engine, [obs(T0 + n * 0.5 + (n % 4) * 0.2, f"/api/v1/customers/c{n * 7919 % 10007}", route_class="api",
+                            headers=api) for n in range(40)])
+    assert signals_of(engine) == {"crawl_breadth"}
+
+
+async def test_invalid_destinations_count_only_upstream_answers(sightings):
+    engine = make_detection(sightings, {"scraping": {"weights": {"enumeration": 0}}}, ManualClock())
+    api = {"User-Agent": "dialer/1"}
+    await feed(engine, [obs(T0 + n * 1.3 + (n % 5) * 0.4, f"/api/v1/numbers/x{n}", route_class="api", headers=api,
+                            status=404 if n % 4 else 200) for n in range(60)])
+    assert signals_of(engine) == {"invalid_destinations"}
+
+
+async def test_agent_rotation_within_one_session(sightings):
+    engine = make_detection(sightings, {"scraping": {"weights": {"enumeration": 0}}}, ManualClock())
+    await feed(engine, [obs(T0 + n * 2.1 + (n % 3), f"/api/v1/tickets?q=x{n}", route_class="api",
+                            headers={"User-Agent": f"Agent{n % 6}/1.0"}) for n in range(40)])
+    assert "agent_rotation" in signals_of(engine)
+
+
+async def test_looping_on_the_same_request(sightings):
+    engine = make_detection(sightings, {"scraping": {}}, ManualClock())
+    await feed(engine, [obs(T0 + n * 0.9 + (n % 3) * 0.3, "/api/v1/tickets", route_class="api", method="POST",
+                            headers={"User-Agent": "loop/1"}, body=b"same") for n in range(30)])
+    assert signals_of(engine) == {"looping"}
+    other = make_detection(sightings, {"scraping": {}}, ManualClock())
+    await feed(other, [obs(T0 + n * 0.9 + (n % 3) * 0.3, "/api/v1/tickets", route_class="api", method="POST",
+                           headers={"User-Agent": "loop/1"}, body=bytes([n])) for n in range(30)])
+    assert not other.findings.recent()  # different bodies: a busy client, not a loop
+
+
+async def test_scores_decay_and_repeat_offenders_are_blocked_longer(sightings):
+    clock = ManualClock()
+    engine = make_detection(sightings, SCRAPING, clock)
+    headless = {**BROWSER, "User-Agent": "HeadlessChrome/126"}
+    await feed(engine, [obs(T0 + n, f"/portal/p{n}", headers=headless) for n in range(3)])
+    first = engine.findings.recent()[-1]
+    assert first.until - first.at == 900
+    # An hour later the score has decayed; it takes a new burst to offend again.
+    await feed(engine, [obs(T0 + 3600, "/portal/x", headers=headless)])
+    assert len(engine.findings.recent()) == 1
+    await feed(engine, [obs(T0 + 3601 + n, f"/portal/y{n}", headers=headless) for n in range(2)])
+    second = engine.findings.recent()[-1]
+    assert second.until - second.at == 1800
+
+
+async def test_shadow_mode_records_but_never_refuses(sightings):
+    engine = make_detection(sightings, {"scraping": {"mode": "shadow", "actions": {"portal": "block"}}}, ManualClock())
+    await feed(engine, [obs(T0 + n, f"/portal/p{n}", headers={"User-Agent": "HeadlessChrome"}) for n in range(3)])
+    (finding,) = engine.findings.recent()
+    assert finding.shadow and finding.until is None
+    assert not engine.sanctions
+
+
+async def test_anonymous_clients_are_scored_per_address_and_only_hashed(sightings):
+    engine = make_detection(sightings, {"scraping": {"actions": {"public": "challenge"}}}, ManualClock())
+    await feed(engine, [obs(T0 + n, f"/docs/p{n}", route_class="public", user=None, ip="192.0.2.7",
+                            headers={"User-Agent": "Scrapy/2.11"}) for n in range(3)])
+    (finding,) = engine.findings.recent()
+    assert finding.subject.startswith("address:") and "192.0.2.7" not in str(finding.as_json())
+    problem = engine.refusal(None, "192.0.2.7", "public")
+    assert problem.status == 403 and problem.slug == "automation-challenge"
+    assert engine.refusal(None, "192.0.2.8", "public") is None
+
+
+# -- shared credentials -------------------------------------------------------------------
+
+
+SHARING = {"sharing": {"action": "flag"}}
+
+
+async def test_second_concurrent_session_is_a_finding(sightings):
+    engine = make_detection(sightings, SHARING, ManualClock())
+    await feed(engine, [obs(T0, session="s1"), obs(T0 + 30, session="s1")])
+    assert not engine.findings.recent()
+    await feed(engine, [obs(T0 + 45, session="s2", ip="10.0.7.1")])
+    (finding,) = engine.findings.recent(detector="sharing")
+    assert finding.signals == ("sessions",) and finding.evidence["sessions"] == ["s1", "s2"]
+    assert finding.evidence["newest_session"] == "s2"
+    # A session idle past the window no longer counts: a new one later is fine.
+    later = make_detection(sightings, SHARING, ManualClock())
+    await feed(later, [obs(T0, session="s1"), obs(T0 + 601, session="s2")])
+    assert not later.findings.recent()
+
+
+async def test_networks_count_once_per_24_and_only_hashed(sightings):
+    engine = make_detection(sightings, {"sharing": {"allowance": {"sessions": 10}}}, ManualClock())
+    # One office behind NAT: many addresses, one /24.
+    await feed(engine, [obs(T0 + n, ip=f"10.1.1.{n}") for n in range(1, 30)])
+    assert not engine.findings.recent()
+    await feed(engine, [obs(T0 + 100 + n, ip=f"10.{n}.0.1", session=f"s{n}") for n in range(2, 5)])
+    (finding,) = engine.findings.recent(detector="sharing")
+    assert finding.signals == ("networks",) and len(finding.evidence["networks"]) == 4
+    assert "10.1.1.0/24" not in str(finding.evidence)
+
+
+async def test_devices_are_learned_not_recounted(sightings):
+    engine = make_detection(sightings, {"sharing": {"allowance": {"sessions": 10, "networks": 10}}}, ManualClock())
+    agents = [FIREFOX, CHROME, "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5) Version/17.5 Mobile Safari/604.1"]
+    # The same three devices all day, browser updates included: never a fourth.
+    await feed(engine, [obs(T0 + n * 600, headers={"User-Agent": agents[n % 3].replace("126", str(120 + n))})
+                        for n in range(30)])
+    assert not engine.findings.recent()
+    await feed(engine, [obs(T0 + 20_000, headers={"User-Agent": "Mozilla/5.0 (Android 14) Firefox/128.0"})])
+    assert signals_of(engine, "sharing") == {"devices"}
+
+
+async def test_device_id_header_wins_over_user_agent(sightings):
+    engine = make_detection(sightings, {"sharing": {"device_header": "X-Device-Id",
+                                                    "allowance": {"sessions": 10, "networks": 10}}}, ManualClock())
+    await feed(engine, [obs(T0 + n, headers={**BROWSER, "X-Device-Id": f"dev-{n}"}) for n in range(4)])
+    assert signals_of(engine, "sharing") == {"devices"}
+
+
+async def test_block_newest_refuses_only_the_newest_session(sightings):
+    clock = ManualClock()
+    engine = make_detection(sightings, {"sharing": {"action": "block_newest", "block_for": "1h"}}, clock)
+    await feed(engine, [obs(T0, session="old"), obs(T0 + 5, session="new", ip="10.0.9.1")])
+    assert refuse(engine, "acme", "ann", "old", "api") is None
+    problem = refuse(engine, "acme", "ann", "new", "api")
+    assert problem.status == 403 and problem.headers["Retry-After"]
+
+
+async def test_reauth_lets_the_newest_session_back_after_a_fresh_login(sightings):
+    clock = ManualClock(T0 + 6)
+    engine = make_detection(sightings, {"sharing": {"action": "reauth"}}, clock)
+    await feed(engine, [obs(T0, session="old"), obs(T0 + 5, session="new", ip="10.0.9.1")])
+    stale = refuse(engine, "acme", "ann", "new", "api", issued_at=T0 + 1)
+    assert stale.status == 401 and 'error="invalid_token"' in stale.headers["WWW-Authenticate"]
+    assert refuse(engine, "acme", "ann", "new", "api", issued_at=T0 + 6) is None
+
+
+async def test_sharing_findings_have_a_cooldown(sightings):
+    engine = make_detection(sightings, SHARING, ManualClock())
+    await feed(engine, [obs(T0 + n, session=f"s{n % 2}", ip=f"10.0.{n % 2}.1") for n in range(20)])
+    assert len(engine.findings.recent(detector="sharing")) == 1
+
+
+async def test_plan_allowance_overrides_the_default(sightings):
+    plans = {"basic": {"sharing": {"sessions": 3}}}
+    engine = make_detection(sightings, SHARING, ManualClock(), plans=plans)
+    await feed(engine, [obs(T0 + n, session=f"s{n}") for n in range(3)])
+    assert not engine.findings.recent()
+
+
+# -- seats --------------------------------------------------------------------------------
+
+
+async def test_seats_over_the_plan_are_a_finding_listing_the_users(sightings):
+    engine = make_detection(sightings, {"seats": {}}, ManualClock())
+    await feed(engine, [obs(T0 + n, user=f"u{n}", session=f"s{n}") for n in range(2)])
+    assert not engine.findings.recent()
+    await feed(engine, [obs(T0 + 10, user="u2", session="s9")])
+    (finding,) = engine.findings.recent(detector="seats")
+    assert finding.subject == "customer:acme" and finding.action == "flag"
+    assert finding.evidence["users"] == ["u0", "u1", "u2"] and finding.evidence["seats"] == 2
+
+
+# -- parsing and bounds ------------------------------------------------------------------
+
+
+def test_templates_and_sequences():
+    assert template_of("/api/v1/tickets/17") == ("/api/v1/tickets/#", (17,))
+    assert template_of("/portal/tickets?page=3&sort=asc") == ("/portal/tickets?page=#&sort=asc", (3,))
+    assert template_of("/api/v1/x2y") == ("/api/v1/x2y", ())
+    assert in_sequence((16,), (17,)) and in_sequence((3, 9), (3, 8))
+    assert not in_sequence((16,), (18,)) and not in_sequence((1, 1), (2, 2))
+
+
+async def test_memory_sightings_are_bounded():
+    store = MemorySightings(max_keys=1000)
+    for n in range(5000):
+        await store.exchange([Sighting(f"k{n}", "m", T0 + n, 60.0, 8)], [])
+    assert len(store) == 1000
+    await store.exchange([Sighting("one", f"m{n}", T0 + n, 3600.0, 8) for n in range(100)], [])
+    (members,) = await store.exchange([], [("one", 0.0)])
+    assert sorted(members) == sorted(f"m{n}" for n in range(92, 100))  # the 8 most recent
+
+
+async def test_tracked_identities_are_bounded():
+    engine = make_detection((MemorySightings(), "mem"), {"scraping": {}, "max_tracked": 100}, ManualClock())
+    await feed(engine, [obs(T0 + n, user=f"u{n}") for n in range(1000)])
+    assert len(engine._tracks) == 100

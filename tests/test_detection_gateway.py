@@ -1,0 +1,120 @@
+"""Detectors in a running gateway: the traffic simulator, refusals as clients see them, the
+admin API and metrics, and a fleet sharing sanctions through Redis."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, ManualClock, gateway_config, wait_until
+from tests.test_auth import bearer, hs_issuer, hs_token
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADLESS = {"User-Agent": "Mozilla/5.0 HeadlessChrome/126.0", "Accept": "text/html", "Accept-Language": "en",
+            "Sec-Fetch-Mode": "navigate"}
+
+
+@pytest.fixture(scope="module")
+def simulate():
+    sys.path.insert(0, str(ROOT / "loadtest"))
+    import simulate
+
+    yield simulate
+    sys.path.remove(str(ROOT / "loadtest"))
+
+
+async def test_simulator_people_pass_scrapers_and_the_shared_login_are_found(simulate):
+    rows = await simulate.run_virtual(ROOT / "config" / "gateway.yaml", seconds=240, seed=3)
+    by_kind: dict[str, list[dict]] = {}
+    for row in rows.values():
+        by_kind.setdefault(row["kind"], []).append(row)
+
+    for row in by_kind["person"] + by_kind["integration"]:
+        assert row["requests"] > 10 and row["finding"] is None and row["refused"] == 0, row
+    for kind in ("headless scraper", "requests scraper", "polite scraper"):
+        (row,) = by_kind[kind]
+        assert row["flagged_after"] is not None and row["flagged_after"] <= 100, (kind, row)
+    # config/gateway.yaml blocks scraping on portal routes, flags it on the API.
+    assert by_kind["headless scraper"][0]["refused"] > 0 and by_kind["polite scraper"][0]["refused"] > 0
+    assert by_kind["requests scraper"][0]["refused"] == 0
+    shared = by_kind["shared login"]
+    second_arrival = sorted(row["arrived"] for row in shared)[1]
+    finding = shared[0]["finding"]
+    assert finding["detector"] == "sharing" and finding["at"] - second_arrival <= 60
+    assert all(row["refused"] == 0 for row in shared)  # sharing: flag only
+
+
+def detection_config(upstream, **detection) -> dict:
+    config = gateway_config(
+        upstream.url,
+        routes=[{"name": "portal", "path_prefix": "/echo/portal/", "upstream": "app", "auth": "optional",
+                 "class": "portal"},
+                {"name": "api", "path_prefix": "/", "upstream": "app"}],
+        auth={"issuers": [hs_issuer()]},
+    )
+    config["detection"] = {"hash_salt": "s" * 16, "flush_interval": "10ms",
+                           "scraping": {"actions": {"portal": "block", "api": "flag"}}, **detection}
+    return config
+
+
+async def test_blocked_client_gets_problem_json_and_the_finding_is_listed_and_counted(start_gateway, upstream, client):
+    clock = ManualClock()
+    gateway = await start_gateway(detection_config(upstream), clock=clock)
+    token = bearer(hs_token(clock))
+    for n in range(3):
+        async with client.get(f"{gateway.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
+            assert response.status == 200
+        clock.advance(1)
+    await gateway.server.state.detection.drain()
+
+    async with client.get(f"{gateway.url}/echo/portal/next", headers={**token, **HEADLESS}) as response:
+        assert response.status == 403
+        assert response.headers["Content-Type"].startswith("application/problem+json")
+        assert int(response.headers["Retry-After"]) > 800
+        problem = await response.json()
+    assert problem["type"].endswith("automation-blocked") and "screen-scraping" in problem["detail"]
+    async with client.get(f"{gateway.url}/echo/api", headers={**token, **HEADLESS}) as response:
+        assert response.status == 200  # the API only flags
+
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with client.get(f"{gateway.admin_url}/admin/findings?detector=scraping", headers=admin) as response:
+        (finding,) = (await response.json())["findings"]
+    assert finding["subject"] == "user:acme/alice" and finding["action"] == "block"
+    assert "automation_agent" in finding["signals"]
+    async with client.get(f"{gateway.admin_url}/admin/findings") as response:
+        assert response.status == 401
+    async with client.get(f"{gateway.admin_url}/metrics") as response:
+        text = await response.text()
+    assert 'fairgate_findings_total{action="block",detector="scraping"} 1.0' in text
+
+
+async def test_the_gateways_own_refusals_are_never_observed(start_gateway, upstream, client):
+    clock = ManualClock()
+    gateway = await start_gateway(detection_config(upstream), clock=clock)
+    for n in range(40):  # 401s: no token on an auth-required route
+        async with client.get(f"{gateway.url}/echo/api/{n}", headers={"User-Agent": "Scrapy/2"}) as response:
+            assert response.status == 401
+    detection = gateway.server.state.detection
+    assert detection.backlog == 0
+    await detection.drain()
+    assert not detection.findings.recent()
+
+
+async def test_a_sanction_reaches_the_whole_fleet_through_redis(start_gateway, upstream, client, redis_url, key_prefix):
+    clock = ManualClock()
+    config = detection_config(upstream)
+    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}-fleet"}
+    first = await start_gateway(config, clock=clock)
+    second = await start_gateway(config, clock=clock)
+    token = bearer(hs_token(clock))
+    for n in range(3):
+        async with client.get(f"{first.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
+            assert response.status == 200
+        clock.advance(1)
+    await first.server.state.detection.drain()
+    await wait_until(lambda: bool(second.server.state.detection.sanctions), timeout=5)
+    async with client.get(f"{second.url}/echo/portal/p9", headers={**token, **HEADLESS}) as response:
+        assert response.status == 403
