@@ -56,7 +56,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
-    redis_commands_per_request: float | None
+    redis_commands_per_request: float | None  # EVALSHA: the request path's round trips
+    redis_background_per_request: float | None  # every other command (detectors' batched pipelines, usage)
     # CPU time the server under test spent per request: steadier than req/s on a shared
     # machine, and the number to compare before and after a hot-path change.
     cpu_us_per_request: float
@@ -112,14 +113,15 @@ def main() -> int:
                 shared = _start_fairgate(workdir / "redis.yaml", upstream_port, f"redis://127.0.0.1:{redis.port}/0")
                 processes.append(shared.process)
             targets = [
-                Target("upstream direct (nginx return 200)", upstream_port, upstream.pid),
-                Target("nginx reverse proxy, keepalive", proxy_port, proxy.pid),
+                Target(DIRECT, upstream_port, upstream.pid),
+                Target(NGINX, proxy_port, proxy.pid),
                 Target("aiohttp server alone (no upstream)", hello_port, hello.pid),
                 Target("aiohttp server + aiohttp ClientSession proxy", naive_port, naive.pid),
                 Target(PLAIN, memory.port, memory.process.pid, path="/open/bench"),
                 Target(AUTH_OFF, memory.port, memory.process.pid, bearer(limited_tokens), path="/open/bench"),
                 Target(AUTH_ON, memory.port, memory.process.pid, bearer(unlimited_tokens)),
                 Target(LIMITS_MEMORY, memory.port, memory.process.pid, bearer(limited_tokens)),
+                Target(DETECT_MEMORY, memory.port, memory.process.pid, bearer(unlimited_tokens), path="/detect/bench"),
             ]
             if shared is not None:
                 targets += [
@@ -127,6 +129,8 @@ def main() -> int:
                            redis_port=redis.port),
                     Target(LIMITS_REDIS, shared.port, shared.process.pid, bearer(limited_tokens),
                            redis_port=redis.port),
+                    Target(DETECT_REDIS, shared.port, shared.process.pid, bearer(unlimited_tokens),
+                           redis_port=redis.port, path="/detect/bench"),
                 ]
             if args.only:
                 targets = [t for t in targets if any(text in t.name for text in args.only)]
@@ -150,11 +154,12 @@ def main() -> int:
 
 
 def _measure(target: Target, args: argparse.Namespace) -> Result:
-    commands_before = _redis_commands(target.redis_port)
+    evalsha_before, other_before = _redis_commands(target.redis_port)
     cpu_before = _cpu_seconds(target.pid)
     output = _wrk(target, args.duration, args)
     cpu_used = _cpu_seconds(target.pid) - cpu_before
-    commands = _redis_commands(target.redis_port) - commands_before
+    evalsha_after, other_after = _redis_commands(target.redis_port)
+    commands, other = evalsha_after - evalsha_before, other_after - other_before
     total = int(re.search(r"(\d+) requests in", output).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
@@ -162,7 +167,9 @@ def _measure(target: Target, args: argparse.Namespace) -> Result:
     errors += int(non2xx.group(1)) if non2xx else 0
     cpu_us = cpu_used / total * 1e6 if total else float("nan")
     per_request = commands / total if target.redis_port is not None and total else None
-    return Result(target.name, rps, _percentile(output, "50"), _percentile(output, "99"), errors, per_request, cpu_us)
+    background = other / total if target.redis_port is not None and total else None
+    return Result(target.name, rps, _percentile(output, "50"), _percentile(output, "99"), errors, per_request,
+                  background, cpu_us)
 
 
 @dataclass
@@ -181,27 +188,33 @@ def _start_redis(workdir: Path) -> RedisServer | None:
     process = _pinned([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                        "--dir", str(workdir)], LOAD_CORE, quiet=True)
     deadline = time.monotonic() + 10
-    while _redis_commands(port, quiet=True) < 0:
+    while _redis_commands(port, quiet=True)[0] < 0:
         if time.monotonic() > deadline:
             raise SystemExit("bench: redis-server did not start")
         time.sleep(0.05)
     return RedisServer(process, port)
 
 
-def _redis_commands(port: int | None, quiet: bool = False) -> int:
-    """Round trips the gateways caused: EVALSHA calls (INFO commandstats also lists the commands
-    a script runs inside Redis, which cost no round trip); -1 if unreachable."""
+def _redis_commands(port: int | None, quiet: bool = False) -> tuple[int, int]:
+    """EVALSHA calls (the request path's round trips: INFO commandstats also lists the commands a
+    script runs inside Redis, which cost none), and every other command except the bench's own
+    INFO; (-1, -1) if unreachable."""
     if port is None:
-        return 0
+        return 0, 0
     import redis
 
     try:
         stats = redis.Redis(port=port, socket_timeout=2).info("commandstats")
     except redis.RedisError:
         if quiet:
-            return -1
+            return -1, -1
         raise
-    return stats.get("cmdstat_evalsha", {}).get("calls", 0)
+    evalsha = stats.get("cmdstat_evalsha", {}).get("calls", 0)
+    inside_scripts = ("cmdstat_get", "cmdstat_set", "cmdstat_time", "cmdstat_zremrangebyscore", "cmdstat_zcard",
+                      "cmdstat_zadd", "cmdstat_pexpire", "cmdstat_incrbyfloat", "cmdstat_pexpireat")
+    other = sum(value.get("calls", 0) for name, value in stats.items()
+                if name not in ("cmdstat_evalsha", "cmdstat_info") and not (evalsha and name in inside_scripts))
+    return evalsha, other
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -229,22 +242,24 @@ def _percentile(output: str, which: str) -> float:
 
 
 def _table(results: list[Result], args: argparse.Namespace) -> str:
-    direct, nginx = results[0], results[1]
     by_name = {result.name: result for result in results}
+    direct = by_name.get(DIRECT, results[0])
+    nginx = by_name.get(NGINX, results[0])
     pinning = f"server on core {SERVER_CORE}, wrk and upstream on core {LOAD_CORE}" if _taskset(0) else "unpinned"
     lines = [
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, median of {args.rounds} interleaved rounds, "
         f"one worker each, {os.cpu_count()} cores ({pinning}), upstream: nginx return 200",
         "",
-        "| target | req/s | p50 ms | p99 ms | errors | server CPU us/req | EVALSHA/req | vs nginx proxy "
-        "| vs direct |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s | p50 ms | p99 ms | errors | server CPU us/req | EVALSHA/req | other Redis cmds/req "
+        "| vs nginx proxy | vs direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         evalsha = "" if result.redis_commands_per_request is None else f"{result.redis_commands_per_request:.2f}"
+        other = "" if result.redis_background_per_request is None else f"{result.redis_background_per_request:.2f}"
         lines.append(
             f"| {result.name} | {result.requests_per_second:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
-            f"| {result.errors} | {result.cpu_us_per_request:.1f} | {evalsha} "
+            f"| {result.errors} | {result.cpu_us_per_request:.1f} | {evalsha} | {other} "
             f"| {result.requests_per_second / nginx.requests_per_second:.2f}x "
             f"| {result.requests_per_second / direct.requests_per_second:.2f}x |"
         )
@@ -253,6 +268,8 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
         ("Authentication on / off (same process, same requests)", AUTH_ON, AUTH_OFF),
         ("Limits on memory / auth alone (same process)", LIMITS_MEMORY, AUTH_ON),
         ("Limits on Redis / auth alone (same process)", LIMITS_REDIS, AUTH_ON_REDIS),
+        ("Detectors on / off, memory (same process)", DETECT_MEMORY, AUTH_ON),
+        ("Detectors on / off, Redis (same process)", DETECT_REDIS, AUTH_ON_REDIS),
     ):
         if numerator in by_name and denominator in by_name:
             a, b = by_name[numerator], by_name[denominator]
@@ -322,12 +339,16 @@ class Gateway:
     port: int
 
 
+DIRECT = "upstream direct (nginx return 200)"
+NGINX = "nginx reverse proxy, keepalive"
 PLAIN = "fairgate, no policies"
 AUTH_OFF = "fairgate, bearer tokens sent, auth off"
 AUTH_ON = f"fairgate, HS256 auth ({TOKEN_USERS} users), plan without limits"
 LIMITS_MEMORY = "fairgate, auth + limits, memory store"
 AUTH_ON_REDIS = "fairgate (Redis process), auth, plan without limits"
 LIMITS_REDIS = "fairgate (Redis process), auth + limits, Redis store"
+DETECT_MEMORY = "fairgate, auth + detectors (sharing, scraping, seats)"
+DETECT_REDIS = "fairgate (Redis process), auth + detectors, Redis store"
 
 # Customers "customer-N" get the bench plan, whose limits never reject under this load, so every
 # request pays for a whole decision; customers "free-N" are on a plan without limits.
@@ -338,7 +359,7 @@ plans:
     limits:
       - {{name: sustained, kind: rate, rate: 100000/s, burst: 100000}}
       - {{name: daily, kind: quota, metric: requests, period: day, limit: 1000000000000}}
-  unlimited: {{}}
+  unlimited: {{seats: 100000}}
 customers:
 {customers}
 state: {{url: "{state_url}", timeout: 200ms}}
@@ -357,10 +378,16 @@ auth:
     - {{name: bench, issuer: "{TOKEN_ISSUER}", audiences: [bench], algorithms: [HS256], hmac_secret: "{TOKEN_SECRET}"}}
 upstreams:
   bench: {{url: "http://127.0.0.1:{upstream_port}"}}
+detection:
+  hash_salt: bench-salt
+  sharing: {{action: flag}}
+  scraping: {{actions: {{api: flag}}}}
+  seats: {{}}
 routes:
-  - {{name: health, path_prefix: /healthz, upstream: bench, auth: none}}
-  - {{name: open, path_prefix: /open/, upstream: bench, auth: none}}
-  - {{name: api, path_prefix: /, upstream: bench}}
+  - {{name: health, path_prefix: /healthz, upstream: bench, auth: none, detect: false}}
+  - {{name: open, path_prefix: /open/, upstream: bench, auth: none, detect: false}}
+  - {{name: detect, path_prefix: /detect/, upstream: bench}}
+  - {{name: api, path_prefix: /, upstream: bench, detect: false}}
 """)
     process = _pinned([sys.executable, "-m", "gateway", "run", "-c", str(config)], SERVER_CORE)
     return Gateway(process, port)

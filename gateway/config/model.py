@@ -112,6 +112,8 @@ class Route(Section):
     route_class: RouteClass = Field(
         "api", alias="class", description="What the route serves, for the detectors: portal (pages people read), "
                                           "api, asset (a portal's static files), public.")
+    detect: bool = Field(True, description="Feed this route's requests to the detectors (false for health probes "
+                                           "and machine-to-machine callbacks); sanctions still apply.")
 
 
 class GatewayConfig(Section):

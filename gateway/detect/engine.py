@@ -37,6 +37,7 @@ SHARING_POLICY = "one login per user; logins are not shared between people"
 SCRAPING_POLICY = "no screen-scraping or automated extraction outside the permitted API use"
 _MAX_ASSET_ADDRESSES = 100_000
 _SEAT_WINDOW = 32 * 86400.0
+_MAX_WRITTEN = 500_000
 
 Share = Callable[[dict, float], Awaitable[None]]
 
@@ -63,6 +64,8 @@ class Detection:
         self._tracks: OrderedDict[str, _Track] = OrderedDict()
         self._asset_addresses: OrderedDict[str, float] = OrderedDict()
         self._seats_reported: dict[str, float] = {}
+        self._written: dict[tuple, float] = {}  # what was last sent to the store, and when
+        self._months: tuple[float, float, str] = (0.0, 0.0, "")  # start, end, label of the current month
         self._salt: bytes | None | object = object()
         self._analysing = asyncio.Lock()
 
@@ -83,7 +86,10 @@ class Detection:
         self._customers = config.customers
         self._default_plan = config.limits.default_plan
         self._zone = zoneinfo.ZoneInfo(config.limits.time_zone)
+        self._months = (0.0, 0.0, "")
         self._watched = frozenset(settings.scraping.actions)
+        self._seats_on = settings.seats.mode != "off"
+        self._queue_size = settings.queue_size
         self._refusing = frozenset(cls for cls, action in settings.scraping.actions.items() if action != "flag")
 
     @property
@@ -100,10 +106,11 @@ class Detection:
         else:
             customer, user, session = identity.customer, identity.user, identity.session
         self.observe(Observation(self._clock.time(), route_class, customer, user, session, client_ip, method,
-                                 target, headers, status, body_digest))
+                                 target, headers, status, body_digest,
+                                 f"user:{customer}/{user}" if user is not None else f"address:{client_ip}"))
 
     def observe(self, obs: Observation) -> None:
-        if len(self._queue) >= self.settings.queue_size:
+        if len(self._queue) >= self._queue_size:
             self._queue.popleft()
             self.dropped += 1
             if self.dropped % 10_000 == 1:
@@ -147,31 +154,41 @@ class Detection:
 
     async def _analyse(self, batch: list[Observation]) -> None:
         seen: list[Sighting] = []
-        scraped: dict[str, tuple[Observation, int]] = {}  # subject -> last observation, requests
+        scored: dict[str, int] = {}  # subject -> requests scored in this batch
+        scraped: dict[str, Observation] = {}  # subjects whose distinct paths/agents may have changed
         shared: dict[str, Observation] = {}
         seat_users: dict[str, Observation] = {}
         travelled: set[str] = set()
         for obs in batch:
             if obs.route_class == "asset":
                 self._asset_fetched(obs)
-            if self._scraping is not None and obs.route_class in self._watched:
-                if self._score(obs):
-                    _, count = scraped.get(obs.subject, (obs, 0))
-                    scraped[obs.subject] = (obs, count + 1)
+            subject, agent = obs.subject, obs.headers.get("User-Agent", "")
+            if self._scraping is not None and obs.route_class in self._watched and self._score(obs, subject, agent):
+                scored[subject] = scored.get(subject, 0) + 1
+                if self._due(("paths", subject, obs.target, agent, obs.session), obs.at, 6.0):
                     seen += self._scraping_sightings(obs)
+                    scraped[subject] = obs
             if obs.user is None:
                 continue
+            if self._travel.enabled and self._travel.moved_too_fast(subject, obs.client_ip, obs.at):
+                travelled.add(subject)
+                shared[subject] = obs
+            device = self._sharing.device_mark(obs) if self._sharing is not None else None
+            # One mark for the login's session, address and device: seen the same way within a
+            # minute, neither its sharing sightings nor its seat can have changed.
+            if not self._due((subject, obs.session, obs.client_ip, agent, device), obs.at, 60.0):
+                continue
             if self._sharing is not None:
-                seen += self._sharing.sightings(obs, self._track(obs.subject, "sharing"))
-                shared[obs.subject] = obs
-                if self._travel.moved_too_fast(obs.subject, obs.client_ip, obs.at):
-                    travelled.add(obs.subject)
-            if self.settings.seats.mode != "off" and obs.customer is not None and self._seats_of(obs.customer):
+                seen += self._sharing.sightings(obs, self._track(subject, "sharing"))
+                shared[subject] = obs
+            if self._seats_on and obs.customer is not None and self._seats_of(obs.customer):
                 seen.append(Sighting(self._seat_key(obs), obs.user, obs.at, _SEAT_WINDOW, 100_000))
                 seat_users[obs.customer] = obs
+        if not seen and not travelled:
+            return  # nothing new anywhere: every distinct count is as it was
 
         queries: list[Query] = []
-        for obs, _ in scraped.values():
+        for obs in scraped.values():
             queries += self._scraping_queries(obs)
         for subject, obs in shared.items():
             queries += self._sharing.queries(subject, obs.at)  # type: ignore[union-attr]
@@ -179,17 +196,33 @@ class Detection:
             queries.append((self._seat_key(obs), self._month_start(obs.at)))
         answers = await self.sightings.exchange(seen, queries)
         if answers is None:
+            self._written.clear()  # not stored: write everything again next time
             return  # the per-request signals above still counted; distinct counts wait for the next batch
         answers.reverse()
 
-        for subject, (obs, count) in scraped.items():
+        for subject, obs in scraped.items():
             paths, agents = answers.pop(), answers.pop()
-            self._score_breadth(obs, count, len(paths), len(agents))
+            self._score_breadth(obs, scored[subject], len(paths), len(agents))
         for subject, obs in shared.items():
             found = [answers.pop(), answers.pop(), answers.pop()]
             await self._judge_sharing(obs, found, ("travel",) if subject in travelled else ())
         for customer, obs in seat_users.items():
             self._judge_seats(customer, obs, answers.pop())
+
+    def _due(self, mark: tuple, at: float, every: float) -> bool:
+        """Whether what `mark` describes should be written to the store again.
+
+        The same identity seen again the same way (session, address, agent; or path) within
+        `every` seconds is not written again: last-seen times are that coarse, a steady
+        client costs the store nothing, and only an identity with something new is counted."""
+        written = self._written
+        last = written.get(mark)
+        if last is not None and at - last < every:
+            return False
+        if len(written) >= _MAX_WRITTEN:
+            written.clear()
+        written[mark] = at
+        return True
 
     def _track(self, subject: str, kind: str) -> ScrapingTrack | SharingTrack:
         track = self._tracks.get(subject)
@@ -219,14 +252,14 @@ class Detection:
             if track is not None and track.scraping is not None:
                 track.scraping.assets += 1
 
-    def _score(self, obs: Observation) -> bool:
+    def _score(self, obs: Observation, subject: str, agent: str) -> bool:
         """Add this request's signals to its identity's score; False if it is never scored."""
         scraping = self._scraping
-        if scraping.agents.allowed(obs.headers.get("User-Agent", "")):  # type: ignore[union-attr]
+        if scraping.agents.allowed(agent):  # type: ignore[union-attr]
             return False  # an integration the customer declared
-        track = self._track(obs.subject, "scraping")
+        track = self._track(subject, "scraping")
         assert isinstance(track, ScrapingTrack)
-        fired = scraping.signals(obs, track, obs.client_ip in self._asset_addresses)  # type: ignore[union-attr]
+        fired = scraping.signals(obs, agent, track, obs.client_ip in self._asset_addresses)  # type: ignore[union-attr]
         if fired:
             self._add_score(obs, track, fired, 1)
         return True
@@ -331,21 +364,27 @@ class Detection:
         plan = self._plans.get(self._plan_of(customer) or "")
         return plan.seats if plan is not None else None
 
-    def _month(self, at: float) -> dt.datetime:
-        local = dt.datetime.fromtimestamp(at, self._zone)
-        return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    def _month_of(self, at: float) -> tuple[float, float, str]:
+        """Start, end and label (YYYY-MM) of the month of `at` in the quota time zone; cached."""
+        start, end, label = self._months
+        if start <= at < end:
+            return self._months
+        local = dt.datetime.fromtimestamp(at, self._zone).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        following = (local + dt.timedelta(days=32)).replace(day=1)
+        self._months = (local.timestamp(), following.timestamp(), f"{local:%Y-%m}")
+        return self._months
 
     def _month_start(self, at: float) -> float:
-        return self._month(at).timestamp()
+        return self._month_of(at)[0]
 
     def _seat_key(self, obs: Observation) -> str:
-        return f"{self._prefix}:d:{{customer:{obs.customer}}}:users:{self._month(obs.at):%Y-%m}"
+        return f"{self._prefix}:d:{{customer:{obs.customer}}}:users:{self._month_of(obs.at)[2]}"
 
     def _judge_seats(self, customer: str, obs: Observation, users: dict[str, float]) -> None:
         seats = self._seats_of(customer)
         if seats is None or len(users) <= seats:
             return
-        month = f"{self._month(obs.at):%Y-%m}"
+        month = self._month_of(obs.at)[2]
         marker = f"{customer}:{month}"
         if self._seats_reported.get(marker, -math.inf) > obs.at - 86400:
             return  # once a day per customer and month

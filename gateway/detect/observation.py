@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ is on the request path, and frozen costs a setattr per field
 class Observation:
     at: float
     route_class: str
@@ -20,10 +20,9 @@ class Observation:
     headers: Mapping[str, str]  # the request's (read off the path)
     status: int  # the upstream's answer; the gateway's own refusals are never observed
     body_digest: bytes | None  # of a buffered request body; None for none or a streamed one
+    # Whom scores and sightings are kept for: "user:CUSTOMER/USER", or "address:IP" when anonymous.
+    subject: str = ""
 
-    @property
-    def subject(self) -> str:
-        """Whom scraping scores are kept for: the login, or the address when anonymous."""
-        if self.user is not None:
-            return f"user:{self.customer}/{self.user}"
-        return f"address:{self.client_ip}"
+    def __post_init__(self) -> None:
+        if not self.subject:
+            self.subject = f"user:{self.customer}/{self.user}" if self.user is not None else f"address:{self.client_ip}"

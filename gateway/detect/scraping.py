@@ -76,9 +76,8 @@ class ScrapingSignals:
         self.agents = AgentClassifier(settings.user_agents)
         self.weights = settings.weights.model_dump()
 
-    def signals(self, obs: Observation, track: ScrapingTrack, assets_from_address: bool) -> list[str]:
+    def signals(self, obs: Observation, agent: str, track: ScrapingTrack, assets_from_address: bool) -> list[str]:
         settings, weights, fired = self.settings, self.weights, []
-        agent = obs.headers.get("User-Agent", "")
         family = self.agents.family(agent)
         if family is not None and weights["automation_agent"] and (
                 family != "library" or obs.route_class in settings.user_agents.libraries_on):

@@ -56,6 +56,15 @@ class SharingWatch:
         seen.append(Sighting(self._key(subject, "devices"), self._device(obs), obs.at, windows.devices, 64))
         return seen
 
+    def device_mark(self, obs: Observation) -> str | None:
+        """The raw device id the request carries, if the deployment sends one."""
+        settings = self.settings
+        if settings.device_header and (device := obs.headers.get(settings.device_header)):
+            return device
+        if settings.device_cookie:
+            return _cookie(obs.headers.get("Cookie", ""), settings.device_cookie)
+        return None
+
     def _device(self, obs: Observation) -> str:
         settings = self.settings
         if settings.device_header and (device := obs.headers.get(settings.device_header)):

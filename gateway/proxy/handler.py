@@ -192,7 +192,8 @@ class ProxyHandler:
                 headers={"Retry-After": "1", **admission.headers},
                 type_uri=IETF_PROBLEM_TYPES["temporary-reduced-capacity"],
             )
-        meter = Meter(wants_digest=detection is not None)
+        observed = detection is not None and route.detect
+        meter = Meter(wants_digest=observed)
         try:
             if admission.delay:
                 await self._sleep(admission.delay)
@@ -205,8 +206,9 @@ class ProxyHandler:
                 gate.leave()
             if runtime.limiter is not None:
                 runtime.limiter.finish(admission, meter.bytes, meter.upstream_seconds)
-            if detection is not None and meter.status:
-                detection.observe_request(route.route_class, identity, client_ip, request.method, request.raw_path,
+            if observed and meter.status:
+                detection.observe_request(route.route_class, identity, client_ip,  # type: ignore[union-attr]
+                                          request.method, request.raw_path,
                                           request.headers, meter.status, meter.body_digest)
 
     def _refuse(self, request: BaseRequest, problem: Problem) -> web.Response:
