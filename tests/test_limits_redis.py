@@ -243,7 +243,7 @@ def test_a_bad_state_url_is_a_usage_error(tmp_path):
     from tests.conftest import ROOT
 
     result = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml", "--state", "mysql://x"],
-                            cwd=ROOT, capture_output=True, text=True, env={"FAIRGATE_DEMO_SECRET": "x" * 40,
+                            cwd=ROOT, capture_output=True, text=True, env={"FAIRGATE_DEMO_SECRET": "x" * 40, "FAIRGATE_HASH_SALT": "test-salt",
                                                                          "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "state URL must start with" in result.stderr
