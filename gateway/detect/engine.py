@@ -68,6 +68,7 @@ class Detection:
         self._months: tuple[float, float, str] = (0.0, 0.0, "")  # start, end, label of the current month
         self._salt: bytes | None | object = object()
         self._analysing = asyncio.Lock()
+        self._sharing_tasks: set[asyncio.Task] = set()  # the loop keeps only weak references
 
     def configure(self, config: GatewayConfig) -> None:
         """Take a (re)loaded config; what was observed so far is kept."""
@@ -403,6 +404,8 @@ class Detection:
         self.sanctions.add(sanction)
         if self._share is not None:
             task = asyncio.get_running_loop().create_task(self._share(sanction.as_entry(), sanction.until))
+            self._sharing_tasks.add(task)
+            task.add_done_callback(self._sharing_tasks.discard)
             task.add_done_callback(_log_share_failure)
 
 
