@@ -130,7 +130,7 @@ class Detection:
                     return _problem(sanction, now, "")
             subject = user_key(identity.customer, identity.user)
         else:
-            subject = "address:" + self.hasher.hash(client_ip)
+            subject = self._public("address:" + client_ip)
         sanction = sanctions.get(subject, now)
         if sanction is not None and route_class in self._refusing:
             return _problem(sanction, now, self.settings.scraping.actions[route_class])

@@ -66,12 +66,8 @@ class SharingWatch:
         return None
 
     def _device(self, obs: Observation) -> str:
-        settings = self.settings
-        if settings.device_header and (device := obs.headers.get(settings.device_header)):
-            return "id:" + self._hasher.hash(device)
-        if settings.device_cookie and (device := _cookie(obs.headers.get("Cookie", ""), settings.device_cookie)):
-            return "id:" + self._hasher.hash(device)
-        return device_of(obs.headers.get("User-Agent", ""))
+        device = self.device_mark(obs)
+        return "id:" + self._hasher.hash(device) if device else device_of(obs.headers.get("User-Agent", ""))
 
     def queries(self, subject: str, now: float) -> list[Query]:
         windows = self.settings.windows
