@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -57,6 +58,23 @@ async def test_burst_then_one_per_second(store, key):
     assert await hits(store, lambda: [rate(k)], T0 + 0.999, 1) == [False]
     assert await hits(store, lambda: [rate(k)], T0 + 1.0, 2) == [True, False]
     assert await hits(store, lambda: [rate(k)], T0 + 3.0, 3) == [True, True, False]
+
+
+async def test_requests_arriving_together_are_decided_in_order(store, key):
+    # On Redis they share one script call; each is still decided on its own, all or nothing.
+    a, b, quota_key = key("a"), key("b"), key("quota")
+
+    def both() -> list[Check]:
+        return [rate(b, burst=3), Check(QUOTA, quota_key, limit=2, cost=1, expires_at=T0 + 60)]
+
+    calls = [store.evaluate("t", [rate(a)], T0) if i % 2 == 0 else store.evaluate("t", both(), T0)
+             for i in range(12)]
+    answers = [all(o.allowed for o in outcomes) for outcomes in await asyncio.gather(*calls)]
+    assert answers[0::2] == [True] * 5 + [False]
+    # The quota (2) rejects the third request of b, so that request takes no rate unit either.
+    assert answers[1::2] == [True, True, False, False, False, False]
+    remaining = (await store.evaluate("t", [rate(b, burst=3)], T0))[0]
+    assert (remaining.allowed, remaining.remaining) == (True, 0)
 
 
 async def test_retry_after_and_headers_numbers(store, key):

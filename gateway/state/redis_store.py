@@ -1,7 +1,7 @@
-"""The shared state store: Redis, Redis Cluster or Sentinel, one EVALSHA per request.
+"""The shared state store: Redis, Redis Cluster or Sentinel.
 
-Checks of requests that arrive together are sent together (one pipeline per event-loop turn),
-a key known to be over its limit is answered locally until its reset, every call has a short
+The checks of requests that arrive in the same event-loop turn are decided by one EVALSHA
+(on a Cluster, one per hash tag), each request atomically and in arrival order; a key known to be over its limit is answered locally until its reset, every call has a short
 timeout, and a circuit breaker decides when to stop asking. When Redis cannot answer the
 configured failure mode applies: `open` allows, `closed` refuses (503), `local` falls back to
 per-instance memory limits. A request never waits on a dead Redis for longer than `timeout`.
@@ -31,6 +31,8 @@ from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StateS
 log = logging.getLogger("fairgate.state")
 
 SCRIPT = (Path(__file__).parent / "lua" / "evaluate.lua").read_text()
+# Requests decided by one script call at most: Redis runs a script alone, so a call stays short.
+MAX_BATCH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,16 @@ class StoreMetrics:
     errors: Counter  # labels: kind
     circuit: Gauge  # labels: state
     fallbacks: Counter  # labels: mode
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request's checks waiting for the next script call."""
+
+    tag: str
+    checks: list[Check]
+    now: str  # the script's clock argument: seconds, or "" for the Redis clock
+    future: asyncio.Future
 
 
 class RedisStore(StateStore):
@@ -60,7 +72,7 @@ class RedisStore(StateStore):
         self._metrics = metrics
         self._sha: str | None = None
         self._script_loading: asyncio.Future | None = None
-        self._pending: list[tuple[list[str], list, asyncio.Future]] = []
+        self._pending: list[Pending] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
         self._local = MemoryStore(settings.max_memory_keys)
@@ -92,18 +104,15 @@ class RedisStore(StateStore):
         if not self.breaker.allow():
             return await self._fall_back(checks, now)
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((checks, now, future))
+        self._pending.append(Pending(tag, checks, "" if self._use_redis_time else repr(now), future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        timer = asyncio.get_running_loop().call_later(self._settings.timeout, _expire, future)
         try:
             raw = await future
         except StoreUnavailable as exc:
             self._failed(exc)
             return await self._fall_back(checks, now)
-        finally:
-            timer.cancel()
         self.breaker.succeeded()
         outcomes = _outcomes(raw)
         self._remember_over_limit(checks, outcomes, now)
@@ -155,37 +164,55 @@ class RedisStore(StateStore):
     def _flush(self) -> None:
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        loop = asyncio.get_running_loop()
+        # One timer for the batch: its requests joined it within this event-loop turn.
+        timer = loop.call_later(self._settings.timeout, _expire, batch)
+        task = loop.create_task(self._run(batch))
+        task.add_done_callback(lambda _: timer.cancel())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[list[str], list, asyncio.Future]]) -> None:
+    async def _run(self, batch: list[Pending]) -> None:
         started = time.perf_counter()
+        calls = self._calls(batch)
         try:
             if self._sha is None:
                 await self._load_script()
-            results = await self._evalsha_all(batch)
-            if any(isinstance(r, redis_errors.NoScriptError) for r in results):
+            replies = await self._evalsha_all(calls)
+            if any(isinstance(r, redis_errors.NoScriptError) for r in replies):
                 await self._load_script()  # Redis restarted or flushed its scripts
-                results = await self._evalsha_all(batch)
+                replies = await self._evalsha_all(calls)
         except (redis_errors.RedisError, OSError, asyncio.TimeoutError) as exc:
-            for _, _, future in batch:
-                _fail(future, exc)
+            for pending in batch:
+                _fail(pending.future, exc)
             return
         if self._metrics is not None:
             self._metrics.latency.observe(time.perf_counter() - started)
-        for (checks, _, future), result in zip(batch, results):
-            if isinstance(result, Exception):
-                _fail(future, result)
-            elif future.cancelled():
-                self._give_back_abandoned(checks, result)
-            elif not future.done():
-                future.set_result(result)
+        for call, reply in zip(calls, replies):
+            if isinstance(reply, Exception):
+                for pending in call:
+                    _fail(pending.future, reply)
+                continue
+            text = reply.decode() if isinstance(reply, bytes) else reply
+            for pending, result in zip(call, text.split("|")):
+                if pending.future.cancelled():
+                    self._give_back_abandoned(pending.checks, result)
+                elif not pending.future.done():
+                    pending.future.set_result(result)
 
-    def _now_arg(self, now: float) -> str:
-        return "" if self._use_redis_time else repr(now)
+    def _calls(self, batch: list[Pending]) -> list[list[Pending]]:
+        """Split a batch into script calls: at most MAX_BATCH requests each, one hash tag each
+        on a Cluster (a call's keys must live in one slot)."""
+        if self._cluster:
+            by_tag: dict[str, list[Pending]] = {}
+            for pending in batch:
+                by_tag.setdefault(pending.tag, []).append(pending)
+            groups = list(by_tag.values())
+        else:
+            groups = [batch]
+        return [group[i:i + MAX_BATCH] for group in groups for i in range(0, len(group), MAX_BATCH)]
 
-    def _give_back_abandoned(self, checks: list[Check], result: bytes) -> None:
+    def _give_back_abandoned(self, checks: list[Check], result: str) -> None:
         """The client left while Redis decided: release any slot the script took for it."""
         outcomes = _outcomes(result)
         if any(not o.allowed and not c.shadow for c, o in zip(checks, outcomes)):
@@ -206,12 +233,12 @@ class RedisStore(StateStore):
             self._script_loading = None
             raise
 
-    async def _evalsha_all(self, batch: list) -> list:
+    async def _evalsha_all(self, calls: list[list[Pending]]) -> list:
         if self._cluster:
             # Cluster pipelines refuse EVALSHA; concurrent calls still share connections per node.
             return await asyncio.gather(
-                *(self._client.evalsha(self._sha, len(checks), *_keys_and_args(checks, self._now_arg(now)))
-                  for checks, now, _ in batch),
+                *(self._client.evalsha(self._sha, sum(len(p.checks) for p in call), *_keys_and_args(call))
+                  for call in calls),
                 return_exceptions=True,
             )
         # One write and one read on a pooled connection, without redis-py's Pipeline object:
@@ -221,16 +248,14 @@ class RedisStore(StateStore):
         try:
             sha = _bulk(self._sha.encode())
             await connection.send_packed_command(
-                b"".join(_evalsha_command(sha, checks, self._now_arg(now)) for checks, now, _ in batch),
-                check_health=False,
-            )
-            results: list = []
-            for _ in batch:
+                b"".join(_evalsha_command(sha, call) for call in calls), check_health=False)
+            replies: list = []
+            for _ in calls:
                 try:
-                    results.append(await connection.read_response())
+                    replies.append(await connection.read_response())
                 except redis_errors.ResponseError as exc:
-                    results.append(exc)
-            return results
+                    replies.append(exc)
+            return replies
         except BaseException:
             await connection.disconnect()  # replies may still be in flight: never reuse it
             raise
@@ -320,30 +345,42 @@ def _script_values(check: Check) -> tuple:
     return 2, shadow, repr(check.cost), repr(check.limit), "1" if check.flag_only else "0", repr(check.expires_at)
 
 
-def _keys_and_args(checks: list[Check], now: str) -> list:
-    return [*(check.key for check in checks), now, *(value for check in checks for value in _script_values(check))]
+def _encoded(check: Check) -> tuple[bytes, bytes]:
+    """A check's key and values in RESP, kept with the check (templates reuse checks)."""
+    if check.encoded is None:
+        check.encoded = (_bulk(check.key.encode()),
+                         b"".join(_bulk(str(value).encode()) for value in _script_values(check)))
+    return check.encoded
+
+
+def _keys_and_args(call: list[Pending]) -> list:
+    keys = [check.key for pending in call for check in pending.checks]
+    args = [value for pending in call
+            for value in (pending.now, len(pending.checks),
+                          *(v for check in pending.checks for v in _script_values(check)))]
+    return keys + args
 
 
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _evalsha_command(sha: bytes, checks: list[Check], now: str) -> bytes:
-    """EVALSHA in RESP, from pieces each check keeps encoded (templates reuse checks)."""
+def _evalsha_command(sha: bytes, call: list[Pending]) -> bytes:
+    """One EVALSHA deciding every request of `call`, in RESP."""
     keys, args = [], []
-    for check in checks:
-        if check.encoded is None:
-            check.encoded = (_bulk(check.key.encode()),
-                             b"".join(_bulk(str(value).encode()) for value in _script_values(check)))
-        keys.append(check.encoded[0])
-        args.append(check.encoded[1])
-    count = len(checks)
-    return b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 + 7 * count), sha, _bulk(str(count).encode()),
-                     *keys, _bulk(now.encode()), *args))
+    for pending in call:
+        args.append(_bulk(pending.now.encode()))
+        args.append(_bulk(b"%d" % len(pending.checks)))
+        for check in pending.checks:
+            key, values = _encoded(check)
+            keys.append(key)
+            args.append(values)
+    count = len(keys)
+    return b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + count + 2 * len(call) + 6 * count), sha,
+                     _bulk(b"%d" % count), *keys, *args))
 
 
-def _outcomes(raw: bytes | str) -> list[Outcome]:
-    text = raw.decode() if isinstance(raw, bytes) else raw
+def _outcomes(text: str) -> list[Outcome]:
     outcomes = []
     for item in text.split(";"):
         allowed, remaining, reset, retry_after, delay, over = item.split(",")
@@ -352,9 +389,10 @@ def _outcomes(raw: bytes | str) -> list[Outcome]:
     return outcomes
 
 
-def _expire(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_exception(StoreUnavailable("state store timed out"))
+def _expire(batch: list[Pending]) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(StoreUnavailable("state store timed out"))
 
 
 def _fail(future: asyncio.Future, exc: BaseException) -> None:
