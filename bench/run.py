@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,15 +139,17 @@ def main() -> int:
                 _wait_http(f"http://127.0.0.1:{target.port}/healthz")
                 _wrk(target, 1, args)  # warm-up: pools, token cache
             rounds: dict[str, list[Result]] = {target.name: [] for target in targets}
-            for _ in range(args.rounds):
-                for target in targets:
+            for number in range(args.rounds):
+                # Every other round runs backwards, so a drift of the machine during a round
+                # favours neither side of a comparison.
+                for target in targets if number % 2 == 0 else reversed(targets):
                     rounds[target.name].append(_measure(target, args))
             results = [_median(rounds[target.name]) for target in targets]
         finally:
             for process in processes:
                 _stop(process)
 
-    table = _table(results, args)
+    table = _table(results, rounds, args)
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
@@ -241,7 +244,7 @@ def _percentile(output: str, which: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def _table(results: list[Result], args: argparse.Namespace) -> str:
+def _table(results: list[Result], rounds: dict[str, list[Result]], args: argparse.Namespace) -> str:
     by_name = {result.name: result for result in results}
     direct = by_name.get(DIRECT, results[0])
     nginx = by_name.get(NGINX, results[0])
@@ -271,10 +274,14 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
         ("Detectors on / off, memory (same process)", DETECT_MEMORY, AUTH_ON),
         ("Detectors on / off, Redis (same process)", DETECT_REDIS, AUTH_ON_REDIS),
     ):
-        if numerator in by_name and denominator in by_name:
-            a, b = by_name[numerator], by_name[denominator]
-            lines.append(f"{label}: {a.requests_per_second / b.requests_per_second:.2f}x req/s, "
-                         f"{a.cpu_us_per_request - b.cpu_us_per_request:+.1f} us CPU per request.")
+        if numerator in rounds and denominator in rounds:
+            # Paired per round (the two ran back to back), then the median: steadier than a
+            # ratio of two medians taken from different moments.
+            pairs = list(zip(rounds[numerator], rounds[denominator]))
+            ratio = statistics.median(a.requests_per_second / b.requests_per_second for a, b in pairs)
+            extra = statistics.median(a.cpu_us_per_request - b.cpu_us_per_request for a, b in pairs)
+            lines.append(f"{label}: {ratio:.2f}x req/s, {extra:+.1f} us CPU per request "
+                         f"(median of {len(pairs)} paired rounds).")
     return "\n".join(lines)
 
 
