@@ -49,6 +49,15 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(command=_check_config)
 
+    audit = sub.add_parser("audit", help="audit trail tools", description="Audit trail tools.")
+    audit_sub = audit.add_subparsers(required=True, metavar="ACTION")
+    verify = audit_sub.add_parser(
+        "verify", help="check an audit file's hash chain",
+        description="Check an audit file's hash chain; exit 0 if intact, 1 with the first broken line if not.",
+    )
+    verify.add_argument("file", metavar="FILE")
+    verify.set_defaults(command=_audit_verify)
+
     token = sub.add_parser(
         "token", help="mint a development token",
         description="Mint a token for an HMAC issuer of the config (the demo issuer by default).",
@@ -147,6 +156,23 @@ def _overrides(args: argparse.Namespace) -> Callable[[GatewayConfig], GatewayCon
     return apply
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gateway.audit.chain import verify
+
+    try:
+        verdict = verify(Path(args.file))
+    except OSError as exc:
+        print(f"fairgate audit verify: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    if verdict.ok:
+        print(f"{args.file}: {verdict.lines} events, chain intact")
+        return 0
+    print(f"{args.file}: line {verdict.broken_at}: {verdict.problem} ({verdict.lines} events before it verified)")
+    return 1
+
+
 def _run(args: argparse.Namespace) -> int:
     from gateway.server.admin import SUPERVISOR_ENV
     from gateway.server.lifecycle import ServeOptions, admin_token_from_env, serve
@@ -178,8 +204,11 @@ def _run(args: argparse.Namespace) -> int:
             worker_argv += ["--admin-listen", _format_host_port(args.admin_listen)]
         return supervise(worker_argv, args.workers)
 
+    supervised = bool(os.environ.get(SUPERVISOR_ENV))
     options = ServeOptions(
-        args.config, transform, reuse_port=bool(os.environ.get(SUPERVISOR_ENV)), admin_token=admin_token_from_env()
+        args.config, transform, reuse_port=supervised, admin_token=admin_token_from_env(),
+        # Each worker keeps its own audit chain: one file per process.
+        audit_suffix=f".{os.getpid()}" if supervised else "",
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(serve(config, options))

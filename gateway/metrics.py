@@ -77,6 +77,17 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.transitions = Counter(
+            "fairgate_enforcement_transitions", "Fair-use standings decided, by the state entered.", ["state"],
+            registry=self.registry,
+        )
+        self.audit_written = Counter(
+            "fairgate_audit_events_written", "Audit events appended to the audit file.", registry=self.registry
+        )
+        self.audit_dropped = Counter(
+            "fairgate_audit_events_dropped", "Audit events dropped because the queue was full.", registry=self.registry
+        )
+
     def watch_detection(self, detection) -> None:
         """Export the detectors' backlog, drops and sanctions (read at scrape time)."""
         self.registry.register(_DetectionCollector(detection))

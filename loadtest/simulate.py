@@ -311,6 +311,8 @@ async def run_virtual(config_path: Path, seconds: float, seed: int) -> dict:
     raw.setdefault("state", {})["url"] = "memory://"
     clock = VirtualClock()
     with tempfile.TemporaryDirectory() as tmp:
+        if raw.get("enforcement", {}).get("audit", {}).get("path"):
+            raw["enforcement"]["audit"]["path"] = str(Path(tmp) / "audit.jsonl")  # a run leaves nothing behind
         path = Path(tmp) / "gateway.yaml"
         path.write_text(yaml.safe_dump(raw))
         config = load_config(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import Counter
 
@@ -40,9 +40,13 @@ class FindingLog:
     def __init__(self, counter: Counter | None, keep: int = 1000) -> None:
         self._counter = counter
         self._recent: deque[Finding] = deque(maxlen=keep)
+        # Called with every finding: the enforcement ladder and the audit trail.
+        self.listeners: list[Callable[[Finding], None]] = []
 
     def record(self, finding: Finding) -> None:
         self._recent.append(finding)
+        for listener in self.listeners:
+            listener(finding)
         if self._counter is not None:
             self._counter.labels(finding.detector, "shadow" if finding.shadow else finding.action).inc()
         log.warning("finding", extra={"finding": finding.as_json()})

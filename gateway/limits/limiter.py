@@ -91,10 +91,12 @@ class Limiter:
         self._flush_scheduled = False
         self._background: set[asyncio.Task] = set()
 
-    async def admit(self, identity: Identity | None, route: Route, client_ip: str, request_id: str) -> Admission:
+    async def admit(self, identity: Identity | None, route: Route, client_ip: str, request_id: str,
+                    throttle: float = 1.0) -> Admission:
+        """Decide the request's limits; `throttle` < 1 scales every rate limit down (a throttled standing)."""
         now = self._clock.time()
         customer = identity.customer if identity is not None else None
-        effective = self.book.for_customer(customer, now)
+        effective = self.book.for_customer(customer, now, throttle)
         if effective is None:
             return NO_LIMITS
         if not effective.limits:

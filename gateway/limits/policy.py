@@ -98,12 +98,15 @@ class PlanBook:
         self._customers = dict(customers)
         self._default = settings.default_plan
         self._cache: dict[str | None, EffectiveLimits] = {}
+        self._throttled_cache: dict[tuple[str | None, float], EffectiveLimits] = {}
 
     @property
     def max_priority(self) -> int:
         return max(self._priorities.values(), default=0)
 
-    def for_customer(self, customer: str | None, now: float) -> EffectiveLimits | None:
+    def for_customer(self, customer: str | None, now: float, throttle: float = 1.0) -> EffectiveLimits | None:
+        if throttle != 1.0:
+            return self._throttled(customer, now, throttle)
         cached = self._cache.get(customer)
         if cached is not None and now < cached.valid_until:
             return cached
@@ -113,6 +116,23 @@ class PlanBook:
                 self._cache.clear()  # unknown customers share the default; this bounds a churn of ids
             self._cache[customer] = effective
         return effective
+
+    def _throttled(self, customer: str | None, now: float, factor: float) -> EffectiveLimits | None:
+        """The customer's limits with every rate times `factor`; the same keys, so the buckets carry on."""
+        cached = self._throttled_cache.get((customer, factor))
+        if cached is not None and now < cached.valid_until:
+            return cached
+        effective = self.for_customer(customer, now)
+        if effective is None:
+            return None
+        limits = tuple(replace(limit, interval=limit.interval / factor) if limit.kind == RATE else limit
+                       for limit in effective.limits)
+        throttled = replace(effective, limits=limits,
+                            policy_header=", ".join(limit.policy_header_item for limit in limits))
+        if len(self._throttled_cache) > 10_000:
+            self._throttled_cache.clear()
+        self._throttled_cache[(customer, factor)] = throttled
+        return throttled
 
     def _compute(self, customer: str | None, now: float) -> EffectiveLimits | None:
         entry = self._customers.get(customer) if customer is not None else None

@@ -15,6 +15,7 @@ from aiohttp.web_request import BaseRequest
 
 from gateway.auth.errors import AuthError
 from gateway.auth.responses import auth_problem
+from gateway.enforce.ladder import SUSPENDED
 from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.metrics import Metrics
 from gateway.proxy.headers import (
@@ -172,15 +173,31 @@ class ProxyHandler:
             if problem is not None:
                 return self._refuse(request, problem)
 
+        enforcement = runtime.enforcement
+        standing = None
+        if enforcement is not None and identity is not None and enforcement.standings and enforcement.applies:
+            standing = enforcement.standing_for(identity)
+            if standing is not None and standing.state == SUSPENDED:
+                return self._refuse(request, enforcement.refusal(standing))
+
         admission = NO_LIMITS
         if runtime.limiter is not None:
             try:
-                admission = await runtime.limiter.admit(identity, route, client_ip, request_id)
+                admission = await runtime.limiter.admit(
+                    identity, route, client_ip, request_id,
+                    throttle=1.0 if standing is None else enforcement.throttle_factor(standing),  # type: ignore[union-attr]
+                )
             except StoreUnavailable:
                 return self._reject(request, 503, "limits-unavailable", "Service Unavailable",
                                     "Fair-use limits cannot be checked right now.", headers={"Retry-After": "1"})
-            if admission.rejected:
-                return self._limited(request, admission)
+        extra_headers = admission.headers
+        if standing is not None:
+            # Warned or throttled: every response says so, and what comes next.
+            extra_headers = {**extra_headers, "Fair-Use-Warning": enforcement.warning(standing)}  # type: ignore[union-attr]
+        if admission.rejected:
+            if enforcement is not None:
+                enforcement.limit_rejected(identity, admission.plan, [limit.name for limit in admission.rejected])
+            return self._limited(request, admission, extra_headers)
 
         gate = target.gate
         if gate is not None and not gate.try_enter(admission.priority):
@@ -189,7 +206,7 @@ class ProxyHandler:
             return self._reject(
                 request, 503, "temporary-reduced-capacity", "Service Unavailable",
                 "The service is at capacity; lower-priority traffic is shed first. Retry shortly.",
-                headers={"Retry-After": "1", **admission.headers},
+                headers={"Retry-After": "1", **extra_headers},
                 type_uri=IETF_PROBLEM_TYPES["temporary-reduced-capacity"],
             )
         observed = detection is not None and route.detect
@@ -200,7 +217,7 @@ class ProxyHandler:
             self._add_forwarding(lines, found, peer, trusted, client_host, request_id, target)
             if websocket:
                 return await proxy_websocket(request, target, lines, self._metrics)
-            return await self._forward(target, request, request_id, lines, admission.headers, meter)
+            return await self._forward(target, request, request_id, lines, extra_headers, meter)
         finally:
             if gate is not None:
                 gate.leave()
@@ -228,13 +245,13 @@ class ProxyHandler:
         if target.host_header is not None:
             lines.append(b"Host: %s\r\n" % target.host_header)
 
-    def _limited(self, request: BaseRequest, admission: Admission) -> web.Response:
+    def _limited(self, request: BaseRequest, admission: Admission, headers: Mapping[str, str]) -> web.Response:
         names = [limit.name for limit in admission.rejected]
         retry_after = max(1, math.ceil(admission.retry_after))
         return self._reject(
             request, 429, "quota-exceeded", "Too Many Requests",
             f"The {admission.plan} plan's limit {', '.join(names)} is used up; retry in {retry_after} s.",
-            headers={**admission.headers, "Retry-After": str(retry_after)},
+            headers={**headers, "Retry-After": str(retry_after)},
             extra={"violated-policies": names, "plan": admission.plan},
             type_uri=IETF_PROBLEM_TYPES["quota-exceeded"],
         )

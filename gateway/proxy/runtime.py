@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 from gateway.auth.authenticator import AuthMetrics, Authenticator
 from gateway.auth.failed_logins import FailedLogins
 from gateway.auth.keys import JwksFetcher, KeySource, StaticKeys
@@ -18,8 +20,10 @@ from gateway.auth.verifier import IssuerVerifier, TokenVerifier
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig, Route, Upstream
 from gateway.config.auth import FailedLoginLimit
+from gateway.audit.trail import AuditCounters, AuditTrail
 from gateway.detect.engine import Detection
 from gateway.detect.findings import FindingLog
+from gateway.enforce.enforcer import Enforcement
 from gateway.proxy.client_address import ClientAddressResolver
 from gateway.proxy.routing import Router
 from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
@@ -43,7 +47,12 @@ class GatewayState:
     findings: FindingLog = field(default_factory=lambda: FindingLog(None))
     revocations: Revocations = field(init=False)
     failed_logins: FailedLogins = field(init=False)
+    audit_counters: AuditCounters | None = None
+    audit_suffix: str = ""
+    transitions: Counter | None = None  # fairgate_enforcement_transitions_total{state}
+    audit: AuditTrail = field(init=False)
     detection: Detection = field(init=False)
+    enforcement: Enforcement = field(init=False)
 
     def __post_init__(self) -> None:
         self.revocations = Revocations(self.clock)
@@ -51,6 +60,11 @@ class GatewayState:
         store = self.store
         self.detection = Detection(store.sightings(), self.findings, self.clock,
                                    share=lambda entry, until: store.share("sanctions", entry, until))
+        self.audit = AuditTrail(self.clock, self.audit_counters, self.audit_suffix)
+        self.enforcement = Enforcement(store.sightings(), self.audit, self.clock,
+                                       share=lambda entry, until: store.share("standings", entry, until),
+                                       transitions=self.transitions)
+        self.findings.listeners.append(self.enforcement.on_finding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +115,8 @@ class Runtime:
             )
         # Detection state outlives reloads; a config without detectors simply stops consulting it.
         self.detection: Detection | None = state.detection if config.detection.enabled else None
+        # Consulted by the request path only when it enforces; shadow mode records, off does nothing.
+        self.enforcement: Enforcement | None = state.enforcement if config.enforcement.enabled else None
         self.router: Router[RouteTarget] = Router(
             [(route.host, route.path_prefix, self._target(route)) for route in config.routes]
         )
@@ -125,6 +141,8 @@ class Runtime:
     def build(cls, config: GatewayConfig, state: GatewayState, previous: "Runtime | None" = None) -> "Runtime":
         state.failed_logins.settings = config.auth.failed_logins
         state.detection.configure(config)
+        state.enforcement.configure(config.enforcement, config.state.key_prefix)
+        state.audit.configure(config.enforcement.audit)
         pools, gates = {}, {}
         max_priority = max((plan.priority for plan in config.plans.values()), default=0)
         for name, upstream in config.upstreams.items():

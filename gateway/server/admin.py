@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import signal
 from typing import Callable
@@ -12,6 +11,8 @@ from aiohttp import web
 
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.proxy.problems import problem_response
+from gateway.server.admin_requests import bad_request, json_object
+from gateway.server.customers_api import add_customer_routes
 from gateway.server.reloader import RuntimeHolder
 
 ADMIN_TOKEN_ENV = "FAIRGATE_ADMIN_TOKEN"
@@ -56,19 +57,16 @@ def build_admin_app(
     async def revoke(request: web.Request) -> web.Response:
         """{"issuer": NAME, "jti": ID[, "exp": EXP]} revokes one token; {"issuer": NAME, "user": ID}
         every token of that user issued until now."""
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict):
-            return _bad_request("The body must be a JSON object.")
+        body = await json_object(request)
+        if isinstance(body, web.Response):
+            return body
         issuer_name, token_id, user = body.get("issuer"), body.get("jti"), body.get("user")
         authenticator = runtimes.current.authenticator
         issuer = authenticator.verifier.issuer_named(issuer_name) if authenticator and isinstance(issuer_name, str) else None
         if issuer is None:
-            return _bad_request(f"Unknown issuer {issuer_name!r}.")
+            return bad_request(f"Unknown issuer {issuer_name!r}.")
         if (token_id is None) == (user is None) or not isinstance(token_id or user, str):
-            return _bad_request("Give exactly one of 'jti' or 'user', as a string.")
+            return bad_request("Give exactly one of 'jti' or 'user', as a string.")
         settings = issuer.settings
         revocations = runtimes.state.revocations
         now = runtimes.state.clock.time()
@@ -77,7 +75,7 @@ def build_admin_app(
             longest = now + settings.max_lifetime + settings.leeway
             exp = body.get("exp")
             if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
-                return _bad_request("'exp' must be a number (the token's expiry, seconds since the epoch).")
+                return bad_request("'exp' must be a number (the token's expiry, seconds since the epoch).")
             expires_at = min(float(exp) + settings.leeway, longest) if exp is not None else longest
             failed = await _share(runtimes, revocations.revoke_token(settings.name, token_id, expires_at))
             if failed is not None:
@@ -101,7 +99,7 @@ def build_admin_app(
             try:
                 since = float(query["since"])
             except ValueError:
-                return _bad_request("since: expected epoch seconds, e.g. 1795000000")
+                return bad_request("since: expected epoch seconds, e.g. 1795000000")
         found = runtimes.state.findings.recent(
             detector=query.get("detector"), subject=query.get("subject"), customer=query.get("customer"), since=since,
         )
@@ -114,6 +112,7 @@ def build_admin_app(
     app.router.add_post("/admin/reload", reload_endpoint)
     app.router.add_post("/admin/revocations", revoke)
     app.router.add_get("/admin/findings", findings)
+    add_customer_routes(app, runtimes)
     return app
 
 
@@ -127,10 +126,6 @@ async def _share(runtimes: RuntimeHolder, entry: dict) -> web.Response | None:
             "Revoked on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
         )
     return None
-
-
-def _bad_request(detail: str) -> web.Response:
-    return problem_response(400, "bad-request", "Bad Request", detail)
 
 
 def _require_token(token: str | None):

@@ -20,6 +20,7 @@ from gateway.proxy.runtime import GatewayState, Runtime
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.listener import make_proxy_server
 from gateway.server.reloader import ConfigTransform, RuntimeHolder
+from gateway.audit.trail import AuditCounters
 from gateway.detect.findings import FindingLog
 from gateway.state.factory import open_store
 
@@ -37,6 +38,7 @@ class ServeOptions:
     clock: Clock = SYSTEM_CLOCK
     # How delay-mode limits hold a request; tests record instead of waiting.
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    audit_suffix: str = ""  # added to the audit file's name (workers each write their own)
 
 
 class GatewayServer:
@@ -50,6 +52,9 @@ class GatewayServer:
             store=open_store(config.state, options.clock, self.metrics),
             clock=options.clock,
             findings=FindingLog(self.metrics.findings),
+            audit_counters=AuditCounters(self.metrics.audit_written, self.metrics.audit_dropped),
+            audit_suffix=options.audit_suffix,
+            transitions=self.metrics.transitions,
         )
         self.metrics.watch_detection(self.state.detection)
         self.metrics.registry.register(self.state.limit_stats)
@@ -102,7 +107,8 @@ class GatewayServer:
             raise
         self._ready = True
         loop = asyncio.get_running_loop()
-        self._background = [loop.create_task(self._sync_shared()), loop.create_task(self.state.detection.run())]
+        self._background = [loop.create_task(task) for task in (
+            self._sync_shared(), self.state.detection.run(), self.state.enforcement.run(), self.state.audit.run())]
         host, port = self.proxy_address
         admin_host, admin_port = self.admin_address
         log.info("fairgate listening", extra={
@@ -110,7 +116,8 @@ class GatewayServer:
         })
 
     async def _sync_shared(self) -> None:
-        """Merge the fleet's revocations and sanctions every second (only a shared store has any)."""
+        """Merge the fleet's revocations, sanctions and standings every second (only a shared store
+        has any)."""
         store, state = self.state.store, self.state
         while True:
             try:
@@ -120,6 +127,7 @@ class GatewayServer:
                     return  # a store of one process: nothing to merge, ever
                 state.revocations.sync_from(revocations)
                 state.detection.sanctions.sync_from(await store.shared("sanctions", now) or [])
+                state.enforcement.standings.sync_from(await store.shared("standings", now) or [])
             except Exception as exc:
                 log.debug("fleet sync failed", extra={"error": str(exc)})
             await asyncio.sleep(SHARED_SYNC_SECONDS)
@@ -133,10 +141,12 @@ class GatewayServer:
         # aiohttp closes idle keep-alive connections and waits for running handlers.
         await self._proxy.cleanup()
         await self.state.detection.drain()  # findings of the last requests are not lost
+        await self.state.enforcement.drain()
         runtime = self.runtimes.current
         if runtime.limiter is not None:
             await runtime.limiter.drain()
         await runtime.close_unused(None)
+        await self.state.audit.drain()  # after everything that records events
         await self.state.store.close()
         await self._admin.cleanup()
         log.info("stopped")

@@ -1,0 +1,70 @@
+"""The `enforcement` section: what violations lead to (warn -> throttle -> suspend) and the
+audit trail that records every step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from gateway.config.types import Duration, Section
+
+VIOLATION_KINDS = ("limit", "sharing", "scraping", "seats")
+
+
+def _known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = sorted(set(kinds) - set(VIOLATION_KINDS))
+    if unknown:
+        raise ValueError(f"unknown violation kind(s) {', '.join(unknown)}; expected some of {', '.join(VIOLATION_KINDS)}")
+    return kinds
+
+
+class Ladder(Section):
+    """ok -> warned -> throttled -> suspended, per customer (and per user for a user's findings).
+    Counts cover a sliding window, so they decay; every term ends by itself."""
+
+    window: Duration = Field(3600.0, description="Violations are counted over this sliding window.")
+    warn_at: int = Field(3, ge=1, description="Violations within the window that put a subject in `warned`.")
+    warn_for: Duration = Field(3600.0, description="How long `warned` lasts after the violation that caused it.")
+    throttle_at: int = Field(10, ge=1, description="Violations within the window that put a subject in `throttled`.")
+    throttle_factor: float = Field(0.5, gt=0, lt=1, description="Throttled: every rate limit of the plan times this.")
+    throttle_for: Duration = Field(3600.0, description="Length of a throttle.")
+    suspend_after_throttles: int = Field(3, ge=1, description="Throttles within `throttles_within` that suspend.")
+    throttles_within: Duration = Field(7 * 86400.0, description="Window over which throttles are counted.")
+    suspend_for: Duration = Field(86400.0, description="Length of a first suspension; each repeat doubles it.")
+    max_suspension: Duration = Field(7 * 86400.0, description="Longest suspension, however often repeated.")
+    egregious: Annotated[tuple[str, ...], AfterValidator(_known_kinds)] = Field(
+        (), description="Violation kinds that suspend at once: limit, sharing, scraping, seats.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Ladder":
+        if self.throttle_at < self.warn_at:
+            raise ValueError(f"throttle_at ({self.throttle_at}) must be at least warn_at ({self.warn_at})")
+        if self.max_suspension < self.suspend_for:
+            raise ValueError("max_suspension must be at least suspend_for")
+        return self
+
+
+class AuditSettings(Section):
+    """Every violation, state change, finding and admin action, as hash-chained JSON Lines."""
+
+    path: Path | None = Field(None, description="Append-only JSON Lines file; unset: no audit file.")
+    flush_interval: Duration = Field(1.0, description="Events are written this often (a crash loses at most this "
+                                                      "much); a graceful shutdown writes them all.")
+    queue_size: int = Field(100_000, ge=100, description="Events waiting to be written at most; beyond it events "
+                                                         "are dropped, counted and logged.")
+    keep: int = Field(10_000, ge=100, description="Recent events kept in memory for the admin API.")
+
+
+class EnforcementSettings(Section):
+    mode: Literal["enforce", "shadow", "off"] = Field(
+        "off", description="enforce: warn, throttle, suspend; shadow: record decisions, apply none; off.")
+    policy: str = Field("fair-use policy", description="The policy named in Fair-Use-Warning and refusals (a URL "
+                                                       "or a title).")
+    ladder: Ladder = Ladder()
+    audit: AuditSettings = AuditSettings()
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"

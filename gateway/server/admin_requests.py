@@ -1,0 +1,26 @@
+"""What every admin endpoint needs from a request: its JSON object, or a 400 saying why not."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from gateway.proxy.problems import problem_response
+
+
+async def json_object(request: web.Request) -> dict | web.Response:
+    """The request's JSON object (an empty body is an empty object), or a 400 problem."""
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return bad_request("The body must be a JSON object.")
+    return body
+
+
+def bad_request(detail: str) -> web.Response:
+    return problem_response(400, "bad-request", "Bad Request", detail)

@@ -1,0 +1,98 @@
+"""Admin API for account managers: customers with their plan and standing, the audit events,
+and the actions that change a standing (reinstate, suspend)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config.units import parse_duration
+from gateway.enforce.ladder import OK, SEVERITY, Standing
+from gateway.server.admin_requests import bad_request, json_object
+from gateway.server.reloader import RuntimeHolder
+
+
+def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
+    state = runtimes.state
+
+    def plan_of(customer: str) -> str | None:
+        config = runtimes.current.config
+        entry = config.customers.get(customer)
+        return entry.plan if entry is not None else config.limits.default_plan
+
+    def view(customer: str, *, full: bool) -> dict[str, Any]:
+        now = state.clock.time()
+        standings = state.enforcement.standings.subjects_of(customer)
+        in_force = [s for s in standings if s.in_force(now)]
+        strictest = max(in_force, key=lambda s: SEVERITY[s.state], default=None)
+        data: dict[str, Any] = {
+            "id": customer,
+            "plan": plan_of(customer),
+            "state": strictest.state if strictest is not None else OK,
+            "until": strictest.until if strictest is not None else None,
+            "reason": strictest.reason if strictest is not None else None,
+        }
+        if full:
+            data["standings"] = [s.as_entry() for s in standings]
+            data["findings"] = [f.as_json() for f in state.findings.recent(customer=customer)[-50:]]
+            data["events"] = state.audit.recent(customer=customer)[-100:]
+        return data
+
+    async def list_customers(_: web.Request) -> web.Response:
+        known = set(runtimes.current.config.customers)
+        known |= {s.subject.split(":", 1)[1].split("/", 1)[0] for s in state.enforcement.standings.all_latest()}
+        known |= {f.customer for f in state.findings.recent() if f.customer is not None}
+        return web.json_response({"customers": [view(customer, full=False) for customer in sorted(known)]})
+
+    async def get_customer(request: web.Request) -> web.Response:
+        return web.json_response(view(request.match_info["id"], full=True))
+
+    async def reinstate(request: web.Request) -> web.Response:
+        body = await json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        customer = request.match_info["id"]
+        by, note = body.get("by", "admin"), body.get("note")
+        if not isinstance(by, str) or (note is not None and not isinstance(note, str)):
+            return bad_request("'by' and 'note' must be strings.")
+        cleared = state.enforcement.reinstate(customer, by=by, note=note)
+        state.audit.record("admin_action", action="reinstate", customer=customer, by=by, note=note)
+        return web.json_response({"reinstated": customer, "standings": [s.as_entry() for s in cleared]})
+
+    async def suspend(request: web.Request) -> web.Response:
+        body = await json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        customer = request.match_info["id"]
+        by, reason = body.get("by", "admin"), body.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            return bad_request("'reason' is required: it is shown to the customer.")
+        try:
+            seconds = parse_duration(body.get("for", "24h"))
+        except ValueError as exc:
+            return bad_request(f"for: {exc}")
+        if not isinstance(by, str) or seconds <= 0:
+            return bad_request("'by' must be a string and 'for' a positive duration.")
+        standing: Standing = state.enforcement.suspend(customer, seconds, reason, by=by)
+        state.audit.record("admin_action", action="suspend", customer=customer, by=by, reason=reason,
+                           until=standing.until)
+        return web.json_response({"suspended": customer, "standing": standing.as_entry()}, status=201)
+
+    async def events(request: web.Request) -> web.Response:
+        """Recent audit events, oldest first; filters: customer, kind, since (epoch seconds)."""
+        query = request.query
+        since = None
+        if "since" in query:
+            try:
+                since = float(query["since"])
+            except ValueError:
+                return bad_request("since: expected epoch seconds, e.g. 1795000000")
+        found = state.audit.recent(customer=query.get("customer"), kind=query.get("kind"), since=since)
+        return web.json_response({"events": found})
+
+    app.router.add_get("/admin/customers", list_customers)
+    app.router.add_get("/admin/customers/{id}", get_customer)
+    app.router.add_post("/admin/customers/{id}/reinstate", reinstate)
+    app.router.add_post("/admin/customers/{id}/suspend", suspend)
+    app.router.add_get("/admin/events", events)
