@@ -49,6 +49,18 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(command=_check_config)
 
+    usage = sub.add_parser(
+        "usage", help="monthly usage report",
+        description="Usage per customer in a month against its plan's quotas, overage marked; read from a "
+                    "running gateway's admin API (with a shared store, any gateway reports the whole fleet).",
+    )
+    usage.add_argument("--month", required=True, type=_month, metavar="YYYY-MM", help="e.g. 2026-11")
+    usage.add_argument("--customer", metavar="ID", help="one customer only")
+    usage.add_argument("--format", choices=("table", "csv", "json"), default="table", help="default: table")
+    usage.add_argument("--admin", default="http://127.0.0.1:8081", metavar="URL",
+                       help="the admin listener (default http://127.0.0.1:8081); token from FAIRGATE_ADMIN_TOKEN")
+    usage.set_defaults(command=_usage)
+
     audit = sub.add_parser("audit", help="audit trail tools", description="Audit trail tools.")
     audit_sub = audit.add_subparsers(required=True, metavar="ACTION")
     verify = audit_sub.add_parser(
@@ -156,6 +168,41 @@ def _overrides(args: argparse.Namespace) -> Callable[[GatewayConfig], GatewayCon
     return apply
 
 
+def _usage(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from gateway.server.admin import ADMIN_TOKEN_ENV
+    from gateway.usage.report import as_csv, as_table
+
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if not token:
+        print(f"fairgate usage: set {ADMIN_TOKEN_ENV} to the admin API token", file=sys.stderr)
+        return 2
+    query = urllib.parse.urlencode({"month": args.month, **({"customer": args.customer} if args.customer else {})})
+    request = urllib.request.Request(f"{args.admin.rstrip('/')}/admin/usage?{query}",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            report = json.load(response)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        print(f"fairgate usage: the admin API answered {exc.code}: {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"fairgate usage: cannot reach {args.admin}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    rows = report["customers"]
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    elif args.format == "csv":
+        sys.stdout.write(as_csv(rows))
+    else:
+        sys.stdout.write(as_table(rows) if rows else f"no usage in {args.month}\n")
+    return 0
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -171,6 +218,14 @@ def _audit_verify(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.file}: line {verdict.broken_at}: {verdict.problem} ({verdict.lines} events before it verified)")
     return 1
+
+
+def _month(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM such as 2026-11, got {value!r}")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:

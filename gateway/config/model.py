@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field
 from gateway.config.auth import AuthSettings
 from gateway.config.detection import DetectionSettings, RouteClass
 from gateway.config.enforcement import EnforcementSettings
+from gateway.config.usage import UsageSettings
 from gateway.config.limits import Customers, LimitSettings, Plans, StateSettings
 from gateway.config.types import Duration, HostPort, Network, Section, Size, frozen_mapping
 
@@ -130,5 +131,6 @@ class GatewayConfig(Section):
     state: StateSettings = StateSettings()
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     enforcement: EnforcementSettings = EnforcementSettings()
+    usage: UsageSettings = UsageSettings()
     upstreams: Annotated[dict[str, Upstream], AfterValidator(frozen_mapping)] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)

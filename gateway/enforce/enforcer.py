@@ -32,6 +32,7 @@ log = logging.getLogger("fairgate.enforce")
 REPEATS_REMEMBERED = 90 * 86400.0
 _FLUSH_SECONDS = 0.1
 _QUEUE_LIMIT = 100_000
+_REPUBLISH_SECONDS = 60.0
 
 Share = Callable[[dict, float], Awaitable[None]]
 
@@ -62,6 +63,7 @@ class Enforcement:
         self._ids = itertools.count()
         self._origin = f"{os.getpid()}-{os.urandom(3).hex()}"  # makes violation ids unique across a fleet
         self._tasks: set[asyncio.Task] = set()
+        self._published: dict[str, float] = {}  # subject -> the `until` last shared with the fleet
         self._judging = asyncio.Lock()
 
     def configure(self, settings: EnforcementSettings, key_prefix: str) -> None:
@@ -188,8 +190,9 @@ class Enforcement:
               note: str | None = None) -> None:
         now = self._clock.time()
         was = previous.state if previous is not None and previous.in_force(now) else OK
+        changed = was != standing.state or by != "ladder"
         self.standings.apply(standing)
-        if was != standing.state or by != "ladder":
+        if changed:
             if self._transitions is not None:
                 self._transitions.labels(standing.state).inc()
             self._audit.record("state_change", subject=standing.subject, customer=customer, previous=was,
@@ -198,21 +201,40 @@ class Enforcement:
             log.warning("fair-use standing changed", extra={
                 "subject": standing.subject, "previous": was, "state": standing.state, "until": _iso(standing.until),
                 "reason": standing.reason, "by": by})
-        self._publish(standing)
+        if by == "ladder":
+            self._publish(standing, changed)
 
-    def _publish(self, standing: Standing) -> None:
+    def _publish(self, standing: Standing, changed: bool) -> None:
         if self._share is None:
             return
-        # An ok decision is kept long enough to override older ones still in other gateways.
-        keep = max(standing.until, standing.since + self.settings.ladder.window)
-        task = asyncio.get_running_loop().create_task(self._share(standing.as_entry(), keep))
+        # A warning extended by every batch of violations is shared at most once a minute, so
+        # the fleet's set of standings stays small however hard a customer keeps violating.
+        if not changed and standing.until - self._published.get(standing.subject, 0.0) < _REPUBLISH_SECONDS:
+            return
+        if len(self._published) >= 100_000:
+            self._published.clear()
+        self._published[standing.subject] = standing.until
+        task = asyncio.get_running_loop().create_task(self._share_logged(standing))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _share_logged(self, standing: Standing) -> None:
+        try:
+            await self.share(standing)
+        except Exception as exc:  # this gateway enforces it; the fleet learns of the next decision
+            log.warning("sharing a standing failed", extra={"subject": standing.subject, "error": str(exc)})
+
+    async def share(self, standing: Standing) -> None:
+        """Write a standing to the fleet's store (a no-op for a store of one process); raises on failure."""
+        if self._share is not None:
+            # An ok decision is kept long enough to override older ones still in other gateways.
+            await self._share(standing.as_entry(), max(standing.until, standing.since + self.settings.ladder.window))
 
     # -- admin actions ---------------------------------------------------------------------
 
     def reinstate(self, customer: str, by: str, note: str | None = None) -> list[Standing]:
-        """Clear the customer's and its users' standings now; their counts start afresh."""
+        """Clear the customer's and its users' standings now; their counts start afresh. The
+        caller shares the returned standings with the fleet."""
         now = self._clock.time()
         subjects = {s.subject for s in self.standings.subjects_of(customer)} | {customer_subject(customer)}
         cleared = []
@@ -223,6 +245,7 @@ class Enforcement:
         return cleared
 
     def suspend(self, customer: str, seconds: float, reason: str, by: str) -> Standing:
+        """Suspend a customer now; the caller shares the returned standing with the fleet."""
         now = self._clock.time()
         subject = customer_subject(customer)
         standing = Standing(subject, SUSPENDED, now, now + seconds, reason, counts_from=now, by=by)

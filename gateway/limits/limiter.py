@@ -5,13 +5,13 @@ slots and add measured usage, off the request path."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import math
 from collections import defaultdict
 from dataclasses import replace
 
 from gateway.auth.identity import Identity
+from gateway.calendar import Calendar
 from gateway.clock import Clock
 from gateway.config import Route
 from gateway.limits.policy import CONCURRENCY, RATE, CompiledLimit, EffectiveLimits, PlanBook
@@ -84,7 +84,7 @@ class Limiter:
         self._prefix = key_prefix
         self._ratelimit_headers = ratelimit_headers
         self._legacy_headers = legacy_headers
-        self._periods: dict[str, tuple[float, str, float]] = {}  # period -> (valid until, bucket id, end)
+        self._calendar = Calendar(book.zone)
         self._templates: dict[tuple, Template] = {}
         self._pending_slots: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._pending_usage: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
@@ -144,7 +144,7 @@ class Limiter:
             elif limit.kind == CONCURRENCY:
                 check = Check(st.CONCURRENCY, key, shadow, max=limit.max, lease=_SLOT_LEASE)
             else:
-                bucket, period_end = self._period(limit.period, now)
+                bucket, period_end = self._calendar.period(limit.period, now)
                 valid_until = min(valid_until, period_end)
                 key = f"{key}:{bucket}"
                 if limit.metric != "requests":
@@ -240,24 +240,6 @@ class Limiter:
             self._flush()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-
-    def _period(self, period: str, now: float) -> tuple[str, float]:
-        cached = self._periods.get(period)
-        if cached is not None and now < cached[0]:
-            return cached[1], cached[2]
-        local = dt.datetime.fromtimestamp(now, self.book.zone)
-        if period == "day":
-            start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-            bucket = start.strftime("%Y-%m-%d")
-            end_local = (start + dt.timedelta(days=1)).replace(tzinfo=None)
-        else:
-            start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-            bucket = start.strftime("%Y-%m")
-            end_local = (start.replace(year=start.year + 1, month=1) if start.month == 12
-                         else start.replace(month=start.month + 1)).replace(tzinfo=None)
-        end = end_local.replace(tzinfo=self.book.zone).timestamp()  # the zone's offset at the end, not the start
-        self._periods[period] = (end, bucket, end)
-        return bucket, end
 
 
 def _ratelimit_item(limit: CompiledLimit, outcome: Outcome) -> str:

@@ -51,12 +51,13 @@ class BodyTooLarge(Exception):
 
 
 class Meter:
-    """What one request used: bytes both ways and the upstream's time."""
+    """What one request used: body bytes each way and the upstream's time."""
 
-    __slots__ = ("bytes", "upstream_started", "upstream_seconds", "status", "body_digest", "wants_digest")
+    __slots__ = ("bytes", "bytes_in", "upstream_started", "upstream_seconds", "status", "body_digest", "wants_digest")
 
     def __init__(self, wants_digest: bool = False) -> None:
-        self.bytes = 0
+        self.bytes = 0  # both ways: what byte quotas count
+        self.bytes_in = 0  # the request body alone
         self.upstream_started = 0.0
         self.upstream_seconds = 0.0
         self.status = 0  # the upstream's answer, once it came
@@ -129,6 +130,11 @@ class ProxyHandler:
         headers: Mapping[str, str] | None = None, extra: Mapping | None = None, type_uri: str | None = None,
     ) -> web.Response:
         self._metrics.rejections.labels(slug).inc()
+        identity = request.get(IDENTITY)
+        if identity is not None:
+            usage = self._runtimes.current.usage
+            if usage is not None:
+                usage.rejected(identity.customer, slug)
         request_id = request[REQUEST_ID]
         return problem_response(
             status, slug, title, detail,
@@ -223,6 +229,9 @@ class ProxyHandler:
                 gate.leave()
             if runtime.limiter is not None:
                 runtime.limiter.finish(admission, meter.bytes, meter.upstream_seconds)
+            if meter.status and identity is not None and runtime.usage is not None:
+                runtime.usage.forwarded(identity.customer, route.cost, meter.bytes_in, meter.bytes - meter.bytes_in,
+                                        meter.upstream_seconds)
             if observed and meter.status:
                 detection.observe_request(route.route_class, identity, client_ip,  # type: ignore[union-attr]
                                           request.method, request.raw_path,
@@ -275,6 +284,7 @@ class ProxyHandler:
             body = await request.read() if length <= _BUFFER_LIMIT else _limited_body(request, route.max_body, meter)
             if isinstance(body, bytes):
                 meter.bytes += length
+                meter.bytes_in += length
                 if meter.wants_digest:
                     meter.body_digest = hashlib.blake2b(body, digest_size=8).digest()
             lines.append(b"Content-Length: %d\r\n" % length)
@@ -376,4 +386,5 @@ async def _limited_body(request: BaseRequest, limit: int, meter: Meter) -> Async
         if received > limit:
             raise BodyTooLarge()
         meter.bytes += len(chunk)
+        meter.bytes_in += len(chunk)
         yield chunk

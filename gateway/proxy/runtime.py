@@ -8,6 +8,7 @@ long-lived state (revocations, failed logins) lives in GatewayState, outside any
 
 from __future__ import annotations
 
+import zoneinfo
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter
@@ -17,12 +18,13 @@ from gateway.auth.failed_logins import FailedLogins
 from gateway.auth.keys import JwksFetcher, KeySource, StaticKeys
 from gateway.auth.revocations import Revocations
 from gateway.auth.verifier import IssuerVerifier, TokenVerifier
+from gateway.calendar import Calendar
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig, Route, Upstream
 from gateway.config.auth import FailedLoginLimit
 from gateway.audit.trail import AuditCounters, AuditTrail
 from gateway.detect.engine import Detection
-from gateway.detect.findings import FindingLog
+from gateway.detect.findings import Finding, FindingLog
 from gateway.enforce.enforcer import Enforcement
 from gateway.proxy.client_address import ClientAddressResolver
 from gateway.proxy.routing import Router
@@ -34,6 +36,7 @@ from gateway.limits.stats import LimitStats
 from gateway.state.memory import MemoryStore
 from gateway.state.store import StateStore
 from gateway.upstream import UpstreamPool
+from gateway.usage.meter import UsageMeter
 
 
 @dataclass
@@ -53,6 +56,7 @@ class GatewayState:
     audit: AuditTrail = field(init=False)
     detection: Detection = field(init=False)
     enforcement: Enforcement = field(init=False)
+    usage: UsageMeter = field(init=False)
 
     def __post_init__(self) -> None:
         self.revocations = Revocations(self.clock)
@@ -64,7 +68,13 @@ class GatewayState:
         self.enforcement = Enforcement(store.sightings(), self.audit, self.clock,
                                        share=lambda entry, until: store.share("standings", entry, until),
                                        transitions=self.transitions)
+        self.usage = UsageMeter(store, self.clock, Calendar(zoneinfo.ZoneInfo("UTC")))
         self.findings.listeners.append(self.enforcement.on_finding)
+        self.findings.listeners.append(self._meter_finding)
+
+    def _meter_finding(self, finding: Finding) -> None:
+        if finding.customer is not None:
+            self.usage.finding(finding.customer, finding.detector)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +127,7 @@ class Runtime:
         self.detection: Detection | None = state.detection if config.detection.enabled else None
         # Consulted by the request path only when it enforces; shadow mode records, off does nothing.
         self.enforcement: Enforcement | None = state.enforcement if config.enforcement.enabled else None
+        self.usage: UsageMeter | None = state.usage if config.usage.enabled else None
         self.router: Router[RouteTarget] = Router(
             [(route.host, route.path_prefix, self._target(route)) for route in config.routes]
         )
@@ -143,6 +154,9 @@ class Runtime:
         state.detection.configure(config)
         state.enforcement.configure(config.enforcement, config.state.key_prefix)
         state.audit.configure(config.enforcement.audit)
+        zone = zoneinfo.ZoneInfo(config.limits.time_zone)
+        calendar = state.usage.calendar if state.usage.calendar.zone == zone else Calendar(zone)
+        state.usage.configure(config.usage, calendar, config.state.key_prefix)
         pools, gates = {}, {}
         max_priority = max((plan.priority for plan in config.plans.values()), default=0)
         for name, upstream in config.upstreams.items():

@@ -1,5 +1,5 @@
-"""Admin API for account managers: customers with their plan and standing, the audit events,
-and the actions that change a standing (reinstate, suspend)."""
+"""Admin API for account managers: customers with their plan, standing and usage, the audit
+events, the monthly usage report, and the actions that change a standing (reinstate, suspend)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.calendar import month_bounds
 from gateway.config.units import parse_duration
 from gateway.enforce.ladder import OK, SEVERITY, Standing
+from gateway.proxy.problems import problem_response
 from gateway.server.admin_requests import bad_request, json_object
 from gateway.server.reloader import RuntimeHolder
+from gateway.usage.report import build_report
 
 
 def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
@@ -21,7 +24,12 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         entry = config.customers.get(customer)
         return entry.plan if entry is not None else config.limits.default_plan
 
-    def view(customer: str, *, full: bool) -> dict[str, Any]:
+    async def month_report(month: str, customer: str | None) -> list[dict[str, Any]]:
+        await state.usage.flush()  # this gateway's latest too
+        stored = await state.usage.month(month)
+        return build_report(month, stored, runtimes.current.config, customer)
+
+    def view(customer: str, *, full: bool, usage: dict | None = None) -> dict[str, Any]:
         now = state.clock.time()
         standings = state.enforcement.standings.subjects_of(customer)
         in_force = [s for s in standings if s.in_force(now)]
@@ -35,9 +43,22 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         }
         if full:
             data["standings"] = [s.as_entry() for s in standings]
+            data["usage"] = usage
             data["findings"] = [f.as_json() for f in state.findings.recent(customer=customer)[-50:]]
             data["events"] = state.audit.recent(customer=customer)[-100:]
         return data
+
+    async def share(standings: list[Standing]) -> web.Response | None:
+        """Reach the fleet before answering; a 503 problem if the shared store cannot be written."""
+        try:
+            for standing in standings:
+                await state.enforcement.share(standing)
+        except Exception:
+            return problem_response(
+                503, "state-unavailable", "Service Unavailable",
+                "Applied on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
+            )
+        return None
 
     async def list_customers(_: web.Request) -> web.Response:
         known = set(runtimes.current.config.customers)
@@ -46,7 +67,19 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         return web.json_response({"customers": [view(customer, full=False) for customer in sorted(known)]})
 
     async def get_customer(request: web.Request) -> web.Response:
-        return web.json_response(view(request.match_info["id"], full=True))
+        customer = request.match_info["id"]
+        month, _ = state.usage.calendar.period("month", state.clock.time())
+        rows = await month_report(month, customer)
+        return web.json_response(view(customer, full=True, usage=rows[0] if rows else None))
+
+    async def usage(request: web.Request) -> web.Response:
+        """Usage per customer in a month against its plan's quotas: ?month=YYYY-MM[&customer=ID]."""
+        month = request.query.get("month") or state.usage.calendar.period("month", state.clock.time())[0]
+        try:
+            month_bounds(state.usage.calendar.zone, month)
+        except ValueError:
+            return bad_request(f"month: expected YYYY-MM such as 2026-11, got {month!r}")
+        return web.json_response({"month": month, "customers": await month_report(month, request.query.get("customer"))})
 
     async def reinstate(request: web.Request) -> web.Response:
         body = await json_object(request)
@@ -58,7 +91,8 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
             return bad_request("'by' and 'note' must be strings.")
         cleared = state.enforcement.reinstate(customer, by=by, note=note)
         state.audit.record("admin_action", action="reinstate", customer=customer, by=by, note=note)
-        return web.json_response({"reinstated": customer, "standings": [s.as_entry() for s in cleared]})
+        failed = await share(cleared)
+        return failed or web.json_response({"reinstated": customer, "standings": [s.as_entry() for s in cleared]})
 
     async def suspend(request: web.Request) -> web.Response:
         body = await json_object(request)
@@ -77,7 +111,8 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         standing: Standing = state.enforcement.suspend(customer, seconds, reason, by=by)
         state.audit.record("admin_action", action="suspend", customer=customer, by=by, reason=reason,
                            until=standing.until)
-        return web.json_response({"suspended": customer, "standing": standing.as_entry()}, status=201)
+        failed = await share([standing])
+        return failed or web.json_response({"suspended": customer, "standing": standing.as_entry()}, status=201)
 
     async def events(request: web.Request) -> web.Response:
         """Recent audit events, oldest first; filters: customer, kind, since (epoch seconds)."""
@@ -96,3 +131,4 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
     app.router.add_post("/admin/customers/{id}/reinstate", reinstate)
     app.router.add_post("/admin/customers/{id}/suspend", suspend)
     app.router.add_get("/admin/events", events)
+    app.router.add_get("/admin/usage", usage)

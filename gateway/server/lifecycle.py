@@ -108,7 +108,8 @@ class GatewayServer:
         self._ready = True
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(task) for task in (
-            self._sync_shared(), self.state.detection.run(), self.state.enforcement.run(), self.state.audit.run())]
+            self._sync_shared(), self.state.detection.run(), self.state.enforcement.run(), self.state.audit.run(),
+            self.state.usage.run())]
         host, port = self.proxy_address
         admin_host, admin_port = self.admin_address
         log.info("fairgate listening", extra={
@@ -146,6 +147,7 @@ class GatewayServer:
         if runtime.limiter is not None:
             await runtime.limiter.drain()
         await runtime.close_unused(None)
+        await self.state.usage.flush()
         await self.state.audit.drain()  # after everything that records events
         await self.state.store.close()
         await self._admin.cleanup()

@@ -16,6 +16,7 @@ class MemoryStore(StateStore):
         self._tats: dict[str, float] = {}  # rate: theoretical arrival time (full bucket once past)
         self._slots: dict[str, tuple[dict[str, bool], float]] = {}  # concurrency: tokens, lease end
         self._used: dict[str, tuple[float, float]] = {}  # quota: used, period end
+        self._counters: dict[str, tuple[dict[str, dict[str, float]], float]] = {}  # index -> (sets, expiry)
 
     def __len__(self) -> int:
         return len(self._tats) + len(self._slots) + len(self._used)
@@ -82,6 +83,27 @@ class MemoryStore(StateStore):
             entry = self._used.get(key)
             used = entry[0] if entry is not None and entry[1] == expires_at else 0.0
             _put(self._used, key, (used + amount, expires_at), self._max_keys)
+
+    async def add_counters(self, index: str, counters: dict[str, dict[str, float]], expires_at: float) -> None:
+        entry = self._counters.get(index)
+        if entry is None:
+            # A new period: the ones that expired go (usage keeps a bounded number of months).
+            for old in [key for key, (_, expiry) in self._counters.items() if expiry <= expires_at - _RETENTION]:
+                del self._counters[old]
+            entry = self._counters[index] = ({}, expires_at)
+        sets = entry[0]
+        for name, amounts in counters.items():
+            fields = sets.setdefault(name, {})
+            for field, amount in amounts.items():
+                fields[field] = fields.get(field, 0.0) + amount
+
+    async def read_counters(self, index: str) -> dict[str, dict[str, float]]:
+        entry = self._counters.get(index)
+        return {name: dict(fields) for name, fields in entry[0].items()} if entry is not None else {}
+
+
+# Counter sets whose period ended this long before a new one starts are dropped.
+_RETENTION = 400 * 86400.0
 
 
 def _put(table: dict, key: str, value: object, max_keys: int) -> None:

@@ -276,9 +276,13 @@ class RedisStore(StateStore):
 
         await self._write(commands)
 
-    async def _write(self, build) -> None:
+    async def _write(self, build, *, must: bool = False) -> None:
+        """Run a pipeline of writes; failures are logged, or raised as StoreUnavailable if `must`
+        (the caller keeps what it could not write and tries again)."""
         if not self.breaker.allow():
-            return  # concurrency leases expire by themselves; usage is lost only while Redis is down
+            if must:
+                raise StoreUnavailable("state store circuit open")
+            return  # concurrency leases expire by themselves; quota usage is lost only while Redis is down
         try:
             # All keys of one call share the caller's hash tag, so this is one slot on a Cluster.
             pipe = self._client.pipeline(transaction=False)
@@ -287,8 +291,37 @@ class RedisStore(StateStore):
         except (redis_errors.RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failed(StoreUnavailable(str(exc)))
             log.warning("state store write failed", extra={"error": str(exc) or type(exc).__name__})
+            if must:
+                raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
             return
         self.breaker.succeeded()
+
+    # -- counters (usage) -----------------------------------------------------------------
+
+    async def add_counters(self, index: str, counters: dict[str, dict[str, float]], expires_at: float) -> None:
+        expire_ms = int(expires_at * 1000)
+
+        def commands(pipe) -> None:
+            # The index carries the period's hash tag and every set's key starts with it: one slot.
+            pipe.sadd(index, *counters)
+            pipe.pexpireat(index, expire_ms)
+            for name, amounts in counters.items():
+                key = f"{index}:{name}"
+                for field, amount in amounts.items():
+                    pipe.hincrbyfloat(key, field, amount)
+                pipe.pexpireat(key, expire_ms)
+
+        if counters:
+            await self._write(commands, must=True)
+
+    async def read_counters(self, index: str) -> dict[str, dict[str, float]]:
+        names = sorted(member.decode() for member in await self._client.smembers(index))
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(f"{index}:{name}")
+        sets = await pipe.execute() if names else []
+        return {name: {field.decode(): float(value) for field, value in fields.items()}
+                for name, fields in zip(names, sets)}
 
     # -- entries shared by the fleet (revocations, sanctions) ------------------------------
 

@@ -70,6 +70,15 @@ class StateStore(ABC):
     async def add_usage(self, tag: str, usage: list[tuple[str, float, float]]) -> None:
         """Add measured usage to quotas after a response: (key, amount, period end)."""
 
+    @abstractmethod
+    async def add_counters(self, index: str, counters: dict[str, dict[str, float]], expires_at: float) -> None:
+        """Add amounts to named counter sets, {name: {field: amount}}, listed under `index`
+        (usage: one index per month, one set per customer); all expire at `expires_at`."""
+
+    @abstractmethod
+    async def read_counters(self, index: str) -> dict[str, dict[str, float]]:
+        """Every counter set listed under `index`."""
+
     async def share(self, topic: str, entry: dict, until: float) -> None:
         """Make an entry (a revocation, a sanction) visible to the whole fleet until `until`; a
         no-op for a store of one process."""

@@ -1,0 +1,89 @@
+"""Usage metering: what each customer used per day (requests forwarded and their cost units, body bytes in and out,
+upstream seconds, the gateway's rejections by reason, findings by detector). The request path
+adds to a dictionary; the sums go to the state store every flush interval, so a fleet on Redis
+meters together. What the store could not take is kept and sent again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from gateway.calendar import Calendar, month_bounds
+from gateway.clock import Clock
+from gateway.config.usage import UsageSettings
+from gateway.state.store import StateStore, StoreUnavailable
+
+log = logging.getLogger("fairgate.usage")
+
+Amounts = dict[str, float]  # "21:requests" -> 12.0: day of the month, then the metric
+
+
+class UsageMeter:
+    def __init__(self, store: StateStore, clock: Clock, calendar: Calendar) -> None:
+        self._store = store
+        self._clock = clock
+        self.calendar = calendar
+        self.settings = UsageSettings()
+        self._prefix = "fairgate"
+        # (month, customer) -> amounts not yet in the store
+        self._pending: dict[tuple[str, str], Amounts] = defaultdict(lambda: defaultdict(float))
+        self._flushing = asyncio.Lock()
+
+    def configure(self, settings: UsageSettings, calendar: Calendar, key_prefix: str) -> None:
+        self.settings = settings
+        self.calendar = calendar
+        self._prefix = key_prefix
+
+    def forwarded(self, customer: str, units: int, bytes_in: int, bytes_out: int, upstream_seconds: float) -> None:
+        """A request the upstream answered; `units` is its route's cost (what request quotas count)."""
+        amounts, day = self._amounts(customer)
+        amounts[f"{day}:requests"] += 1
+        amounts[f"{day}:units"] += units
+        amounts[f"{day}:bytes_in"] += bytes_in
+        amounts[f"{day}:bytes_out"] += bytes_out
+        amounts[f"{day}:upstream_seconds"] += upstream_seconds
+
+    def rejected(self, customer: str, reason: str) -> None:
+        amounts, day = self._amounts(customer)
+        amounts[f"{day}:rejected:{reason}"] += 1
+
+    def finding(self, customer: str, detector: str) -> None:
+        amounts, day = self._amounts(customer)
+        amounts[f"{day}:findings:{detector}"] += 1
+
+    def _amounts(self, customer: str) -> tuple[Amounts, str]:
+        bucket, _ = self.calendar.period("day", self._clock.time())
+        return self._pending[(bucket[:7], customer)], bucket[8:]
+
+    def index(self, month: str) -> str:
+        # The month is the hash tag: a month's counters share one Cluster slot.
+        return f"{self._prefix}:u:{{{month}}}"
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._flushing:
+            if not self._pending:
+                return
+            pending, self._pending = self._pending, defaultdict(lambda: defaultdict(float))
+            by_month: dict[str, dict[str, Amounts]] = defaultdict(dict)
+            for (month, customer), amounts in pending.items():
+                by_month[month][customer] = amounts
+            for month, counters in by_month.items():
+                expires_at = month_bounds(self.calendar.zone, month)[1] + self.settings.retention
+                try:
+                    await self._store.add_counters(self.index(month), counters, expires_at)
+                except StoreUnavailable as exc:
+                    log.warning("usage kept for the next flush: state store unavailable", extra={"error": str(exc)})
+                    for customer, amounts in counters.items():
+                        kept = self._pending[(month, customer)]
+                        for field, amount in amounts.items():
+                            kept[field] += amount
+
+    async def month(self, month: str) -> dict[str, Amounts]:
+        """Every customer's usage in `month` ("2026-11") as stored (flush first for the latest)."""
+        return await self._store.read_counters(self.index(month))
