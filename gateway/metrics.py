@@ -84,6 +84,10 @@ class Metrics:
         self.audit_written = Counter(
             "fairgate_audit_events_written", "Audit events appended to the audit file.", registry=self.registry
         )
+        self.alerts = Counter(
+            "fairgate_alerts", "Webhook alerts, by webhook and result (sent, failed, held_back, dropped).",
+            ["webhook", "result"], registry=self.registry,
+        )
         self.audit_dropped = Counter(
             "fairgate_audit_events_dropped", "Audit events dropped because the queue was full.", registry=self.registry
         )

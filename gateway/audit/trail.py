@@ -10,7 +10,7 @@ import logging
 import os
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import Counter
 
@@ -40,6 +40,8 @@ class AuditTrail:
         self._prev = GENESIS
         self._seq = 0
         self._writing = asyncio.Lock()
+        # Called with every event (alerts); they must not block.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def configure(self, settings: AuditSettings) -> None:
         """Apply (re)loaded settings; a new path starts (or continues) that file's chain."""
@@ -60,6 +62,8 @@ class AuditTrail:
         self._seq += 1
         event = {"seq": self._seq, "at": self._clock.time(), "kind": kind, **fields}
         self._recent.append(event)
+        for listener in self.listeners:
+            listener(event)
         if self._path is None:
             return
         if len(self._queue) >= self._settings.queue_size:

@@ -16,6 +16,7 @@ from gateway.config.auth import AuthSettings
 from gateway.config.detection import DetectionSettings, RouteClass
 from gateway.config.enforcement import EnforcementSettings
 from gateway.config.usage import UsageSettings
+from gateway.config.alerts import AlertSettings
 from gateway.config.limits import Customers, LimitSettings, Plans, StateSettings
 from gateway.config.types import Duration, HostPort, Network, Section, Size, frozen_mapping
 
@@ -132,5 +133,6 @@ class GatewayConfig(Section):
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     enforcement: EnforcementSettings = EnforcementSettings()
     usage: UsageSettings = UsageSettings()
+    alerts: AlertSettings = AlertSettings()
     upstreams: Annotated[dict[str, Upstream], AfterValidator(frozen_mapping)] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)

@@ -22,6 +22,7 @@ from gateway.calendar import Calendar
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig, Route, Upstream
 from gateway.config.auth import FailedLoginLimit
+from gateway.alerts.webhooks import Alerts
 from gateway.audit.trail import AuditCounters, AuditTrail
 from gateway.detect.engine import Detection
 from gateway.detect.findings import Finding, FindingLog
@@ -53,10 +54,12 @@ class GatewayState:
     audit_counters: AuditCounters | None = None
     audit_suffix: str = ""
     transitions: Counter | None = None  # fairgate_enforcement_transitions_total{state}
+    alert_counter: Counter | None = None  # fairgate_alerts_total{webhook, result}
     audit: AuditTrail = field(init=False)
     detection: Detection = field(init=False)
     enforcement: Enforcement = field(init=False)
     usage: UsageMeter = field(init=False)
+    alerts: Alerts = field(init=False)
 
     def __post_init__(self) -> None:
         self.revocations = Revocations(self.clock)
@@ -65,6 +68,8 @@ class GatewayState:
         self.detection = Detection(store.sightings(), self.findings, self.clock,
                                    share=lambda entry, until: store.share("sanctions", entry, until))
         self.audit = AuditTrail(self.clock, self.audit_counters, self.audit_suffix)
+        self.alerts = Alerts(self.clock, self.alert_counter)
+        self.audit.listeners.append(self.alerts.on_event)
         self.enforcement = Enforcement(store.sightings(), self.audit, self.clock,
                                        share=lambda entry, until: store.share("standings", entry, until),
                                        transitions=self.transitions)
@@ -154,6 +159,7 @@ class Runtime:
         state.detection.configure(config)
         state.enforcement.configure(config.enforcement, config.state.key_prefix)
         state.audit.configure(config.enforcement.audit)
+        state.alerts.configure(config.alerts)
         zone = zoneinfo.ZoneInfo(config.limits.time_zone)
         calendar = state.usage.calendar if state.usage.calendar.zone == zone else Calendar(zone)
         state.usage.configure(config.usage, calendar, config.state.key_prefix)

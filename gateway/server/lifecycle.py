@@ -55,6 +55,7 @@ class GatewayServer:
             audit_counters=AuditCounters(self.metrics.audit_written, self.metrics.audit_dropped),
             audit_suffix=options.audit_suffix,
             transitions=self.metrics.transitions,
+            alert_counter=self.metrics.alerts,
         )
         self.metrics.watch_detection(self.state.detection)
         self.metrics.registry.register(self.state.limit_stats)
@@ -149,6 +150,7 @@ class GatewayServer:
         await runtime.close_unused(None)
         await self.state.usage.flush()
         await self.state.audit.drain()  # after everything that records events
+        await self.state.alerts.close(grace=min(5.0, self.state.alerts.settings.timeout))
         await self.state.store.close()
         await self._admin.cleanup()
         log.info("stopped")

@@ -1,0 +1,125 @@
+"""Webhook alerts against a real receiver: one per cooldown for a sustained problem, signed,
+retried, and a dead receiver never slowing requests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.alerts.webhooks import Alerts
+from gateway.config.alerts import AlertSettings
+from tests.conftest import ManualClock
+from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
+from tests.test_auth import hs_token
+
+SECRET = "alert-signing-secret"
+
+
+class Receiver:
+    """A webhook receiver on loopback: records what it got; can fail or stall on demand."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict, dict]] = []
+        self.fail_next = 0
+        self.stall = False
+        self.arrived = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.stall:
+            await asyncio.sleep(3600)
+        if self.fail_next:
+            self.fail_next -= 1
+            return web.Response(status=503)
+        self.received.append((dict(request.headers), json.loads(await request.read())))
+        self.raw = await request.read()
+        self.arrived.set()
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def receiver():
+    state = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", state.handle)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    yield state
+    state.stall = False
+    await runner.cleanup()
+
+
+def settings(url: str, **extra) -> AlertSettings:
+    return AlertSettings(webhooks=[{"name": "ops", "url": url, "secret": SECRET}], cooldown="5min",
+                         backoff="1s", **extra)
+
+
+async def test_a_sustained_problem_alerts_once_per_cooldown(receiver):
+    clock = ManualClock(T0)
+    waits: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    alerts = Alerts(clock, sleep=no_wait)
+    alerts.configure(settings(receiver.url))
+    receiver.fail_next = 2  # the first alert needs two retries
+    for _ in range(61):  # a scraping finding every 10 s for ten minutes
+        alerts.on_event({"kind": "finding", "customer": "acme", "detector": "scraping", "at": clock.time()})
+        alerts.on_event({"kind": "violation", "customer": "acme"})  # not an alerting kind
+        clock.advance(10)
+        await asyncio.sleep(0)
+    await alerts.close(grace=5)
+
+    bodies = [body for _, body in receiver.received]
+    assert [body["at"] - T0 for body in bodies] == [0, 300, 600]
+    assert [body["held_back"] for body in bodies] == [0, 29, 29]
+    assert all(body["alert"] == "finding:scraping" and body["customer"] == "acme" for body in bodies)
+    assert waits == [1.0, 2.0]  # backoff doubles
+    headers, _ = receiver.received[-1]
+    expected = hmac.new(SECRET.encode(), headers["Fairgate-Timestamp"].encode() + b"." + receiver.raw,
+                        hashlib.sha256).hexdigest()
+    assert headers["Fairgate-Signature"] == f"sha256={expected}"
+
+
+async def test_other_customers_and_kinds_are_not_held_back(receiver):
+    clock = ManualClock(T0)
+    alerts = Alerts(clock)
+    alerts.configure(settings(receiver.url))
+    for event in ({"kind": "state_change", "customer": "acme", "state": "warned"},
+                  {"kind": "state_change", "customer": "acme", "state": "throttled"},
+                  {"kind": "state_change", "customer": "globex", "state": "warned"},
+                  {"kind": "state_change", "customer": "acme", "state": "warned"}):
+        alerts.on_event(event)
+    await alerts.close(grace=5)
+    assert [(b["customer"], b["alert"]) for _, b in receiver.received] == [
+        ("acme", "state_change:warned"), ("acme", "state_change:throttled"), ("globex", "state_change:warned")]
+
+
+async def test_a_dead_receiver_never_slows_requests(start_gateway, upstream, receiver):
+    receiver.stall = True
+    clock = ManualClock(T0)
+    config = enforcement_config(upstream)
+    config["alerts"] = {"webhooks": [{"name": "ops", "url": receiver.url, "events": ["state_change", "finding",
+                                                                                    "admin_action"]}],
+                        "cooldown": "1s", "timeout": "1h", "retries": 0}
+    gateway = await start_gateway(config, clock=clock)
+    token = hs_token(clock)
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as client:
+        for step in range(5):
+            async with client.post(f"{gateway.admin_url}/admin/customers/acme/suspend", headers=ADMIN,
+                                   json={"for": "1s", "reason": f"test {step}"}) as response:
+                assert response.status == 201
+            clock.advance(2)  # past the suspension and the cooldown: every step alerts again
+            assert await statuses(client, gateway, token, 1) == [200]
+    alerts = gateway.server.state.alerts
+    assert alerts.pending("ops") >= 5  # stuck behind the stalled receiver, in their own queue
