@@ -25,6 +25,7 @@ from gateway.detect.findings import SCRAPING, SEATS, SHARING, Finding, FindingLo
 from gateway.detect.observation import Observation
 from gateway.detect.sanctions import BLOCK, REAUTH, SCRAPING as SCRAPING_SANCTION
 from gateway.detect.sanctions import Sanction, Sanctions, session_key, user_key
+from gateway.enforce.grants import Grants
 from gateway.detect.scraping import ScrapingSignals, ScrapingTrack
 from gateway.detect.sharing import SharingTrack, SharingWatch
 from gateway.detect.travel import TravelCheck
@@ -57,6 +58,7 @@ class Detection:
         self.sightings = sightings
         self.findings = findings
         self.sanctions = Sanctions()
+        self.grants = Grants()  # exemptions and allow-listed users and agents (admin API); replaced by GatewayState
         self.dropped = 0  # observations dropped because analysis fell behind
         self._clock = clock
         self._share = share
@@ -160,10 +162,13 @@ class Detection:
         shared: dict[str, Observation] = {}
         seat_users: dict[str, Observation] = {}
         travelled: set[str] = set()
+        grants = self.grants
         for obs in batch:
             if obs.route_class == "asset":
                 self._asset_fetched(obs)
             subject, agent = obs.subject, obs.headers.get("User-Agent", "")
+            if grants.agents and grants.agent_allowed(agent, obs.at):
+                continue  # an integration allow-listed through the admin API
             if self._scraping is not None and obs.route_class in self._watched and self._score(obs, subject, agent):
                 scored[subject] = scored.get(subject, 0) + 1
                 if self._due(("paths", subject, obs.target, agent, obs.session), obs.at, 6.0):
@@ -304,7 +309,7 @@ class Detection:
         score = track.score = track.score + times * sum(weights[name] for name in fired)
         if score < settings.threshold:
             return
-        if track.flagged:
+        if track.flagged or self.grants.exempt(obs.customer, obs.user, SCRAPING, obs.at):
             return
         track.flagged = True
         track.offences += 1
@@ -335,7 +340,7 @@ class Detection:
         track = self._track(obs.subject, "sharing")
         assert isinstance(track, SharingTrack)
         verdict = self._sharing.verdict(answers, self._allowance(obs.customer), track, obs.at, extra)  # type: ignore[union-attr]
-        if verdict is None:
+        if verdict is None or self.grants.exempt(obs.customer, obs.user, SHARING, obs.at):
             return
         shadow = settings.mode == "shadow"
         action, until = settings.action, None
@@ -383,7 +388,7 @@ class Detection:
 
     def _judge_seats(self, customer: str, obs: Observation, users: dict[str, float]) -> None:
         seats = self._seats_of(customer)
-        if seats is None or len(users) <= seats:
+        if seats is None or len(users) <= seats or self.grants.exempt(customer, None, SEATS, obs.at):
             return
         month = self._month_of(obs.at)[2]
         marker = f"{customer}:{month}"

@@ -21,6 +21,7 @@ from gateway.auth.identity import Identity
 from gateway.clock import Clock
 from gateway.config.enforcement import EnforcementSettings
 from gateway.detect.findings import Finding
+from gateway.enforce.grants import Grants
 from gateway.enforce.ladder import NEXT, OK, SUSPENDED, THROTTLED, Counts, Standing, judge
 from gateway.enforce.standings import Standings, customer_subject, user_subject
 from gateway.proxy.problems import Problem
@@ -59,6 +60,7 @@ class Enforcement:
         self.settings = EnforcementSettings()
         self._prefix = "fairgate"
         self.standings = Standings()
+        self.grants = Grants()  # replaced by GatewayState with the one the whole process shares
         self._queue: deque[Violation] = deque()
         self._ids = itertools.count()
         self._origin = f"{os.getpid()}-{os.urandom(3).hex()}"  # makes violation ids unique across a fleet
@@ -120,6 +122,8 @@ class Enforcement:
     def _enqueue(self, violation: Violation) -> None:
         if not self.settings.enabled:
             return
+        if self.grants.exempt(violation.customer, violation.user, "ladder", violation.at):
+            return  # an exception by agreement: recorded by the detectors, never held against them
         if len(self._queue) >= _QUEUE_LIMIT:
             log.error("enforcement queue full: violation dropped", extra={"subject": violation.subject})
             self._audit.record("violation_dropped", subject=violation.subject, customer=violation.customer)
@@ -243,6 +247,14 @@ class Enforcement:
             self._take(standing, customer, self.standings.latest(subject), by=by, note=note)
             cleared.append(standing)
         return cleared
+
+    def clear_user(self, customer: str, user: str, by: str) -> Standing:
+        """An allow-listed user: its own standing back to ok (locally; the grant reaches the fleet)."""
+        now = self._clock.time()
+        subject = user_subject(customer, user)
+        standing = Standing(subject, OK, now, now, "allow-listed", counts_from=now, by=by)
+        self._take(standing, customer, self.standings.latest(subject), by=by)
+        return standing
 
     def suspend(self, customer: str, seconds: float, reason: str, by: str) -> Standing:
         """Suspend a customer now; the caller shares the returned standing with the fleet."""

@@ -8,6 +8,7 @@ import zoneinfo
 from dataclasses import dataclass, replace
 
 from gateway.config.limits import ConcurrencyLimit, Customer, LimitSettings, Override, Plan, QuotaLimit, RateLimit
+from gateway.enforce.grants import Grants
 
 RATE, CONCURRENCY, QUOTA = "rate", "concurrency", "quota"
 
@@ -91,8 +92,11 @@ class EffectiveLimits:
 class PlanBook:
     """Effective limits per customer, recomputed only when an exception expires."""
 
-    def __init__(self, settings: LimitSettings, plans: dict[str, Plan], customers: dict[str, Customer]) -> None:
+    def __init__(self, settings: LimitSettings, plans: dict[str, Plan], customers: dict[str, Customer],
+                 grants: Grants | None = None) -> None:
         self.zone = zoneinfo.ZoneInfo(settings.time_zone)
+        self._grants = grants  # exceptions granted through the admin API
+        self._grants_version = grants.version if grants is not None else 0
         self._plans = {name: tuple(compile_limit(name, limit) for limit in plan.limits) for name, plan in plans.items()}
         self._priorities = {name: plan.priority for name, plan in plans.items()}
         self._customers = dict(customers)
@@ -105,6 +109,10 @@ class PlanBook:
         return max(self._priorities.values(), default=0)
 
     def for_customer(self, customer: str | None, now: float, throttle: float = 1.0) -> EffectiveLimits | None:
+        if self._grants is not None and self._grants.version != self._grants_version:
+            self._grants_version = self._grants.version
+            self._cache.clear()
+            self._throttled_cache.clear()
         if throttle != 1.0:
             return self._throttled(customer, now, throttle)
         cached = self._cache.get(customer)
@@ -141,7 +149,8 @@ class PlanBook:
             return None
         limits = list(self._plans[plan])
         valid_until = float("inf")
-        for override in entry.overrides if entry is not None else ():
+        granted = self._grants.overrides(customer, now) if self._grants is not None and customer is not None else []
+        for override in [*(entry.overrides if entry is not None else ()), *granted]:
             ends = _ends_at(override.until, self.zone)
             if ends is not None and now >= ends:
                 continue

@@ -26,7 +26,9 @@ from gateway.alerts.webhooks import Alerts
 from gateway.audit.trail import AuditCounters, AuditTrail
 from gateway.detect.engine import Detection
 from gateway.detect.findings import Finding, FindingLog
+from gateway.detect.sanctions import user_key
 from gateway.enforce.enforcer import Enforcement
+from gateway.enforce.grants import ALLOW_AGENT, ALLOW_USER, Grant, Grants
 from gateway.proxy.client_address import ClientAddressResolver
 from gateway.proxy.routing import Router
 from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
@@ -60,6 +62,7 @@ class GatewayState:
     enforcement: Enforcement = field(init=False)
     usage: UsageMeter = field(init=False)
     alerts: Alerts = field(init=False)
+    grants: Grants = field(default_factory=Grants)
 
     def __post_init__(self) -> None:
         self.revocations = Revocations(self.clock)
@@ -74,8 +77,39 @@ class GatewayState:
                                        share=lambda entry, until: store.share("standings", entry, until),
                                        transitions=self.transitions)
         self.usage = UsageMeter(store, self.clock, Calendar(zoneinfo.ZoneInfo("UTC")))
+        self.detection.grants = self.enforcement.grants = self.grants
         self.findings.listeners.append(self.enforcement.on_finding)
         self.findings.listeners.append(self._meter_finding)
+
+    async def grant(self, grant: Grant) -> None:
+        """Apply an exception or allow-list entry made here, and share it with the fleet (raises
+        if the shared store cannot be written; this gateway applies it anyway)."""
+        self.take_grant(grant)
+        await self.store.share("grants", grant.as_entry(), grant.until)
+        if grant.kind in (ALLOW_USER, ALLOW_AGENT):
+            lifted = {entry_key for entry_key in self._sanction_keys(grant)}
+            await self.store.unshare("sanctions", lambda entry: any(entry.get("key", "").startswith(k) for k in lifted))
+
+    def take_grant(self, grant: Grant) -> None:
+        """Apply a grant (made here or learnt from the fleet): an allow-list entry also lifts the
+        decisions already made about whom it allows."""
+        if not self.grants.add(grant):
+            return
+        if grant.kind not in (ALLOW_USER, ALLOW_AGENT):
+            return
+        for prefix in self._sanction_keys(grant):
+            self.detection.sanctions.clear(prefix)
+        if grant.kind == ALLOW_USER and grant.customer is not None and grant.user is not None:
+            self.enforcement.clear_user(grant.customer, grant.user, by=grant.by)
+
+    def _sanction_keys(self, grant: Grant) -> set[str]:
+        """Prefixes of the sanction keys an allow-list entry lifts."""
+        if grant.kind == ALLOW_USER:
+            return {user_key(grant.customer or "", grant.user or ""), f"session:{grant.customer}/{grant.user}/"}
+        # An agent: the subjects whose scraping findings named it.
+        agent = (grant.agent or "").lower()
+        return {f.subject for f in self.findings.recent()
+                if agent and agent in str(f.evidence.get("user_agent", "")).lower()}
 
     def _meter_finding(self, finding: Finding) -> None:
         if finding.customer is not None:
@@ -124,7 +158,8 @@ class Runtime:
         self.limiter: Limiter | None = None
         if config.plans:
             self.limiter = Limiter(
-                PlanBook(config.limits, config.plans, config.customers), state.store, state.limit_stats, state.clock,
+                PlanBook(config.limits, config.plans, config.customers, state.grants), state.store, state.limit_stats,
+                state.clock,
                 key_prefix=config.state.key_prefix, ratelimit_headers=config.limits.ratelimit_headers,
                 legacy_headers=config.limits.legacy_headers,
             )

@@ -13,6 +13,7 @@ from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.proxy.problems import problem_response
 from gateway.server.admin_requests import bad_request, json_object
 from gateway.server.customers_api import add_customer_routes
+from gateway.server.grants_api import add_grant_routes
 from gateway.server.reloader import RuntimeHolder
 
 ADMIN_TOKEN_ENV = "FAIRGATE_ADMIN_TOKEN"
@@ -113,6 +114,7 @@ def build_admin_app(
     app.router.add_post("/admin/revocations", revoke)
     app.router.add_get("/admin/findings", findings)
     add_customer_routes(app, runtimes)
+    add_grant_routes(app, runtimes, origin=f"{os.getpid()}-{os.urandom(2).hex()}")
     return app
 
 

@@ -118,8 +118,8 @@ class GatewayServer:
         })
 
     async def _sync_shared(self) -> None:
-        """Merge the fleet's revocations, sanctions and standings every second (only a shared store
-        has any)."""
+        """Merge the fleet's revocations, sanctions, standings and grants every second (only a
+        shared store has any)."""
         store, state = self.state.store, self.state
         while True:
             try:
@@ -130,6 +130,8 @@ class GatewayServer:
                 state.revocations.sync_from(revocations)
                 state.detection.sanctions.sync_from(await store.shared("sanctions", now) or [])
                 state.enforcement.standings.sync_from(await store.shared("standings", now) or [])
+                for grant in state.grants.unseen(await store.shared("grants", now) or []):
+                    state.take_grant(grant)
             except Exception as exc:
                 log.debug("fleet sync failed", extra={"error": str(exc)})
             await asyncio.sleep(SHARED_SYNC_SECONDS)

@@ -332,6 +332,12 @@ class RedisStore(StateStore):
         # Scored by expiry, so the set trims itself to what is still in force.
         await self._client.zadd(self._topic_key(topic), {json.dumps(entry, sort_keys=True): until})
 
+    async def unshare(self, topic: str, match) -> None:
+        key = self._topic_key(topic)
+        members = [m for m in await self._client.zrange(key, 0, -1) if match(json.loads(m))]
+        if members:
+            await self._client.zrem(key, *members)
+
     async def shared(self, topic: str, now: float) -> list[dict] | None:
         key = self._topic_key(topic)
         await self._client.zremrangebyscore(key, "-inf", now)

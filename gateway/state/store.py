@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from gateway.state.sightings import Sightings
@@ -82,6 +82,10 @@ class StateStore(ABC):
     async def share(self, topic: str, entry: dict, until: float) -> None:
         """Make an entry (a revocation, a sanction) visible to the whole fleet until `until`; a
         no-op for a store of one process."""
+        return None
+
+    async def unshare(self, topic: str, match: Callable[[dict], bool]) -> None:
+        """Withdraw the entries of `topic` that `match` (a sanction lifted by an allow-list entry)."""
         return None
 
     async def shared(self, topic: str, now: float) -> list[dict] | None:

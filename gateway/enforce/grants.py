@@ -1,0 +1,116 @@
+"""Exceptions by agreement and allow-list entries made through the admin API, each until a
+date: a customer's limit raised, a customer exempt from a detector or the ladder, a user or an
+integration's user agent allow-listed. Shared by a fleet through the state store; the limits,
+the detectors and the ladder consult them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gateway.config.limits import Override
+
+EXEMPTABLE = ("ladder", "sharing", "scraping", "seats", "all")
+OVERRIDE, EXEMPT, ALLOW_USER, ALLOW_AGENT = "override", "exempt", "allow_user", "allow_agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    id: str
+    kind: str  # override, exempt, allow_user, allow_agent
+    until: float
+    by: str
+    reason: str
+    granted_at: float
+    customer: str | None = None  # None: every customer (an allow-listed user agent)
+    user: str | None = None  # allow_user
+    agent: str | None = None  # allow_agent: a substring of the User-Agent, case-insensitive
+    exempt: str | None = None  # exempt: ladder, sharing, scraping, seats or all
+    override: dict[str, Any] = field(default_factory=dict)  # limit, rate, burst, max, quota, mode
+
+    def as_entry(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def as_override(self) -> Override:
+        until = dt.datetime.fromtimestamp(self.until, dt.timezone.utc)
+        return Override(**self.override, until=until)
+
+
+class Grants:
+    def __init__(self) -> None:
+        self._grants: dict[str, Grant] = {}
+        self._ids = itertools.count(1)
+        # Bumped on every change: the plan book recomputes customers' limits when it moves.
+        self.version = 0
+        self.agents: tuple[tuple[str, float], ...] = ()  # allow-listed user agents (lower case) and until
+
+    def __len__(self) -> int:
+        return len(self._grants)
+
+    def new_id(self, origin: str) -> str:
+        return f"{origin}-{next(self._ids)}"
+
+    def add(self, grant: Grant) -> bool:
+        """Take a grant (an unseen id); whether it was new."""
+        if grant.id in self._grants:
+            return False
+        self._grants[grant.id] = grant
+        self._changed()
+        return True
+
+    def revoke(self, grant_id: str) -> Grant | None:
+        grant = self._grants.pop(grant_id, None)
+        if grant is not None:
+            self._changed()
+        return grant
+
+    def in_force(self, now: float, customer: str | None = None) -> list[Grant]:
+        self._expire(now)
+        return [g for g in self._grants.values() if customer is None or g.customer in (customer, None)]
+
+    def overrides(self, customer: str, now: float) -> list[Override]:
+        return [g.as_override() for g in self._grants.values()
+                if g.kind == OVERRIDE and g.customer == customer and g.until > now]
+
+    def exempt(self, customer: str | None, user: str | None, what: str, now: float) -> bool:
+        """Whether `what` (a detector, or "ladder") leaves this customer or user alone now."""
+        if not self._grants or customer is None:
+            return False
+        for grant in self._grants.values():
+            if grant.customer != customer or grant.until <= now:
+                continue
+            if grant.kind == EXEMPT and grant.exempt in (what, "all"):
+                return True
+            if grant.kind == ALLOW_USER and user is not None and grant.user == user:
+                return True
+        return False
+
+    def agent_allowed(self, agent: str, now: float) -> bool:
+        lowered = agent.lower()
+        return any(item in lowered and now < until for item, until in self.agents)
+
+    def unseen(self, entries: list[dict]) -> list[Grant]:
+        """The fleet's grants this gateway does not have yet (to be taken with their effects)."""
+        new = []
+        for entry in entries:
+            try:
+                grant = Grant(**entry)
+            except TypeError:
+                continue  # written by a different version
+            if grant.id not in self._grants:
+                new.append(grant)
+        return new
+
+    def _expire(self, now: float) -> None:
+        ended = [key for key, grant in self._grants.items() if grant.until <= now]
+        for key in ended:
+            del self._grants[key]
+        if ended:
+            self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self.agents = tuple((g.agent.lower(), g.until) for g in self._grants.values()
+                            if g.kind == ALLOW_AGENT and g.agent)

@@ -1,0 +1,117 @@
+"""Exceptions and the allow-list through the admin API: they take effect on the next request,
+on every gateway of a fleet, lift decisions already made, and end by themselves."""
+
+from __future__ import annotations
+
+from tests.conftest import ManualClock, wait_until
+from tests.test_auth import bearer, hs_token
+from tests.test_detection_gateway import HEADLESS, detection_config
+from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
+
+
+async def post(client, gateway, path: str, body: dict) -> tuple[int, dict]:
+    async with client.post(f"{gateway.admin_url}{path}", headers=ADMIN, json=body) as response:
+        return response.status, await response.json()
+
+
+async def test_an_exception_raises_a_limit_until_it_ends(start_gateway, upstream, client):
+    clock = ManualClock(T0)
+    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    token = hs_token(clock)
+    assert await statuses(client, gateway, token, 2) == [200, 429]
+    status, body = await post(client, gateway, "/admin/customers/acme/exceptions",
+                              {"limit": "sustained", "burst": 5, "for": "1h", "reason": "migration, agreed by AM"})
+    assert status == 201 and body["grant"]["override"] == {"limit": "sustained", "burst": 5}
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
+        assert response.status == 200
+        assert response.headers["RateLimit-Policy"] == '"sustained";q=5;w=5'
+    assert await statuses(client, gateway, token, 4) == [200, 200, 200, 429]
+    clock.advance(3601)  # the exception has ended: the plan's own numbers again
+    token = hs_token(clock)
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
+        assert response.headers["RateLimit-Policy"] == '"sustained";q=1;w=1'
+    async with client.get(f"{gateway.admin_url}/admin/exceptions", headers=ADMIN) as response:
+        assert (await response.json())["grants"] == []
+
+
+async def test_a_customer_exempt_from_the_ladder_is_never_warned(start_gateway, upstream, client):
+    clock = ManualClock(T0)
+    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    status, _ = await post(client, gateway, "/admin/customers/acme/exceptions",
+                           {"exempt": "ladder", "until": "2027-02-01", "reason": "load test week"})
+    assert status == 201
+    token = hs_token(clock)
+    assert await statuses(client, gateway, token, 6) == [200] + [429] * 5
+    await gateway.server.state.enforcement.judge_queued()
+    assert gateway.server.state.enforcement.standings.latest("customer:acme") is None
+
+
+async def test_allow_listing_a_user_lifts_a_scraping_block(start_gateway, upstream, client):
+    clock = ManualClock(T0)
+    gateway = await start_gateway(detection_config(upstream), clock=clock)
+    token = bearer(hs_token(clock))
+    for n in range(3):
+        async with client.get(f"{gateway.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
+            assert response.status == 200
+        clock.advance(1)
+    await gateway.server.state.detection.drain()
+    async with client.get(f"{gateway.url}/echo/portal/next", headers={**token, **HEADLESS}) as response:
+        assert response.status == 403
+
+    status, _ = await post(client, gateway, "/admin/allow-list",
+                           {"customer": "acme", "user": "alice", "for": "30d", "reason": "QA automation, agreed"})
+    assert status == 201
+    for n in range(5):
+        async with client.get(f"{gateway.url}/echo/portal/q{n}", headers={**token, **HEADLESS}) as response:
+            assert response.status == 200
+        clock.advance(1)
+    await gateway.server.state.detection.drain()
+    assert len(gateway.server.state.findings.recent(detector="scraping")) == 1  # no new one
+
+
+async def test_an_allow_listed_user_agent_is_not_scored(start_gateway, upstream, client):
+    clock = ManualClock(T0)
+    gateway = await start_gateway(detection_config(upstream), clock=clock)
+    status, _ = await post(client, gateway, "/admin/allow-list",
+                           {"user_agent": "HeadlessChrome", "for": "7d", "reason": "the customer's own test rig"})
+    assert status == 201
+    token = bearer(hs_token(clock))
+    for n in range(8):
+        async with client.get(f"{gateway.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
+            assert response.status == 200
+        clock.advance(1)
+    await gateway.server.state.detection.drain()
+    assert gateway.server.state.findings.recent(detector="scraping") == []
+
+
+async def test_an_exception_reaches_another_gateway(start_gateway, upstream, client, redis_url, key_prefix):
+    clock = ManualClock(T0)
+    config = enforcement_config(upstream)
+    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}-grants"}
+    first = await start_gateway(config, clock=clock)
+    second = await start_gateway(config, clock=clock)
+    status, body = await post(client, first, "/admin/customers/acme/exceptions",
+                              {"limit": "sustained", "burst": 3, "for": "1h", "reason": "agreed"})
+    assert status == 201
+    await wait_until(lambda: len(second.server.state.grants) == 1)
+    async with client.get(f"{second.url}/echo/x", headers=bearer(hs_token(clock))) as response:
+        assert response.headers["RateLimit-Policy"] == '"sustained";q=3;w=3'
+
+
+async def test_bad_grants_are_explained(start_gateway, upstream, client):
+    gateway = await start_gateway(enforcement_config(upstream))
+    path = "/admin/customers/acme/exceptions"
+    cases = [
+        ({"limit": "nope", "burst": 5, "for": "1h", "reason": "x"}, "not a limit of this customer's plan"),
+        ({"limit": "sustained", "for": "1h", "reason": "x"}, "at least one of"),
+        ({"limit": "sustained", "burst": 0, "for": "1h", "reason": "x"}, "burst"),
+        ({"limit": "sustained", "burst": 5, "reason": "x"}, "exactly one of 'until'"),
+        ({"limit": "sustained", "burst": 5, "until": "2001-01-01", "reason": "x"}, "in the past"),
+        ({"limit": "sustained", "burst": 5, "for": "1h"}, "'reason' is required"),
+        ({"exempt": "everything", "for": "1h", "reason": "x"}, "exempt: expected one of"),
+    ]
+    for body, expected in cases:
+        status, problem = await post(client, gateway, path, body)
+        assert status == 400 and expected in problem["detail"], (body, problem)
+    status, problem = await post(client, gateway, "/admin/allow-list", {"user_agent": "x", "for": "1d", "reason": "r"})
+    assert status == 400 and "user_agent" in problem["detail"]
