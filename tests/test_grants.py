@@ -4,7 +4,7 @@ on every gateway of a fleet, lift decisions already made, and end by themselves.
 from __future__ import annotations
 
 from tests.conftest import ManualClock, wait_until
-from tests.test_auth import bearer, hs_token
+from tests.test_auth import SECRET, bearer, hs_token
 from tests.test_detection_gateway import HEADLESS, detection_config
 from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
 
@@ -115,3 +115,30 @@ async def test_bad_grants_are_explained(start_gateway, upstream, client):
         assert status == 400 and expected in problem["detail"], (body, problem)
     status, problem = await post(client, gateway, "/admin/allow-list", {"user_agent": "x", "for": "1d", "reason": "r"})
     assert status == 400 and "user_agent" in problem["detail"]
+
+
+async def test_the_openapi_document_describes_every_admin_route(start_gateway, upstream, client):
+    gateway = await start_gateway(enforcement_config(upstream))
+    async with client.get(f"{gateway.admin_url}/admin/openapi.json", headers=ADMIN) as response:
+        assert response.status == 200
+        document = await response.json()
+    assert document["openapi"].startswith("3.1")
+    app = gateway.server._admin.app
+    served = {(resource.canonical, route.method.lower()) for resource in app.router.resources()
+              for route in resource if resource.canonical.startswith("/admin/") and route.method != "HEAD"}
+    described = {(path, method) for path, operations in document["paths"].items() for method in operations}
+    assert served == described
+
+
+async def test_the_effective_config_hides_secrets(start_gateway, upstream, client):
+    config = enforcement_config(upstream)
+    config["alerts"] = {"webhooks": [{"name": "ops", "url": "https://hooks.example/x", "secret": "webhook-secret-1"}]}
+    gateway = await start_gateway(config)
+    async with client.get(f"{gateway.admin_url}/admin/config", headers=ADMIN) as response:
+        text = await response.text()
+        effective = await response.json()
+    assert "webhook-secret-1" not in text and SECRET not in text
+    assert effective["alerts"]["webhooks"][0]["secret"] == "**********"
+    assert effective["auth"]["issuers"][0]["hmac_secret"] == "**********"
+    assert effective["enforcement"]["ladder"]["warn_at"] == 2
+    assert effective["plans"]["standard"]["limits"][0]["name"] == "sustained"  # inside a frozen mapping

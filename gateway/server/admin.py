@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import hmac
+import re
+from collections.abc import Mapping
 import os
 import signal
 from typing import Callable
 
 from aiohttp import web
+from pydantic import BaseModel, SecretStr
 
+from gateway.config import GatewayConfig
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.proxy.problems import problem_response
 from gateway.server.admin_requests import bad_request, json_object
+from gateway.server.console import add_console_routes
 from gateway.server.customers_api import add_customer_routes
 from gateway.server.grants_api import add_grant_routes
+from gateway.server.openapi import document as openapi_document
 from gateway.server.reloader import RuntimeHolder
 
 ADMIN_TOKEN_ENV = "FAIRGATE_ADMIN_TOKEN"
@@ -106,6 +112,12 @@ def build_admin_app(
         )
         return web.json_response({"findings": [finding.as_json() for finding in found]})
 
+    async def effective_config(_: web.Request) -> web.Response:
+        return web.json_response(redacted(runtimes.current.config))
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(openapi_document(_version()))
+
     app = web.Application(middlewares=[_require_token(admin_token)])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -113,8 +125,11 @@ def build_admin_app(
     app.router.add_post("/admin/reload", reload_endpoint)
     app.router.add_post("/admin/revocations", revoke)
     app.router.add_get("/admin/findings", findings)
+    app.router.add_get("/admin/config", effective_config)
+    app.router.add_get("/admin/openapi.json", openapi)
     add_customer_routes(app, runtimes)
     add_grant_routes(app, runtimes, origin=f"{os.getpid()}-{os.urandom(2).hex()}")
+    add_console_routes(app)
     return app
 
 
@@ -128,6 +143,38 @@ async def _share(runtimes: RuntimeHolder, entry: dict) -> web.Response | None:
             "Revoked on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
         )
     return None
+
+
+def redacted(config: GatewayConfig) -> dict:
+    """The config as JSON values with every secret masked: SecretStr fields, and passwords in URLs."""
+    def clean(value):
+        if isinstance(value, BaseModel):  # e.g. inside a frozen mapping, which pydantic leaves as is
+            return clean(value.model_dump(by_alias=True, warnings=False))
+        if isinstance(value, Mapping):
+            return {str(key): clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [clean(item) for item in value]
+        if isinstance(value, SecretStr):
+            return "**********"
+        if isinstance(value, str):
+            return _URL_PASSWORD.sub(r"\1***@", value)
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        return str(value)  # paths, dates, zones
+
+    return clean(config)
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fairgate")
+    except PackageNotFoundError:
+        return "0"
 
 
 def _require_token(token: str | None):
