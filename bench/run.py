@@ -278,10 +278,10 @@ def _table(results: list[Result], rounds: dict[str, list[Result]], args: argpars
             # Paired per round (the two ran back to back), then the median: steadier than a
             # ratio of two medians taken from different moments.
             pairs = list(zip(rounds[numerator], rounds[denominator]))
-            ratio = statistics.median(a.requests_per_second / b.requests_per_second for a, b in pairs)
+            ratios = sorted(a.requests_per_second / b.requests_per_second for a, b in pairs)
             extra = statistics.median(a.cpu_us_per_request - b.cpu_us_per_request for a, b in pairs)
-            lines.append(f"{label}: {ratio:.2f}x req/s, {extra:+.1f} us CPU per request "
-                         f"(median of {len(pairs)} paired rounds).")
+            lines.append(f"{label}: {statistics.median(ratios):.2f}x req/s (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}), "
+                         f"{extra:+.1f} us CPU per request (median of {len(pairs)} paired rounds).")
     return "\n".join(lines)
 
 
