@@ -106,3 +106,27 @@ async def test_every_event_survives_sigterm_under_load(tmp_path, upstream, gatew
     violations = [json.loads(line) for line in audit.read_text().splitlines()
                   if json.loads(line)["kind"] == "violation"]
     assert len(violations) == rejected
+
+
+async def test_events_also_reach_a_redis_stream_for_the_fleet(start_gateway, upstream, client, redis_url, key_prefix):
+    import redis.asyncio as redis_asyncio
+
+    from tests.test_enforcement import ADMIN, enforcement_config
+
+    stream = f"{key_prefix}:audit-stream"
+    config = enforcement_config(upstream)
+    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}-audit"}
+    config["enforcement"]["audit"] = {"redis_stream": stream, "flush_interval": "1h"}
+    gateway = await start_gateway(config)
+    async with client.post(f"{gateway.admin_url}/admin/customers/acme/suspend", headers=ADMIN,
+                           json={"for": "1h", "reason": "abuse report"}) as response:
+        assert response.status == 201
+    await gateway.server.state.audit.flush()
+    reader = redis_asyncio.Redis.from_url(redis_url)
+    try:
+        entries = await reader.xrange(stream)
+        await reader.delete(stream)
+    finally:
+        await reader.aclose()
+    kinds = [json.loads(fields[b"event"])["kind"] for _, fields in entries]
+    assert kinds == ["state_change", "admin_action"]

@@ -75,6 +75,10 @@ async def test_usage_report_matches_the_traffic(start_gateway, upstream, client,
     assert total_bytes > 2000 and (monthly["used"], monthly["over"]) == (total_bytes, total_bytes - 2000)
     assert daily["used"] == 7 and daily["days_over"] == []  # 1 + 5 + 1 units on the 21st: at the quota
     assert row["over"] is True
+    async with client.get(f"{gateway.admin_url}/admin/customers", headers=ADMIN) as response:
+        (listed,) = (await response.json())["customers"]
+    assert (listed["id"], listed["plan"], listed["state"], listed["findings"]) == ("acme", "standard", "ok", 0)
+    assert listed["usage"]["over"] is True and listed["usage"]["month"] == "2026-11"
 
     result = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "gateway", "usage", "--month", "2026-11", "--format", "csv",

@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from gateway.audit.chain import GENESIS, chain_line
 from gateway.clock import Clock
 from gateway.config.enforcement import AuditSettings
+from gateway.state.store import StateStore, StoreUnavailable
 
 log = logging.getLogger("fairgate.audit")
 
@@ -28,8 +29,11 @@ class AuditCounters:
 
 
 class AuditTrail:
-    def __init__(self, clock: Clock, counters: AuditCounters | None = None, suffix: str = "") -> None:
+    def __init__(self, clock: Clock, counters: AuditCounters | None = None, suffix: str = "",
+                 store: StateStore | None = None) -> None:
         self._clock = clock
+        self._store = store  # for audit.redis_stream
+        self._stream_backlog: deque[dict[str, Any]] = deque()
         self._suffix = suffix  # "audit.jsonl" + ".1234" -> "audit.1234.jsonl"
         self._counters = counters
         self._settings = AuditSettings()
@@ -40,6 +44,7 @@ class AuditTrail:
         self._prev = GENESIS
         self._seq = 0
         self._writing = asyncio.Lock()
+        self._warned_stream = False
         # Called with every event (alerts); they must not block.
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
@@ -64,7 +69,7 @@ class AuditTrail:
         self._recent.append(event)
         for listener in self.listeners:
             listener(event)
-        if self._path is None:
+        if self._path is None and self._settings.redis_stream is None:
             return
         if len(self._queue) >= self._settings.queue_size:
             if self._counters is not None:
@@ -86,19 +91,44 @@ class AuditTrail:
 
     async def flush(self) -> None:
         async with self._writing:  # one writer at a time keeps the chain in order
-            if not self._queue or self._file is None:
+            if not self._queue and not self._stream_backlog:
                 return
             batch = list(self._queue)
             self._queue.clear()
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except OSError as exc:
-                # Put them back in order; the next flush retries.
-                self._queue.extendleft(reversed(batch))
-                log.error("audit file write failed", extra={"error": str(exc), "path": str(self._path)})
-                return
+            if self._file is not None and batch:
+                try:
+                    await asyncio.to_thread(self._write, batch)
+                except OSError as exc:
+                    # Put them back in order; the next flush retries.
+                    self._queue.extendleft(reversed(batch))
+                    log.error("audit file write failed", extra={"error": str(exc), "path": str(self._path)})
+                    return
+                if self._counters is not None:
+                    self._counters.written.inc(len(batch))
+            if self._settings.redis_stream is not None:
+                await self._to_stream(self._settings.redis_stream, batch)
+
+    async def _to_stream(self, stream: str, batch: list[dict[str, Any]]) -> None:
+        """Append to the fleet's Redis stream; what Redis cannot take now waits (bounded) for the next flush."""
+        backlog = self._stream_backlog
+        backlog.extend(batch)
+        while len(backlog) > self._settings.queue_size:
+            backlog.popleft()
             if self._counters is not None:
-                self._counters.written.inc(len(batch))
+                self._counters.dropped.inc()
+        if self._store is None:
+            return
+        events = list(backlog)
+        try:
+            appended = await self._store.append_events(stream, events, self._settings.redis_stream_max)
+        except StoreUnavailable as exc:
+            log.warning("audit stream write failed; kept for the next flush", extra={"error": str(exc)})
+            return
+        backlog.clear()
+        if not appended and not self._warned_stream:
+            self._warned_stream = True
+            log.error("enforcement.audit.redis_stream needs a Redis state store; events are not streamed",
+                      extra={"stream": stream})
 
     async def drain(self) -> None:
         await self.flush()

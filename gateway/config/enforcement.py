@@ -55,6 +55,11 @@ class AuditSettings(Section):
     queue_size: int = Field(100_000, ge=100, description="Events waiting to be written at most; beyond it events "
                                                          "are dropped, counted and logged.")
     keep: int = Field(10_000, ge=100, description="Recent events kept in memory for the admin API.")
+    redis_stream: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:{}-]{1,128}$",
+                                     description="Also append every event to this Redis stream (XADD), for a fleet; "
+                                                 "needs a Redis state store.")
+    redis_stream_max: int = Field(1_000_000, ge=1000, description="Events the stream keeps at most (approximate "
+                                                                  "trimming).")
 
 
 class EnforcementSettings(Section):

@@ -70,7 +70,7 @@ class GatewayState:
         store = self.store
         self.detection = Detection(store.sightings(), self.findings, self.clock,
                                    share=lambda entry, until: store.share("sanctions", entry, until))
-        self.audit = AuditTrail(self.clock, self.audit_counters, self.audit_suffix)
+        self.audit = AuditTrail(self.clock, self.audit_counters, self.audit_suffix, store)
         self.alerts = Alerts(self.clock, self.alert_counter)
         self.audit.listeners.append(self.alerts.on_event)
         self.enforcement = Enforcement(store.sightings(), self.audit, self.clock,

@@ -61,10 +61,21 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         return None
 
     async def list_customers(_: web.Request) -> web.Response:
-        known = set(runtimes.current.config.customers)
+        month, _ = state.usage.calendar.period("month", state.clock.time())
+        usage = {row["customer"]: row for row in await month_report(month, None)}
+        known = set(runtimes.current.config.customers) | set(usage)
         known |= {s.subject.split(":", 1)[1].split("/", 1)[0] for s in state.enforcement.standings.all_latest()}
-        known |= {f.customer for f in state.findings.recent() if f.customer is not None}
-        return web.json_response({"customers": [view(customer, full=False) for customer in sorted(known)]})
+        findings: dict[str, int] = {}
+        for finding in state.findings.recent():
+            if finding.customer is not None:
+                findings[finding.customer] = findings.get(finding.customer, 0) + 1
+        customers = []
+        for customer in sorted(known):
+            row = usage.get(customer)
+            customers.append({**view(customer, full=False), "findings": findings.get(customer, 0),
+                              "usage": {"month": month, "requests": row["requests"] if row else 0,
+                                        "over": row["over"] if row else False}})
+        return web.json_response({"customers": customers})
 
     async def get_customer(request: web.Request) -> web.Response:
         customer = request.match_info["id"]

@@ -323,6 +323,16 @@ class RedisStore(StateStore):
         return {name: {field.decode(): float(value) for field, value in fields.items()}
                 for name, fields in zip(names, sets)}
 
+    async def append_events(self, stream: str, events: list[dict], max_length: int) -> bool:
+        def commands(pipe) -> None:
+            for event in events:
+                pipe.xadd(stream, {"event": json.dumps(event, sort_keys=True, default=str)}, maxlen=max_length,
+                          approximate=True)
+
+        if events:
+            await self._write(commands, must=True)
+        return True
+
     # -- entries shared by the fleet (revocations, sanctions) ------------------------------
 
     def _topic_key(self, topic: str) -> str:

@@ -79,6 +79,10 @@ class StateStore(ABC):
     async def read_counters(self, index: str) -> dict[str, dict[str, float]]:
         """Every counter set listed under `index`."""
 
+    async def append_events(self, stream: str, events: list[dict], max_length: int) -> bool:
+        """Append events to a stream the fleet reads; False when this store has no streams (memory)."""
+        return False
+
     async def share(self, topic: str, entry: dict, until: float) -> None:
         """Make an entry (a revocation, a sanction) visible to the whole fleet until `until`; a
         no-op for a store of one process."""
