@@ -27,6 +27,7 @@ from gateway.state.factory import open_store
 log = logging.getLogger("fairgate.server")
 
 SHARED_SYNC_SECONDS = 1.0
+SHARED_SYNC_FLOOR_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,20 +109,22 @@ class GatewayServer:
             raise
         self._ready = True
         loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
         self._background = [loop.create_task(task) for task in (
-            self._sync_shared(), self.state.detection.run(), self.state.enforcement.run(), self.state.audit.run(),
-            self.state.usage.run())]
+            self._sync_shared(changed), self.state.store.watch_shared(changed.set), self.state.detection.run(),
+            self.state.enforcement.run(), self.state.audit.run(), self.state.usage.run())]
         host, port = self.proxy_address
         admin_host, admin_port = self.admin_address
         log.info("fairgate listening", extra={
             "proxy": f"http://{host}:{port}", "admin": f"http://{admin_host}:{admin_port}", "pid": os.getpid(),
         })
 
-    async def _sync_shared(self) -> None:
-        """Merge the fleet's revocations, sanctions, standings and grants every second (only a
-        shared store has any)."""
+    async def _sync_shared(self, changed: asyncio.Event) -> None:
+        """Merge the fleet's revocations, sanctions, standings and grants when another gateway
+        shares one (`changed`), and every second regardless (only a shared store has any)."""
         store, state = self.state.store, self.state
         while True:
+            changed.clear()
             try:
                 now = state.clock.time()
                 revocations = await store.shared("revocations", now)
@@ -134,7 +137,11 @@ class GatewayServer:
                     state.take_grant(grant)
             except Exception as exc:
                 log.debug("fleet sync failed", extra={"error": str(exc)})
-            await asyncio.sleep(SHARED_SYNC_SECONDS)
+            await asyncio.sleep(SHARED_SYNC_FLOOR_SECONDS)  # a burst of changes costs one sync, not one each
+            try:
+                await asyncio.wait_for(changed.wait(), SHARED_SYNC_SECONDS)
+            except asyncio.TimeoutError:
+                pass
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, close."""

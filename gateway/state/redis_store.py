@@ -341,6 +341,26 @@ class RedisStore(StateStore):
     async def share(self, topic: str, entry: dict, until: float) -> None:
         # Scored by expiry, so the set trims itself to what is still in force.
         await self._client.zadd(self._topic_key(topic), {json.dumps(entry, sort_keys=True): until})
+        await self._client.publish(self._changes_channel, topic)
+
+    @property
+    def _changes_channel(self) -> str:
+        return f"{self._settings.key_prefix}:shared-changes"
+
+    async def watch_shared(self, changed) -> None:
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(self._changes_channel)
+                changed()  # anything shared while not subscribed
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        changed()
+            except (redis_errors.RedisError, OSError) as exc:
+                log.debug("fleet change feed lost; periodic sync continues", extra={"error": str(exc)})
+            finally:
+                await pubsub.aclose()
+            await asyncio.sleep(1.0)  # then subscribe again
 
     async def unshare(self, topic: str, match) -> None:
         key = self._topic_key(topic)

@@ -96,6 +96,12 @@ class StateStore(ABC):
         """Every entry of `topic` still in force; None for a store of one process."""
         return None
 
+    async def watch_shared(self, changed: Callable[[], None]) -> None:
+        """Call `changed` whenever any gateway shares an entry, until cancelled (so the fleet learns
+        of it in milliseconds, not at the next periodic sync); returns at once for a store of one
+        process."""
+        return None
+
     def sightings(self) -> "Sightings":
         """Where the detectors keep what they saw: in this store's memory or server."""
         from gateway.state.sightings import MemorySightings
