@@ -134,6 +134,10 @@ async def test_admin_actions_need_the_token_and_a_reason(start_gateway, upstream
     async with client.post(f"{gateway.admin_url}/admin/customers/acme/suspend", headers=ADMIN,
                            data="[1]") as response:
         assert response.status == 400
+    async with client.get(f"{gateway.admin_url}/admin/events?since=yesterday", headers=ADMIN) as response:
+        assert response.status == 400 and "epoch seconds" in (await response.json())["detail"]
+    async with client.get(f"{gateway.admin_url}/admin/usage?month=2026-13", headers=ADMIN) as response:
+        assert response.status == 400 and "YYYY-MM" in (await response.json())["detail"]
 
 
 async def test_reinstating_on_one_gateway_frees_the_customer_on_another(start_gateway, upstream, client, redis_url,

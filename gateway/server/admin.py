@@ -15,7 +15,7 @@ from pydantic import BaseModel, SecretStr
 from gateway.config import GatewayConfig
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.proxy.problems import problem_response
-from gateway.server.admin_requests import bad_request, json_object
+from gateway.server.admin_requests import bad_request, json_object, since_param
 from gateway.server.console import add_console_routes
 from gateway.server.customers_api import add_customer_routes
 from gateway.server.grants_api import add_grant_routes
@@ -101,12 +101,9 @@ def build_admin_app(
     async def findings(request: web.Request) -> web.Response:
         """Recent findings, newest last; filters: detector, subject, customer, since (epoch seconds)."""
         query = request.query
-        since = None
-        if "since" in query:
-            try:
-                since = float(query["since"])
-            except ValueError:
-                return bad_request("since: expected epoch seconds, e.g. 1795000000")
+        since = since_param(request)
+        if isinstance(since, web.Response):
+            return since
         found = runtimes.state.findings.recent(
             detector=query.get("detector"), subject=query.get("subject"), customer=query.get("customer"), since=since,
         )

@@ -1,4 +1,5 @@
-"""What every admin endpoint needs from a request: its JSON object, or a 400 saying why not."""
+"""What admin endpoints need from a request: its JSON object or a `since` filter, or a 400
+saying why not."""
 
 from __future__ import annotations
 
@@ -24,3 +25,13 @@ async def json_object(request: web.Request) -> dict | web.Response:
 
 def bad_request(detail: str) -> web.Response:
     return problem_response(400, "bad-request", "Bad Request", detail)
+
+
+def since_param(request: web.Request) -> float | None | web.Response:
+    """The `since` query filter (epoch seconds), None when absent, or a 400 problem."""
+    if "since" not in request.query:
+        return None
+    try:
+        return float(request.query["since"])
+    except ValueError:
+        return bad_request("since: expected epoch seconds, e.g. 1795000000")

@@ -11,7 +11,7 @@ from gateway.calendar import month_bounds
 from gateway.config.units import parse_duration
 from gateway.enforce.ladder import OK, SEVERITY, Standing
 from gateway.proxy.problems import problem_response
-from gateway.server.admin_requests import bad_request, json_object
+from gateway.server.admin_requests import bad_request, json_object, since_param
 from gateway.server.reloader import RuntimeHolder
 from gateway.usage.report import build_report
 
@@ -128,12 +128,9 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
     async def events(request: web.Request) -> web.Response:
         """Recent audit events, oldest first; filters: customer, kind, since (epoch seconds)."""
         query = request.query
-        since = None
-        if "since" in query:
-            try:
-                since = float(query["since"])
-            except ValueError:
-                return bad_request("since: expected epoch seconds, e.g. 1795000000")
+        since = since_param(request)
+        if isinstance(since, web.Response):
+            return since
         found = state.audit.recent(customer=query.get("customer"), kind=query.get("kind"), since=since)
         return web.json_response({"events": found})
 
