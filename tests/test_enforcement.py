@@ -269,3 +269,27 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
         await asyncio.sleep(0.02)
     async with client.get(f"{b_url}/echo/x", headers=token) as response:
         assert response.headers["RateLimit-Policy"] == '"sustained";q=500;w=5'
+
+
+async def test_a_blocking_finding_is_a_major_violation_of_the_user(start_gateway, upstream, client):
+    from tests.test_detection_gateway import HEADLESS, detection_config
+
+    clock = ManualClock(T0)
+    config = detection_config(upstream)
+    config["enforcement"] = {"mode": "enforce", "ladder": LADDER}
+    gateway = await start_gateway(config, clock=clock)
+    token = bearer(hs_token(clock))
+    for n in range(3):
+        async with client.get(f"{gateway.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
+            assert response.status == 200
+        clock.advance(1)
+    await gateway.server.state.detection.drain()
+    await gateway.server.state.enforcement.judge_queued()
+    (violation,) = await events(client, gateway, kind="violation")
+    assert (violation["violation"], violation["severity"], violation["subject"]) == ("scraping", "major",
+                                                                                   "user:acme/alice")
+    # One major violation weighs two: the user (not the whole customer) is warned at once.
+    standings = gateway.server.state.enforcement.standings
+    assert standings.latest("user:acme/alice").state == WARNED and standings.latest("customer:acme") is None
+    (finding,) = await events(client, gateway, kind="finding")
+    assert finding["detector"] == "scraping" and finding["evidence"]["offences"] == 1

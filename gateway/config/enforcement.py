@@ -4,11 +4,11 @@ audit trail that records every step."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Mapping
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from gateway.config.types import Duration, Section
+from gateway.config.types import Duration, Section, frozen_mapping
 
 VIOLATION_KINDS = ("limit", "sharing", "scraping", "seats")
 
@@ -36,6 +36,17 @@ class Ladder(Section):
     max_suspension: Duration = Field(7 * 86400.0, description="Longest suspension, however often repeated.")
     egregious: Annotated[tuple[str, ...], AfterValidator(_known_kinds)] = Field(
         (), description="Violation kinds that suspend at once: limit, sharing, scraping, seats.")
+    weights: dict[Literal["minor", "major"], int] = Field(
+        default_factory=lambda: frozen_mapping({"minor": 1, "major": 2}),
+        description="How many violations each severity counts as: minor (a 429, a flag-only finding), major (a "
+                    "finding whose detector refused requests).")
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, weights: Mapping[str, int]) -> Mapping[str, int]:
+        if any(weight < 1 or weight > 100 for weight in weights.values()):
+            raise ValueError("weights must be whole numbers from 1 to 100")
+        return frozen_mapping({"minor": 1, "major": 2, **weights})
 
     @model_validator(mode="after")
     def _ordered(self) -> "Ladder":
@@ -67,7 +78,7 @@ class EnforcementSettings(Section):
         "off", description="enforce: warn, throttle, suspend; shadow: record decisions, apply none; off.")
     policy: str = Field("fair-use policy", description="The policy named in Fair-Use-Warning and refusals (a URL "
                                                        "or a title).")
-    ladder: Ladder = Ladder()
+    ladder: Ladder = Field(default_factory=Ladder)
     audit: AuditSettings = AuditSettings()
 
     @property

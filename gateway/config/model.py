@@ -131,7 +131,7 @@ class GatewayConfig(Section):
     customers: Customers = Field(default_factory=dict)
     state: StateSettings = StateSettings()
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
-    enforcement: EnforcementSettings = EnforcementSettings()
+    enforcement: EnforcementSettings = Field(default_factory=EnforcementSettings)
     usage: UsageSettings = UsageSettings()
     alerts: AlertSettings = AlertSettings()
     upstreams: Annotated[dict[str, Upstream], AfterValidator(frozen_mapping)] = Field(min_length=1)

@@ -38,9 +38,14 @@ _REPUBLISH_SECONDS = 60.0
 Share = Callable[[dict, float], Awaitable[None]]
 
 
+# A finding whose detector already refused requests is a major violation; one that only flags is minor.
+_MAJOR_ACTIONS = frozenset({"block", "challenge", "reauth", "block_newest"})
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     kind: str  # limit, sharing, scraping, seats
+    severity: str  # minor, major, egregious
     subject: str
     customer: str
     user: str | None
@@ -103,7 +108,8 @@ class Enforcement:
     def limit_rejected(self, identity: Identity | None, plan: str | None, limits: list[str]) -> None:
         if identity is None:
             return  # an anonymous caller has no standing; its address is limited as it is
-        self._enqueue(Violation("limit", customer_subject(identity.customer), identity.customer, None,
+        self._enqueue(Violation("limit", self._severity("limit", "minor"), customer_subject(identity.customer),
+                                identity.customer, None,
                                 f"{plan} plan limit {', '.join(limits)} exceeded", self._clock.time(),
                                 {"limits": limits, "user": identity.user}))
 
@@ -115,9 +121,13 @@ class Enforcement:
             return  # anonymous findings are the detectors' own business; shadowed ones change nothing
         subject = (user_subject(finding.customer, finding.user) if finding.user is not None
                    else customer_subject(finding.customer))
-        self._enqueue(Violation(finding.detector, subject, finding.customer, finding.user,
+        severity = self._severity(finding.detector, "major" if finding.action in _MAJOR_ACTIONS else "minor")
+        self._enqueue(Violation(finding.detector, severity, subject, finding.customer, finding.user,
                                 f"{finding.detector} finding ({', '.join(finding.signals)})", finding.at,
                                 {"action": finding.action}))
+
+    def _severity(self, kind: str, usual: str) -> str:
+        return "egregious" if kind in self.settings.ladder.egregious else usual
 
     def _enqueue(self, violation: Violation) -> None:
         if not self.settings.enabled:
@@ -154,12 +164,14 @@ class Enforcement:
         by_subject: dict[str, list[Violation]] = {}
         seen = []
         for violation in batch:
-            self._audit.record("violation", violation=violation.kind, subject=violation.subject,
-                               customer=violation.customer, user=violation.user, reason=violation.reason,
-                               detail=violation.detail)
+            self._audit.record("violation", violation=violation.kind, severity=violation.severity,
+                               subject=violation.subject, customer=violation.customer, user=violation.user,
+                               reason=violation.reason, detail=violation.detail)
             by_subject.setdefault(violation.subject, []).append(violation)
-            seen.append(Sighting(self._key("v", violation.subject), f"{self._origin}:{next(self._ids)}", violation.at,
-                                 ladder.window, ladder.throttle_at * 4))
+            # A violation counts as many times as its severity weighs.
+            for _ in range(ladder.weights.get(violation.severity, 1)):
+                seen.append(Sighting(self._key("v", violation.subject), f"{self._origin}:{next(self._ids)}",
+                                     violation.at, ladder.window, ladder.throttle_at * 4))
         queries: list[Query] = []
         for subject in by_subject:
             current = self.standings.latest(subject)
@@ -173,10 +185,11 @@ class Enforcement:
             answers = [{} for _ in queries]
         decided = []
         for index, (subject, violations) in enumerate(by_subject.items()):
-            counts = Counts(max(len(answers[3 * index]), len(violations)), len(answers[3 * index + 1]),
+            weighed = sum(ladder.weights.get(v.severity, 1) for v in violations)
+            counts = Counts(max(len(answers[3 * index]), weighed), len(answers[3 * index + 1]),
                             len(answers[3 * index + 2]))
             last = violations[-1]
-            egregious = any(v.kind in ladder.egregious for v in violations)
+            egregious = any(v.severity == "egregious" for v in violations)
             standing = judge(ladder, self.standings.latest(subject), subject, counts, egregious, last.reason, now)
             if standing is not None:
                 decided.append((standing, last.customer))
