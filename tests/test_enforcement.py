@@ -53,7 +53,8 @@ async def test_a_customer_climbs_the_ladder_and_is_reinstated(start_gateway, ups
     assert "state=warned" in warning and "next=throttled" in warning and "https://example.com/fair-use" in warning
     (change,) = await events(client, gateway, customer="acme", kind="state_change")
     assert (change["previous"], change["state"], change["subject"]) == ("ok", "warned", "customer:acme")
-    assert len(await events(client, gateway, customer="acme", kind="violation")) == 2
+    (violations,) = await events(client, gateway, customer="acme", kind="violation")  # one event per batch
+    assert (violations["count"], violations["violation"], violations["severity"]) == (2, "limit", "minor")
 
     # Two more rejections make four within the hour: throttled, every rate halved.
     assert await statuses(client, gateway, token, 2) == [429, 429]

@@ -87,7 +87,8 @@ async def test_usage_report_matches_the_traffic(start_gateway, upstream, client,
     assert result.returncode == 0, result.stderr
     (printed,) = list(csv.DictReader(io.StringIO(result.stdout)))
     assert (printed["requests"], printed["bytes_in"], printed["over"]) == ("4", str(sent_in + 40), "OVER")
-    assert printed["quotas"] == f"monthly-bytes {total_bytes:,}/2,000 OVER by {total_bytes - 2000:,}; daily-requests 7/7"
+    assert printed["quotas"] == (f"monthly-bytes {total_bytes:,}/2,000 B OVER by {total_bytes - 2000:,} B; "
+                                 "daily-requests 7/7")
 
 
 async def test_usage_cli_explains_what_is_wrong(start_gateway, upstream):

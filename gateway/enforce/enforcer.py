@@ -162,16 +162,16 @@ class Enforcement:
         ladder = self.settings.ladder
         now = self._clock.time()
         by_subject: dict[str, list[Violation]] = {}
-        seen = []
         for violation in batch:
-            self._audit.record("violation", violation=violation.kind, severity=violation.severity,
-                               subject=violation.subject, customer=violation.customer, user=violation.user,
-                               reason=violation.reason, detail=violation.detail)
             by_subject.setdefault(violation.subject, []).append(violation)
-            # A violation counts as many times as its severity weighs.
-            for _ in range(ladder.weights.get(violation.severity, 1)):
-                seen.append(Sighting(self._key("v", violation.subject), f"{self._origin}:{next(self._ids)}",
-                                     violation.at, ladder.window, ladder.throttle_at * 4))
+        self._record(batch)
+        seen = []
+        for subject, violations in by_subject.items():
+            # A violation counts as many times as its severity weighs; past throttle_at more
+            # members in one batch change no decision, so a flood writes no more than that.
+            weighed = min(sum(ladder.weights.get(v.severity, 1) for v in violations), ladder.throttle_at)
+            seen += [Sighting(self._key("v", subject), f"{self._origin}:{next(self._ids)}", violations[-1].at,
+                              ladder.window, ladder.throttle_at * 4) for _ in range(weighed)]
         queries: list[Query] = []
         for subject in by_subject:
             current = self.standings.latest(subject)
@@ -202,6 +202,20 @@ class Enforcement:
                 marks.append(Sighting(self._key(kind, standing.subject), f"{self._origin}:{next(self._ids)}", now, window, 64))
         if marks:
             await self._sightings.exchange(marks, [])
+
+    def _record(self, batch: list[Violation]) -> None:
+        """One audit event per subject and kind of violation in the batch, with how many there
+        were and when: a client hammering into a limit is a few events a second, not thousands."""
+        groups: dict[tuple, list[Violation]] = {}
+        for violation in batch:
+            key = (violation.subject, violation.kind, violation.severity, violation.reason,
+                   tuple(sorted((k, str(v)) for k, v in violation.detail.items())))
+            groups.setdefault(key, []).append(violation)
+        for violations in groups.values():
+            first, last = violations[0], violations[-1]
+            self._audit.record("violation", violation=first.kind, severity=first.severity, subject=first.subject,
+                               customer=first.customer, user=first.user, reason=first.reason, detail=first.detail,
+                               count=len(violations), first_at=first.at, last_at=last.at)
 
     def _take(self, standing: Standing, customer: str, previous: Standing | None, by: str = "ladder",
               note: str | None = None) -> None:

@@ -100,14 +100,22 @@ def as_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(render) + "\n"
 
 
+def _amount(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,.2f}"
+
+
 def _pairs(counts: dict[str, int]) -> str:
     return " ".join(f"{name}={count}" for name, count in counts.items())
 
 
+_UNITS = {"requests": "", "bytes": " B", "upstream_seconds": " s"}
+
+
 def _quota_text(quota: dict[str, Any]) -> str:
-    text = f"{quota['limit']} {_number(quota['used']):,}/{_number(quota['quota']):,}"
+    unit = _UNITS.get(quota["metric"], "")
+    text = f"{quota['limit']} {_amount(quota['used'])}/{_amount(quota['quota'])}{unit}"
     if quota["over"] > 0:
-        text += f" OVER by {_number(quota['over']):,}"
+        text += f" OVER by {_amount(quota['over'])}{unit}"
         if quota.get("days_over"):
             text += f" on {len(quota['days_over'])} day(s)"
     return text
