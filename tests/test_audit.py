@@ -12,8 +12,10 @@ import time
 
 import aiohttp
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.audit.chain import verify
+from gateway.audit.chain import GENESIS, chain_line, verify
 from gateway.audit.trail import AuditTrail
 from gateway.config.enforcement import AuditSettings
 from tests.conftest import ROOT, ManualClock, free_port, gateway_config
@@ -130,3 +132,29 @@ async def test_events_also_reach_a_redis_stream_for_the_fleet(start_gateway, ups
         await reader.aclose()
     kinds = [json.loads(fields[b"event"])["kind"] for _, fields in entries]
     assert kinds == ["state_change", "admin_action"]
+
+
+events_strategy = st.lists(
+    st.fixed_dictionaries({"kind": st.sampled_from(["violation", "finding", "state_change", "admin_action"]),
+                           "customer": st.text(min_size=1, max_size=12), "at": st.floats(0, 2e9),
+                           "detail": st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8),
+                                                     max_size=3)}),
+    min_size=1, max_size=12)
+
+
+@given(events=events_strategy, data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_any_edit_of_any_line_is_found_at_that_line(tmp_path_factory, events, data):
+    path = tmp_path_factory.mktemp("chain") / "audit.jsonl"
+    prev, lines = GENESIS, []
+    for event in events:
+        line, prev = chain_line(event, prev)
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+    assert verify(path).ok and verify(path).lines == len(lines)
+
+    target = data.draw(st.integers(0, len(lines) - 1))
+    edited = json.loads(lines[target])
+    edited["customer"] = edited["customer"] + data.draw(st.text(min_size=1, max_size=3))
+    path.write_text("\n".join([*lines[:target], json.dumps(edited), *lines[target + 1:]]) + "\n")
+    assert verify(path).broken_at == target + 1
