@@ -62,15 +62,22 @@ def detection_config(upstream, **detection) -> dict:
     return config
 
 
+async def browse_headless(client, gateway, token: dict, clock, pages: int, prefix: str = "p") -> list[int]:
+    """A headless browser paging through the portal, a second apart; the detectors then catch up."""
+    found = []
+    for n in range(pages):
+        async with client.get(f"{gateway.url}/echo/portal/{prefix}{n}", headers={**token, **HEADLESS}) as response:
+            found.append(response.status)
+        clock.advance(1)
+    await gateway.server.state.detection.drain()
+    return found
+
+
 async def test_blocked_client_gets_problem_json_and_the_finding_is_listed_and_counted(start_gateway, upstream, client):
     clock = ManualClock()
     gateway = await start_gateway(detection_config(upstream), clock=clock)
     token = bearer(hs_token(clock))
-    for n in range(3):
-        async with client.get(f"{gateway.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
-            assert response.status == 200
-        clock.advance(1)
-    await gateway.server.state.detection.drain()
+    assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
 
     async with client.get(f"{gateway.url}/echo/portal/next", headers={**token, **HEADLESS}) as response:
         assert response.status == 403
@@ -112,11 +119,7 @@ async def test_a_sanction_reaches_the_whole_fleet_through_redis(start_gateway, u
     first = await start_gateway(config, clock=clock)
     second = await start_gateway(config, clock=clock)
     token = bearer(hs_token(clock))
-    for n in range(3):
-        async with client.get(f"{first.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
-            assert response.status == 200
-        clock.advance(1)
-    await first.server.state.detection.drain()
+    assert await browse_headless(client, first, token, clock, 3) == [200] * 3
     await wait_until(lambda: bool(second.server.state.detection.sanctions), timeout=5)
     async with client.get(f"{second.url}/echo/portal/p9", headers={**token, **HEADLESS}) as response:
         assert response.status == 403

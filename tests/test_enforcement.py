@@ -273,18 +273,14 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
 
 
 async def test_a_blocking_finding_is_a_major_violation_of_the_user(start_gateway, upstream, client):
-    from tests.test_detection_gateway import HEADLESS, detection_config
+    from tests.test_detection_gateway import browse_headless, detection_config
 
     clock = ManualClock(T0)
     config = detection_config(upstream)
     config["enforcement"] = {"mode": "enforce", "ladder": LADDER}
     gateway = await start_gateway(config, clock=clock)
     token = bearer(hs_token(clock))
-    for n in range(3):
-        async with client.get(f"{gateway.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
-            assert response.status == 200
-        clock.advance(1)
-    await gateway.server.state.detection.drain()
+    assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
     await gateway.server.state.enforcement.judge_queued()
     (violation,) = await events(client, gateway, kind="violation")
     assert (violation["violation"], violation["severity"], violation["subject"]) == ("scraping", "major",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.conftest import ManualClock, wait_until
 from tests.test_auth import SECRET, bearer, hs_token
-from tests.test_detection_gateway import HEADLESS, detection_config
+from tests.test_detection_gateway import HEADLESS, browse_headless, detection_config
 from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
 
 
@@ -50,22 +50,14 @@ async def test_allow_listing_a_user_lifts_a_scraping_block(start_gateway, upstre
     clock = ManualClock(T0)
     gateway = await start_gateway(detection_config(upstream), clock=clock)
     token = bearer(hs_token(clock))
-    for n in range(3):
-        async with client.get(f"{gateway.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
-            assert response.status == 200
-        clock.advance(1)
-    await gateway.server.state.detection.drain()
+    assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
     async with client.get(f"{gateway.url}/echo/portal/next", headers={**token, **HEADLESS}) as response:
         assert response.status == 403
 
     status, _ = await post(client, gateway, "/admin/allow-list",
                            {"customer": "acme", "user": "alice", "for": "30d", "reason": "QA automation, agreed"})
     assert status == 201
-    for n in range(5):
-        async with client.get(f"{gateway.url}/echo/portal/q{n}", headers={**token, **HEADLESS}) as response:
-            assert response.status == 200
-        clock.advance(1)
-    await gateway.server.state.detection.drain()
+    assert await browse_headless(client, gateway, token, clock, 5, prefix="q") == [200] * 5
     assert len(gateway.server.state.findings.recent(detector="scraping")) == 1  # no new one
 
 
@@ -76,11 +68,7 @@ async def test_an_allow_listed_user_agent_is_not_scored(start_gateway, upstream,
                            {"user_agent": "HeadlessChrome", "for": "7d", "reason": "the customer's own test rig"})
     assert status == 201
     token = bearer(hs_token(clock))
-    for n in range(8):
-        async with client.get(f"{gateway.url}/echo/portal/p{n}", headers={**token, **HEADLESS}) as response:
-            assert response.status == 200
-        clock.advance(1)
-    await gateway.server.state.detection.drain()
+    assert await browse_headless(client, gateway, token, clock, 8) == [200] * 8
     assert gateway.server.state.findings.recent(detector="scraping") == []
 
 
