@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from gateway.state.store import shared_entries
+
 REAUTH, BLOCK, SCRAPING = "reauth", "block", "scraping"
 
 
@@ -58,8 +60,5 @@ class Sanctions:
         return len(keys)
 
     def sync_from(self, entries: list[dict]) -> None:
-        for entry in entries:
-            try:
-                self.add(Sanction(**entry))
-            except TypeError:
-                continue  # written by a different version; its own gateway still enforces it
+        for sanction in shared_entries(Sanction, entries):
+            self.add(sanction)

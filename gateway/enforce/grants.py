@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway.config.limits import Override
+from gateway.state.store import shared_entries
 
 EXEMPTABLE = ("ladder", "sharing", "scraping", "seats", "all")
 OVERRIDE, EXEMPT, ALLOW_USER, ALLOW_AGENT = "override", "exempt", "allow_user", "allow_agent"
@@ -93,15 +94,7 @@ class Grants:
 
     def unseen(self, entries: list[dict]) -> list[Grant]:
         """The fleet's grants this gateway does not have yet (to be taken with their effects)."""
-        new = []
-        for entry in entries:
-            try:
-                grant = Grant(**entry)
-            except TypeError:
-                continue  # written by a different version
-            if grant.id not in self._grants:
-                new.append(grant)
-        return new
+        return [grant for grant in shared_entries(Grant, entries) if grant.id not in self._grants]
 
     def _expire(self, now: float) -> None:
         ended = [key for key, grant in self._grants.items() if grant.until <= now]

@@ -4,6 +4,7 @@ and merged from the fleet: the latest decision about a subject wins."""
 from __future__ import annotations
 
 from gateway.enforce.ladder import OK, SEVERITY, Standing
+from gateway.state.store import shared_entries
 
 _MAX_REMEMBERED = 100_000
 
@@ -65,11 +66,8 @@ class Standings:
         return list(self._latest.values())
 
     def sync_from(self, entries: list[dict]) -> None:
-        for entry in entries:
-            try:
-                self.apply(Standing(**entry))
-            except TypeError:
-                continue  # written by a different version; its own gateway still enforces it
+        for standing in shared_entries(Standing, entries):
+            self.apply(standing)
 
     def _forget_ended(self, now: float) -> None:
         for subject in [s for s, standing in self._latest.items() if standing.until <= now]:

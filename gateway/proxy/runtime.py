@@ -26,7 +26,7 @@ from gateway.alerts.webhooks import Alerts
 from gateway.audit.trail import AuditCounters, AuditTrail
 from gateway.detect.engine import Detection
 from gateway.detect.findings import Finding, FindingLog
-from gateway.detect.sanctions import user_key
+from gateway.detect.sanctions import session_key, user_key
 from gateway.enforce.enforcer import Enforcement
 from gateway.enforce.grants import ALLOW_AGENT, ALLOW_USER, Grant, Grants
 from gateway.proxy.client_address import ClientAddressResolver
@@ -87,8 +87,8 @@ class GatewayState:
         self.take_grant(grant)
         await self.store.share("grants", grant.as_entry(), grant.until)
         if grant.kind in (ALLOW_USER, ALLOW_AGENT):
-            lifted = {entry_key for entry_key in self._sanction_keys(grant)}
-            await self.store.unshare("sanctions", lambda entry: any(entry.get("key", "").startswith(k) for k in lifted))
+            lifted = tuple(self._sanction_keys(grant))
+            await self.store.unshare("sanctions", lambda entry: str(entry.get("key", "")).startswith(lifted))
 
     def take_grant(self, grant: Grant) -> None:
         """Apply a grant (made here or learnt from the fleet): an allow-list entry also lifts the
@@ -105,7 +105,8 @@ class GatewayState:
     def _sanction_keys(self, grant: Grant) -> set[str]:
         """Prefixes of the sanction keys an allow-list entry lifts."""
         if grant.kind == ALLOW_USER:
-            return {user_key(grant.customer or "", grant.user or ""), f"session:{grant.customer}/{grant.user}/"}
+            customer, user = grant.customer or "", grant.user or ""
+            return {user_key(customer, user), session_key(customer, user, "")}
         # An agent: the subjects whose scraping findings named it.
         agent = (grant.agent or "").lower()
         return {f.subject for f in self.findings.recent()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 if TYPE_CHECKING:
     from gateway.state.sightings import Sightings
 
 RATE, CONCURRENCY, QUOTA = 0, 1, 2
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -46,6 +47,16 @@ class Outcome:
     retry_after: float = 0.0  # when not allowed
     delay: float = 0.0  # delay mode: hold the request this long
     over: bool = False  # a flag-only quota is exceeded
+
+
+def shared_entries(kind: Callable[..., T], entries: list[dict]) -> Iterator[T]:
+    """Entries read back from `StateStore.shared` as objects; one written by a different version
+    (other fields) is skipped: its own gateway still enforces it."""
+    for entry in entries:
+        try:
+            yield kind(**entry)
+        except TypeError:
+            continue
 
 
 class StoreUnavailable(Exception):
