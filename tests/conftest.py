@@ -198,12 +198,28 @@ def gateway_process():
         process.stop()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
+    """A free loopback port for a child process to bind, never the same one twice in a run, and
+    below the kernel's ephemeral range: a port the kernel picked (bind to 0) can be taken by an
+    outgoing test connection before the child binds it."""
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for _ in range(500):
+        port = random.randint(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port found in 20000-32000")
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

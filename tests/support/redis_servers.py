@@ -33,9 +33,11 @@ def shared_redis_url() -> str:
 
 
 def free_port(with_bus: bool = False) -> int:
-    """A free loopback port; with_bus also needs port + 10000 free (a Cluster node's bus port)."""
+    """A free loopback port; with_bus also needs port + 10000 free (a Cluster node's bus port).
+    Ports and bus ports stay below 20000: clear of the kernel's ephemeral range (outgoing
+    connections) and of the gateways' ports (tests/conftest.py, 20000-32000)."""
     for _ in range(200):
-        port = random.randint(20000, 50000)
+        port = random.randint(7000, 9900)
         if all(_bindable(p) for p in ((port, port + 10000) if with_bus else (port,))):
             return port
     raise RuntimeError("no free port pair found")
