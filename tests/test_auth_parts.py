@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.auth.authenticator import _bearer_token
+from gateway.auth.bearer import bearer_token
 from gateway.auth.corporate_email import FreeMailDomains
 from gateway.auth.errors import AuthError, InvalidToken
 from gateway.auth.failed_logins import FailedLogins
@@ -83,10 +83,18 @@ def test_free_mail_domains(email, free):
 
 @given(st.text(max_size=200))
 def test_bearer_parsing_never_fails_and_finds_only_bearer_tokens(value):
-    token = _bearer_token(value)
+    token = bearer_token(value)
     if token is not None:
         assert value.lower().startswith("bearer ")
         assert token == token.strip() and token
+
+
+@given(st.text(alphabet="bearBEAR", min_size=6, max_size=6), st.text(" ", min_size=1, max_size=3),
+       st.text(alphabet="abcXYZ019-_.~+/=", min_size=1, max_size=40))
+def test_bearer_scheme_is_case_insensitive(scheme, spaces, token):
+    # One parser serves the proxy and the admin API; RFC 7235 makes the scheme case-insensitive.
+    expected = token if scheme.lower() == "bearer" else None
+    assert bearer_token(f"{scheme}{spaces}{token}") == expected
 
 
 def make_verifier() -> TokenVerifier:
@@ -101,7 +109,7 @@ def test_any_header_bytes_give_an_auth_error_never_a_crash(raw):
     # aiohttp hands header values over decoded as UTF-8 with surrogateescape.
     value = raw.decode("utf-8", "surrogateescape")
     verifier = make_verifier()
-    token = _bearer_token("Bearer " + value)
+    token = bearer_token("Bearer " + value)
     if token is None:
         return
     with pytest.raises(AuthError):

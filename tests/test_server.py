@@ -39,6 +39,16 @@ async def test_admin_api_requires_the_token(gateway, client):
         assert response.status == 401
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+async def test_admin_api_takes_the_bearer_scheme_in_any_case(gateway, client, scheme):
+    # RFC 7235: the scheme is case-insensitive, as the proxy already treats it.
+    headers = {"Authorization": f"{scheme} {ADMIN_TOKEN}"}
+    async with client.get(f"{gateway.admin_url}/admin/customers", headers=headers) as response:
+        assert response.status == 200
+    async with client.get(f"{gateway.admin_url}/admin/customers", headers={"Authorization": f"{scheme} wrong"}) as response:
+        assert response.status == 401
+
+
 async def test_reload_swaps_config_and_rejects_a_bad_one(gateway, upstream, client):
     routes = [{"name": "only-echo", "path_prefix": "/echo/", "upstream": "app"}]
     config = gateway_config(upstream.url, routes=routes)

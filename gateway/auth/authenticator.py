@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from gateway.auth.bearer import bearer_token
 from gateway.auth.corporate_email import FreeMailDomains
 from gateway.auth.errors import (
     AuthError,
@@ -59,7 +60,7 @@ class Authenticator:
         self, authorization: str | None, client_ip: str, *, required: bool, scopes: tuple[str, ...]
     ) -> Identity | None:
         """The caller's Identity; None on an optional route without a token; else AuthError."""
-        token = _bearer_token(authorization)
+        token = bearer_token(authorization)
         if token is None:
             if required:
                 self._count("missing")
@@ -117,12 +118,3 @@ class Authenticator:
 
     def _count(self, result: str) -> None:
         self._metrics.results.labels(result).inc()
-
-
-def _bearer_token(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None

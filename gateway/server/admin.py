@@ -12,6 +12,7 @@ from typing import Callable
 from aiohttp import web
 from pydantic import BaseModel, SecretStr
 
+from gateway.auth.bearer import bearer_token
 from gateway.config import GatewayConfig
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.proxy.problems import problem_response
@@ -175,7 +176,7 @@ def _version() -> str:
 
 
 def _require_token(token: str | None):
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
 
     @web.middleware
     async def middleware(request: web.Request, handler):
@@ -185,7 +186,7 @@ def _require_token(token: str | None):
             return problem_response(
                 503, "admin-disabled", "Admin API Disabled", f"Set {ADMIN_TOKEN_ENV} to enable the admin API."
             )
-        presented = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        presented = (bearer_token(request.headers.get("Authorization")) or "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(presented, expected):
             return problem_response(
                 401, "admin-unauthorized", "Unauthorized", "A valid admin bearer token is required.",
