@@ -139,6 +139,19 @@ async def test_lifetime_over_the_maximum(start_gateway, upstream, client, clock)
     await expect_401(client, f"{gw.url}/echo", token, "longer than allowed")
 
 
+@pytest.mark.parametrize("overrides", [
+    {"exp": float("nan")},
+    {"exp": float("inf")},
+    {"iat": float("nan"), "exp": 4_000_000_000},  # a far expiry slipping past max_lifetime
+    {"nbf": float("-inf")},
+    {"exp": True},
+    {"exp": 10 ** 400},
+    {"org_rank": float("nan")},
+])
+async def test_non_finite_or_absurd_times_are_refused(gw, client, clock, overrides):
+    await expect_401(client, f"{gw.url}/echo", hs_token(clock, **overrides))
+
+
 async def test_tampered_signature(gw, client, clock):
     head, payload, signature = hs_token(clock).split(".")
     forged = json.loads(base64.urlsafe_b64decode(payload + "=="))

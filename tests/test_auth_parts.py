@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
+import jwt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,10 +99,10 @@ def test_bearer_scheme_is_case_insensitive(scheme, spaces, token):
     assert bearer_token(f"{scheme}{spaces}{token}") == expected
 
 
-def make_verifier() -> TokenVerifier:
+def make_verifier(clock: ManualClock | None = None) -> TokenVerifier:
     issuer = Issuer.model_validate({"name": "test", "issuer": "https://login.test.invalid", "audiences": ["api"],
                                     "algorithms": ["HS256"], "hmac_secret": "x" * 32})
-    return TokenVerifier([IssuerVerifier(issuer, StaticKeys.for_issuer(issuer), ManualClock())])
+    return TokenVerifier([IssuerVerifier(issuer, StaticKeys.for_issuer(issuer), clock or ManualClock())])
 
 
 @settings(max_examples=300, deadline=None)
@@ -122,3 +124,28 @@ def test_any_header_bytes_give_an_auth_error_never_a_crash(raw):
 def test_well_shaped_garbage_tokens_are_invalid(parts):
     with pytest.raises(InvalidToken):
         asyncio.run(make_verifier().verify(".".join(parts)))
+
+
+_CLAIM_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.booleans(), st.none(), st.text(max_size=5),
+    st.integers(min_value=10 ** 300, max_value=10 ** 400),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(exp=_CLAIM_VALUES, iat=_CLAIM_VALUES, nbf=_CLAIM_VALUES, other=_CLAIM_VALUES)
+def test_any_time_claims_give_a_bounded_identity_or_invalid_token(exp, iat, nbf, other):
+    clock = ManualClock()
+    payload = {"iss": "https://login.test.invalid", "aud": "api", "sub": "alice", "org_id": "acme",
+               "exp": exp, "iat": iat, "nbf": nbf, "extra": [other]}
+    token = jwt.encode({key: value for key, value in payload.items() if value is not None}, "x" * 32)
+    try:
+        identity = asyncio.run(make_verifier(clock).verify(token))
+    except InvalidToken:
+        return
+    # Accepted: it expires, at a real time, within the issuer's maximum lifetime of now.
+    assert math.isfinite(identity.expires_at) and math.isfinite(identity.issued_at)
+    assert isinstance(exp, (int, float)) and not isinstance(exp, bool)
+    assert identity.expires_at >= clock.time() - 60
+    assert identity.expires_at - identity.issued_at <= 86400
+    assert not (isinstance(other, float) and not math.isfinite(other))

@@ -3,6 +3,7 @@ against an injectable clock, mapped to an Identity."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Mapping
 
@@ -17,6 +18,8 @@ from gateway.config.auth import Issuer
 # JWS compact serialization: three base64url parts. Anything else never reaches PyJWT.
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _MAX_TOKEN_LENGTH = 16 * 1024
+# Times past the end of year 9999 are no real instant; larger ones would also overflow a float.
+_LATEST_TIME = 253402300799
 
 
 class IssuerVerifier:
@@ -61,6 +64,7 @@ class IssuerVerifier:
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
         settings = self.settings
+        _reject_non_finite(claims)
         now = self._clock.time()
         leeway = settings.leeway
         expires_at = _number(claims, "exp")
@@ -123,12 +127,27 @@ class TokenVerifier:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A time claim: seconds since the epoch, finite, between 1970 and the year 9999."""
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidToken(f"claim {name} is not a number", f"The token's '{name}' claim is not a number.")
+    # bool is an int in Python, and JSON's NaN and Infinity parse as floats: none is a time.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= _LATEST_TIME:
+        raise InvalidToken(f"claim {name} is not a time", f"The token's '{name}' claim is not a valid time.")
     return float(value)
+
+
+def _reject_non_finite(value: Any, depth: int = 0) -> None:
+    """NaN or Infinity anywhere in the claims: no comparison with them means anything."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidToken("a claim is NaN or infinite", "The token carries a number that is not finite.")
+    elif depth < 32 and isinstance(value, dict):
+        for item in value.values():
+            _reject_non_finite(item, depth + 1)
+    elif depth < 32 and isinstance(value, list):
+        for item in value:
+            _reject_non_finite(item, depth + 1)
 
 
 def _identifier(claims: Mapping[str, Any], name: str) -> str:
