@@ -336,3 +336,41 @@ async def test_preserve_host_false_sends_upstream_authority(start_gateway, upstr
         echo = await response.json()
     assert header(echo, "Host") == f"127.0.0.1:{upstream.port}"
     assert header(echo, "X-Forwarded-Host") == "public.example"
+
+
+async def test_too_many_headers_get_431_problem(gateway):
+    reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
+    fields = b"".join(b"X-F%d: v\r\n" % i for i in range(200))
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n" + fields + b"\r\n")
+    response = await reader.read()
+    writer.close()
+    assert response.split(b" ", 2)[1] == b"431"
+    assert b"application/problem+json" in response
+
+
+async def test_gateway_answers_name_no_versions_and_upstream_server_passes_through(start_gateway, client):
+    from tests.support.raw_upstream import RawUpstream
+
+    def script(head: bytes) -> tuple[bytes, bool]:
+        if head.startswith(b"GET /theirs "):
+            return b"HTTP/1.1 200 OK\r\nServer: Apache/2.4.1 (Unix)\r\nContent-Length: 2\r\n\r\nok", False
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False
+
+    raw = RawUpstream(script)
+    port = await raw.start()
+    try:
+        gw = await start_gateway(gateway_config(f"http://127.0.0.1:{port}", routes=[
+            {"name": "app", "path_prefix": "/", "upstream": "app"}]))
+        async with client.get(f"{gw.url}/theirs") as response:
+            assert response.headers.getall("Server") == ["Apache/2.4.1 (Unix)"]
+        own = [f"{gw.url}/mine", f"{gw.admin_url}/healthz", f"{gw.admin_url}/metrics", f"{gw.admin_url}/admin/reload"]
+        for url in own:
+            async with client.get(url) as response:
+                assert response.headers.getall("Server") == ["fairgate"], url
+        reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+        writer.write(b"GET /x/%2e%2e/y HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        refused = await reader.read()
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 400") and b"\r\nServer: fairgate\r\n" in refused
+    finally:
+        await raw.stop()

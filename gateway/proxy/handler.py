@@ -25,7 +25,7 @@ from gateway.proxy.headers import (
     request_id_or_new,
     upstream_header_lines,
 )
-from gateway.proxy.problems import IETF_PROBLEM_TYPES, Problem, problem_response
+from gateway.proxy.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
 from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
 from gateway.proxy.routing import has_dot_segments
 from gateway.proxy.runtime import Runtime, RouteTarget
@@ -327,6 +327,7 @@ class ProxyHandler:
         if extra_headers:
             headers.update(extra_headers)
         headers["X-Request-Id"] = request_id
+        headers.setdefault("Server", SERVER_NAME)  # the upstream's own passes through
         via = headers.get("Via")
         headers["Via"] = f"{via}, {_VIA}" if via else _VIA
         reason = upstream.reason.decode("utf-8", "replace") or None

@@ -9,6 +9,8 @@ from typing import Any, Mapping
 from aiohttp import web
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+# The Server header of answers the gateway makes itself: no product or version to fingerprint.
+SERVER_NAME = "fairgate"
 _TYPE_PREFIX = "urn:fairgate:problem:"
 # Problem types the IETF httpapi ratelimit-headers draft registers, used where they fit.
 IETF_PROBLEM_TYPES = {
@@ -48,7 +50,7 @@ def problem_response(
     response = web.Response(
         status=status,
         body=json.dumps(body).encode(),
-        headers=headers,
+        headers={"Server": SERVER_NAME, **(headers or {})},
     )
     response.content_type = PROBLEM_CONTENT_TYPE
     return response

@@ -11,7 +11,7 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from gateway.metrics import Metrics
-from gateway.proxy.problems import problem_response
+from gateway.proxy.problems import SERVER_NAME, problem_response
 
 log = logging.getLogger("fairgate.websocket")
 
@@ -54,6 +54,7 @@ async def proxy_websocket(request: BaseRequest, target, lines: list[bytes], metr
             )
         client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), autoping=False,
                                        max_msg_size=0)
+        client.headers["Server"] = SERVER_NAME
         await client.prepare(request)
         await _pump_both_ways(client, upstream)
         return client

@@ -15,7 +15,7 @@ from pydantic import BaseModel, SecretStr
 from gateway.auth.bearer import bearer_token
 from gateway.config import GatewayConfig
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
-from gateway.proxy.problems import problem_response
+from gateway.proxy.problems import SERVER_NAME, problem_response
 from gateway.server.admin_requests import bad_request, json_object, since_param
 from gateway.server.console import add_console_routes
 from gateway.server.customers_api import add_customer_routes
@@ -117,6 +117,7 @@ def build_admin_app(
         return web.json_response(openapi_document(_version()))
 
     app = web.Application(middlewares=[_require_token(admin_token)])
+    app.on_response_prepare.append(_neutral_server_header)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -173,6 +174,10 @@ def _version() -> str:
         return version("fairgate")
     except PackageNotFoundError:
         return "0"
+
+
+async def _neutral_server_header(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
 
 
 def _require_token(token: str | None):

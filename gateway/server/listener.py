@@ -36,6 +36,13 @@ class _ProblemRequestHandler(RequestHandler):
                 "A request line or header field is longer than the gateway accepts.",
             )
             log.info("rejected request with an oversized line from %s", request.remote)
+        elif isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+            # aiohttp's parser says 400; RFC 6585 has the precise answer.
+            response = problem_response(
+                431, "headers-too-large", "Request Header Fields Too Large",
+                "The request has more header fields than the gateway accepts.",
+            )
+            log.info("rejected request with too many headers from %s", request.remote)
         elif isinstance(exc, BadHttpMessage):
             response = problem_response(400, "bad-request", "Bad Request", "The request is not valid HTTP/1.1.")
             if not isinstance(exc, BadHttpMethod):
