@@ -24,11 +24,11 @@ def header(echo: dict, name: str) -> str | None:
 
 
 async def test_get_is_forwarded_with_path_and_query_unchanged(gateway, client):
-    async with client.get(f"{gateway.url}/echo/a%2Fb/c?x=1&y=%20z") as response:
+    async with client.get(f"{gateway.url}/echo/a%20b/c%3Fd;v=1?x=1&y=%20z") as response:
         assert response.status == 200
         echo = await response.json()
     assert echo["method"] == "GET"
-    assert echo["path"] == "/echo/a%2Fb/c?x=1&y=%20z"
+    assert echo["path"] == "/echo/a%20b/c%3Fd;v=1?x=1&y=%20z"
 
 
 async def test_forwarded_headers_are_set(gateway, client):
@@ -374,3 +374,25 @@ async def test_gateway_answers_name_no_versions_and_upstream_server_passes_throu
         assert refused.startswith(b"HTTP/1.1 400") and b"\r\nServer: fairgate\r\n" in refused
     finally:
         await raw.stop()
+
+
+@pytest.mark.parametrize("path", [
+    "/healthz/..;/api/v1/whoami", "/healthz/..%5capi/v1/whoami", "/healthz/..%5Capi/v1/whoami",
+    "/healthz/%2e%2e/api/v1/whoami", "/healthz/..\\api/v1/whoami", "/healthz/%u002e%u002e/api/v1/whoami",
+    "//api/v1/whoami", "/;/api/v1/whoami", "/%61pi/v1/whoami", "/healthz/%00",
+])
+async def test_traversal_past_an_open_route_is_refused_before_upstream(start_gateway, upstream, path):
+    from tests.test_auth import auth_config
+
+    gw = await start_gateway(auth_config(upstream, routes=[
+        {"name": "health", "path_prefix": "/healthz", "upstream": "app", "auth": "none"},
+        {"name": "open", "path_prefix": "/", "upstream": "app", "auth": "none"},
+        {"name": "api", "path_prefix": "/api/", "upstream": "app"},
+    ]))
+    reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode("latin-1"))
+    response = await reader.read()
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 400"), response[:200]
+    assert b"application/problem+json" in response and b"bad-path" in response
+    assert upstream.state.requests == 0

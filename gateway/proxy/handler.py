@@ -27,7 +27,7 @@ from gateway.proxy.headers import (
 )
 from gateway.proxy.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
 from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
-from gateway.proxy.routing import has_dot_segments
+from gateway.proxy.request_path import ambiguity, routing_form
 from gateway.proxy.runtime import Runtime, RouteTarget
 from gateway.proxy.websocket import is_websocket_upgrade, proxy_websocket
 from gateway.state.store import StoreUnavailable
@@ -105,11 +105,16 @@ class ProxyHandler:
 
     def _match(self, runtime: Runtime, request: BaseRequest) -> RouteTarget | web.Response:
         path = request.raw_path.partition("?")[0]
-        if not path.startswith("/") or has_dot_segments(path):
-            return self._reject(request, 400, "bad-path", "Bad Request", "The request path is not a normalized absolute path.")
+        reason = ambiguity(path)
+        if reason is not None:
+            return self._reject(request, 400, "bad-path", "Bad Request", f"The request path is ambiguous: {reason}.")
         target = runtime.router.match(request.host, path)
         if target is None:
             return self._reject(request, 404, "no-route", "Not Found", "No route matches this host and path.")
+        form = routing_form(path)
+        if form != path and runtime.router.match(request.host, form) is not target:
+            return self._reject(request, 400, "bad-path", "Bad Request",
+                                "The request path is ambiguous: decoded, or without ';' parameters, it takes another route.")
         route = target.route
         header_bytes = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
         if header_bytes > route.max_header_bytes:

@@ -42,14 +42,3 @@ def _strip_port(host: str) -> str:
         return host[: host.find("]") + 1]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
-
-def has_dot_segments(path: str) -> bool:
-    """True for paths with '.' or '..' segments (also percent-encoded), which upstreams would
-    resolve differently from the gateway's prefix match."""
-    if "." not in path and "%" not in path:
-        return False
-    lowered = path.lower().replace("%2e", ".").replace("%2f", "/").replace("\\", "/")
-    for segment in lowered.split("/"):
-        if segment in (".", ".."):
-            return True
-    return False
