@@ -396,3 +396,27 @@ async def test_traversal_past_an_open_route_is_refused_before_upstream(start_gat
     assert response.startswith(b"HTTP/1.1 400"), response[:200]
     assert b"application/problem+json" in response and b"bad-path" in response
     assert upstream.state.requests == 0
+
+
+async def test_aborted_uploads_leave_no_unretrieved_future_and_a_healthy_pool(gateway, upstream, client):
+    import gc
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    pool = gateway.server.runtimes.current.pools["app"]
+    try:
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+            await wait_until(lambda: pool.open_connections > pool.idle_connections)  # the upload is upstream
+            writer.transport.abort()
+            await wait_until(lambda: pool.open_connections == pool.idle_connections)
+        gc.collect()  # a lost future's exception is reported when it is collected
+        async with client.post(f"{gateway.url}/echo", data=b"still fine") as response:
+            assert response.status == 200
+    finally:
+        loop.set_exception_handler(previous)
+    assert [context.get("message") for context in errors] == []

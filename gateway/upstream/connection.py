@@ -152,7 +152,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, head_only: bool) -> None:
         self._reset_exchange(head_only)
-        self._head_waiter = self._loop.create_future()
+        waiter = self._head_waiter = self._loop.create_future()
+        # The exchange can end before anyone awaits the head (the client went away mid-upload);
+        # an error set on it afterwards is read here, so asyncio never reports it as lost.
+        waiter.add_done_callback(_retrieve)
 
     def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
@@ -247,6 +250,11 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         self._set_error(error)
         self.abort()
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _expire(waiter: asyncio.Future, message: str) -> None:
