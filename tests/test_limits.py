@@ -8,7 +8,7 @@ import zoneinfo
 
 import pytest
 
-from tests.conftest import ManualClock, gateway_config
+from tests.conftest import ManualClock, gateway_config, wait_until
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 
@@ -246,6 +246,32 @@ async def test_low_priority_plans_are_shed_first_when_the_upstream_is_saturated(
     assert (await held).status == 200
     async with client.get(f"{gw.url}/echo", headers=bearer(free)) as response:
         assert response.status == 200
+
+
+async def test_stalled_anonymous_requests_cannot_starve_logged_in_customers(start_gateway, upstream, client, clock):
+    plans = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "100/s", "burst": 100}]}}
+    routes = [{"name": "open", "path_prefix": "/echo/open", "upstream": "app", "auth": "optional"},
+              {"name": "api", "path_prefix": "/", "upstream": "app"}]
+    gw = await start_gateway(limits_config(upstream, plans, routes=routes, upstream_settings={"max_in_flight": 20}),
+                             clock=clock)
+    gate = gw.server.runtimes.current.gates["app"]
+    registry = gw.server.metrics.registry
+
+    def shed() -> float:
+        return registry.get_sample_value("fairgate_rejections_total", {"reason": "temporary-reduced-capacity"}) or 0
+
+    writers = []
+    for _ in range(25):  # bodies that never finish, from callers without a login
+        _, writer = await asyncio.open_connection(*gw.server.proxy_address)
+        writer.write(b"POST /echo/open HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        writers.append(writer)
+    await wait_until(lambda: gate.in_flight + shed() == 25)
+    token = hs_token(clock, exp=int(clock.time()) + 3600)
+    assert await statuses(client, f"{gw.url}/echo", token, 5) == [200] * 5
+    assert gate.in_flight == 2  # the anonymous share: 10% of max_in_flight
+    for writer in writers:
+        writer.close()
+    await wait_until(lambda: gate.in_flight == 0)
 
 
 async def test_legacy_headers_when_configured(start_gateway, upstream, client, clock):

@@ -35,6 +35,16 @@ class ServerSettings(Section):
         "Routes set tighter total limits with max_header_bytes.",
     )
     access_log: bool = Field(True, description="Write one JSON access-log line per request.")
+    header_read_timeout: Duration = Field(
+        10.0, gt=0, description="Longest time from a request's first byte to the end of its headers; "
+                                "the connection is answered 408 and closed beyond it."
+    )
+    body_idle_timeout: Duration = Field(
+        30.0, gt=0, description="Longest wait for the next bytes of a request body (408 beyond it)."
+    )
+    body_total_timeout: Duration = Field(
+        300.0, gt=0, description="Longest time to receive a whole request body (408 beyond it)."
+    )
 
 
 class AdminSettings(Section):
@@ -75,6 +85,10 @@ class Upstream(Section):
     max_in_flight: int | None = Field(
         None, ge=1, description="Requests in flight to this upstream at most; past a plan's share, lower-priority "
                                 "plans are shed first with 503."
+    )
+    anonymous_share: float = Field(
+        0.1, gt=0, le=1, description="Fraction of max_in_flight that callers without a login may hold at most "
+                                     "(rounded up), so stalled anonymous requests cannot starve logged-in plans."
     )
 
     @property

@@ -26,6 +26,7 @@ from gateway.proxy.headers import (
     upstream_header_lines,
 )
 from gateway.proxy.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
+from gateway.proxy.request_body import BodyTimeout, BodyTimeouts, next_chunk, read_whole
 from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
 from gateway.proxy.request_path import ambiguity, routing_form
 from gateway.proxy.runtime import Runtime, RouteTarget
@@ -211,7 +212,8 @@ class ProxyHandler:
             return self._limited(request, admission, extra_headers)
 
         gate = target.gate
-        if gate is not None and not gate.try_enter(admission.priority):
+        anonymous = identity is None
+        if gate is not None and not gate.try_enter(admission.priority, anonymous):
             if runtime.limiter is not None:
                 runtime.limiter.finish(admission, 0, 0.0)  # gives back any concurrency slot
             return self._reject(
@@ -228,10 +230,11 @@ class ProxyHandler:
             self._add_forwarding(lines, found, peer, trusted, client_host, request_id, target)
             if websocket:
                 return await proxy_websocket(request, target, lines, self._metrics)
-            return await self._forward(target, request, request_id, lines, extra_headers, meter)
+            return await self._forward(target, request, request_id, lines, extra_headers, meter,
+                                       runtime.body_timeouts)
         finally:
             if gate is not None:
-                gate.leave()
+                gate.leave(anonymous)
             if runtime.limiter is not None:
                 runtime.limiter.finish(admission, meter.bytes, meter.upstream_seconds)
             if meter.status and identity is not None and runtime.usage is not None:
@@ -272,7 +275,7 @@ class ProxyHandler:
 
     async def _forward(
         self, target: RouteTarget, request: BaseRequest, request_id: str, lines: list[bytes],
-        extra_headers: Mapping[str, str], meter: Meter,
+        extra_headers: Mapping[str, str], meter: Meter, timeouts: BodyTimeouts,
     ) -> web.StreamResponse:
         route = target.route
         length = request.content_length
@@ -283,10 +286,16 @@ class ProxyHandler:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if length is None and request.body_exists:
             chunked = True
-            body = _limited_body(request, route.max_body, meter)
+            body = _limited_body(request, route.max_body, meter, timeouts)
             lines.append(b"Transfer-Encoding: chunked\r\n")
         elif length:
-            body = await request.read() if length <= _BUFFER_LIMIT else _limited_body(request, route.max_body, meter)
+            if length <= _BUFFER_LIMIT:
+                try:
+                    body = await read_whole(request.content, timeouts)
+                except BodyTimeout:
+                    return await self._body_timed_out(request)
+            else:
+                body = _limited_body(request, route.max_body, meter, timeouts)
             if isinstance(body, bytes):
                 meter.bytes += length
                 meter.bytes_in += length
@@ -305,9 +314,22 @@ class ProxyHandler:
                 request, 413, "body-too-large", "Content Too Large",
                 f"The request body exceeds {route.max_body} bytes on this route.",
             )
+        except BodyTimeout:
+            # The upstream had the head and maybe part of the body; its connection is aborted.
+            return await self._body_timed_out(request)
         except UpstreamError as exc:
             return self._upstream_failed(request, target, exc, extra_headers)
         return await self._relay(request, exchange, target, request_id, extra_headers, meter)
+
+    async def _body_timed_out(self, request: BaseRequest) -> web.Response:
+        response = self._reject(request, 408, "body-timeout", "Request Timeout",
+                                "The request body did not arrive in time.")
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        # aiohttp would linger reading the rest of the body; a client that stalled gets no more time.
+        request.protocol.force_close()
+        return response
 
     def _count_upstream_failure(self, request: BaseRequest, target: RouteTarget, exc: UpstreamError) -> None:
         self._metrics.upstream_errors.labels(target.route.upstream, type(exc).__name__).inc()
@@ -385,9 +407,10 @@ def _wire(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-async def _limited_body(request: BaseRequest, limit: int, meter: Meter) -> AsyncIterator[bytes]:
+async def _limited_body(request: BaseRequest, limit: int, meter: Meter, timeouts: BodyTimeouts) -> AsyncIterator[bytes]:
     received = 0
-    while chunk := await request.content.readany():
+    deadline = timeouts.deadline()
+    while chunk := await next_chunk(request.content, timeouts, deadline):
         received += len(chunk)
         if received > limit:
             raise BodyTooLarge()

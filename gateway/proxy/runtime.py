@@ -30,6 +30,7 @@ from gateway.detect.sanctions import session_key, user_key
 from gateway.enforce.enforcer import Enforcement
 from gateway.enforce.grants import ALLOW_AGENT, ALLOW_USER, Grant, Grants
 from gateway.proxy.client_address import ClientAddressResolver
+from gateway.proxy.request_body import BodyTimeouts
 from gateway.proxy.routing import Router
 from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
 from gateway.limits.limiter import Limiter
@@ -145,6 +146,7 @@ class Runtime:
         self.gates = gates
         self.key_sources = key_sources
         self.client_addresses = ClientAddressResolver(config.server.trusted_proxies)
+        self.body_timeouts = BodyTimeouts(config.server.body_idle_timeout, config.server.body_total_timeout)
         headers = config.auth.identity_headers
         self.customer_header = headers.customer.encode("ascii")
         self.user_header = headers.user.encode("ascii")
@@ -207,7 +209,7 @@ class Runtime:
             if upstream.max_in_flight is not None:
                 # The same gate object carries on, so requests still out leave the gate they entered.
                 gate = previous.gates.get(name) if unchanged else None  # type: ignore[union-attr]
-                gates[name] = gate or InFlightGate(upstream.max_in_flight, max_priority)
+                gates[name] = gate or InFlightGate(upstream.max_in_flight, max_priority, upstream.anonymous_share)
                 gates[name].set_priorities(max_priority)
         key_sources: dict[str, KeySource] = {}
         for issuer in config.auth.issuers:

@@ -71,6 +71,7 @@ class GatewayServer:
             ProxyHandler(self.runtimes, self.metrics, sleep=options.sleep),
             max_line=config.server.max_header_line,
             keepalive_timeout=config.server.keepalive_timeout,
+            header_read_timeout=config.server.header_read_timeout,
             access_log=config.server.access_log,
         )
         self._proxy = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.server.drain_timeout)

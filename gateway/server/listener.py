@@ -1,11 +1,16 @@
-"""The proxy listener's HTTP server: aiohttp's low-level server, with problem+json errors.
+"""The proxy listener's HTTP server: aiohttp's low-level server, with problem+json errors
+and a deadline for request headers.
 
 aiohttp answers requests it cannot parse (and handler crashes) with text/plain; a gateway
-answers every error the same documented way, so that one hook is replaced.
+answers every error the same documented way, so that one hook is replaced. aiohttp has no
+header-read timeout (its keep-alive timeout only closes connections with nothing pending), so a
+client trickling a header in holds the connection; the handler here answers 408 and closes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from typing import Any
 
@@ -14,13 +19,61 @@ from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.proxy.problems import problem_response
+from gateway.proxy.problems import PROBLEM_CONTENT_TYPE, SERVER_NAME, problem_response
 from gateway.server.logs import JsonAccessLogger
 
 log = logging.getLogger("fairgate.server")
 
 
+def _raw_problem(status: int, reason: str, slug: str, detail: str) -> bytes:
+    """A whole problem+json response, for answering where aiohttp has no request to answer."""
+    body = json.dumps({"type": f"urn:fairgate:problem:{slug}", "title": reason, "status": status,
+                       "detail": detail}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {PROBLEM_CONTENT_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\nServer: {SERVER_NAME}\r\n\r\n")
+    return head.encode() + body
+
+
+_HEADER_TIMEOUT_RESPONSE = _raw_problem(408, "Request Timeout", "header-timeout",
+                                        "The request headers did not arrive in time.")
+
+
 class _ProblemRequestHandler(RequestHandler):
+    __slots__ = ("_header_read_timeout", "_header_timer")
+
+    def __init__(self, manager: Any, *, header_read_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_read_timeout = header_read_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._waiting_for_head():
+            # Part of a request head is in; the clock runs from its first bytes.
+            if self._header_timer is None:
+                self._header_timer = self._loop.call_later(self._header_read_timeout, self._header_timed_out)
+        elif self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+    def _waiting_for_head(self) -> bool:
+        # aiohttp's loop waits on `_waiter` only while no complete request is queued or handled.
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self._waiting_for_head() and self.transport is not None:
+            log.info("request headers from %s did not arrive in time",
+                     (self.transport.get_extra_info("peername") or ("?",))[0])
+            self.transport.write(_HEADER_TIMEOUT_RESPONSE)
+            self.force_close()
     def handle_error(
         self,
         request: BaseRequest,
@@ -61,13 +114,20 @@ class _ProblemRequestHandler(RequestHandler):
 class ProxyServer(web.Server):
     """aiohttp's low-level Server whose connections answer errors as problem+json."""
 
+    def __init__(self, handler: Any, *, header_read_timeout: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._header_read_timeout = header_read_timeout
+
     def __call__(self) -> RequestHandler:
-        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+        return _ProblemRequestHandler(self, loop=self._loop, header_read_timeout=self._header_read_timeout,
+                                      **self._kwargs)
 
 
-def make_proxy_server(handler: Any, *, max_line: int, keepalive_timeout: float, access_log: bool) -> ProxyServer:
+def make_proxy_server(handler: Any, *, max_line: int, keepalive_timeout: float, header_read_timeout: float,
+                      access_log: bool) -> ProxyServer:
     return ProxyServer(
         handler,
+        header_read_timeout=header_read_timeout,
         # A client that goes away cancels its handler, and so its upstream exchange.
         handler_cancellation=True,
         # Bodies are relayed as sent; decoding them would alter what upstream receives.

@@ -1,0 +1,82 @@
+"""Slow clients: headers and bodies that never finish are answered 408 and hold nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.conftest import gateway_config, wait_until
+
+
+async def slow_gateway(start_gateway, upstream, **server):
+    config = gateway_config(upstream.url, **server)
+    config["upstreams"]["app"]["max_in_flight"] = 50
+    return await start_gateway(config)
+
+
+def held_nothing(gw) -> bool:
+    runtime = gw.server.runtimes.current
+    pool, gate = runtime.pools["app"], runtime.gates["app"]
+    return gw.server.metrics.in_flight == 0 and gate.in_flight == 0 and pool.open_connections == pool.idle_connections
+
+
+async def send_and_read(gw, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+    writer.write(data)
+    response = await asyncio.wait_for(reader.read(), 10)  # read() returns once the gateway closes
+    writer.close()
+    return response
+
+
+def problem_of(response: bytes) -> dict:
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"application/problem+json" in head
+    return json.loads(body)
+
+
+async def test_headers_that_never_finish_get_408_and_the_connection_closes(start_gateway, upstream):
+    gw = await slow_gateway(start_gateway, upstream, header_read_timeout="200ms")
+    response = await send_and_read(gw, b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Slow: a")
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert problem_of(response)["type"] == "urn:fairgate:problem:header-timeout"
+    assert upstream.state.requests == 0
+
+
+async def test_a_body_shorter_than_its_content_length_gets_408_before_upstream(start_gateway, upstream):
+    gw = await slow_gateway(start_gateway, upstream, body_idle_timeout="200ms")
+    response = await send_and_read(gw, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert problem_of(response)["type"] == "urn:fairgate:problem:body-timeout"
+    assert upstream.state.requests == 0
+    await wait_until(lambda: held_nothing(gw))
+
+
+@pytest.mark.parametrize("timeouts", [
+    {"body_idle_timeout": "200ms"},
+    {"body_idle_timeout": "1h", "body_total_timeout": "300ms"},
+])
+async def test_a_chunked_upload_that_stops_is_cut_off_upstream_and_frees_its_slot(start_gateway, upstream, client,
+                                                                                    timeouts):
+    gw = await slow_gateway(start_gateway, upstream, **timeouts)
+    response = await send_and_read(gw, b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                       b"5\r\nhello\r\n")
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert b"\r\nConnection: close" in response.partition(b"\r\n\r\n")[0]
+    await wait_until(lambda: held_nothing(gw))  # the upstream connection was aborted, not pooled
+    async with client.post(f"{gw.url}/upload", data=b"whole") as response:
+        assert response.status == 200
+        assert (await response.json())["size"] == 5
+
+
+async def test_a_slow_but_steady_body_is_not_cut_off(start_gateway, upstream, client):
+    gw = await slow_gateway(start_gateway, upstream, body_idle_timeout="5s")
+
+    async def body():
+        for _ in range(3):
+            yield b"x" * 1000
+
+    async with client.post(f"{gw.url}/upload", data=body()) as response:
+        assert response.status == 200
+        assert (await response.json())["size"] == 3000
