@@ -44,6 +44,22 @@ async def test_headers_that_never_finish_get_408_and_the_connection_closes(start
     assert upstream.state.requests == 0
 
 
+async def test_the_header_deadline_applies_to_each_request_on_a_kept_alive_connection(start_gateway, upstream):
+    gw = await slow_gateway(start_gateway, upstream, header_read_timeout="200ms")
+    reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n")
+    writer.write(b"ok")  # the body in its own packet is not the next head
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1])
+    await reader.readexactly(length)
+    writer.write(b"GET /echo HTTP/1.1\r\nHo")
+    rest = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert rest.startswith(b"HTTP/1.1 408 ")
+    assert upstream.state.requests == 1
+
+
 async def test_a_body_shorter_than_its_content_length_gets_408_before_upstream(start_gateway, upstream):
     gw = await slow_gateway(start_gateway, upstream, body_idle_timeout="200ms")
     response = await send_and_read(gw, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)

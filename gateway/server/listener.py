@@ -39,22 +39,28 @@ _HEADER_TIMEOUT_RESPONSE = _raw_problem(408, "Request Timeout", "header-timeout"
 
 
 class _ProblemRequestHandler(RequestHandler):
-    __slots__ = ("_header_read_timeout", "_header_timer")
+    __slots__ = ("_header_read_timeout", "_header_timer", "_last_body")
 
     def __init__(self, manager: Any, *, header_read_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_read_timeout = header_read_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._last_body: Any = None  # the body stream of the newest request head parsed
 
     def data_received(self, data: bytes) -> None:
+        # Bytes that arrive after the newest request's body has ended are the next request's
+        # head; if they do not complete it, the clock runs from these first bytes.
+        between_requests = self._last_body is None or self._last_body.is_eof()
+        parsed = self._request_count
         super().data_received(data)
-        if self._waiting_for_head():
-            # Part of a request head is in; the clock runs from its first bytes.
-            if self._header_timer is None:
-                self._header_timer = self._loop.call_later(self._header_read_timeout, self._header_timed_out)
-        elif self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._request_count != parsed:
+            if self._messages:
+                self._last_body = self._messages[-1][1]
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+        elif between_requests and self._header_timer is None and not self._upgraded and data:
+            self._header_timer = self._loop.call_later(self._header_read_timeout, self._header_timed_out)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._header_timer is not None:
@@ -62,14 +68,11 @@ class _ProblemRequestHandler(RequestHandler):
             self._header_timer = None
         super().connection_lost(exc)
 
-    def _waiting_for_head(self) -> bool:
-        # aiohttp's loop waits on `_waiter` only while no complete request is queued or handled.
-        waiter = self._waiter
-        return waiter is not None and not waiter.done()
-
     def _header_timed_out(self) -> None:
         self._header_timer = None
-        if self._waiting_for_head() and self.transport is not None:
+        # aiohttp's loop waits on `_waiter` only while no complete request is queued or handled.
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self.transport is not None:
             log.info("request headers from %s did not arrive in time",
                      (self.transport.get_extra_info("peername") or ("?",))[0])
             self.transport.write(_HEADER_TIMEOUT_RESPONSE)
