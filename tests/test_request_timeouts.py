@@ -96,3 +96,36 @@ async def test_a_slow_but_steady_body_is_not_cut_off(start_gateway, upstream, cl
     async with client.post(f"{gw.url}/upload", data=body()) as response:
         assert response.status == 200
         assert (await response.json())["size"] == 3000
+
+
+async def test_an_upstream_that_stops_reading_an_upload_gets_504_not_a_hang(start_gateway):
+    stuck = asyncio.Event()
+
+    async def never_read(reader, writer):
+        await stuck.wait()
+        writer.close()
+
+    server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = gateway_config(f"http://127.0.0.1:{port}", routes=[
+        {"name": "r", "path_prefix": "/", "upstream": "app", "max_body": "1GB"}])
+    config["upstreams"]["app"].update(read_timeout="200ms", max_in_flight=5)
+    gw = await start_gateway(config)
+    reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\n")
+
+    async def upload():
+        while True:
+            writer.write(b"x" * 1_000_000)
+            await writer.drain()
+
+    uploading = asyncio.create_task(upload())
+    try:
+        assert (await asyncio.wait_for(reader.readline(), 20)).startswith(b"HTTP/1.1 504 ")
+    finally:
+        uploading.cancel()
+        await asyncio.gather(uploading, return_exceptions=True)
+        writer.transport.abort()
+        stuck.set()
+        server.close()
+    await wait_until(lambda: held_nothing(gw))

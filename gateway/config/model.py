@@ -77,7 +77,8 @@ class Upstream(Section):
     url: Annotated[str, AfterValidator(_check_upstream_url)] = Field(description="http://HOST:PORT of the upstream; the request path is appended unchanged.")
     connect_timeout: Duration = Field(5.0, description="Time to open a TCP connection (504 beyond it).")
     read_timeout: Duration = Field(
-        60.0, description="Longest wait for the response head or the next body bytes (504 beyond it)."
+        60.0, description="Longest wait for the response head, the next body bytes, or the upstream to take more "
+                          "of a request body (504 beyond it)."
     )
     idle_timeout: Duration = Field(30.0, description="A pooled keep-alive connection idle longer is closed.")
     max_connections: int = Field(512, ge=1, description="Upper bound of open connections to this upstream.")

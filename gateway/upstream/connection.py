@@ -162,14 +162,17 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamClosed("upstream closed the connection")
         self.transport.write(data)
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float) -> None:
+        """Wait while the send buffer is full; an upstream that stops reading times out."""
         if self.closed:
             raise UpstreamClosed("upstream closed the connection")
         if self._writing_paused:
-            self._write_waiter = self._loop.create_future()
+            waiter = self._write_waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, _expire, waiter, "upstream stopped reading the request body")
             try:
-                await self._write_waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._write_waiter = None
 
     @property

@@ -71,7 +71,7 @@ class UpstreamPool:
                 conn.write(head + body if body else head)
             else:
                 conn.write(head)
-                await _send_stream(conn, body, chunked)
+                await _send_stream(conn, body, chunked, self.read_timeout)
             response = await conn.read_head(self.read_timeout)
         except BaseException as exc:
             # A failed body write may still have an early answer (a 413 from upstream, say).
@@ -199,7 +199,7 @@ def _is_stream(body: RequestBody) -> bool:
     return body is not None and not isinstance(body, bytes)
 
 
-async def _send_stream(conn: UpstreamConnection, body: AsyncIterator[bytes], chunked: bool) -> None:
+async def _send_stream(conn: UpstreamConnection, body: AsyncIterator[bytes], chunked: bool, timeout: float) -> None:
     async for chunk in body:
         if not chunk:
             continue
@@ -207,6 +207,6 @@ async def _send_stream(conn: UpstreamConnection, body: AsyncIterator[bytes], chu
             conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:
             conn.write(chunk)
-        await conn.drain()
+        await conn.drain(timeout)
     if chunked:
         conn.write(b"0\r\n\r\n")
