@@ -277,6 +277,24 @@ async def test_the_local_over_limit_cache_is_per_cost(redis_url, key_prefix):
         await store.close()
 
 
+async def test_a_bucket_written_by_an_earlier_version_carries_on(redis_url, key_prefix):
+    # Earlier versions kept a theoretical arrival time; during a rolling upgrade it reads as
+    # the seconds the bucket still owes.
+    settings = StateSettings(url=redis_url, timeout="2s")
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=False, use_redis_time=False)
+    key = f"{key_prefix}:{{c:upgrade}}:sustained:upgrade"
+    now = 1_800_000_000.0
+    try:
+        await client.set(key, f"{now + 8:.6f}", px=60_000)  # 8 of 10 units taken at 1/s
+        answers = [(await store.evaluate("t", [Check(RATE, key, interval=1.0, burst=10, cost=1)], now))[0]
+                   for _ in range(3)]
+        assert [o.allowed for o in answers] == [True, True, False]
+        assert answers[2].retry_after == pytest.approx(1.0)
+    finally:
+        await store.close()
+
+
 async def test_a_slot_taken_for_a_cancelled_request_goes_back(redis_url, key_prefix):
     from gateway.auth.identity import Identity
     from gateway.config import Route

@@ -46,7 +46,7 @@ def free_port(with_bus: bool = False) -> int:
 def _real_clock_env() -> dict[str, str]:
     """The environment for a redis-server child: on the real clock even when the tests run under
     libfaketime (the suite's year-ahead check), as the shared Redis does; the product must not
-    need the two clocks to agree (and redis-server does not start under libfaketime)."""
+    need the two clocks to agree (and redis-server and redis-cli do not start under libfaketime)."""
     return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME")}
 
 
@@ -120,7 +120,7 @@ class RedisCluster:
         subprocess.run(
             [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
              "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, env=_real_clock_env(),
         )
         deadline = time.monotonic() + 15
         while True:
