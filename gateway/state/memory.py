@@ -130,20 +130,23 @@ def gcra(bucket: tuple[float, float] | None, now: float, interval: float, burst:
     (a throttle, a reinstatement, an exception, a reload) the units already taken drain at the
     new rate from now on, and the change neither releases nor withholds any. Returns the outcome
     and the units the bucket holds once this request counts (`reset` is how long they take to
-    drain). Seconds are reported to the microsecond, as the Redis script reports them.
+    drain).
     """
     owed = 0.0  # seconds until the bucket is full again, at this rate
     if bucket is not None:
-        owed = max(0.0, bucket[0] * interval - max(0.0, now - bucket[1]))
+        units, at = bucket
+        owed = units * interval - (now - at if now > at else 0.0)
+        if owed < 0.0:
+            owed = 0.0
     after = owed + cost * interval
     window = burst * interval
     wait = after - window  # until this request fits
     if wait <= _EPSILON:
-        return Outcome(True, math.floor((window - after) / interval + 1e-3), round(after, 6)), after / interval
+        return Outcome(True, math.floor((window - after) / interval + 1e-3), after), after / interval
     if max_delay > 0 and wait <= max_delay:
-        return Outcome(True, 0.0, round(after, 6), delay=round(wait, 6)), after / interval
-    return (Outcome(False, max(0.0, math.floor((window - owed) / interval + 1e-3)), round(owed, 6),
-                    retry_after=round(wait, 6)), owed / interval)
+        return Outcome(True, 0.0, after, delay=wait), after / interval
+    return (Outcome(False, max(0.0, math.floor((window - owed) / interval + 1e-3)), owed, retry_after=wait),
+            owed / interval)
 
 
 def quota(used: float, cost: float, limit: float, flag_only: bool, until_end: float) -> Outcome:
