@@ -281,3 +281,43 @@ async def test_legacy_headers_when_configured(start_gateway, upstream, client, c
         assert response.headers["X-RateLimit-Limit"] == "5"
         assert response.headers["X-RateLimit-Remaining"] == "4"
         assert response.headers["X-RateLimit-Reset"] == "1"
+
+
+def plan_claim_config(upstream) -> dict:
+    plans = {**STANDARD, "gold": {"limits": [{"name": "sustained", "kind": "rate", "rate": "10/s", "burst": 20}]}}
+    config = limits_config(upstream, plans, customers={"listed-co": {"plan": "standard"}})
+    config["auth"] = {"issuers": [hs_issuer(claims={"plan": "plan"})]}
+    return config
+
+
+async def test_the_token_plan_claim_picks_the_plan_of_an_unlisted_customer(start_gateway, upstream, client, clock):
+    gw = await start_gateway(plan_claim_config(upstream), clock=clock)
+    gold = hs_token(clock, org_id="claimed-co", plan="gold", exp=int(clock.time()) + 3600)
+    async with client.get(f"{gw.url}/echo", headers=bearer(gold)) as response:
+        assert response.headers["RateLimit-Policy"] == '"sustained";q=20;w=2'
+    assert await statuses(client, f"{gw.url}/echo", gold, 20) == [200] * 19 + [429]
+    clock.advance(0.5)
+    assert await statuses(client, f"{gw.url}/echo", gold, 6) == [200] * 5 + [429]  # 10/s
+
+
+async def test_a_listed_customer_keeps_its_plan_whatever_the_token_says(start_gateway, upstream, client, clock):
+    gw = await start_gateway(plan_claim_config(upstream), clock=clock)
+    token = hs_token(clock, org_id="listed-co", plan="gold", exp=int(clock.time()) + 3600)
+    async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+        assert response.headers["RateLimit-Policy"] == '"sustained";q=5;w=5'
+    assert await statuses(client, f"{gw.url}/echo", token, 5) == [200] * 4 + [429]
+
+
+async def test_an_unknown_plan_claim_falls_back_to_the_default_and_is_counted(start_gateway, upstream, client, clock,
+                                                                              caplog):
+    gw = await start_gateway(plan_claim_config(upstream), clock=clock)
+    token = hs_token(clock, org_id="typo-co", plan="platinum", exp=int(clock.time()) + 3600)
+    with caplog.at_level("WARNING", logger="fairgate.limits"):
+        async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+            assert response.status == 200
+            assert response.headers["RateLimit-Policy"] == '"sustained";q=5;w=5'
+        assert await statuses(client, f"{gw.url}/echo", token, 5) == [200] * 4 + [429]
+    assert [r.plan for r in caplog.records if "does not define" in r.getMessage()] == ["platinum"]  # once
+    async with client.get(f"{gw.admin_url}/metrics") as response:
+        text = await response.text()
+    assert 'fairgate_unknown_plan_claims_total{issuer="test"} 6.0' in text

@@ -7,13 +7,14 @@ import logging
 import time
 
 import pytest
+import redis
 import yaml
 
 from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
 from gateway.state.store import QUOTA, RATE, Check
-from tests.conftest import ADMIN_TOKEN, free_port
+from tests.conftest import ADMIN_TOKEN, ManualClock, free_port
 from tests.support.redis_servers import RedisCluster, RedisProcess
 from tests.test_auth import bearer, hs_issuer, hs_token
 from tests.test_limits import limits_config
@@ -276,6 +277,24 @@ async def test_the_local_over_limit_cache_is_per_cost(redis_url, key_prefix):
         await store.close()
 
 
+async def test_a_bucket_written_by_an_earlier_version_carries_on(redis_url, key_prefix):
+    # Earlier versions kept a theoretical arrival time; during a rolling upgrade it reads as
+    # the seconds the bucket still owes.
+    settings = StateSettings(url=redis_url, timeout="2s")
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=False, use_redis_time=False)
+    key = f"{key_prefix}:{{c:upgrade}}:sustained:upgrade"
+    now = 1_800_000_000.0
+    try:
+        await client.set(key, f"{now + 8:.6f}", px=60_000)  # 8 of 10 units taken at 1/s
+        answers = [(await store.evaluate("t", [Check(RATE, key, interval=1.0, burst=10, cost=1)], now))[0]
+                   for _ in range(3)]
+        assert [o.allowed for o in answers] == [True, True, False]
+        assert answers[2].retry_after == pytest.approx(1.0)
+    finally:
+        await store.close()
+
+
 async def test_a_slot_taken_for_a_cancelled_request_goes_back(redis_url, key_prefix):
     from gateway.auth.identity import Identity
     from gateway.config import Route
@@ -319,3 +338,36 @@ async def test_a_revocation_the_fleet_cannot_see_is_a_503(start_gateway, upstrea
         assert (await response.json())["type"] == "urn:fairgate:problem:state-unavailable"
     async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
         assert response.status == 401  # this gateway enforces it all the same
+
+
+@pytest.mark.parametrize("offset_days", [-400, 365], ids=["clock-in-the-past", "clock-a-year-ahead"])
+async def test_quota_keys_expire_with_their_period_whatever_redis_clock_says(start_gateway, upstream, client,
+                                                                               redis_url, key_prefix, offset_days):
+    # Redis expires keys by its own (real) clock; this gateway lives more than a year away from it.
+    clock = ManualClock(time.time() + offset_days * 86400)
+    plans = {"standard": {"limits": [
+        {"name": "daily", "kind": "quota", "metric": "requests", "period": "day", "limit": 3},
+        {"name": "monthly-bytes", "kind": "quota", "metric": "bytes", "period": "month", "limit": 10**9},
+    ]}}
+    config = limits_config(upstream, plans)
+    prefix = f"{key_prefix}:clocks{offset_days}"
+    config["state"] = {"url": redis_url, "key_prefix": prefix}
+    gw = await start_gateway(config, clock=clock)
+    token = hs_token(clock, org_id="far-away", exp=int(clock.time()) + 600)
+    statuses = []
+    for _ in range(5):
+        async with client.post(f"{gw.url}/echo", data=b"x" * 100, headers=bearer(token)) as response:
+            statuses.append(response.status)
+    assert statuses == [200, 200, 200, 429, 429]  # the daily quota fills
+    await gw.server.runtimes.current.limiter.drain()  # measured bytes written
+    await gw.server.state.usage.flush()
+    redis_client = redis.Redis.from_url(redis_url)
+    ttls = {key.decode(): redis_client.pttl(key) for key in redis_client.scan_iter(match=f"{prefix}:*")}
+    day, month = 86400_000, 31 * 86400_000
+    daily = [ttl for key, ttl in ttls.items() if ":daily:" in key]
+    monthly = [ttl for key, ttl in ttls.items() if ":monthly-bytes:" in key]
+    usage = [ttl for key, ttl in ttls.items() if ":u:" in key]
+    assert len(daily) == len(monthly) == 1 and usage, ttls
+    assert 0 < daily[0] <= day + 60_000  # the end of the gateway's day, and a minute
+    assert 0 < monthly[0] <= month + 60_000
+    assert all(0 < ttl <= month + 400 * day for ttl in usage)  # the month and its retention

@@ -77,6 +77,15 @@ async def test_requests_arriving_together_are_decided_in_order(store, key):
     assert (remaining.allowed, remaining.remaining) == (True, 0)
 
 
+async def test_a_bucket_means_the_same_at_any_rate(store, key):
+    # What was taken stays taken when the rate changes, and drains at the rate in force.
+    k = key("rate")
+    assert await hits(store, lambda: [rate(k, burst=10)], T0, 10) == [True] * 10
+    assert await hits(store, lambda: [rate(k, per_second=0.5, burst=10)], T0, 1) == [False]  # halved: no release
+    assert await hits(store, lambda: [rate(k, per_second=0.5, burst=10)], T0 + 2, 2) == [True, False]
+    assert await hits(store, lambda: [rate(k, per_second=10, burst=10)], T0 + 2.5, 6) == [True] * 5 + [False]
+
+
 async def test_retry_after_and_headers_numbers(store, key):
     k = key("rate")
     first = (await store.evaluate("t", [rate(k)], T0))[0]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import io
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,7 +18,14 @@ from tests.conftest import ADMIN_TOKEN, ROOT, ManualClock, gateway_config
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-NOV_21 = 1_795_219_200.0  # 2026-11-21T00:00:00Z
+NOV_21 = dt.date(2026, 11, 21)
+
+
+def real_today() -> dt.date:
+    """Today by the real clock (the one Redis keeps), or yesterday on a month's last day: the test
+    moves one day on within the month."""
+    today = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc).date()
+    return today if (today + dt.timedelta(days=1)).month == today.month else today - dt.timedelta(days=1)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -42,8 +51,12 @@ def usage_config(upstream, state: dict) -> dict:
     return config
 
 
-async def test_usage_report_matches_the_traffic(start_gateway, upstream, client, state_url):
-    clock = ManualClock(NOV_21 + 3600)
+@pytest.mark.parametrize("first_day", [NOV_21, None], ids=["2026-11-21", "today"])
+async def test_usage_report_matches_the_traffic(start_gateway, upstream, client, state_url, first_day):
+    # A pinned day long before (or after) the real one, and the real one: Redis keeps its own clock.
+    first_day = first_day or real_today()
+    next_day, month = first_day + dt.timedelta(days=1), first_day.strftime("%Y-%m")
+    clock = ManualClock(dt.datetime.combine(first_day, dt.time(1), dt.timezone.utc).timestamp())
     gateway = await start_gateway(usage_config(upstream, state_url), clock=clock)
     token = bearer(hs_token(clock))
     sent_in = sent_out = 0
@@ -63,13 +76,13 @@ async def test_usage_report_matches_the_traffic(start_gateway, upstream, client,
         assert response.status == 200  # a new day, a new daily quota
         next_day_out = len(await response.read())
 
-    async with client.get(f"{gateway.admin_url}/admin/usage", params={"month": "2026-11"}, headers=ADMIN) as response:
+    async with client.get(f"{gateway.admin_url}/admin/usage", params={"month": month}, headers=ADMIN) as response:
         assert response.status == 200
         (row,) = (await response.json())["customers"]
     assert (row["customer"], row["plan"], row["requests"], row["units"]) == ("acme", "standard", 4, 8)
     assert row["bytes_in"] == sent_in + 40 and row["bytes_out"] == sent_out + next_day_out
     assert row["rejected"] == {"quota-exceeded": 2}
-    assert row["days"]["2026-11-21"]["requests"] == 3 and row["days"]["2026-11-22"]["bytes_in"] == 40
+    assert row["days"][first_day.isoformat()]["requests"] == 3 and row["days"][next_day.isoformat()]["bytes_in"] == 40
     monthly, daily = row["quotas"]
     total_bytes = sent_in + sent_out + 40 + next_day_out
     assert total_bytes > 2000 and (monthly["used"], monthly["over"]) == (total_bytes, total_bytes - 2000)
@@ -78,10 +91,10 @@ async def test_usage_report_matches_the_traffic(start_gateway, upstream, client,
     async with client.get(f"{gateway.admin_url}/admin/customers", headers=ADMIN) as response:
         (listed,) = (await response.json())["customers"]
     assert (listed["id"], listed["plan"], listed["state"], listed["findings"]) == ("acme", "standard", "ok", 0)
-    assert listed["usage"]["over"] is True and listed["usage"]["month"] == "2026-11"
+    assert listed["usage"]["over"] is True and listed["usage"]["month"] == month
 
     result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "gateway", "usage", "--month", "2026-11", "--format", "csv",
+        subprocess.run, [sys.executable, "-m", "gateway", "usage", "--month", month, "--format", "csv",
                          "--admin", gateway.admin_url],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "FAIRGATE_ADMIN_TOKEN": ADMIN_TOKEN})
     assert result.returncode == 0, result.stderr

@@ -25,6 +25,8 @@ log = logging.getLogger("fairgate.limits")
 _SLOT_LEASE = 600.0
 # Request templates kept at most; a churn of anonymous addresses cannot grow it further.
 _MAX_TEMPLATES = 100_000
+# Unknown plan names logged once each, at most this many (a broken issuer could send any).
+_MAX_LOGGED_PLANS = 100
 
 
 class Admission:
@@ -90,13 +92,17 @@ class Limiter:
         self._pending_usage: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
         self._flush_scheduled = False
         self._background: set[asyncio.Task] = set()
+        self._logged_plans: set[tuple[str, str]] = set()
 
     async def admit(self, identity: Identity | None, route: Route, client_ip: str, request_id: str,
                     throttle: float = 1.0) -> Admission:
         """Decide the request's limits; `throttle` < 1 scales every rate limit down (a throttled standing)."""
         now = self._clock.time()
         customer = identity.customer if identity is not None else None
-        effective = self.book.for_customer(customer, now, throttle)
+        claimed = identity.plan if identity is not None else None
+        effective = self.book.for_customer(customer, now, throttle, claimed)
+        if claimed is not None and (effective is None or effective.unknown_claim):
+            self._unknown_plan(identity.issuer, claimed)  # type: ignore[union-attr]
         if effective is None:
             return NO_LIMITS
         if not effective.limits:
@@ -123,6 +129,14 @@ class Limiter:
             outcomes = await self.store.evaluate(template.subject, checks, now)
         self._decide(admission, template, checks, outcomes)
         return admission
+
+    def _unknown_plan(self, issuer: str, plan: str) -> None:
+        """A token named a plan this config does not define: counted, logged once per name."""
+        self._stats.unknown_plan(issuer)
+        if (issuer, plan) not in self._logged_plans and len(self._logged_plans) < _MAX_LOGGED_PLANS:
+            self._logged_plans.add((issuer, plan))
+            log.warning("a token names a plan the config does not define; the default plan applies",
+                        extra={"issuer": issuer, "plan": plan[:100]})
 
     def _template(self, effective: EffectiveLimits, customer: str | None, user: str | None, client_ip: str,
                   route: Route, now: float) -> Template:

@@ -87,10 +87,16 @@ class EffectiveLimits:
     valid_until: float
     uses_user: bool = False
     uses_client_ip: bool = False
+    # The token named a plan this config does not define: the default plan applies.
+    unknown_claim: bool = False
 
 
 class PlanBook:
-    """Effective limits per customer, recomputed only when an exception expires."""
+    """Effective limits per customer, recomputed only when an exception expires.
+
+    A customer's plan: its entry under `customers`; else the plan its token names (the issuer's
+    `claims.plan`), when the config defines one of that name; else `default_plan`.
+    """
 
     def __init__(self, settings: LimitSettings, plans: dict[str, Plan], customers: dict[str, Customer],
                  grants: Grants | None = None) -> None:
@@ -101,36 +107,41 @@ class PlanBook:
         self._priorities = {name: plan.priority for name, plan in plans.items()}
         self._customers = dict(customers)
         self._default = settings.default_plan
-        self._cache: dict[str | None, EffectiveLimits] = {}
-        self._throttled_cache: dict[tuple[str | None, float], EffectiveLimits] = {}
+        # by customer, or (customer, claimed plan) for a token that names one
+        self._cache: dict[str | None | tuple[str | None, str], EffectiveLimits] = {}
+        self._throttled_cache: dict[tuple[str | None, str | None, float], EffectiveLimits] = {}
 
     @property
     def max_priority(self) -> int:
         return max(self._priorities.values(), default=0)
 
-    def for_customer(self, customer: str | None, now: float, throttle: float = 1.0) -> EffectiveLimits | None:
+    def for_customer(self, customer: str | None, now: float, throttle: float = 1.0,
+                     claimed: str | None = None) -> EffectiveLimits | None:
+        """The customer's limits now; `claimed` is the plan its token names, if any."""
         if self._grants is not None and self._grants.version != self._grants_version:
             self._grants_version = self._grants.version
             self._cache.clear()
             self._throttled_cache.clear()
         if throttle != 1.0:
-            return self._throttled(customer, now, throttle)
-        cached = self._cache.get(customer)
+            return self._throttled(customer, now, throttle, claimed)
+        cache_key = customer if claimed is None else (customer, claimed)
+        cached = self._cache.get(cache_key)
         if cached is not None and now < cached.valid_until:
             return cached
-        effective = self._compute(customer, now)
+        effective = self._compute(customer, now, claimed)
         if effective is not None:
             if len(self._cache) > 100_000:
                 self._cache.clear()  # unknown customers share the default; this bounds a churn of ids
-            self._cache[customer] = effective
+            self._cache[cache_key] = effective
         return effective
 
-    def _throttled(self, customer: str | None, now: float, factor: float) -> EffectiveLimits | None:
+    def _throttled(self, customer: str | None, now: float, factor: float,
+                   claimed: str | None) -> EffectiveLimits | None:
         """The customer's limits with every rate times `factor`; the same keys, so the buckets carry on."""
-        cached = self._throttled_cache.get((customer, factor))
+        cached = self._throttled_cache.get((customer, claimed, factor))
         if cached is not None and now < cached.valid_until:
             return cached
-        effective = self.for_customer(customer, now)
+        effective = self.for_customer(customer, now, claimed=claimed)
         if effective is None:
             return None
         limits = tuple(replace(limit, interval=limit.interval / factor) if limit.kind == RATE else limit
@@ -139,12 +150,18 @@ class PlanBook:
                             policy_header=", ".join(limit.policy_header_item for limit in limits))
         if len(self._throttled_cache) > 10_000:
             self._throttled_cache.clear()
-        self._throttled_cache[(customer, factor)] = throttled
+        self._throttled_cache[(customer, claimed, factor)] = throttled
         return throttled
 
-    def _compute(self, customer: str | None, now: float) -> EffectiveLimits | None:
+    def _compute(self, customer: str | None, now: float, claimed: str | None) -> EffectiveLimits | None:
         entry = self._customers.get(customer) if customer is not None else None
-        plan = entry.plan if entry is not None else self._default
+        unknown_claim = entry is None and claimed is not None and claimed not in self._plans
+        if entry is not None:
+            plan = entry.plan  # listed customers win over what their token says
+        elif claimed is not None and not unknown_claim:
+            plan = claimed
+        else:
+            plan = self._default
         if plan is None:
             return None
         limits = list(self._plans[plan])
@@ -165,6 +182,7 @@ class PlanBook:
             valid_until=valid_until,
             uses_user=any("user" in limit.key_parts for limit in limits),
             uses_client_ip=any("client_ip" in limit.key_parts for limit in limits),
+            unknown_claim=unknown_claim,
         )
 
 

@@ -13,13 +13,13 @@ class MemoryStore(StateStore):
 
     def __init__(self, max_keys: int = 1_000_000) -> None:
         self._max_keys = max_keys
-        self._tats: dict[str, float] = {}  # rate: theoretical arrival time (full bucket once past)
+        self._buckets: dict[str, tuple[float, float]] = {}  # rate: units taken, when (see gcra)
         self._slots: dict[str, tuple[dict[str, bool], float]] = {}  # concurrency: tokens, lease end
         self._used: dict[str, tuple[float, float]] = {}  # quota: used, period end
         self._counters: dict[str, tuple[dict[str, dict[str, float]], float]] = {}  # index -> (sets, expiry)
 
     def __len__(self) -> int:
-        return len(self._tats) + len(self._slots) + len(self._used)
+        return len(self._buckets) + len(self._slots) + len(self._used)
 
     async def evaluate(self, tag: str, checks: list[Check], now: float) -> list[Outcome]:
         return self.evaluate_now(checks, now)
@@ -29,37 +29,40 @@ class MemoryStore(StateStore):
             # One token bucket, the commonest plan: decide and consume in one step (measured:
             # about twice the decisions per second of the general path; same rules).
             check = checks[0]
-            outcome = gcra(self._tats.get(check.key), now, check.interval, check.burst, check.cost, check.max_delay)
+            outcome, taken = gcra(self._buckets.get(check.key), now, check.interval, check.burst, check.cost,
+                                  check.max_delay)
             if outcome.allowed:
-                _put(self._tats, check.key, now + outcome.reset, self._max_keys)
+                _put(self._buckets, check.key, (taken, now), self._max_keys)
             return [outcome]
-        outcomes = [self._decide(check, now) for check in checks]
+        decided = [self._decide(check, now) for check in checks]
+        outcomes = [outcome for outcome, _ in decided]
         for check, outcome in zip(checks, outcomes):
             if not outcome.allowed and not check.shadow:
                 return outcomes  # an enforced rejection: nothing is consumed
-        for check, outcome in zip(checks, outcomes):
+        for check, (outcome, taken) in zip(checks, decided):
             if outcome.allowed:
-                self._consume(check, outcome, now)
+                self._consume(check, taken, now)
         return outcomes
 
-    def _decide(self, check: Check, now: float) -> Outcome:
+    def _decide(self, check: Check, now: float) -> tuple[Outcome, float]:
+        """The check's outcome, and for a rate check the units its bucket holds once it counts."""
         kind = check.kind
         if kind == RATE:
-            return gcra(self._tats.get(check.key), now, check.interval, check.burst, check.cost, check.max_delay)
+            return gcra(self._buckets.get(check.key), now, check.interval, check.burst, check.cost, check.max_delay)
         if kind == CONCURRENCY:
             entry = self._slots.get(check.key)
             used = len(entry[0]) if entry is not None and entry[1] > now else 0
             allowed = used + 1 <= check.max
             return Outcome(allowed, float(check.max - used - (1 if allowed else 0)), 0.0,
-                           retry_after=0.0 if allowed else 1.0)
+                           retry_after=0.0 if allowed else 1.0), 0.0
         entry = self._used.get(check.key)
         used = entry[0] if entry is not None and entry[1] > now else 0.0
-        return quota(used, check.cost, check.limit, check.flag_only, check.expires_at - now)
+        return quota(used, check.cost, check.limit, check.flag_only, check.expires_at - now), 0.0
 
-    def _consume(self, check: Check, outcome: Outcome, now: float) -> None:
+    def _consume(self, check: Check, taken: float, now: float) -> None:
         key = check.key
         if check.kind == RATE:
-            _put(self._tats, key, now + outcome.reset, self._max_keys)
+            _put(self._buckets, key, (taken, now), self._max_keys)
         elif check.kind == CONCURRENCY:
             entry = self._slots.get(key)
             tokens = entry[0] if entry is not None and entry[1] > now else {}
@@ -118,23 +121,32 @@ def _put(table: dict, key: str, value: object, max_keys: int) -> None:
 _EPSILON = 1e-6
 
 
-def gcra(tat: float | None, now: float, interval: float, burst: int, cost: float, max_delay: float) -> Outcome:
-    """The generic cell rate algorithm: one theoretical arrival time per key.
+def gcra(bucket: tuple[float, float] | None, now: float, interval: float, burst: int, cost: float,
+         max_delay: float) -> tuple[Outcome, float]:
+    """The generic cell rate algorithm, its state kept as (units taken, when).
 
-    A bucket of `burst` units refills one unit per `interval`. `reset` is how long until it is
-    full again once this request is counted (so the new TAT is now + reset).
+    A bucket of `burst` units refills one unit per `interval`. The state counts units, not a
+    theoretical arrival time in seconds, so it means the same at any rate: when the rate changes
+    (a throttle, a reinstatement, an exception, a reload) the units already taken drain at the
+    new rate from now on, and the change neither releases nor withholds any. Returns the outcome
+    and the units the bucket holds once this request counts (`reset` is how long they take to
+    drain).
     """
-    if tat is None or tat < now:
-        tat = now
-    new_tat = tat + cost * interval
+    owed = 0.0  # seconds until the bucket is full again, at this rate
+    if bucket is not None:
+        units, at = bucket
+        owed = units * interval - (now - at if now > at else 0.0)
+        if owed < 0.0:
+            owed = 0.0
+    after = owed + cost * interval
     window = burst * interval
-    allow_at = new_tat - window
-    if allow_at <= now + _EPSILON:
-        return Outcome(True, math.floor((window - (new_tat - now)) / interval + 1e-3), new_tat - now)
-    if max_delay > 0 and allow_at - now <= max_delay:
-        return Outcome(True, 0.0, new_tat - now, delay=allow_at - now)
-    return Outcome(False, max(0.0, math.floor((window - (tat - now)) / interval + 1e-3)), tat - now,
-                   retry_after=allow_at - now)
+    wait = after - window  # until this request fits
+    if wait <= _EPSILON:
+        return Outcome(True, math.floor((window - after) / interval + 1e-3), after), after / interval
+    if max_delay > 0 and wait <= max_delay:
+        return Outcome(True, 0.0, after, delay=wait), after / interval
+    return (Outcome(False, max(0.0, math.floor((window - owed) / interval + 1e-3)), owed, retry_after=wait),
+            owed / interval)
 
 
 def quota(used: float, cost: float, limit: float, flag_only: bool, until_end: float) -> Outcome:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ class Pending:
 
     tag: str
     checks: list[Check]
-    now: str  # the script's clock argument: seconds, or "" for the Redis clock
+    now: str  # the gateway's time in seconds (repr)
     future: asyncio.Future
 
 
@@ -76,8 +77,9 @@ class RedisStore(StateStore):
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
         self._local = MemoryStore(settings.max_memory_keys)
-        # (key, cost) -> wall time until which a request of that cost is known to be over the limit
-        self._over_limit: dict[tuple[str, float], float] = {}
+        # (key, cost, limit) -> wall time until which a request of that cost is known to be over
+        # that limit (a rate or budget changed by a throttle, an exception or a reload is asked anew)
+        self._over_limit: dict[tuple, float] = {}
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown, clock, self._circuit_moved)
         self._circuit_moved(CLOSED)
 
@@ -85,7 +87,10 @@ class RedisStore(StateStore):
     def from_settings(cls, settings: StateSettings, clock: Clock = SYSTEM_CLOCK,
                       metrics: StoreMetrics | None = None) -> "RedisStore":
         client, cluster = connect(settings)
-        return cls(client, settings, cluster=cluster, clock=clock, metrics=metrics)
+        # A fleet decides buckets and slots on Redis's clock; a gateway given a clock of its own
+        # (tests, replays) lives in that clock's time.
+        return cls(client, settings, cluster=cluster, clock=clock, use_redis_time=clock is SYSTEM_CLOCK,
+                   metrics=metrics)
 
     def _circuit_moved(self, state: str) -> None:
         if self._metrics is not None:
@@ -104,7 +109,7 @@ class RedisStore(StateStore):
         if not self.breaker.allow():
             return await self._fall_back(checks, now)
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(Pending(tag, checks, "" if self._use_redis_time else repr(now), future))
+        self._pending.append(Pending(tag, checks, repr(now), future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -123,11 +128,12 @@ class RedisStore(StateStore):
         if not self._over_limit:
             return None
         for check in checks:
-            until = self._over_limit.get((check.key, check.cost))
+            known = _known_key(check)
+            until = self._over_limit.get(known)
             if until is None or check.shadow:
                 continue
             if until <= now:
-                del self._over_limit[(check.key, check.cost)]
+                del self._over_limit[known]
                 continue
             # Only the known check's numbers are exact; the others are reported as untouched.
             return [Outcome(False, 0.0, until - now, retry_after=until - now) if other is check
@@ -140,7 +146,7 @@ class RedisStore(StateStore):
             # (for requests of the same cost: a cheaper one may fit sooner); a concurrency slot
             # can free at any moment, so those are always asked.
             if not outcome.allowed and not check.shadow and check.kind in (RATE, QUOTA) and outcome.retry_after > 0:
-                self._over_limit[(check.key, check.cost)] = now + outcome.retry_after
+                self._over_limit[_known_key(check)] = now + outcome.retry_after
         if len(self._over_limit) > 100_000:
             self._over_limit.clear()
 
@@ -223,6 +229,11 @@ class RedisStore(StateStore):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    @property
+    def _script_clock(self) -> str:
+        """The script's first argument: whose clock decides buckets and slots."""
+        return "redis" if self._use_redis_time else ""
+
     async def _load_script(self) -> None:
         # Concurrent batches share one SCRIPT LOAD.
         if self._script_loading is None or self._script_loading.done():
@@ -234,10 +245,11 @@ class RedisStore(StateStore):
             raise
 
     async def _evalsha_all(self, calls: list[list[Pending]]) -> list:
+        clock = self._script_clock
         if self._cluster:
             # Cluster pipelines refuse EVALSHA; concurrent calls still share connections per node.
             return await asyncio.gather(
-                *(self._client.evalsha(self._sha, sum(len(p.checks) for p in call), *_keys_and_args(call))
+                *(self._client.evalsha(self._sha, sum(len(p.checks) for p in call), *_keys_and_args(call, clock))
                   for call in calls),
                 return_exceptions=True,
             )
@@ -247,8 +259,9 @@ class RedisStore(StateStore):
         connection = await pool.get_connection()
         try:
             sha = _bulk(self._sha.encode())
+            clock_arg = _bulk(clock.encode())
             await connection.send_packed_command(
-                b"".join(_evalsha_command(sha, call) for call in calls), check_health=False)
+                b"".join(_evalsha_command(sha, clock_arg, call) for call in calls), check_health=False)
             replies: list = []
             for _ in calls:
                 try:
@@ -269,10 +282,12 @@ class RedisStore(StateStore):
         await self._write(lambda pipe: [pipe.zrem(key, token) for key, token in slots])
 
     async def add_usage(self, tag: str, usage: list[tuple[str, float, float]]) -> None:
+        now = self._clock.time()
+
         def commands(pipe) -> None:
             for key, amount, expires_at in usage:
                 pipe.incrbyfloat(key, amount)
-                pipe.pexpireat(key, int(expires_at * 1000) + 60_000)
+                pipe.pexpire(key, _ttl_ms(expires_at + 60.0, now))  # as the script does
 
         await self._write(commands)
 
@@ -299,17 +314,17 @@ class RedisStore(StateStore):
     # -- counters (usage) -----------------------------------------------------------------
 
     async def add_counters(self, index: str, counters: dict[str, dict[str, float]], expires_at: float) -> None:
-        expire_ms = int(expires_at * 1000)
+        expire_ms = _ttl_ms(expires_at, self._clock.time())
 
         def commands(pipe) -> None:
             # The index carries the period's hash tag and every set's key starts with it: one slot.
             pipe.sadd(index, *counters)
-            pipe.pexpireat(index, expire_ms)
+            pipe.pexpire(index, expire_ms)
             for name, amounts in counters.items():
                 key = f"{index}:{name}"
                 for field, amount in amounts.items():
                     pipe.hincrbyfloat(key, field, amount)
-                pipe.pexpireat(key, expire_ms)
+                pipe.pexpire(key, expire_ms)
 
         if counters:
             await self._write(commands, must=True)
@@ -422,21 +437,31 @@ def _encoded(check: Check) -> tuple[bytes, bytes]:
     return check.encoded
 
 
-def _keys_and_args(call: list[Pending]) -> list:
+def _keys_and_args(call: list[Pending], clock: str) -> list:
     keys = [check.key for pending in call for check in pending.checks]
     args = [value for pending in call
             for value in (pending.now, len(pending.checks),
                           *(v for check in pending.checks for v in _script_values(check)))]
-    return keys + args
+    return [*keys, clock, *args]
+
+
+def _known_key(check: Check) -> tuple:
+    return check.key, check.cost, check.interval, check.burst, check.limit
+
+
+def _ttl_ms(expires_at: float, now: float) -> int:
+    """Milliseconds from `now` until `expires_at`, both on the gateway's clock: expiry relative to
+    Redis's own clock, so the two clocks need not agree (at least a second)."""
+    return max(1000, math.ceil((expires_at - now) * 1000))
 
 
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _evalsha_command(sha: bytes, call: list[Pending]) -> bytes:
-    """One EVALSHA deciding every request of `call`, in RESP."""
-    keys, args = [], []
+def _evalsha_command(sha: bytes, clock: bytes, call: list[Pending]) -> bytes:
+    """One EVALSHA deciding every request of `call`, in RESP; `clock` is the first argument."""
+    keys, args = [], [clock]
     for pending in call:
         args.append(_bulk(pending.now.encode()))
         args.append(_bulk(b"%d" % len(pending.checks)))
@@ -445,7 +470,7 @@ def _evalsha_command(sha: bytes, call: list[Pending]) -> bytes:
             keys.append(key)
             args.append(values)
     count = len(keys)
-    return b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + count + 2 * len(call) + 6 * count), sha,
+    return b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 + count + 2 * len(call) + 6 * count), sha,
                      _bulk(b"%d" % count), *keys, *args))
 
 

@@ -43,6 +43,13 @@ def free_port(with_bus: bool = False) -> int:
     raise RuntimeError("no free port pair found")
 
 
+def _real_clock_env() -> dict[str, str]:
+    """The environment for a redis-server child: on the real clock even when the tests run under
+    libfaketime (the suite's year-ahead check), as the shared Redis does; the product must not
+    need the two clocks to agree (and redis-server and redis-cli do not start under libfaketime)."""
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME")}
+
+
 def _bindable(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -74,7 +81,7 @@ class RedisProcess:
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.dir, *self._extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_real_clock_env(),
         )
         deadline = time.monotonic() + 10
         while True:
@@ -113,7 +120,7 @@ class RedisCluster:
         subprocess.run(
             [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
              "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, env=_real_clock_env(),
         )
         deadline = time.monotonic() + 15
         while True:
@@ -151,7 +158,7 @@ class RedisSentinel:
             "sentinel down-after-milliseconds mymaster 5000\n"
         )
         self.process = subprocess.Popen([REDIS_SERVER, str(config), "--sentinel"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_real_clock_env())
         deadline = time.monotonic() + 10
         while True:
             try:

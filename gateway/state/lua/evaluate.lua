@@ -6,20 +6,26 @@
 --
 -- KEYS: the state keys of request 1's checks, then request 2's, ... (on a Cluster all share
 --       one hash tag).
--- ARGV: per request: now in seconds, or "" to use the Redis clock (one clock for the whole
---       fleet); its check count n; then kind, shadow, a, b, c, d per check
+-- ARGV: first the clock of buckets and slots: "redis" for Redis's own TIME (one clock for the
+--       whole fleet), "" for each request's gateway time; then per request: the gateway's time
+--       in seconds, its check count n, then kind, shadow, a, b, c, d per check
 --   rate (0):        interval, burst, cost, max_delay
 --   concurrency (1): max, token, lease, -
---   quota (2):       cost, limit, flag_only, expires_at
+--   quota (2):       cost, limit, flag_only, expires_at (the period's end, gateway time)
 -- Returns one string: per request, per check "allowed,remaining,reset,retry_after,delay,over"
 -- joined by ";", the requests joined by "|".
-
-local redis_now = nil
+--
+-- No key's expiry depends on the gateway's and Redis's clocks agreeing: every TTL is relative
+-- (PX, PEXPIRE), computed from times of one clock. A bucket holds "units taken,when" (the same
+-- at any rate: a throttle, a reinstatement or a new plan rate applies from now on); a quota's
+-- period end is the gateway's, so it is measured from the gateway's time.
 
 -- Decide one request: its checks are KEYS[first + 1 .. first + n], their values start at ARGV[at].
-local function decide(now, first, n, at)
+-- `now` decides buckets and slots, `gateway_now` quotas.
+local function decide(now, gateway_now, first, n, at)
   local out = {}
   local writes = {}
+  local drains = {}
   local blocked = false
 
   for i = 1, n do
@@ -32,25 +38,34 @@ local function decide(now, first, n, at)
 
     if kind == 0 then
       local interval, burst, cost, max_delay = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
-      local tat = tonumber(redis.call('GET', key)) or now
-      if tat < now then tat = now end
-      local new_tat = tat + cost * interval
-      local window = burst * interval
-      local allow_at = new_tat - window
-      if allow_at <= now + 1e-6 then
-        allowed = 1
-        remaining = math.floor((window - (new_tat - now)) / interval + 1e-3)
-        reset = new_tat - now
-      elseif max_delay > 0 and allow_at - now <= max_delay then
-        allowed = 1
-        reset = new_tat - now
-        delay = allow_at - now
-      else
-        remaining = math.max(0, math.floor((window - (tat - now)) / interval + 1e-3))
-        reset = tat - now
-        retry = allow_at - now
+      local owed = 0  -- seconds until the bucket is full again, at this rate
+      local state = redis.call('GET', key)
+      if state then
+        local units, at = string.match(state, '^([^,]+),(.+)$')
+        if units then
+          owed = math.max(0, tonumber(units) * interval - math.max(0, now - tonumber(at)))
+        else
+          owed = math.max(0, (tonumber(state) or now) - now)  -- an earlier version's arrival time
+        end
       end
-      writes[i] = new_tat
+      local after = owed + cost * interval
+      local window = burst * interval
+      local wait = after - window
+      if wait <= 1e-6 then
+        allowed = 1
+        remaining = math.floor((window - after) / interval + 1e-3)
+        reset = after
+      elseif max_delay > 0 and wait <= max_delay then
+        allowed = 1
+        reset = after
+        delay = wait
+      else
+        remaining = math.max(0, math.floor((window - owed) / interval + 1e-3))
+        reset = owed
+        retry = wait
+      end
+      writes[i] = after / interval
+      drains[i] = after
     elseif kind == 1 then
       local max = tonumber(a)
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -66,7 +81,7 @@ local function decide(now, first, n, at)
       local cost, limit, flag_only, expires_at = tonumber(a), tonumber(b), c == '1', tonumber(d)
       local used = tonumber(redis.call('GET', key)) or 0
       local fits = used + cost <= limit and (cost > 0 or used < limit)
-      reset = expires_at - now
+      reset = expires_at - gateway_now
       if fits then
         allowed = 1
         remaining = math.max(0, limit - used - cost)
@@ -90,8 +105,10 @@ local function decide(now, first, n, at)
         local kind = tonumber(ARGV[base])
         local key = KEYS[first + i]
         if kind == 0 then
-          local ttl_ms = math.ceil((writes[i] - now) * 1000) + 1000
-          redis.call('SET', key, string.format('%.6f', writes[i]), 'PX', ttl_ms)
+          -- Kept twice its drain time at this rate (and a second): a rate halved meanwhile (the
+          -- ladder's throttle) still finds what was taken.
+          local ttl_ms = math.ceil(drains[i] * 2000) + 1000
+          redis.call('SET', key, string.format('%.17g,%.17g', writes[i], now), 'PX', ttl_ms)
         elseif kind == 1 then
           local lease = tonumber(ARGV[base + 4])
           redis.call('ZADD', key, now + lease, ARGV[base + 3])
@@ -100,7 +117,9 @@ local function decide(now, first, n, at)
           local cost = tonumber(ARGV[base + 2])
           if cost > 0 then
             redis.call('INCRBYFLOAT', key, cost)
-            redis.call('PEXPIREAT', key, math.ceil(tonumber(ARGV[base + 5]) * 1000) + 60000)
+            -- A minute past the period's end, by the gateway's clock.
+            local ttl_ms = math.ceil((tonumber(ARGV[base + 5]) - gateway_now) * 1000) + 60000
+            redis.call('PEXPIRE', key, math.max(ttl_ms, 1000))
           end
         end
       end
@@ -110,19 +129,18 @@ local function decide(now, first, n, at)
   return table.concat(out, ';')
 end
 
+local redis_now = nil
+if ARGV[1] == 'redis' then
+  local t = redis.call('TIME')
+  redis_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
 local answers = {}
-local first, at = 0, 1
+local first, at = 0, 2
 while at <= #ARGV do
-  local now = tonumber(ARGV[at])
-  if not now then
-    if not redis_now then
-      local t = redis.call('TIME')
-      redis_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-    end
-    now = redis_now
-  end
+  local gateway_now = tonumber(ARGV[at])
   local n = tonumber(ARGV[at + 1])
-  answers[#answers + 1] = decide(now, first, n, at + 2)
+  answers[#answers + 1] = decide(redis_now or gateway_now, gateway_now, first, n, at + 2)
   first = first + n
   at = at + 2 + n * 6
 end
