@@ -302,6 +302,8 @@ class ProxyHandler:
             )
         except UpstreamError as exc:
             return self._upstream_failed(request, target, exc, extra_headers)
+        # Headers in: the upstream's own time to answer, before any body streams.
+        self._metrics.observe_upstream(route.upstream, exchange.head.status, time.perf_counter() - meter.upstream_started)
         return await self._relay(request, exchange, target, request_id, extra_headers, meter)
 
     def _count_upstream_failure(self, request: BaseRequest, target: RouteTarget, exc: UpstreamError) -> None:

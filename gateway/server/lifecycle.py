@@ -19,6 +19,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.proxy.runtime import GatewayState, Runtime
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.listener import make_proxy_server
+from gateway.server.loop_lag import probe_loop_lag
 from gateway.server.reloader import ConfigTransform, RuntimeHolder
 from gateway.audit.trail import AuditCounters
 from gateway.detect.findings import FindingLog
@@ -112,7 +113,8 @@ class GatewayServer:
         changed = asyncio.Event()
         self._background = [loop.create_task(task) for task in (
             self._sync_shared(changed), self.state.store.watch_shared(changed.set), self.state.detection.run(),
-            self.state.enforcement.run(), self.state.audit.run(), self.state.usage.run())]
+            self.state.enforcement.run(), self.state.audit.run(), self.state.usage.run(),
+            probe_loop_lag(self.metrics.loop_lag))]
         host, port = self.proxy_address
         admin_host, admin_port = self.admin_address
         log.info("fairgate listening", extra={
