@@ -7,11 +7,15 @@ from __future__ import annotations
 import aiohttp
 import asyncio
 import json
+import os
 import platform
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -158,3 +162,15 @@ async def test_every_metric_the_dashboard_and_alerts_use_is_exported(gateway, cl
     exported = exported_names(await scrape(client, gateway))
     missing = sorted(used - exported - _ADDED_BY_ANOTHER_BRANCH)
     assert not missing, f"the dashboard or alerts use metrics /metrics does not export: {missing}"
+
+
+def test_the_alert_rules_pass_promtool():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        message = "promtool is needed: apt-get install -y prometheus"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    checked = subprocess.run([promtool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
