@@ -135,6 +135,7 @@ class GatewayServer:
                 state.revocations.sync_from(revocations)
                 state.detection.sanctions.sync_from(await store.shared("sanctions", now) or [])
                 state.enforcement.standings.sync_from(await store.shared("standings", now) or [])
+                state.grants.sync_revoked(await store.shared("revoked-grants", now) or [])
                 for grant in state.grants.unseen(await store.shared("grants", now) or []):
                     state.take_grant(grant)
             except Exception as exc:
