@@ -87,7 +87,7 @@ function dayAmount(metric, day) {
   return day[metric] || 0;
 }
 
-function when(seconds) { return new Date(seconds * 1000).toISOString().replace(".000Z", "Z"); }
+function when(seconds) { return new Date(seconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z"); }
 
 // -- filters and paging --------------------------------------------------------------------
 
@@ -120,8 +120,10 @@ function quotaRow(quota) {
   const bar = element("progress");
   bar.max = quota.quota;
   bar.value = Math.min(quota.used, quota.quota);
-  const text = element("span", `${amount(quota.metric, quota.used)} / ${amount(quota.metric, quota.quota)}`,
-    quota.over > 0 ? "over" : "");
+  // Requests read best as "12 / 100,000 requests"; seconds and bytes each in their own scale.
+  const used = quota.metric === "requests" ? number(quota.used, 0) : amount(quota.metric, quota.used);
+  const period = quota.period === "month" ? "" : ` a ${quota.period}`;
+  const text = element("span", `${used} / ${amount(quota.metric, quota.quota)}${period}`, quota.over > 0 ? "over" : "");
   text.title = `${number(quota.used, 6)} of ${number(quota.quota, 6)} (${quota.metric}, per ${quota.period})`;
   row.append(element("span", quota.limit, "quota-name"), bar, text);
   if (quota.over > 0) row.append(element("span", "OVER", "over"));
@@ -235,7 +237,7 @@ function findingRow(finding) {
   signals.append(signalList(finding.signals));
   const evidenceCell = element("td");
   evidenceCell.append(evidence);
-  row.append(element("td", when(finding.at)), element("td", finding.detector), element("td", finding.subject), action,
+  row.append(element("td", when(finding.at), "time"), element("td", finding.detector), element("td", finding.subject), action,
     element("td", finding.score === null || finding.score === undefined ? "-" : number(finding.score)),
     signals, evidenceCell);
   return row;
