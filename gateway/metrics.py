@@ -6,13 +6,20 @@ Per-request numbers are kept as plain integers and turned into metric families o
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+import aiohttp
+from prometheus_client import (
+    GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
+    disable_created_metrics, generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from gateway.version import package_version
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -21,15 +28,41 @@ disable_created_metrics()
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _CODES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# A probe wakes every 100 ms (gateway/server/loop_lag.py); anything past 100 ms stalled every request.
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class _RouteStats:
-    __slots__ = ("by_code", "bucket_counts", "duration_sum")
+def _code_class(status: int) -> int:
+    return min(max(status // 100, 1), 5) - 1
+
+
+class _Timings:
+    """A histogram as plain counts: the request path adds, the scrape sums up."""
+
+    __slots__ = ("bucket_counts", "duration_sum")
 
     def __init__(self) -> None:
-        self.by_code = [0] * len(_CODES)
         self.bucket_counts = [0] * (len(_BUCKETS) + 1)  # the last one is +Inf
         self.duration_sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.bucket_counts[bisect_left(_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        total, buckets = 0, []
+        for bound, count in zip((*_BUCKETS, float("inf")), self.bucket_counts):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return buckets
+
+
+class _RouteStats(_Timings):
+    __slots__ = ("by_code",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_code = [0] * len(_CODES)
 
 
 class Metrics:
@@ -37,7 +70,18 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.in_flight = 0
         self._routes: dict[str, _RouteStats] = {}
+        self._upstreams: dict[tuple[str, int], _Timings] = {}  # (upstream, status class)
         self.registry.register(_RequestCollector(self))
+        self.registry.register(_BuildInfo())
+        # A registry of our own starts empty: the default one's process, GC and platform
+        # collectors are what dashboards expect (process_*, python_gc_*, python_info).
+        for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
+            self.registry.register(collector)
+        self.loop_lag = Histogram(
+            "fairgate_event_loop_lag_seconds",
+            "How late the event loop woke a probe due every 100 ms: time the loop was blocked.",
+            registry=self.registry, buckets=_LAG_BUCKETS,
+        )
         self.upstream_errors = Counter(
             "fairgate_upstream_errors", "Failed upstream exchanges, by upstream and kind.", ["upstream", "kind"],
             registry=self.registry,
@@ -100,9 +144,16 @@ class Metrics:
         stats = self._routes.get(route)
         if stats is None:
             stats = self._routes[route] = _RouteStats()
-        stats.by_code[min(max(status // 100, 1), 5) - 1] += 1
-        stats.bucket_counts[bisect_left(_BUCKETS, seconds)] += 1
-        stats.duration_sum += seconds
+        stats.by_code[_code_class(status)] += 1
+        stats.observe(seconds)
+
+    def observe_upstream(self, upstream: str, status: int, seconds: float) -> None:
+        """One upstream answer: `seconds` from sending the request to its response headers."""
+        key = (upstream, _code_class(status))
+        timings = self._upstreams.get(key)
+        if timings is None:
+            timings = self._upstreams[key] = _Timings()
+        timings.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -119,17 +170,32 @@ class _RequestCollector(Collector):
         duration = HistogramMetricFamily(
             "fairgate_request_duration_seconds", "Time from request to response, by route.", labels=["route"]
         )
+        upstream = HistogramMetricFamily(
+            "fairgate_upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers, by upstream and status class.",
+            labels=["upstream", "code"],
+        )
         for route, stats in list(self._metrics._routes.items()):
             for code, count in zip(_CODES, stats.by_code):
                 requests.add_metric([route, code], count)
-            cumulative, buckets = 0, []
-            for bound, count in zip((*_BUCKETS, float("inf")), stats.bucket_counts):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            duration.add_metric([route], buckets, stats.duration_sum)
+            duration.add_metric([route], stats.cumulative(), stats.duration_sum)
+        for (name, code), timings in list(self._metrics._upstreams.items()):
+            upstream.add_metric([name, _CODES[code]], timings.cumulative(), timings.duration_sum)
         yield requests
         yield duration
+        yield upstream
         yield GaugeMetricFamily("fairgate_in_flight_requests", "Requests being proxied now.", value=self._metrics.in_flight)
+
+
+class _BuildInfo(Collector):
+    def __init__(self) -> None:
+        self._labels = [package_version(), platform.python_version(), aiohttp.__version__]
+
+    def collect(self) -> Iterator:
+        info = GaugeMetricFamily("fairgate_build_info", "Always 1; the labels say what is running.",
+                                 labels=["version", "python", "aiohttp"])
+        info.add_metric(self._labels, 1)
+        yield info
 
 
 class _DetectionCollector(Collector):

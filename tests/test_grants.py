@@ -130,3 +130,48 @@ async def test_the_effective_config_hides_secrets(start_gateway, upstream, clien
     assert effective["auth"]["issuers"][0]["hmac_secret"] == "**********"
     assert effective["enforcement"]["ladder"]["warn_at"] == 2
     assert effective["plans"]["standard"]["limits"][0]["name"] == "sustained"  # inside a frozen mapping
+
+
+async def revoke(client, gateway, grant_id: str, body: dict | None = None) -> tuple[int, dict]:
+    async with client.delete(f"{gateway.admin_url}/admin/exceptions/{grant_id}", headers=ADMIN,
+                             json=body or {}) as response:
+        return response.status, await response.json()
+
+
+async def test_revoking_an_exception_ends_it_now_and_is_audited(start_gateway, upstream, client):
+    clock = ManualClock(T0)
+    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    _, body = await post(client, gateway, "/admin/customers/acme/exceptions",
+                         {"limit": "sustained", "burst": 5, "for": "1h", "reason": "migration"})
+    grant_id = body["grant"]["id"]
+    status, ended = await revoke(client, gateway, grant_id, {"by": "dana", "note": "migration done"})
+    assert status == 200 and ended["revoked"]["id"] == grant_id
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(hs_token(clock))) as response:
+        assert response.headers["RateLimit-Policy"] == '"sustained";q=1;w=1'  # the plan's own numbers
+    async with client.get(f"{gateway.admin_url}/admin/exceptions", headers=ADMIN) as response:
+        assert (await response.json())["grants"] == []
+    async with client.get(f"{gateway.admin_url}/admin/events?kind=admin_action", headers=ADMIN) as response:
+        actions = [(e["action"], e["by"], e.get("note")) for e in (await response.json())["events"]]
+    assert ("revoke_grant", "dana", "migration done") in actions
+    status, again = await revoke(client, gateway, grant_id)
+    assert status == 200  # a retry (say, after a 503 from the store) is answered the same
+    status, problem = await revoke(client, gateway, "no-such-id")
+    assert status == 404 and problem["type"].endswith("no-such-grant")
+
+
+async def test_a_revoked_exception_ends_on_every_gateway(start_gateway, upstream, client, redis_url, key_prefix):
+    clock = ManualClock(T0)
+    config = enforcement_config(upstream)
+    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}-revoke"}
+    first = await start_gateway(config, clock=clock)
+    second = await start_gateway(config, clock=clock)
+    _, body = await post(client, first, "/admin/customers/acme/exceptions",
+                         {"limit": "sustained", "burst": 3, "for": "1h", "reason": "agreed"})
+    await wait_until(lambda: len(second.server.state.grants) == 1)
+    status, _ = await revoke(client, first, body["grant"]["id"])
+    assert status == 200
+    await wait_until(lambda: len(second.server.state.grants) == 0)
+    async with client.get(f"{second.url}/echo/x", headers=bearer(hs_token(clock))) as response:
+        assert response.headers["RateLimit-Policy"] == '"sustained";q=1;w=1'
+    # Withdrawn from the fleet's list too, so a gateway started later never takes it.
+    assert await first.server.state.store.shared("grants", clock.time()) == []

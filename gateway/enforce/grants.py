@@ -42,6 +42,8 @@ class Grant:
 class Grants:
     def __init__(self) -> None:
         self._grants: dict[str, Grant] = {}
+        # Revoked before their end: never taken again from the fleet, until they would have ended.
+        self._revoked: dict[str, Grant] = {}
         self._ids = itertools.count(1)
         # Bumped on every change: the plan book recomputes customers' limits when it moves.
         self.version = 0
@@ -55,17 +57,26 @@ class Grants:
 
     def add(self, grant: Grant) -> bool:
         """Take a grant (an unseen id); whether it was new."""
-        if grant.id in self._grants:
+        if grant.id in self._grants or grant.id in self._revoked:
             return False
         self._grants[grant.id] = grant
         self._changed()
         return True
 
     def revoke(self, grant_id: str) -> Grant | None:
+        """End a grant now; the grant (also when it was revoked already), or None if unknown."""
         grant = self._grants.pop(grant_id, None)
-        if grant is not None:
-            self._changed()
+        if grant is None:
+            return self._revoked.get(grant_id)
+        self._revoked[grant_id] = grant
+        self._changed()
         return grant
+
+    def sync_revoked(self, entries: list[dict]) -> None:
+        """Apply the fleet's revocations ({"id": ...} entries shared by `GatewayState.revoke_grant`)."""
+        for entry in entries:
+            if isinstance(entry.get("id"), str):
+                self.revoke(entry["id"])
 
     def in_force(self, now: float, customer: str | None = None) -> list[Grant]:
         self._expire(now)
@@ -94,12 +105,15 @@ class Grants:
 
     def unseen(self, entries: list[dict]) -> list[Grant]:
         """The fleet's grants this gateway does not have yet (to be taken with their effects)."""
-        return [grant for grant in shared_entries(Grant, entries) if grant.id not in self._grants]
+        return [grant for grant in shared_entries(Grant, entries)
+                if grant.id not in self._grants and grant.id not in self._revoked]
 
     def _expire(self, now: float) -> None:
         ended = [key for key, grant in self._grants.items() if grant.until <= now]
         for key in ended:
             del self._grants[key]
+        for key in [key for key, grant in self._revoked.items() if grant.until <= now]:
+            del self._revoked[key]
         if ended:
             self._changed()
 

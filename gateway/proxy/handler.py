@@ -319,6 +319,8 @@ class ProxyHandler:
             return await self._body_timed_out(request)
         except UpstreamError as exc:
             return self._upstream_failed(request, target, exc, extra_headers)
+        # Headers in: the upstream's own time to answer, before any body streams.
+        self._metrics.observe_upstream(route.upstream, exchange.head.status, time.perf_counter() - meter.upstream_started)
         return await self._relay(request, exchange, target, request_id, extra_headers, meter)
 
     async def _body_timed_out(self, request: BaseRequest) -> web.Response:

@@ -91,6 +91,16 @@ class GatewayState:
             lifted = tuple(self._sanction_keys(grant))
             await self.store.unshare("sanctions", lambda entry: str(entry.get("key", "")).startswith(lifted))
 
+    async def revoke_grant(self, grant_id: str) -> Grant | None:
+        """End a grant now, here and across the fleet (raises if the shared store cannot be
+        written; this gateway has ended it anyway, and a retry reaches the fleet); None if unknown."""
+        grant = self.grants.revoke(grant_id)
+        if grant is None:
+            return None
+        await self.store.share("revoked-grants", {"id": grant_id}, grant.until)
+        await self.store.unshare("grants", lambda entry: entry.get("id") == grant_id)
+        return grant
+
     def take_grant(self, grant: Grant) -> None:
         """Apply a grant (made here or learnt from the fleet): an allow-list entry also lifts the
         decisions already made about whom it allows."""

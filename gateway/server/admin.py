@@ -22,6 +22,7 @@ from gateway.server.customers_api import add_customer_routes
 from gateway.server.grants_api import add_grant_routes
 from gateway.server.openapi import document as openapi_document
 from gateway.server.reloader import RuntimeHolder
+from gateway.version import package_version
 
 ADMIN_TOKEN_ENV = "FAIRGATE_ADMIN_TOKEN"
 SUPERVISOR_ENV = "FAIRGATE_SUPERVISOR_PID"
@@ -114,7 +115,7 @@ def build_admin_app(
         return web.json_response(redacted(runtimes.current.config))
 
     async def openapi(_: web.Request) -> web.Response:
-        return web.json_response(openapi_document(_version()))
+        return web.json_response(openapi_document(package_version()))
 
     app = web.Application(middlewares=[_require_token(admin_token)])
     app.on_response_prepare.append(_neutral_server_header)
@@ -165,15 +166,6 @@ def redacted(config: GatewayConfig) -> dict:
 
 
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fairgate")
-    except PackageNotFoundError:
-        return "0"
 
 
 async def _neutral_server_header(_: web.Request, response: web.StreamResponse) -> None:

@@ -93,6 +93,29 @@ def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str)
         grants = state.grants.in_force(state.clock.time(), request.query.get("customer"))
         return web.json_response({"grants": [g.as_entry() for g in grants]})
 
+    async def revoke(request: web.Request) -> web.Response:
+        """End an exception or allow-list entry now: optional {"by": WHO, "note": TEXT}."""
+        body = await json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        by, note = body.get("by", "admin"), body.get("note")
+        if not isinstance(by, str) or (note is not None and not isinstance(note, str)):
+            return bad_request("'by' and 'note' must be strings.")
+        grant_id = request.match_info["grant"]
+        try:
+            ended = await state.revoke_grant(grant_id)
+        except Exception:
+            return problem_response(
+                503, "state-unavailable", "Service Unavailable",
+                "Ended on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
+            )
+        if ended is None:
+            return problem_response(404, "no-such-grant", "Not Found",
+                                    f"No exception or allow-list entry {grant_id!r} is in force.")
+        state.audit.record("admin_action", action="revoke_grant", customer=ended.customer, by=by,
+                           note=note, grant=ended.as_entry())
+        return web.json_response({"revoked": ended.as_entry()})
+
     async def allow(request: web.Request) -> web.Response:
         body = await json_object(request)
         if isinstance(body, web.Response):
@@ -110,4 +133,5 @@ def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str)
 
     app.router.add_post("/admin/customers/{id}/exceptions", add_exception)
     app.router.add_get("/admin/exceptions", list_grants)
+    app.router.add_delete("/admin/exceptions/{grant}", revoke)
     app.router.add_post("/admin/allow-list", allow)

@@ -19,6 +19,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.proxy.runtime import GatewayState, Runtime
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.listener import make_proxy_server
+from gateway.server.loop_lag import probe_loop_lag
 from gateway.server.reloader import ConfigTransform, RuntimeHolder
 from gateway.audit.trail import AuditCounters
 from gateway.detect.findings import FindingLog
@@ -113,7 +114,8 @@ class GatewayServer:
         changed = asyncio.Event()
         self._background = [loop.create_task(task) for task in (
             self._sync_shared(changed), self.state.store.watch_shared(changed.set), self.state.detection.run(),
-            self.state.enforcement.run(), self.state.audit.run(), self.state.usage.run())]
+            self.state.enforcement.run(), self.state.audit.run(), self.state.usage.run(),
+            probe_loop_lag(self.metrics.loop_lag))]
         host, port = self.proxy_address
         admin_host, admin_port = self.admin_address
         log.info("fairgate listening", extra={
@@ -134,6 +136,7 @@ class GatewayServer:
                 state.revocations.sync_from(revocations)
                 state.detection.sanctions.sync_from(await store.shared("sanctions", now) or [])
                 state.enforcement.standings.sync_from(await store.shared("standings", now) or [])
+                state.grants.sync_revoked(await store.shared("revoked-grants", now) or [])
                 for grant in state.grants.unseen(await store.shared("grants", now) or []):
                     state.take_grant(grant)
             except Exception as exc:

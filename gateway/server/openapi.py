@@ -16,12 +16,12 @@ def _query(*names: str) -> list[dict[str, Any]]:
 
 
 def _operation(summary: str, *, body: bool = False, params: list | None = None, created: bool = False,
-               conflict: str | None = None) -> dict[str, Any]:
+               conflict: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     responses: dict[str, Any] = {"201" if created else "200": _JSON, "401": _PROBLEM}
     if body or params:
         responses["400"] = _PROBLEM
-    if conflict:
-        responses[conflict] = _PROBLEM
+    for status in (conflict,) if isinstance(conflict, str) else conflict or ():
+        responses[status] = _PROBLEM
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     if body:
         operation["requestBody"] = _BODY
@@ -42,6 +42,10 @@ PATHS: dict[str, dict[str, Any]] = {
         "An exception until a date: {limit, rate|burst|max|quota|mode} or {exempt}; until|for, reason, by",
         body=True, params=[_CUSTOMER], created=True, conflict="503")},
     "/admin/exceptions": {"get": _operation("Exceptions and allow-list entries in force", params=_query("customer"))},
+    "/admin/exceptions/{grant}": {"delete": _operation(
+        "End an exception or allow-list entry now, fleet-wide: optional {by, note}", body=True,
+        params=[{"name": "grant", "in": "path", "required": True, "schema": {"type": "string"}}],
+        conflict=("404", "503"))},
     "/admin/allow-list": {"post": _operation("Allow-list {customer, user} or {user_agent} until a date; lifts "
                                              "decisions already made", body=True, created=True, conflict="503")},
     "/admin/events": {"get": _operation("Recent audit events", params=_query("customer", "kind", "since"))},
