@@ -96,7 +96,8 @@ class Limiter:
         """Decide the request's limits; `throttle` < 1 scales every rate limit down (a throttled standing)."""
         now = self._clock.time()
         customer = identity.customer if identity is not None else None
-        effective = self.book.for_customer(customer, now, throttle)
+        effective = self.book.for_customer(customer, now, throttle,
+                                           identity.licenses if identity is not None else ())
         if effective is None:
             return NO_LIMITS
         if not effective.limits:
