@@ -41,6 +41,8 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
             "state": strictest.state if strictest is not None else OK,
             "until": strictest.until if strictest is not None else None,
             "reason": strictest.reason if strictest is not None else None,
+            # what the warning tells the customer, for the account manager to see the same
+            "advice": [notice["text"] for notice in strictest.notices] if strictest is not None else [],
         }
         if full:
             data["standings"] = [s.as_entry() for s in standings]

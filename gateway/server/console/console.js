@@ -71,6 +71,7 @@ async function loadCustomers() {
     state.append(element("span", customer.state, `state state-${customer.state}`));
     if (customer.until) state.append(element("div", `until ${new Date(customer.until * 1000).toISOString()}`, "muted"));
     if (customer.reason) state.append(element("div", customer.reason, "muted"));
+    for (const advice of customer.advice ?? []) state.append(element("div", advice, "advice muted"));
     const actions = element("td");
     const reinstate = element("button", "Reinstate", "reinstate");
     reinstate.type = "button";

@@ -1,0 +1,124 @@
+"""Warnings with recommendations (StackCX 6a): the Fair-Use-Warning header, the refusals' bodies
+while warned, the alert and the console's customer view name the limit or detector, what was
+seen against what is allowed, how to comply, and the policy clause."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import ManualClock
+from tests.test_alerts import receiver  # noqa: F401 - fixtures
+from tests.test_console import browser  # noqa: F401
+from tests.test_auth import bearer, hs_token
+from tests.test_enforcement import ADMIN, LADDER, T0, enforcement_config, statuses
+
+RATE_TEXT = ("sustained: 2 requests refused (allowed: 1 per second sustained, bursts of up to 1). "
+             "Spread calls to at most 1 per second. Policy: https://example.com/fair-use")
+
+
+async def test_a_rate_violation_warns_with_the_rate_that_complies(start_gateway, upstream, client, receiver):  # noqa: F811
+    clock = ManualClock(T0)
+    config = enforcement_config(upstream)
+    config["alerts"] = {"webhooks": [{"name": "ops", "url": receiver.url}]}
+    gateway = await start_gateway(config, clock=clock)
+    token = hs_token(clock)
+    assert await statuses(client, gateway, token, 3) == [200, 429, 429]
+    await gateway.server.state.enforcement.judge_queued()
+
+    clock.advance(1)
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
+        assert response.status == 200
+        header = response.headers["Fair-Use-Warning"]
+    assert header.endswith('reasons=("sustained"), advice="spread calls to at most 1 per second", '
+                           'policy="https://example.com/fair-use"')
+    assert header.startswith("state=warned, next=throttled, until=")
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
+        assert response.status == 429  # the bucket is empty again: the refusal says the same, in full
+        problem = await response.json()
+    warning = problem["fair-use-warning"]
+    assert (warning["state"], warning["next"]) == ("warned", "throttled")
+    (notice,) = warning["notices"]
+    assert notice["text"] == RATE_TEXT
+    assert (notice["observed"], notice["allowed"]) == ("2 requests refused", "1 per second sustained, bursts of up to 1")
+
+    await asyncio.wait_for(receiver.arrived.wait(), 5)
+    (_, alert), *_ = receiver.received
+    assert alert["alert"] == "state_change:warned" and alert["event"]["notices"][0]["text"] == RATE_TEXT
+    async with client.get(f"{gateway.admin_url}/admin/customers", headers=ADMIN) as response:
+        (listed,) = (await response.json())["customers"]
+    assert listed["advice"] == [RATE_TEXT]
+
+
+async def test_a_sharing_finding_warns_to_use_one_login_per_person(start_gateway, upstream, client):
+    clock = ManualClock(T0)
+    config = enforcement_config(upstream)
+    config["plans"] = {"standard": {"limits": []}}
+    config["enforcement"]["ladder"] = {**LADDER, "warn_at": 1}
+    config["detection"] = {"hash_salt": "test-salt",
+                           "sharing": {"action": "flag", "clause": "https://example.com/fair-use#logins"}}
+    gateway = await start_gateway(config, clock=clock)
+    state = gateway.server.state
+    for session in ("s1", "s2"):
+        async with client.get(f"{gateway.url}/echo/x", headers=bearer(hs_token(clock, sid=session))) as response:
+            assert response.status == 200
+        await state.detection.drain()
+    await state.enforcement.judge_queued()
+
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(hs_token(clock))) as response:
+        header = response.headers["Fair-Use-Warning"]
+    assert header.endswith('reasons=("sharing"), advice="use one login per person: give everyone who uses it a '
+                           'login of their own", policy="https://example.com/fair-use#logins"')
+    async with client.get(f"{gateway.admin_url}/admin/customers/acme", headers=ADMIN) as response:
+        (standing,) = (await response.json())["standings"]
+    (notice,) = standing["notices"]
+    assert notice["text"] == ("sharing: 2 sessions at once (allowed: 1 sessions at once, 3 networks within 1h, "
+                              "3 devices within 1d per login). Use one login per person: give everyone who uses it a "
+                              "login of their own. Policy: https://example.com/fair-use#logins")
+
+
+async def test_a_configured_recommendation_and_clause_replace_the_written_ones(start_gateway, upstream, client):
+    clock = ManualClock(T0)
+    config = enforcement_config(upstream)
+    config["plans"]["standard"]["limits"][0].update(
+        recommendation="batch your updates: one call may carry 100 tickets", clause="https://example.com/aup#api")
+    gateway = await start_gateway(config, clock=clock)
+    token = hs_token(clock)
+    assert await statuses(client, gateway, token, 3) == [200, 429, 429]
+    await gateway.server.state.enforcement.judge_queued()
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
+        header = response.headers["Fair-Use-Warning"]
+        problem = await response.json()
+    assert 'advice="batch your updates: one call may carry 100 tickets", policy="https://example.com/aup#api"' in header
+    assert problem["fair-use-warning"]["notices"][0]["policy"] == "https://example.com/aup#api"
+    assert len(header) < 300  # a header, not a letter
+
+
+def test_the_header_stays_a_structured_field_whatever_the_advice_says():
+    from gateway.enforce.notices import header_params
+
+    notice = {"source": "sustained", "recommendation": 'say "hi" \\ to ünïcode ' + "x" * 300}
+    params = header_params((notice,))
+    advice = params.split("advice=", 1)[1]
+    assert advice.startswith('"say \\"hi\\" \\\\ to ?n?code') and advice.endswith('"')
+    assert all(" " <= ch <= "~" for ch in params) and len(advice) < 140
+
+
+
+async def test_the_console_shows_the_warning_text_with_the_standing(browser, start_gateway, upstream, client):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    from tests.conftest import ADMIN_TOKEN
+    from tests.test_console import wait_for
+
+    clock = ManualClock(T0)
+    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    assert await statuses(client, gateway, hs_token(clock), 3) == [200, 429, 429]
+    await gateway.server.state.enforcement.judge_queued()
+
+    def advice_of_acme() -> str:
+        browser.get(f"{gateway.admin_url}/console")
+        browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
+        browser.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+        return wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-customer="acme"] .advice'))[0].text
+
+    assert await asyncio.to_thread(advice_of_acme) == RATE_TEXT
