@@ -49,6 +49,22 @@ async def test_a_rate_violation_warns_with_the_rate_that_complies(start_gateway,
     assert listed["advice"] == [RATE_TEXT]
 
 
+async def test_a_throttle_recommends_the_throttled_rate(start_gateway, upstream, client):
+    clock = ManualClock(T0)
+    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    token = hs_token(clock)
+    assert await statuses(client, gateway, token, 5) == [200, 429, 429, 429, 429]  # throttle_at: 4
+    await gateway.server.state.enforcement.judge_queued()
+    clock.advance(2)
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
+        header = response.headers["Fair-Use-Warning"]
+    assert "state=throttled" in header and 'advice="spread calls to at most 30 per minute"' in header
+    async with client.get(f"{gateway.admin_url}/admin/customers/acme", headers=ADMIN) as response:
+        (standing,) = (await response.json())["standings"]
+    assert standing["notices"][0]["allowed"] == ("30 per minute sustained while throttled (normally 1 per second), "
+                                                 "bursts of up to 1")
+
+
 async def test_a_sharing_finding_warns_to_use_one_login_per_person(start_gateway, upstream, client):
     clock = ManualClock(T0)
     config = enforcement_config(upstream)

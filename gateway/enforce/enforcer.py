@@ -244,13 +244,15 @@ class Enforcement:
         for violation in violations:
             for limit in violation.limits:
                 counts[limit.name] = counts.get(limit.name, 0) + 1
+        # A new throttle scales the rates the violations were refused under.
+        throttle = self.settings.ladder.throttle_factor if standing.state == THROTTLED else 1.0
         latest: dict[str, dict[str, Any]] = {}
         for violation in reversed(violations):  # latest first; a detector's latest finding speaks for it
             if violation.finding is not None and violation.finding.detector not in latest:
                 latest[violation.finding.detector] = self._notices.for_finding(violation.finding).as_json()
             for limit in violation.limits:
                 if limit.name not in latest:
-                    latest[limit.name] = self._notices.for_limit(limit, counts[limit.name]).as_json()
+                    latest[limit.name] = self._notices.for_limit(limit, counts[limit.name], throttle).as_json()
         return replace(standing, notices=merged(list(latest.values()), earlier))
 
     def _record(self, batch: list[Violation]) -> None:

@@ -82,12 +82,16 @@ class NoticeBook:
     def _clause(self, advice: Advice | None) -> str:
         return advice.clause if advice is not None and advice.clause else self._policy
 
-    def for_limit(self, limit: CompiledLimit, count: int) -> Notice:
+    def for_limit(self, limit: CompiledLimit, count: int, throttle: float = 1.0) -> Notice:
+        """`throttle` < 1: the standing throttles the plan's rates, so less is allowed from now on."""
         advice = self._advice.get((limit.plan, limit.name))
         refused = f"{count} request{'s' if count != 1 else ''} refused"
         if limit.kind == RATE:
-            rate = _rate(1.0 / limit.interval)
+            rate = _rate(throttle / limit.interval)
             allowed = f"{rate} sustained, bursts of up to {limit.burst}"
+            if throttle != 1.0:
+                allowed = f"{rate} sustained while throttled (normally {_rate(1.0 / limit.interval)}), " \
+                          f"bursts of up to {limit.burst}"
             recommendation = f"spread calls to at most {rate}"
         elif limit.kind == CONCURRENCY:
             allowed = f"{limit.max} request{'s' if limit.max != 1 else ''} in flight at once"
