@@ -12,6 +12,8 @@ import sys
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.auth.identity import Identity
 from gateway.config import ConfigError, load_config
@@ -147,6 +149,27 @@ def test_prices_are_decimals_and_floats_that_lost_digits_are_refused():
         Overage(price=0.1234567890123456789)
     with pytest.raises(ValueError, match="0.05"):
         Overage(price="five cents")
+
+
+@given(st.decimals(min_value=0, max_value=10**9, places=6, allow_nan=False, allow_infinity=False))
+def test_a_price_reads_back_exactly_quoted_or_not(price):
+    from gateway.config.units import parse_price
+
+    text = f"{price:f}"
+    assert parse_price(text) == price  # quoted: always exact
+    assert parse_price(float(text)) == price  # unquoted: at most 15 significant digits here, so exact too
+
+
+@given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
+def test_an_unquoted_price_is_exact_or_refused(value):
+    from gateway.config.units import parse_price
+
+    try:
+        price = parse_price(value)
+    except ValueError as exc:
+        assert "quoted" in str(exc)
+    else:
+        assert float(price) == value and len(price.as_tuple().digits) <= 15
 
 
 def test_a_listed_customer_without_its_quantity_is_a_config_error(tmp_path, upstream):

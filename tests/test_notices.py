@@ -5,6 +5,10 @@ seen against what is allowed, how to comply, and the policy clause."""
 from __future__ import annotations
 
 import asyncio
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import ManualClock
 from tests.test_alerts import receiver  # noqa: F401 - fixtures
@@ -138,3 +142,16 @@ async def test_the_console_shows_the_warning_text_with_the_standing(browser, sta
         return wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-customer="acme"] .advice'))[0].text
 
     assert await asyncio.to_thread(advice_of_acme) == RATE_TEXT
+
+
+# RFC 8941 sf-string: printable ASCII in quotes, with only \\ and \" escaped.
+_SF_STRING = r'"(?:[ !#-\[\]-~]|\\["\\])*"'
+
+
+@given(st.text(), st.text(min_size=1))
+def test_any_recommendation_makes_a_parsable_header(recommendation, source):
+    from gateway.enforce.notices import header_params
+
+    params = header_params(({"source": source, "recommendation": recommendation},))
+    assert re.fullmatch(rf', reasons=\(({_SF_STRING})\), advice=({_SF_STRING})', params)
+    assert len(params) < 40 + 2 * (len(source) + 120)

@@ -24,7 +24,8 @@ KEY_PARTS = ("customer", "user", "client_ip", "route")
 _KEY_RE = re.compile(rf"^({'|'.join(KEY_PARTS)})(\+({'|'.join(KEY_PARTS)}))*$")
 LimitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 Price = Annotated[Decimal, BeforeValidator(parse_price),
-                  WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?$", "description": PRICE_HINT})]
+                  WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?$"},
+                                            {"type": "number", "minimum": 0}], "description": PRICE_HINT})]
 Quantities = Annotated[Mapping[UnitName, Annotated[int, Field(ge=1)]], AfterValidator(frozen_mapping)]
 
 
