@@ -117,8 +117,8 @@ def test_the_header_stays_a_structured_field_whatever_the_advice_says():
     from gateway.enforce.notices import header_params
 
     notice = {"source": "sustained", "recommendation": 'say "hi" \\ to ünïcode ' + "x" * 300}
-    params = header_params((notice,))
-    advice = params.split("advice=", 1)[1]
+    params = header_params((notice,), "https://example.com/fair-use")
+    advice = params.split("advice=", 1)[1].split(", policy=")[0]
     assert advice.startswith('"say \\"hi\\" \\\\ to ?n?code') and advice.endswith('"')
     assert all(" " <= ch <= "~" for ch in params) and len(advice) < 140
 
@@ -152,6 +152,6 @@ _SF_STRING = r'"(?:[ !#-\[\]-~]|\\["\\])*"'
 def test_any_recommendation_makes_a_parsable_header(recommendation, source):
     from gateway.enforce.notices import header_params
 
-    params = header_params(({"source": source, "recommendation": recommendation},))
-    assert re.fullmatch(rf', reasons=\(({_SF_STRING})\), advice=({_SF_STRING})', params)
-    assert len(params) < 40 + 2 * (len(source) + 120)
+    params = header_params(({"source": source, "recommendation": recommendation, "policy": recommendation},), "p")
+    assert re.fullmatch(rf', reasons=\(({_SF_STRING})\), advice=({_SF_STRING}), policy=({_SF_STRING})', params)
+    assert len(params) < 40 + 2 * (len(source) + 120 + len(recommendation))

@@ -112,9 +112,8 @@ class Enforcement:
         """The Fair-Use-Warning header: the state, what comes next, until when, the limits or
         detectors behind it with the first one's advice, and the policy (its clause). Short: the
         problem bodies and alerts say the rest."""
-        clause = standing.notices[0]["policy"] if standing.notices else self.settings.policy
         return (f'state={standing.state}, next={NEXT[standing.state]}, until="{_iso(standing.until)}"'
-                f'{header_params(standing.notices)}, policy="{clause}"')
+                f'{header_params(standing.notices, self.settings.policy)}')
 
     def warning_detail(self, standing: Standing) -> dict[str, Any]:
         """The warning in full, for the problem bodies of refusals while warned or throttled."""

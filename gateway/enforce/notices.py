@@ -52,13 +52,14 @@ def merged(latest: list[dict[str, Any]], earlier: tuple[dict[str, Any], ...]) ->
     return (*latest, *(notice for notice in earlier if notice["source"] not in sources))[:MAX_NOTICES]
 
 
-def header_params(notices: tuple[dict[str, Any], ...]) -> str:
-    """`reasons=(...)` and a short `advice` for Fair-Use-Warning (structured-field strings); the
-    bodies and alerts carry the notices in full."""
+def header_params(notices: tuple[dict[str, Any], ...], policy: str) -> str:
+    """`reasons=(...)`, a short `advice` and the `policy` clause for Fair-Use-Warning, as
+    structured-field strings; the bodies and alerts carry the notices in full."""
     if not notices:
-        return ""
+        return f", policy={_sf_string(policy)}"
     reasons = " ".join(_sf_string(notice["source"]) for notice in notices)
-    return f", reasons=({reasons}), advice={_sf_string(notices[0]['recommendation'][:_HEADER_ADVICE])}"
+    return (f", reasons=({reasons}), advice={_sf_string(notices[0]['recommendation'][:_HEADER_ADVICE])}, "
+            f"policy={_sf_string(notices[0].get('policy') or policy)}")
 
 
 def _sf_string(text: str) -> str:
