@@ -10,7 +10,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, wait_until
 from tests.test_alerts import receiver  # noqa: F401 - fixtures
 from tests.test_console import browser  # noqa: F401
 from tests.test_auth import bearer, hs_token
@@ -51,6 +51,20 @@ async def test_a_rate_violation_warns_with_the_rate_that_complies(start_gateway,
     async with client.get(f"{gateway.admin_url}/admin/customers", headers=ADMIN) as response:
         (listed,) = (await response.json())["customers"]
     assert listed["advice"] == [RATE_TEXT]
+
+
+async def test_the_fleet_warns_with_the_same_words(start_gateway, upstream, client, redis_url, key_prefix):
+    clock = ManualClock(T0)
+    config = enforcement_config(upstream)
+    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}-notices"}
+    first, second = await start_gateway(config, clock=clock), await start_gateway(config, clock=clock)
+    token = hs_token(clock)
+    assert await statuses(client, first, token, 3) == [200, 429, 429]
+    await first.server.state.enforcement.judge_queued()
+    await wait_until(lambda: second.server.state.enforcement.standings.latest("customer:acme") is not None)
+    clock.advance(2)
+    async with client.get(f"{second.url}/echo/x", headers=bearer(token)) as response:
+        assert 'advice="spread calls to at most 1 per second"' in response.headers["Fair-Use-Warning"]
 
 
 async def test_a_throttle_recommends_the_throttled_rate(start_gateway, upstream, client):
