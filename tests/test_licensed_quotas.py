@@ -151,6 +151,22 @@ def test_prices_are_decimals_and_floats_that_lost_digits_are_refused():
         Overage(price="five cents")
 
 
+@pytest.mark.parametrize(("metric", "unit"), [("upstream_seconds", "1GB"), ("bytes", "1min"), ("requests", "1min"),
+                                              ("upstream_seconds", "0s"), ("requests", 0)])
+def test_an_overage_unit_must_fit_the_metric(tmp_path, upstream, metric, unit):
+    import yaml
+
+    quota = {**MINUTES, "metric": metric, "overage": {"price": "0.05", "unit": unit}}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(limits_config(upstream, {"flat": {"limits": [quota]}}, default_plan="flat")))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (issue,) = caught.value.issues
+    # (the path also carries the limit's kind today, plans.flat.limits[0].quota.overage: the loader's to drop)
+    assert issue.path.startswith("plans.flat.limits[0].") and issue.path.endswith(".overage")
+    assert issue.reason.startswith("unit: ")
+
+
 @given(st.decimals(min_value=0, max_value=10**9, places=6, allow_nan=False, allow_infinity=False))
 def test_a_price_reads_back_exactly_quoted_or_not(price):
     from gateway.config.units import parse_price

@@ -85,15 +85,18 @@ class Overage(Section):
     currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code the price is in.")
 
     def unit_amount(self, metric: str) -> Decimal:
-        """One `unit` in the metric's own units (seconds, bytes, cost units)."""
+        """One `unit` in the metric's own units (seconds, bytes, cost units); above zero."""
         if metric == "upstream_seconds":
-            return Decimal(str(parse_duration(self.unit)))
-        if metric == "bytes":
-            return Decimal(parse_size(self.unit))
-        if isinstance(self.unit, int) or (isinstance(self.unit, str) and self.unit.isdigit()):
-            if int(self.unit) >= 1:
-                return Decimal(int(self.unit))
-        raise ValueError(f"expected a whole number of requests, got {self.unit!r}")
+            amount = Decimal(str(parse_duration(self.unit)))
+        elif metric == "bytes":
+            amount = Decimal(parse_size(self.unit))
+        elif isinstance(self.unit, int) or (isinstance(self.unit, str) and self.unit.isdigit()):
+            amount = Decimal(int(self.unit))
+        else:
+            raise ValueError(f"expected a whole number of requests, got {self.unit!r}")
+        if amount <= 0:
+            raise ValueError(f"a price is for more than nothing, got {self.unit!r}")
+        return amount
 
 
 class QuotaLimit(_Limit):
