@@ -169,3 +169,51 @@ def test_any_recommendation_makes_a_parsable_header(recommendation, source):
     params = header_params(({"source": source, "recommendation": recommendation, "policy": recommendation},), "p")
     assert re.fullmatch(rf', reasons=\(({_SF_STRING})\), advice=({_SF_STRING}), policy=({_SF_STRING})', params)
     assert len(params) < 40 + 2 * (len(source) + 120 + len(recommendation))
+
+
+def notice_book():
+    from gateway.config import GatewayConfig
+    from gateway.enforce.notices import NoticeBook
+
+    config = GatewayConfig.model_validate({
+        "upstreams": {"app": {"url": "http://127.0.0.1:9"}},
+        "routes": [{"name": "all", "path_prefix": "/", "upstream": "app", "auth": "none"}],
+        "plans": {"velocity": {"limits": [
+            {"name": "parallel", "kind": "concurrency", "max": 5},
+            {"name": "minutes", "kind": "quota", "metric": "upstream_seconds", "period": "month", "limit": 30000,
+             "per": "ports"},
+            {"name": "data", "kind": "quota", "metric": "bytes", "period": "day", "limit": 2_000_000_000}]}},
+        "enforcement": {"policy": "https://example.com/aup"},
+        "detection": {"scraping": {"threshold": 12}, "seats": {"clause": "https://example.com/aup#seats"}},
+    })
+    return NoticeBook(config), config
+
+
+def test_concurrency_and_quota_notices_say_what_the_plan_allows():
+    from gateway.limits.policy import compile_limit, per_unit
+
+    book, config = notice_book()
+    parallel, minutes, data = (compile_limit("velocity", limit) for limit in config.plans["velocity"].limits)
+    assert book.for_limit(parallel, 3).text == (
+        "parallel: 3 requests refused (allowed: 5 requests in flight at once). Keep at most 5 in flight: wait for "
+        "answers before sending more. Policy: https://example.com/aup")
+    twelve = book.for_limit(per_unit(minutes, 12), 1)
+    assert (twelve.observed, twelve.allowed) == ("the month's 6,000 minutes used up, 1 request refused",
+                                                 "6,000 minutes per month (500 minutes x 12 ports)")
+    assert book.for_limit(data, 1).allowed == "2 GB per day"
+
+
+def test_scraping_and_seats_notices_read_the_finding():
+    from gateway.detect.findings import Finding
+
+    book, _ = notice_book()
+    scraping = book.for_finding(Finding("scraping", "user:acme/ann", "acme", "ann", "block", False, T0,
+                                        ("automation_agent", "regular_cadence"), score=14.5))
+    assert scraping.text == (
+        "scraping: automation score 14.5 from an automation user agent, machine-regular timing (allowed: a score "
+        "below 12 (people in browsers, declared integrations)). Use the API under your plan instead of automating "
+        "the portal, and declare an integration's user agent to us. Policy: https://example.com/aup")
+    seats = book.for_finding(Finding("seats", "customer:acme", "acme", None, "flag", False, T0, ("seats",),
+                                     evidence={"month": "2026-11", "seats": 25, "active_users": 31}))
+    assert (seats.observed, seats.allowed, seats.clause) == ("31 active users in 2026-11", "25 seats",
+                                                             "https://example.com/aup#seats")
