@@ -211,7 +211,7 @@ def test_scraping_and_seats_notices_read_the_finding():
                                         ("automation_agent", "regular_cadence"), score=14.5))
     assert scraping.text == (
         "scraping: automation score 14.5 from an automation user agent, machine-regular timing (allowed: a score "
-        "below 12 (people in browsers, declared integrations)). Use the API under your plan instead of automating "
+        "below 12, as people in browsers and declared integrations keep). Use the API under your plan instead of automating "
         "the portal, and declare an integration's user agent to us. Policy: https://example.com/aup")
     seats = book.for_finding(Finding("seats", "customer:acme", "acme", None, "flag", False, T0, ("seats",),
                                      evidence={"month": "2026-11", "seats": 25, "active_users": 31}))

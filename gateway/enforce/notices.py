@@ -125,7 +125,7 @@ class NoticeBook:
         elif finding.detector == SCRAPING:
             signals = ", ".join(_SIGNALS.get(signal, signal) for signal in finding.signals)
             observed = f"automation score {finding.score:g} from {signals}" if finding.score is not None else signals
-            allowed = f"a score below {self._threshold:g} (people in browsers, declared integrations)"
+            allowed = f"a score below {self._threshold:g}, as people in browsers and declared integrations keep"
             recommendation = ("use the API under your plan instead of automating the portal, and declare an "
                               "integration's user agent to us")
         elif finding.detector == SEATS:
