@@ -105,7 +105,7 @@ async def test_a_sharing_finding_warns_to_use_one_login_per_person(start_gateway
     async with client.get(f"{gateway.admin_url}/admin/customers/acme", headers=ADMIN) as response:
         (standing,) = (await response.json())["standings"]
     (notice,) = standing["notices"]
-    assert notice["text"] == ("sharing: 2 sessions at once (allowed: 1 sessions at once, 3 networks within 1h, "
+    assert notice["text"] == ("sharing: 2 sessions at once (allowed: 1 session at once, 3 networks within 1h, "
                               "3 devices within 1d per login). Use one login per person: give everyone who uses it a "
                               "login of their own. Policy: https://example.com/fair-use#logins")
 

@@ -86,7 +86,7 @@ class NoticeBook:
     def for_limit(self, limit: CompiledLimit, count: int, throttle: float = 1.0) -> Notice:
         """`throttle` < 1: the standing throttles the plan's rates, so less is allowed from now on."""
         advice = self._advice.get((limit.plan, limit.name))
-        refused = f"{count} request{'s' if count != 1 else ''} refused"
+        refused = f"{_counted(count, 'requests')} refused"
         if limit.kind == RATE:
             rate = _rate(throttle / limit.interval)
             allowed = f"{rate} sustained, bursts of up to {limit.burst}"
@@ -95,7 +95,7 @@ class NoticeBook:
                           f"bursts of up to {limit.burst}"
             recommendation = f"spread calls to at most {rate}"
         elif limit.kind == CONCURRENCY:
-            allowed = f"{limit.max} request{'s' if limit.max != 1 else ''} in flight at once"
+            allowed = f"{_counted(limit.max, 'requests')} in flight at once"
             recommendation = f"keep at most {limit.max} in flight: wait for answers before sending more"
         else:
             budget = _amount(limit.metric, limit.quota)
@@ -116,10 +116,10 @@ class NoticeBook:
             seen = {"sessions": "at once", "networks": f"within {_span(self._windows.networks)}",
                     "devices": f"within {_span(self._windows.devices)}"}
             observed = ", ".join(
-                f"{len(evidence.get(signal, ()))} {signal} {seen[signal]}" if signal in seen
+                f"{_counted(len(evidence.get(signal, ())), signal)} {seen[signal]}" if signal in seen
                 else "travel faster than a person can" if signal == "travel" else signal
                 for signal in finding.signals)
-            allowed = ", ".join(f"{allowance.get(name, '?')} {name} {when}" for name, when in seen.items())
+            allowed = ", ".join(f"{_counted(allowance.get(name, 0), name)} {when}" for name, when in seen.items())
             allowed += " per login"
             recommendation = "use one login per person: give everyone who uses it a login of their own"
         elif finding.detector == SCRAPING:
@@ -156,6 +156,10 @@ def _amount(metric: str, value: float) -> str:
                 return f"{_short(value / size)} {unit}"
         return f"{_short(value)} B"
     return f"{_short(value)} requests"
+
+
+def _counted(count: int, plural: str) -> str:
+    return f"{count} {plural if count != 1 else plural.removesuffix('s')}"
 
 
 def _short(value: float) -> str:
