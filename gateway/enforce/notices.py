@@ -140,11 +140,11 @@ class NoticeBook:
 
 
 def _rate(per_second: float) -> str:
-    for unit, seconds in (("second", 1), ("minute", 60), ("hour", 3600)):
-        value = per_second * seconds
-        if value >= 1 or unit == "hour":
-            return f"{_short(value)} per {unit}"
-    raise AssertionError("unreachable")
+    """1.0 -> "1 per second", 0.5 -> "30 per minute": the largest unit in which it is at least one."""
+    for unit, seconds in (("second", 1), ("minute", 60)):
+        if per_second * seconds >= 1:
+            return f"{_short(per_second * seconds)} per {unit}"
+    return f"{_short(per_second * 3600)} per hour"
 
 
 def _amount(metric: str, value: float) -> str:
