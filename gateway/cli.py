@@ -56,7 +56,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     usage.add_argument("--month", required=True, type=_month, metavar="YYYY-MM", help="e.g. 2026-11")
     usage.add_argument("--customer", metavar="ID", help="one customer only")
-    usage.add_argument("--format", choices=("table", "csv", "json"), default="table", help="default: table")
+    usage.add_argument("--format", choices=("table", "csv", "json", "fees"), default="table",
+                       help="default: table; fees: one CSV line per priced quota, for invoicing")
     usage.add_argument("--admin", default="http://127.0.0.1:8081", metavar="URL",
                        help="the admin listener (default http://127.0.0.1:8081); token from FAIRGATE_ADMIN_TOKEN")
     usage.set_defaults(command=_usage)
@@ -174,6 +175,7 @@ def _usage(args: argparse.Namespace) -> int:
     import urllib.request
 
     from gateway.server.admin import ADMIN_TOKEN_ENV
+    from gateway.usage.fees import as_fees_csv
     from gateway.usage.report import as_csv, as_table
 
     token = os.environ.get(ADMIN_TOKEN_ENV)
@@ -198,6 +200,8 @@ def _usage(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     elif args.format == "csv":
         sys.stdout.write(as_csv(rows))
+    elif args.format == "fees":
+        sys.stdout.write(as_fees_csv(rows))
     else:
         sys.stdout.write(as_table(rows) if rows else f"no usage in {args.month}\n")
     return 0

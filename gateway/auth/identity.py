@@ -17,3 +17,5 @@ class Identity:
     scopes: frozenset[str]
     issued_at: float
     expires_at: float
+    # Licensed quantities the token claims, (unit, quantity) sorted by unit: ports, seats, ...
+    licenses: tuple[tuple[str, int], ...] = ()

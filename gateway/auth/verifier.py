@@ -99,6 +99,7 @@ class IssuerVerifier:
             scopes=_scopes(claims.get(names.scopes)),
             issued_at=issued_at if issued_at is not None else now,
             expires_at=expires_at,
+            licenses=_licenses(claims, names.licenses),
         )
 
 
@@ -170,3 +171,16 @@ def _scopes(value: object) -> frozenset[str]:
     if isinstance(value, list):
         return frozenset(item for item in value if isinstance(item, str))
     return frozenset()
+
+
+def _licenses(claims: Mapping[str, Any], names: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """Licensed quantities from their claims: a whole number from 1 up (or its digits as a string);
+    anything else counts as not sent, like an unusable plan claim."""
+    found = []
+    for unit, name in sorted(names.items()):
+        value = claims.get(name)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10**9:
+            found.append((unit, value))
+    return tuple(found)

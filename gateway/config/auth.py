@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Mapping
 from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, SecretStr, model_validator
 
-from gateway.config.types import Duration, Section
+from gateway.config.types import Duration, Section, UnitName, frozen_mapping
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -39,6 +39,10 @@ class ClaimNames(Section):
     session: str = Field("sid", description="Claim naming the login session; `jti` is used when absent.")
     email: str = Field("email", description="Claim holding the user's email address.")
     plan: str | None = Field(None, description="Claim naming the customer's plan, if the issuer sends one.")
+    licenses: Annotated[Mapping[UnitName, str], AfterValidator(frozen_mapping)] = Field(
+        default_factory=lambda: frozen_mapping({}),
+        description="Claims carrying licensed quantities by unit, e.g. {ports: port_count}, for quotas counted "
+                    "`per` unit (customers.<id>.licenses wins).")
     scopes: str = Field("scope", description="Claim holding scopes or roles: a space-separated string or a list.")
 
 
@@ -66,7 +70,7 @@ class Issuer(Section):
     required_claims: tuple[str, ...] = Field(
         ("exp", "iat", "sub"), description="Claims a token must carry (the customer claim always is)."
     )
-    claims: ClaimNames = ClaimNames()
+    claims: ClaimNames = Field(default_factory=ClaimNames)
 
     # Keys by kid from hmac_secret(_file) or public_key_file, parsed at load; empty for jwks_url.
     _static_keys: dict = PrivateAttr(default_factory=dict)

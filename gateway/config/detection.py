@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Mapping
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
+from gateway.config.enforcement import Advice
 from gateway.config.types import Duration, Section, frozen_mapping
 
 ROUTE_CLASSES = ("portal", "api", "asset", "public")
@@ -44,7 +45,7 @@ class SharingWindows(Section):
     devices: Duration = Field(86400.0, description="Window over which devices are counted.")
 
 
-class SharingDetector(Section):
+class SharingDetector(Advice):
     """One login used by several people: sessions, networks and devices per user."""
 
     mode: Mode = Field("enforce", description="enforce: apply the action; shadow: record findings only; off.")
@@ -92,7 +93,7 @@ class UserAgentLists(Section):
                                                                                     "libraries count as automation.")
 
 
-class ScrapingDetector(Section):
+class ScrapingDetector(Advice):
     """Screen-scraping and abusive patterns, scored per user (per client address when anonymous)."""
 
     mode: Mode = Field("enforce", description="enforce: apply the action; shadow: record findings only; off.")
@@ -119,7 +120,7 @@ class ScrapingDetector(Section):
     asset_grace_pages: int = Field(3, ge=1, description="Portal pages loaded before missing assets count.")
 
 
-class SeatsDetector(Section):
+class SeatsDetector(Advice):
     """Bureau use: more distinct active users per customer per month than the plan's `seats`."""
 
     mode: Mode = Field("enforce", description="enforce | shadow | off.")

@@ -13,6 +13,16 @@ from gateway.config.types import Duration, Section, frozen_mapping
 VIOLATION_KINDS = ("limit", "sharing", "scraping", "seats")
 
 
+class Advice(Section):
+    """What a warning says about one limit or detector, beyond the numbers it is written from."""
+
+    recommendation: str | None = Field(
+        None, min_length=1, max_length=200, description="Plain advice in warnings and alerts, e.g. 'spread calls "
+        "to at most 1 per second' (default: written from the limit's numbers or the detector's finding).")
+    clause: str | None = Field(None, min_length=1, max_length=300, description="Link to the policy clause this "
+                                                                               "enforces (default: enforcement.policy).")
+
+
 def _known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
     unknown = sorted(set(kinds) - set(VIOLATION_KINDS))
     if unknown:

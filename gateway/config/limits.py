@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
-from typing import Annotated, Literal, Union
+from decimal import Decimal
+from typing import Annotated, Literal, Mapping, Union
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
 from gateway.config.detection import SharingAllowance
-from gateway.config.types import Duration, Section, frozen_mapping
-from gateway.config.units import RATE_HINT, Rate, parse_rate
+from gateway.config.enforcement import Advice
+from gateway.config.types import Duration, Section, UnitName, frozen_mapping
+from gateway.config.units import PRICE_HINT, RATE_HINT, Rate, parse_duration, parse_price, parse_rate, parse_size
 
 RateValue = Annotated[
     Rate,
@@ -21,6 +23,10 @@ RateValue = Annotated[
 KEY_PARTS = ("customer", "user", "client_ip", "route")
 _KEY_RE = re.compile(rf"^({'|'.join(KEY_PARTS)})(\+({'|'.join(KEY_PARTS)}))*$")
 LimitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Price = Annotated[Decimal, BeforeValidator(parse_price),
+                  WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?$"},
+                                            {"type": "number", "minimum": 0}], "description": PRICE_HINT})]
+Quantities = Annotated[Mapping[UnitName, Annotated[int, Field(ge=1)]], AfterValidator(frozen_mapping)]
 
 
 def _check_key(value: str) -> str:
@@ -36,7 +42,7 @@ def _check_key(value: str) -> str:
 LimitKey = Annotated[str, BeforeValidator(lambda v: _check_key(str(v)))]
 
 
-class _Limit(Section):
+class _Limit(Advice):
     name: LimitName = Field(description="Unique within the plan; names the limit in headers, problems and metrics.")
     key: LimitKey = Field("customer", description="What is counted separately: customer, user, client_ip, route, "
                                                   "or a composite such as customer+route.")
@@ -70,6 +76,29 @@ class ConcurrencyLimit(_Limit):
     max: int = Field(ge=1, description="Most requests in flight at once per key.")
 
 
+class Overage(Section):
+    """What usage beyond a quota costs: `price` per `unit` of the quota's metric, in `currency`."""
+
+    price: Price = Field(description="Price of one `unit` beyond the quota, e.g. \"0.05\" (quoted: a decimal).")
+    unit: str | int = Field(1, description="How much of the metric one price buys: a duration for upstream_seconds "
+                                           "(1min), a size for bytes (1GB), a count for requests (1000).")
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code the price is in.")
+
+    def unit_amount(self, metric: str) -> Decimal:
+        """One `unit` in the metric's own units (seconds, bytes, cost units); above zero."""
+        if metric == "upstream_seconds":
+            amount = Decimal(str(parse_duration(self.unit)))
+        elif metric == "bytes":
+            amount = Decimal(parse_size(self.unit))
+        elif isinstance(self.unit, int) or (isinstance(self.unit, str) and self.unit.isdigit()):
+            amount = Decimal(int(self.unit))
+        else:
+            raise ValueError(f"expected a whole number of requests, got {self.unit!r}")
+        if amount <= 0:
+            raise ValueError(f"a price is for more than nothing, got {self.unit!r}")
+        return amount
+
+
 class QuotaLimit(_Limit):
     """A budget per calendar day or month, in the configured time zone."""
 
@@ -83,6 +112,18 @@ class QuotaLimit(_Limit):
     action: Literal["reject", "flag"] = Field(
         "reject", description="reject: 429 once used up; flag: allow and count the overage (billing)."
     )
+    per: UnitName | None = Field(None, description="A licensed unit (ports, seats, ...): `limit` is per unit, and "
+                                                   "the customer's budget is `limit` times its quantity of it.")
+    overage: Overage | None = Field(None, description="The estimated fee for usage beyond the quota.")
+
+    @model_validator(mode="after")
+    def _overage_unit(self) -> "QuotaLimit":
+        if self.overage is not None:
+            try:
+                self.overage.unit_amount(self.metric)
+            except ValueError as exc:
+                raise ValueError(f"overage: unit: {exc}") from None
+        return self
 
 
 Limit = Annotated[Union[RateLimit, ConcurrencyLimit, QuotaLimit], Field(discriminator="kind")]
@@ -120,6 +161,9 @@ class Override(Section):
 class Customer(Section):
     plan: str = Field(description="Name of an entry in `plans`.")
     overrides: tuple[Override, ...] = ()
+    licenses: Quantities = Field(default_factory=lambda: frozen_mapping({}),
+                                 description="Licensed quantities by unit, e.g. {ports: 12}, for quotas counted "
+                                             "`per` unit; they win over a token's claim.")
 
 
 class StateSettings(Section):

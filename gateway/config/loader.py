@@ -95,8 +95,23 @@ def _check_plans(config: GatewayConfig) -> Iterator[ConfigIssue]:
                 yield ConfigIssue(f"{path}.rate", "a token bucket needs a fixed period")
 
 
+def _check_licenses(config: GatewayConfig) -> Iterator[ConfigIssue]:
+    """A listed customer on a plan with quotas per licensed unit needs its quantity, from its
+    entry or from a token claim; with neither it would silently get the budget of one unit."""
+    claimed = {unit for issuer in config.auth.issuers for unit in issuer.claims.licenses}
+    for name, customer in config.customers.items():
+        plan = config.plans.get(customer.plan)
+        for limit in plan.limits if plan is not None else ():
+            unit = getattr(limit, "per", None)
+            if unit is not None and unit not in customer.licenses and unit not in claimed:
+                yield ConfigIssue(f"customers.{name}.licenses",
+                                  f"plan {customer.plan!r} counts quota {limit.name!r} per {unit}: give "
+                                  f"{{{unit}: N}} here, or name a claim for it in auth.issuers[].claims.licenses")
+
+
 def _check_references(config: GatewayConfig) -> Iterator[ConfigIssue]:
     yield from _check_plans(config)
+    yield from _check_licenses(config)
     seen_names: set[str] = set()
     seen_matches: set[tuple[str | None, str]] = set()
     for index, route in enumerate(config.routes):

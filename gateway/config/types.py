@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import types
+import typing
 from types import MappingProxyType
-from typing import Annotated, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from gateway.config.units import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
 
@@ -28,6 +30,10 @@ Size = Annotated[
         }
     ),
 ]
+
+
+# A licensed unit a quota can be counted per (ports, seats, agents, ...): the vendor names it.
+UnitName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 
 def parse_host_port(value: object) -> tuple[str, int]:
@@ -63,5 +69,52 @@ def frozen_mapping(value: dict) -> Mapping:
     return MappingProxyType(value)
 
 
+# YAML 1.1 (PyYAML) reads these words unquoted as booleans; where one is a documented value of
+# a setting, the boolean is taken back to the word the user wrote.
+_YAML_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
+
+
+def literal_values(annotation: Any) -> tuple[Any, ...]:
+    """The values of a Literal setting (also inside `X | None`); () for any other type."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(value for arg in typing.get_args(annotation) for value in literal_values(arg))
+    return ()
+
+
+def yaml_word(key: str, value: bool, allowed: tuple[Any, ...]) -> str:
+    """The documented word an unquoted off/on (no/yes) stood for, before YAML made it a boolean."""
+    for word in _YAML_WORDS[value]:
+        if word in allowed:
+            return word
+    choices = ", ".join(repr(choice) for choice in allowed)
+    raise ValueError(f"{key}: YAML reads an unquoted {'/'.join(_YAML_WORDS[value])} as the boolean {value}; "
+                     f"expected one of {choices} (quote a word YAML might take for a boolean, e.g. "
+                     f"{key}: \"{allowed[0]}\")")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
+
+    # Enumerated (Literal) settings by key: a boolean given for one is a YAML word to take back.
+    _yaml_words: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._yaml_words = {}
+        for name, field in cls.model_fields.items():
+            values = literal_values(field.annotation)
+            if values and all(isinstance(value, str) for value in values):
+                cls._yaml_words[field.alias or name] = values
+
+    @model_validator(mode="before")
+    @classmethod
+    def _booleans_as_words(cls, data: Any) -> Any:
+        if cls._yaml_words and isinstance(data, dict):
+            changed = {key: yaml_word(key, data[key], values) for key, values in cls._yaml_words.items()
+                       if isinstance(data.get(key), bool)}
+            if changed:
+                return {**data, **changed}
+        return data

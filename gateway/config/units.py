@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 _DURATION_UNITS = {
     "ms": 0.001,
@@ -50,6 +52,10 @@ _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 DURATION_HINT = "a duration such as '250ms', '30s', '5min', '1h' or '7d'"
 SIZE_HINT = "a size such as '512B', '64KB', '10MB' or '1GiB'"
 RATE_HINT = "a rate such as '1/s', '100/min', '5000/day' or '2000000/month'"
+PRICE_HINT = "a price such as \"0.05\" (quoted, so it is read as a decimal and never as a binary float)"
+_PRICE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
+# Any decimal of at most 15 significant digits survives YAML's float and back unchanged.
+_EXACT_FLOAT_DIGITS = 15
 
 
 def parse_duration(value: object) -> float:
@@ -106,3 +112,19 @@ def parse_rate(value: object) -> Rate:
                     period = f"{match.group(2)}{match.group(3)}" if match.group(2) else match.group(3)
                     return Rate(count, period, unit_seconds * multiple)
     raise ValueError(f"expected {RATE_HINT}, got {value!r}")
+
+
+def parse_price(value: object) -> Decimal:
+    """'0.05' -> Decimal('0.05'); an unquoted 0.05 too, unless YAML's binary float lost digits of it."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return Decimal(value)
+    if isinstance(value, float) and math.isfinite(value) and value >= 0:
+        text = repr(value)
+        if len(Decimal(text).as_tuple().digits) <= _EXACT_FLOAT_DIGITS:
+            return Decimal(text)
+        raise ValueError(f"{value!r} has more digits than a YAML number keeps exactly; write {PRICE_HINT}")
+    if isinstance(value, str):
+        match = _PRICE_RE.match(value)
+        if match:
+            return Decimal(match.group(1))
+    raise ValueError(f"expected {PRICE_HINT}, got {value!r}")

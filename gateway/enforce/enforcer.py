@@ -11,7 +11,7 @@ import itertools
 import logging
 import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 from prometheus_client import Counter
@@ -23,7 +23,9 @@ from gateway.config.enforcement import EnforcementSettings
 from gateway.detect.findings import Finding
 from gateway.enforce.grants import Grants
 from gateway.enforce.ladder import NEXT, OK, SUSPENDED, THROTTLED, Counts, Standing, judge
+from gateway.enforce.notices import NoticeBook, header_params, merged
 from gateway.enforce.standings import Standings, customer_subject, user_subject
+from gateway.limits.policy import CompiledLimit
 from gateway.proxy.problems import Problem
 from gateway.state.sightings import Query, Sighting, Sightings
 
@@ -52,6 +54,9 @@ class Violation:
     reason: str
     at: float
     detail: dict[str, Any] = field(default_factory=dict)
+    # What the warning is written from: the refusing limits as they applied, or the finding.
+    limits: tuple[CompiledLimit, ...] = ()
+    finding: Finding | None = None
 
 
 class Enforcement:
@@ -64,6 +69,7 @@ class Enforcement:
         self._transitions = transitions
         self.settings = EnforcementSettings()
         self._prefix = "fairgate"
+        self._notices: NoticeBook | None = None
         self.standings = Standings()
         self.grants = Grants()  # replaced by GatewayState with the one the whole process shares
         self._queue: deque[Violation] = deque()
@@ -76,6 +82,10 @@ class Enforcement:
     def configure(self, settings: EnforcementSettings, key_prefix: str) -> None:
         self.settings = settings
         self._prefix = key_prefix
+
+    def configure_notices(self, notices: NoticeBook) -> None:
+        """How warnings are worded: from the plans' limits and the detectors of the config."""
+        self._notices = notices
 
     @property
     def applies(self) -> bool:
@@ -94,24 +104,43 @@ class Enforcement:
             403, "suspended", "Access Suspended",
             f"Access is suspended until {until} under the {self.settings.policy}: {standing.reason}.",
             headers={"Retry-After": str(retry_after)},
-            extra={"until": until, "reason": standing.reason, "policy": self.settings.policy},
+            extra={"until": until, "reason": standing.reason, "policy": self.settings.policy,
+                   "notices": list(standing.notices)},
         )
 
     def warning(self, standing: Standing) -> str:
-        """The Fair-Use-Warning header: the state, what comes next, until when, and the policy."""
-        return (f'state={standing.state}, next={NEXT[standing.state]}, until="{_iso(standing.until)}", '
-                f'policy="{self.settings.policy}"')
+        """The Fair-Use-Warning header: the state, what comes next, until when, the limits or
+        detectors behind it with the first one's advice, and the policy (its clause). Short: the
+        problem bodies and alerts say the rest."""
+        return (f'state={standing.state}, next={NEXT[standing.state]}, until="{_iso(standing.until)}"'
+                f'{header_params(standing.notices, self.settings.policy)}')
+
+    def warning_detail(self, standing: Standing) -> dict[str, Any]:
+        """The warning in full, for the problem bodies of refusals while warned or throttled."""
+        return {"fair-use-warning": {"state": standing.state, "next": NEXT[standing.state],
+                                     "until": _iso(standing.until), "reason": standing.reason,
+                                     "notices": list(standing.notices)}}
+
+    def with_warning(self, problem: Problem, identity: Identity | None) -> Problem:
+        """A refusal decided elsewhere (a block, a challenge) carrying the caller's warning, if any."""
+        if identity is None or not self.standings or not self.applies:
+            return problem
+        standing = self.standing_for(identity)
+        if standing is None:
+            return problem
+        return replace(problem, extra={**problem.extra, **self.warning_detail(standing)})
 
     def throttle_factor(self, standing: Standing | None) -> float:
         return self.settings.ladder.throttle_factor if standing is not None and standing.state == THROTTLED else 1.0
 
-    def limit_rejected(self, identity: Identity | None, plan: str | None, limits: list[str]) -> None:
+    def limit_rejected(self, identity: Identity | None, plan: str | None, limits: tuple[CompiledLimit, ...]) -> None:
         if identity is None:
             return  # an anonymous caller has no standing; its address is limited as it is
+        names = [limit.name for limit in limits]
         self._enqueue(Violation("limit", self._severity("limit", "minor"), customer_subject(identity.customer),
                                 identity.customer, None,
-                                f"{plan} plan limit {', '.join(limits)} exceeded", self._clock.time(),
-                                {"limits": limits, "user": identity.user}))
+                                f"{plan} plan limit {', '.join(names)} exceeded", self._clock.time(),
+                                {"limits": names, "user": identity.user}, limits=limits))
 
     # -- findings ------------------------------------------------------------------------
 
@@ -124,7 +153,7 @@ class Enforcement:
         severity = self._severity(finding.detector, "major" if finding.action in _MAJOR_ACTIONS else "minor")
         self._enqueue(Violation(finding.detector, severity, subject, finding.customer, finding.user,
                                 f"{finding.detector} finding ({', '.join(finding.signals)})", finding.at,
-                                {"action": finding.action}))
+                                {"action": finding.action}, finding=finding))
 
     def _severity(self, kind: str, usual: str) -> str:
         return "egregious" if kind in self.settings.ladder.egregious else usual
@@ -192,7 +221,7 @@ class Enforcement:
             egregious = any(v.severity == "egregious" for v in violations)
             standing = judge(ladder, self.standings.latest(subject), subject, counts, egregious, last.reason, now)
             if standing is not None:
-                decided.append((standing, last.customer))
+                decided.append((self._noticed(standing, violations, now), last.customer))
         marks = []
         for standing, customer in decided:
             previous = self.standings.latest(standing.subject)
@@ -202,6 +231,28 @@ class Enforcement:
                 marks.append(Sighting(self._key(kind, standing.subject), f"{self._origin}:{next(self._ids)}", now, window, 64))
         if marks:
             await self._sightings.exchange(marks, [])
+
+    def _noticed(self, standing: Standing, violations: list[Violation], now: float) -> Standing:
+        """The standing with what its warning says: this batch's limits and findings, counted on
+        from the notices of the standing it follows while that is in force."""
+        if self._notices is None:
+            return standing
+        previous = self.standings.latest(standing.subject)
+        earlier = previous.notices if previous is not None and previous.in_force(now) else ()
+        counts = {notice["source"]: notice["count"] for notice in earlier}
+        for violation in violations:
+            for limit in violation.limits:
+                counts[limit.name] = counts.get(limit.name, 0) + 1
+        # A new throttle scales the rates the violations were refused under.
+        throttle = self.settings.ladder.throttle_factor if standing.state == THROTTLED else 1.0
+        latest: dict[str, dict[str, Any]] = {}
+        for violation in reversed(violations):  # latest first; a detector's latest finding speaks for it
+            if violation.finding is not None and violation.finding.detector not in latest:
+                latest[violation.finding.detector] = self._notices.for_finding(violation.finding).as_json()
+            for limit in violation.limits:
+                if limit.name not in latest:
+                    latest[limit.name] = self._notices.for_limit(limit, counts[limit.name], throttle).as_json()
+        return replace(standing, notices=merged(list(latest.values()), earlier))
 
     def _record(self, batch: list[Violation]) -> None:
         """One audit event per subject and kind of violation in the batch, with how many there
@@ -228,7 +279,8 @@ class Enforcement:
                 self._transitions.labels(standing.state).inc()
             self._audit.record("state_change", subject=standing.subject, customer=customer, previous=was,
                                state=standing.state, until=standing.until, reason=standing.reason, by=by,
-                               shadow=not self.applies, **({"note": note} if note else {}))
+                               shadow=not self.applies, **({"note": note} if note else {}),
+                               **({"notices": list(standing.notices)} if standing.notices else {}))
             log.warning("fair-use standing changed", extra={
                 "subject": standing.subject, "previous": was, "state": standing.state, "until": _iso(standing.until),
                 "reason": standing.reason, "by": by})

@@ -3,7 +3,8 @@ that moves it up. Pure: counts and the clock come in, a new standing (or none) c
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from gateway.config.enforcement import Ladder
 
@@ -23,6 +24,12 @@ class Standing:
     # starts the count afresh).
     counts_from: float = 0.0
     by: str = "ladder"  # ladder, or the admin who decided it
+    # What the warning says: per limit or detector, JSON-ready (gateway.enforce.notices), latest first.
+    notices: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.notices, tuple):  # a list when read back from the fleet's store
+            object.__setattr__(self, "notices", tuple(self.notices))
 
     def in_force(self, now: float) -> bool:
         return self.state != OK and now < self.until

@@ -100,7 +100,8 @@ class Limiter:
         now = self._clock.time()
         customer = identity.customer if identity is not None else None
         claimed = identity.plan if identity is not None else None
-        effective = self.book.for_customer(customer, now, throttle, claimed)
+        effective = self.book.for_customer(customer, now, throttle, claimed,
+                                           identity.licenses if identity is not None else ())
         if claimed is not None and (effective is None or effective.unknown_claim):
             self._unknown_plan(identity.issuer, claimed)  # type: ignore[union-attr]
         if effective is None:

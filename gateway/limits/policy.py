@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 from gateway.config.limits import ConcurrencyLimit, Customer, LimitSettings, Override, Plan, QuotaLimit, RateLimit
 from gateway.enforce.grants import Grants
@@ -29,8 +30,10 @@ class CompiledLimit:
     # quota
     metric: str = ""
     period: str = ""
-    quota: float = 0.0
+    quota: float = 0.0  # the customer's budget: per unit times `quantity` when counted `per` a unit
     action: str = "reject"
+    per: str = ""  # the licensed unit the plan's budget is counted per, if any
+    quantity: int = 1  # the customer's licensed quantity of `per`
 
     @property
     def capacity(self) -> float:
@@ -59,7 +62,21 @@ def compile_limit(plan: str, limit: RateLimit | ConcurrencyLimit | QuotaLimit) -
         return CompiledLimit(**base, interval=interval, burst=limit.burst, max_delay=limit.max_delay)
     if isinstance(limit, ConcurrencyLimit):
         return CompiledLimit(**base, max=limit.max)
-    return CompiledLimit(**base, metric=limit.metric, period=limit.period, quota=limit.limit, action=limit.action)
+    return CompiledLimit(**base, metric=limit.metric, period=limit.period, quota=limit.limit, action=limit.action,
+                         per=limit.per or "")
+
+
+def licensed_quantity(unit: str, listed: Mapping[str, int], claimed: tuple[tuple[str, int], ...]) -> int:
+    """A customer's quantity of a licensed unit: its config entry wins over its token's claim;
+    with neither, one unit (check-config insists on one of them for a listed customer)."""
+    if unit in listed:
+        return listed[unit]
+    return next((quantity for name, quantity in claimed if name == unit), 1)
+
+
+def per_unit(limit: CompiledLimit, quantity: int) -> CompiledLimit:
+    """A quota counted per licensed unit: the plan's budget (or an exception's) times the quantity."""
+    return replace(limit, quota=limit.quota * quantity, quantity=quantity)
 
 
 def apply_override(limit: CompiledLimit, override: Override) -> CompiledLimit:
@@ -107,41 +124,43 @@ class PlanBook:
         self._priorities = {name: plan.priority for name, plan in plans.items()}
         self._customers = dict(customers)
         self._default = settings.default_plan
-        # by customer, or (customer, claimed plan) for a token that names one
-        self._cache: dict[str | None | tuple[str | None, str], EffectiveLimits] = {}
-        self._throttled_cache: dict[tuple[str | None, str | None, float], EffectiveLimits] = {}
+        # by customer, or by (customer, claimed plan, licensed quantities) for a token that names them
+        self._cache: dict[object, EffectiveLimits] = {}
+        self._throttled_cache: dict[tuple, EffectiveLimits] = {}
 
     @property
     def max_priority(self) -> int:
         return max(self._priorities.values(), default=0)
 
     def for_customer(self, customer: str | None, now: float, throttle: float = 1.0,
-                     claimed: str | None = None) -> EffectiveLimits | None:
-        """The customer's limits now; `claimed` is the plan its token names, if any."""
+                     claimed: str | None = None,
+                     licenses: tuple[tuple[str, int], ...] = ()) -> EffectiveLimits | None:
+        """The customer's limits now; `claimed` is the plan its token names, if any, and `licenses`
+        the quantities it claims (quotas counted per unit)."""
         if self._grants is not None and self._grants.version != self._grants_version:
             self._grants_version = self._grants.version
             self._cache.clear()
             self._throttled_cache.clear()
         if throttle != 1.0:
-            return self._throttled(customer, now, throttle, claimed)
-        cache_key = customer if claimed is None else (customer, claimed)
+            return self._throttled(customer, now, throttle, claimed, licenses)
+        cache_key = customer if claimed is None and not licenses else (customer, claimed, licenses)
         cached = self._cache.get(cache_key)
         if cached is not None and now < cached.valid_until:
             return cached
-        effective = self._compute(customer, now, claimed)
+        effective = self._compute(customer, now, claimed, licenses)
         if effective is not None:
             if len(self._cache) > 100_000:
                 self._cache.clear()  # unknown customers share the default; this bounds a churn of ids
             self._cache[cache_key] = effective
         return effective
 
-    def _throttled(self, customer: str | None, now: float, factor: float,
-                   claimed: str | None) -> EffectiveLimits | None:
+    def _throttled(self, customer: str | None, now: float, factor: float, claimed: str | None,
+                   licenses: tuple[tuple[str, int], ...]) -> EffectiveLimits | None:
         """The customer's limits with every rate times `factor`; the same keys, so the buckets carry on."""
-        cached = self._throttled_cache.get((customer, claimed, factor))
+        cached = self._throttled_cache.get((customer, claimed, licenses, factor))
         if cached is not None and now < cached.valid_until:
             return cached
-        effective = self.for_customer(customer, now, claimed=claimed)
+        effective = self.for_customer(customer, now, claimed=claimed, licenses=licenses)
         if effective is None:
             return None
         limits = tuple(replace(limit, interval=limit.interval / factor) if limit.kind == RATE else limit
@@ -150,10 +169,11 @@ class PlanBook:
                             policy_header=", ".join(limit.policy_header_item for limit in limits))
         if len(self._throttled_cache) > 10_000:
             self._throttled_cache.clear()
-        self._throttled_cache[(customer, claimed, factor)] = throttled
+        self._throttled_cache[(customer, claimed, licenses, factor)] = throttled
         return throttled
 
-    def _compute(self, customer: str | None, now: float, claimed: str | None) -> EffectiveLimits | None:
+    def _compute(self, customer: str | None, now: float, claimed: str | None,
+                 licenses: tuple[tuple[str, int], ...] = ()) -> EffectiveLimits | None:
         entry = self._customers.get(customer) if customer is not None else None
         unknown_claim = entry is None and claimed is not None and claimed not in self._plans
         if entry is not None:
@@ -174,6 +194,9 @@ class PlanBook:
             if ends is not None:
                 valid_until = min(valid_until, ends)
             limits = [apply_override(limit, override) if limit.name == override.limit else limit for limit in limits]
+        listed = entry.licenses if entry is not None else {}
+        limits = [per_unit(limit, licensed_quantity(limit.per, listed, licenses)) if limit.per else limit
+                  for limit in limits]
         return EffectiveLimits(
             plan=plan,
             priority=self._priorities[plan],

@@ -183,7 +183,8 @@ class ProxyHandler:
         if detection is not None and detection.sanctions:
             problem = detection.refusal(identity, client_ip, route.route_class)
             if problem is not None:
-                return self._refuse(request, problem)
+                return self._refuse(request, problem if runtime.enforcement is None
+                                    else runtime.enforcement.with_warning(problem, identity))
 
         enforcement = runtime.enforcement
         standing = None
@@ -208,8 +209,9 @@ class ProxyHandler:
             extra_headers = {**extra_headers, "Fair-Use-Warning": enforcement.warning(standing)}  # type: ignore[union-attr]
         if admission.rejected:
             if enforcement is not None:
-                enforcement.limit_rejected(identity, admission.plan, [limit.name for limit in admission.rejected])
-            return self._limited(request, admission, extra_headers)
+                enforcement.limit_rejected(identity, admission.plan, admission.rejected)
+            return self._limited(request, admission, extra_headers,
+                                 enforcement.warning_detail(standing) if standing is not None else None)  # type: ignore[union-attr]
 
         gate = target.gate
         anonymous = identity is None
@@ -239,7 +241,7 @@ class ProxyHandler:
                 runtime.limiter.finish(admission, meter.bytes, meter.upstream_seconds)
             if meter.status and identity is not None and runtime.usage is not None:
                 runtime.usage.forwarded(identity.customer, route.cost, meter.bytes_in, meter.bytes - meter.bytes_in,
-                                        meter.upstream_seconds)
+                                        meter.upstream_seconds, identity.licenses)
             if observed and meter.status:
                 detection.observe_request(route.route_class, identity, client_ip,  # type: ignore[union-attr]
                                           request.method, request.raw_path,
@@ -262,14 +264,15 @@ class ProxyHandler:
         if target.host_header is not None:
             lines.append(b"Host: %s\r\n" % target.host_header)
 
-    def _limited(self, request: BaseRequest, admission: Admission, headers: Mapping[str, str]) -> web.Response:
+    def _limited(self, request: BaseRequest, admission: Admission, headers: Mapping[str, str],
+                 warning: dict | None = None) -> web.Response:
         names = [limit.name for limit in admission.rejected]
         retry_after = max(1, math.ceil(admission.retry_after))
         return self._reject(
             request, 429, "quota-exceeded", "Too Many Requests",
             f"The {admission.plan} plan's limit {', '.join(names)} is used up; retry in {retry_after} s.",
             headers={**headers, "Retry-After": str(retry_after)},
-            extra={"violated-policies": names, "plan": admission.plan},
+            extra={"violated-policies": names, "plan": admission.plan, **(warning or {})},
             type_uri=IETF_PROBLEM_TYPES["quota-exceeded"],
         )
 

@@ -29,6 +29,7 @@ from gateway.detect.findings import Finding, FindingLog
 from gateway.detect.sanctions import session_key, user_key
 from gateway.enforce.enforcer import Enforcement
 from gateway.enforce.grants import ALLOW_AGENT, ALLOW_USER, Grant, Grants
+from gateway.enforce.notices import NoticeBook
 from gateway.proxy.client_address import ClientAddressResolver
 from gateway.proxy.request_body import BodyTimeouts
 from gateway.proxy.routing import Router
@@ -206,6 +207,7 @@ class Runtime:
         state.failed_logins.settings = config.auth.failed_logins
         state.detection.configure(config)
         state.enforcement.configure(config.enforcement, config.state.key_prefix)
+        state.enforcement.configure_notices(NoticeBook(config))
         state.audit.configure(config.enforcement.audit)
         state.alerts.configure(config.alerts)
         zone = zoneinfo.ZoneInfo(config.limits.time_zone)

@@ -13,6 +13,7 @@ from gateway.enforce.ladder import OK, SEVERITY, Standing
 from gateway.proxy.problems import problem_response
 from gateway.server.admin_requests import bad_request, json_object, since_param
 from gateway.server.reloader import RuntimeHolder
+from gateway.usage.fees import as_fees_csv
 from gateway.usage.report import build_report
 
 
@@ -40,6 +41,8 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
             "state": strictest.state if strictest is not None else OK,
             "until": strictest.until if strictest is not None else None,
             "reason": strictest.reason if strictest is not None else None,
+            # what the warning tells the customer, for the account manager to see the same
+            "advice": [notice["text"] for notice in strictest.notices] if strictest is not None else [],
         }
         if full:
             data["standings"] = [s.as_entry() for s in standings]
@@ -84,13 +87,20 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         return web.json_response(view(customer, full=True, usage=rows[0] if rows else None))
 
     async def usage(request: web.Request) -> web.Response:
-        """Usage per customer in a month against its plan's quotas: ?month=YYYY-MM[&customer=ID]."""
+        """Usage per customer in a month against its plan's quotas and the estimated fees:
+        ?month=YYYY-MM[&customer=ID][&format=fees] (fees: the invoicing CSV)."""
         month = request.query.get("month") or state.usage.calendar.period("month", state.clock.time())[0]
         try:
             month_bounds(state.usage.calendar.zone, month)
         except ValueError:
             return bad_request(f"month: expected YYYY-MM such as 2026-11, got {month!r}")
-        return web.json_response({"month": month, "customers": await month_report(month, request.query.get("customer"))})
+        form = request.query.get("format", "json")
+        if form not in ("json", "fees"):
+            return bad_request(f"format: expected json or fees, got {form!r}")
+        rows = await month_report(month, request.query.get("customer"))
+        if form == "fees":
+            return web.Response(text=as_fees_csv(rows), content_type="text/csv")
+        return web.json_response({"month": month, "customers": rows})
 
     async def reinstate(request: web.Request) -> web.Response:
         body = await json_object(request)

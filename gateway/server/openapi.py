@@ -49,8 +49,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "/admin/allow-list": {"post": _operation("Allow-list {customer, user} or {user_agent} until a date; lifts "
                                              "decisions already made", body=True, created=True, conflict="503")},
     "/admin/events": {"get": _operation("Recent audit events", params=_query("customer", "kind", "since"))},
-    "/admin/usage": {"get": _operation("Usage per customer in a month against its plan's quotas",
-                                       params=_query("month", "customer"))},
+    "/admin/usage": {"get": _operation("Usage per customer in a month against its plan's quotas, estimated fees; "
+                                       "format=fees: the invoicing CSV", params=_query("month", "customer", "format"))},
     "/admin/findings": {"get": _operation("Recent detector findings",
                                           params=_query("detector", "subject", "customer", "since"))},
     "/admin/revocations": {"post": _operation("Revoke a token {issuer, jti[, exp]} or a user's tokens {issuer, user}",

@@ -1,7 +1,7 @@
 """Usage metering: what each customer used per day (requests forwarded and their cost units, body bytes in and out,
-upstream seconds, the gateway's rejections by reason, findings by detector). The request path
-adds to a dictionary; the sums go to the state store every flush interval, so a fleet on Redis
-meters together. What the store could not take is kept and sent again."""
+upstream seconds, the gateway's rejections by reason, findings by detector, the licensed quantities its tokens
+claimed). The request path adds to a dictionary; the sums go to the state store every flush interval, so a fleet
+on Redis meters together. What the store could not take is kept and sent again."""
 
 from __future__ import annotations
 
@@ -35,14 +35,18 @@ class UsageMeter:
         self.calendar = calendar
         self._prefix = key_prefix
 
-    def forwarded(self, customer: str, units: int, bytes_in: int, bytes_out: int, upstream_seconds: float) -> None:
-        """A request the upstream answered; `units` is its route's cost (what request quotas count)."""
+    def forwarded(self, customer: str, units: int, bytes_in: int, bytes_out: int, upstream_seconds: float,
+                  licenses: tuple[tuple[str, int], ...] = ()) -> None:
+        """A request the upstream answered; `units` is its route's cost (what request quotas count);
+        `licenses` the quantities its token claimed, so the report knows a customer's per-unit quotas."""
         amounts, day = self._amounts(customer)
         amounts[f"{day}:requests"] += 1
         amounts[f"{day}:units"] += units
         amounts[f"{day}:bytes_in"] += bytes_in
         amounts[f"{day}:bytes_out"] += bytes_out
         amounts[f"{day}:upstream_seconds"] += upstream_seconds
+        for unit, quantity in licenses:
+            amounts[f"{day}:licenses:{unit}:{quantity}"] += 1
 
     def rejected(self, customer: str, reason: str) -> None:
         amounts, day = self._amounts(customer)

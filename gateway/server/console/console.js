@@ -145,6 +145,7 @@ function stateCell(customer) {
   cell.append(element("span", customer.state, `state state-${customer.state}`));
   if (customer.until) cell.append(element("div", `until ${when(customer.until)}`, "muted"));
   if (customer.reason) cell.append(element("div", customer.reason, "muted"));
+  for (const advice of customer.advice ?? []) cell.append(element("div", advice, "advice muted"));
   return cell;
 }
 
