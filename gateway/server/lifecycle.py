@@ -20,6 +20,7 @@ from gateway.proxy.runtime import GatewayState, Runtime
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.listener import make_proxy_server
 from gateway.server.reloader import ConfigTransform, RuntimeHolder
+from gateway.server.workers import announce_ready
 from gateway.audit.trail import AuditCounters
 from gateway.detect.findings import FindingLog
 from gateway.state.factory import open_store
@@ -174,6 +175,7 @@ async def serve(config: GatewayConfig, options: ServeOptions) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    announce_ready()
     stop = asyncio.Event()
     reloads: set[asyncio.Task] = set()
 
