@@ -54,7 +54,8 @@ class GatewayServer:
             store=open_store(config.state, options.clock, self.metrics),
             clock=options.clock,
             findings=FindingLog(self.metrics.findings),
-            audit_counters=AuditCounters(self.metrics.audit_written, self.metrics.audit_dropped),
+            audit_counters=AuditCounters(self.metrics.audit_written, self.metrics.audit_dropped,
+                                         self.metrics.audit_write_failures),
             audit_suffix=options.audit_suffix,
             transitions=self.metrics.transitions,
             alert_counter=self.metrics.alerts,
@@ -169,7 +170,11 @@ class GatewayServer:
 async def serve(config: GatewayConfig, options: ServeOptions) -> int:
     """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads. Returns the exit code."""
     loop = asyncio.get_running_loop()
-    gateway = GatewayServer(config, options)
+    try:
+        gateway = GatewayServer(config, options)
+    except OSError as exc:  # the audit file became unusable after the config was checked
+        log.error("cannot start: enforcement.audit.path: cannot open %s: %s", exc.filename, exc.strerror)
+        return 1
     try:
         await gateway.start()
     except OSError as exc:
