@@ -25,7 +25,7 @@ def test_half_open_lets_exactly_one_probe_through_and_its_success_closes():
     probe = breaker.allow()
     assert probe is not None and breaker.state == HALF_OPEN
     assert [breaker.allow() for _ in range(50)] == [None] * 50  # everyone else keeps failing fast
-    breaker.succeeded(probe)
+    breaker.succeeded()
     assert breaker.state == CLOSED
     assert all(breaker.allow() is not None for _ in range(50))
 
@@ -54,7 +54,7 @@ def test_late_failures_from_before_the_outage_do_not_reopen_a_recovered_circuit(
     for ticket in in_flight[3:10]:  # slow calls admitted before the circuit opened fail now
         breaker.failed(ticket)
     assert breaker.state == HALF_OPEN  # the probe alone decides
-    breaker.succeeded(probe)
+    breaker.succeeded()
     for ticket in in_flight[10:]:
         breaker.failed(ticket)
     assert breaker.state == CLOSED
@@ -73,5 +73,13 @@ def test_a_probe_that_never_answers_is_replaced_after_a_cooldown():
     assert second is not None
     breaker.failed(lost)  # the lost probe's late answer does not count
     assert breaker.state == HALF_OPEN
-    breaker.succeeded(second)
+    breaker.succeeded()
     assert breaker.state == CLOSED
+
+
+def test_background_writes_never_take_the_probe():
+    clock = ManualClock()
+    breaker = opened(clock)
+    clock.advance(2.0)
+    assert breaker.allow(probe=False) is None
+    assert breaker.allow() is not None  # the request still probes

@@ -98,9 +98,11 @@ class Supervisor:
 
     def tick(self, index: int, worker: _Worker) -> int | None:
         """Look at one worker; an exit code ends the supervisor."""
+        if self.stopping:
+            return None  # workers now exit because they were told to
         now = time.monotonic()
         if worker.restart_at is not None:
-            if now >= worker.restart_at and not self.stopping:
+            if now >= worker.restart_at:
                 os.close(worker.ready_fd)
                 self.workers[index] = self.spawn(worker.backoff)
             return None

@@ -32,11 +32,12 @@ class CircuitBreaker:
         self._since = 0.0  # monotonic time of the last move to open, or of the probe's start
         self._epoch = 0  # bumped at every transition and every probe
 
-    def allow(self) -> int | None:
-        """A ticket if a call may go to the store now, else None. Half-open: one probe at a time."""
+    def allow(self, probe: bool = True) -> int | None:
+        """A ticket if a call may go to the store now, else None. Half-open: one probe at a time;
+        `probe=False` calls (background writes) never probe, so a request decides recovery."""
         if self.state == CLOSED:
             return self._epoch
-        if self._clock.monotonic() - self._since < self._cooldown:
+        if not probe or self._clock.monotonic() - self._since < self._cooldown:
             return None
         if self.state == OPEN:
             self._move(HALF_OPEN)
@@ -44,7 +45,7 @@ class CircuitBreaker:
         self._epoch += 1  # this call is the probe; an earlier probe's answer no longer counts
         return self._epoch
 
-    def succeeded(self, ticket: int | None = None) -> None:
+    def succeeded(self) -> None:
         """Any answer shows the store is back: close."""
         self._failures = 0
         if self.state != CLOSED:

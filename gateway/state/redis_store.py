@@ -245,6 +245,10 @@ class RedisStore(StateStore):
         # One write and one read on a pooled connection, without redis-py's Pipeline object:
         # measured, its per-command bookkeeping cost more than the rest of the request.
         pool = self._client.connection_pool
+        if self.breaker.state == HALF_OPEN:
+            # This is the probe. Idle connections made before the outage may lead to a Redis that
+            # has since restarted: each would fail once and reopen a circuit that just closed.
+            await pool.disconnect(inuse_connections=False)
         connection = await pool.get_connection()
         try:
             sha = _bulk(self._sha.encode())
@@ -280,7 +284,7 @@ class RedisStore(StateStore):
     async def _write(self, build, *, must: bool = False) -> None:
         """Run a pipeline of writes; failures are logged, or raised as StoreUnavailable if `must`
         (the caller keeps what it could not write and tries again)."""
-        ticket = self.breaker.allow()
+        ticket = self.breaker.allow(probe=False)
         if ticket is None:
             if must:
                 raise StoreUnavailable("state store circuit open")
