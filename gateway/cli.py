@@ -210,18 +210,23 @@ def _usage(args: argparse.Namespace) -> int:
 def _audit_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gateway.audit.chain import verify
+    from gateway.audit.chain import describe_recovery, verify
 
     try:
         verdict = verify(Path(args.file))
     except OSError as exc:
         print(f"fairgate audit verify: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a damaged checkpoint
+        print(f"{args.file}: {exc}")
+        return 1
     if verdict.ok:
         print(f"{args.file}: {verdict.lines} events, chain intact")
-        return 0
-    print(f"{args.file}: line {verdict.broken_at}: {verdict.problem} ({verdict.lines} events before it verified)")
-    return 1
+    else:
+        print(f"{args.file}: line {verdict.broken_at}: {verdict.problem} ({verdict.lines} events before it verified)")
+    for number, event in verdict.recoveries:
+        print(f"  line {number}: {describe_recovery(event)}")
+    return 0 if verdict.ok else 1
 
 
 def _month(value: str) -> str:

@@ -135,6 +135,10 @@ class Metrics:
         self.audit_dropped = Counter(
             "fairgate_audit_events_dropped", "Audit events dropped because the queue was full.", registry=self.registry
         )
+        self.audit_write_failures = Counter(
+            "fairgate_audit_write_failures", "Appends to the audit file that failed; their events stay queued.",
+            registry=self.registry,
+        )
 
     def watch_detection(self, detection) -> None:
         """Export the detectors' backlog, drops and sanctions (read at scrape time)."""

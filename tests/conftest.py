@@ -152,10 +152,12 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 class GatewayProcess:
     """`fairgate run` in a child process, for signals, exit codes and memory."""
 
-    def __init__(self, config_path: Path, *extra_args: str, env: dict | None = None) -> None:
+    def __init__(self, config_path: Path, *extra_args: str, env: dict | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "-c", str(config_path), *extra_args],
             cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # e.g. resource limits of the child
         )
 
     def wait_ready(self, admin_url: str, timeout: float = 20.0) -> None:
@@ -188,8 +190,9 @@ class GatewayProcess:
 def gateway_process():
     processes: list[GatewayProcess] = []
 
-    def start(config_path: Path, *extra_args: str, env: dict | None = None) -> GatewayProcess:
-        process = GatewayProcess(config_path, *extra_args, env=env)
+    def start(config_path: Path, *extra_args: str, env: dict | None = None,
+              preexec_fn: Callable[[], None] | None = None) -> GatewayProcess:
+        process = GatewayProcess(config_path, *extra_args, env=env, preexec_fn=preexec_fn)
         processes.append(process)
         return process
 

@@ -4,7 +4,10 @@ restarts, and keeps every event of a gateway stopped with SIGTERM under load."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from hypothesis import strategies as st
 from gateway.audit.chain import GENESIS, chain_line, verify
 from gateway.audit.trail import AuditTrail
 from gateway.config.enforcement import AuditSettings
-from tests.conftest import ROOT, ManualClock, free_port, gateway_config
+from tests.conftest import ADMIN_TOKEN, ROOT, ManualClock, free_port, gateway_config, wait_until
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 
@@ -158,3 +161,204 @@ def test_any_edit_of_any_line_is_found_at_that_line(tmp_path_factory, events, da
     edited["customer"] = edited["customer"] + data.draw(st.text(min_size=1, max_size=3))
     path.write_text("\n".join([*lines[:target], json.dumps(edited), *lines[target + 1:]]) + "\n")
     assert verify(path).broken_at == target + 1
+
+
+# -- faults: a crash mid-line, a full disk, lines cut off the end, an unusable path -------------
+
+def audit_process_config(tmp_path, upstream, audit) -> tuple:
+    from tests.test_enforcement import enforcement_config
+
+    port, admin_port = free_port(), free_port()
+    config = enforcement_config(upstream)
+    config["server"]["listen"] = f"127.0.0.1:{port}"
+    config["admin"]["listen"] = f"127.0.0.1:{admin_port}"
+    config["enforcement"]["audit"] = {"path": str(audit), "flush_interval": "50ms"}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, f"http://127.0.0.1:{admin_port}"
+
+
+async def suspend(admin_url: str, customer: str) -> None:
+    from tests.test_enforcement import ADMIN
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{admin_url}/admin/customers/{customer}/suspend", headers=ADMIN,
+                                json={"for": "1h", "reason": "abuse report"}) as response:
+            assert response.status == 201
+
+
+def lines_of(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_a_torn_last_line_is_sealed_at_start_and_the_chain_goes_on(tmp_path, upstream, gateway_process):
+    audit = tmp_path / "audit.jsonl"
+    config, admin_url = audit_process_config(tmp_path, upstream, audit)
+    env = {"FAIRGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    first = gateway_process(config, env=env)
+    await asyncio.to_thread(first.wait_ready, admin_url)
+    await suspend(admin_url, "acme")
+    await wait_until(lambda: audit.exists() and len(audit.read_bytes().splitlines()) == 2)
+    first.process.kill()  # SIGKILL: no drain
+    await asyncio.to_thread(first.process.wait, 10)
+    torn = b'{"at":1800000000.0,"customer":"acme","kind":"admin_ac'  # what a crash mid-write leaves
+    with audit.open("ab") as file:
+        file.write(torn)
+
+    second = gateway_process(config, env=env)
+    await asyncio.to_thread(second.wait_ready, admin_url)
+    await suspend(admin_url, "globex")
+    second.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(second.process.wait, 20) == 0
+
+    result = fairgate("audit", "verify", str(audit))
+    assert result.returncode == 0, result.stdout
+    assert "5 events, chain intact" in result.stdout
+    assert f"line 3: recorded at start-up: a torn last line of {len(torn)} bytes" in result.stdout
+    events = lines_of(audit)
+    assert [e["kind"] for e in events] == ["state_change", "admin_action", "audit_torn_tail_sealed",
+                                           "state_change", "admin_action"]
+    seal = events[2]
+    assert base64.b64decode(seal["fragment_base64"]) == torn and seal["bytes"] == len(torn)
+    assert seal["sha256"] == hashlib.sha256(torn).hexdigest()
+
+
+# Appends that hit the file size limit (RLIMIT_FSIZE: a full disk, as the kernel reports it) write
+# part of a line, then fail; raising the limit again is the disk getting room.
+PARTIAL_WRITE = """
+import asyncio, resource, sys
+from pathlib import Path
+from gateway.audit.trail import AuditTrail
+from gateway.clock import SYSTEM_CLOCK
+from gateway.config.enforcement import AuditSettings
+
+async def main(path):
+    trail = AuditTrail(SYSTEM_CLOCK)
+    trail.configure(AuditSettings(path=path))
+    for n in range(100):
+        trail.record("violation", customer="acme", n=n)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (5000, hard))
+    await trail.flush()
+    print("after the failed flush", path.stat().st_size, flush=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    await trail.drain()
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_a_write_that_fails_half_way_loses_and_repeats_nothing(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    result = subprocess.run([sys.executable, "-c", PARTIAL_WRITE, str(audit)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "audit file write failed" in result.stderr
+    assert verify(audit).ok, verify(audit)
+    assert [event["n"] for event in lines_of(audit)] == list(range(100))  # each once, in order
+
+
+async def test_lines_cut_off_the_end_are_reported_and_recorded_at_restart(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    await write_events(audit, 6)
+    lines = audit.read_bytes().splitlines(keepends=True)
+    audit.write_bytes(b"".join(lines[:4]))  # the last two events removed whole: the chain still holds
+    assert verify(audit).lines == 4
+
+    result = fairgate("audit", "verify", str(audit))
+    assert result.returncode == 1
+    assert "line 5: the file ends early: audit.jsonl.checkpoint records 6 events, 2 were cut off the end" \
+        in result.stdout
+
+    await write_events(audit, 2, start=6)  # a restart finds it and says so in the chain
+    result = fairgate("audit", "verify", str(audit))
+    assert result.returncode == 0, result.stdout
+    assert "7 events, chain intact" in result.stdout
+    assert "line 5: recorded at start-up: the file was shorter than its checkpoint (6 events" in result.stdout
+    assert [e.get("n") for e in lines_of(audit)] == [0, 1, 2, 3, None, 6, 7]
+
+
+def unusable_audit_path(tmp_path):
+    (tmp_path / "not-a-directory").write_text("")
+    return tmp_path / "not-a-directory" / "audit.jsonl"
+
+
+def test_check_config_and_run_refuse_an_unusable_audit_path(tmp_path, upstream):
+    audit = unusable_audit_path(tmp_path)
+    config, _ = audit_process_config(tmp_path, upstream, audit)
+    expected = f"{config}: enforcement.audit.path: {audit.parent} is not a directory"
+    checked = fairgate("check-config", str(config))
+    assert checked.returncode == 1 and expected in checked.stdout + checked.stderr
+    ran = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 1
+    assert expected in ran.stdout + ran.stderr
+    assert "Traceback" not in ran.stdout + ran.stderr
+
+
+async def test_a_reload_to_an_unusable_audit_path_keeps_the_old_trail(start_gateway, upstream, client, tmp_path):
+    from tests.test_enforcement import ADMIN, enforcement_config
+
+    audit = tmp_path / "audit.jsonl"
+    config = enforcement_config(upstream)
+    config["enforcement"]["audit"] = {"path": str(audit), "flush_interval": "1h"}
+    gateway = await start_gateway(config)
+    served = yaml.safe_load(gateway.config_path.read_text())
+    served["enforcement"]["audit"]["path"] = str(unusable_audit_path(tmp_path))
+    gateway.config_path.write_text(yaml.safe_dump(served))
+
+    async with client.post(f"{gateway.admin_url}/admin/reload", headers=ADMIN) as response:
+        assert response.status == 422
+        assert response.content_type == "application/problem+json"
+        problem = await response.json()
+    assert any("enforcement.audit.path" in error and "is not a directory" in error for error in problem["errors"])
+    async with client.get(f"{gateway.admin_url}/metrics") as response:
+        assert 'fairgate_config_reloads_total{result="failure"} 1.0' in await response.text()
+
+    async with client.post(f"{gateway.admin_url}/admin/customers/acme/suspend", headers=ADMIN,
+                           json={"for": "1h", "reason": "abuse report"}) as response:
+        assert response.status == 201
+    await gateway.server.state.audit.flush()
+    assert [e["kind"] for e in lines_of(audit)] == ["state_change", "admin_action"]  # still written
+
+
+async def test_events_that_cannot_be_written_are_counted_and_logged(tmp_path, upstream, gateway_process):
+    audit = tmp_path / "audit.jsonl"
+    config, admin_url = audit_process_config(tmp_path, upstream, audit)
+
+    def full_disk() -> None:  # in the gateway process: files stop growing at 3000 bytes
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
+
+    process = gateway_process(config, env={"FAIRGATE_ADMIN_TOKEN": ADMIN_TOKEN}, preexec_fn=full_disk)
+    await asyncio.to_thread(process.wait_ready, admin_url)
+    for n in range(20):
+        await suspend(admin_url, f"customer-{n}")
+
+    async def failures() -> float:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{admin_url}/metrics") as response:
+                for line in (await response.text()).splitlines():
+                    if line.startswith("fairgate_audit_write_failures_total "):
+                        return float(line.split()[1])
+        return 0.0
+
+    deadline = time.monotonic() + 10
+    while await failures() < 1:
+        assert time.monotonic() < deadline, "no failed audit write was counted"
+        await asyncio.sleep(0.05)
+    process.process.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(process.process.wait, 20)
+    assert "audit file write failed" in process.output()
+    assert verify(audit).ok  # whole lines only, nothing torn or repeated
+    assert 0 < len(lines_of(audit)) < 40
+
+
+async def test_a_last_line_missing_only_its_newline_is_kept(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    await write_events(audit, 3)
+    audit.write_bytes(audit.read_bytes().rstrip(b"\n"))
+    await write_events(audit, 2, start=3)
+    assert verify(audit).ok and not verify(audit).recoveries
+    assert [e["n"] for e in lines_of(audit)] == [0, 1, 2, 3, 4]

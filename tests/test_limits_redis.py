@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
+
+import aiohttp
 
 import pytest
 import redis
@@ -371,3 +375,59 @@ async def test_quota_keys_expire_with_their_period_whatever_redis_clock_says(sta
     assert 0 < daily[0] <= day + 60_000  # the end of the gateway's day, and a minute
     assert 0 < monthly[0] <= month + 60_000
     assert all(0 < ttl <= month + 400 * day for ttl in usage)  # the month and its retention
+
+
+async def test_after_an_outage_one_probe_closes_the_circuit_for_good(start_gateway, upstream, client, private_redis,
+                                                                     caplog):
+    clock = ManualClock()  # the breaker's cooldown and the limits run on it
+    plans = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1000/s", "burst": 1000}]}}
+    config = limits_config(upstream, plans)
+    config["state"] = {"url": private_redis.url, "on_failure": "closed", "breaker_failures": 2,
+                       "breaker_cooldown": "2s"}
+    gw = await start_gateway(config, clock=clock)
+    token = hs_token(clock)
+
+    async def status() -> int:
+        async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+            await response.read()
+            return response.status
+
+    async def circuit(state: str) -> bool:
+        async with client.get(f"{gw.admin_url}/metrics") as response:
+            return f'fairgate_state_store_circuit{{state="{state}"}} 1.0' in await response.text()
+
+    assert await status() == 200
+    with caplog.at_level(logging.WARNING, logger="fairgate.state"):
+        private_redis.kill()
+        assert [await status() for _ in range(5)] == [503] * 5
+        assert await circuit("open")
+
+        # Redis comes back hung (SIGSTOP): the first request after the cooldown probes it and its
+        # client gives up. That probe never reports back; it must not hold the circuit half-open.
+        private_redis.start()
+        assert await status() == 503  # still within the cooldown: nobody asks Redis
+        os.kill(private_redis.process.pid, signal.SIGSTOP)
+        try:
+            clock.advance(2.0)
+            async with aiohttp.ClientSession() as impatient:
+                probe = asyncio.create_task(impatient.get(f"{gw.url}/echo", headers=bearer(token)))
+                deadline = time.monotonic() + 10
+                while not await circuit("half_open"):
+                    assert time.monotonic() < deadline, "no probe went to Redis"
+                    await asyncio.sleep(0.01)
+                assert await status() == 503  # one probe at a time: the others fail fast
+                probe.cancel()
+        finally:
+            os.kill(private_redis.process.pid, signal.SIGCONT)
+
+        # Redis answers again: after the open interval the next request probes, succeeds and
+        # closes the circuit; everything after it is served, a crowd at once included.
+        clock.advance(2.0)
+        assert await status() == 200
+        assert await circuit("closed")
+        crowd = await asyncio.gather(*(status() for _ in range(50)))
+        assert crowd == [200] * 50
+        assert [await status() for _ in range(20)] == [200] * 20
+    transitions = [record.getMessage() for record in caplog.records if record.name == "fairgate.state"]
+    assert transitions.count("state store circuit open") == 1, transitions
+    assert transitions[-1] == "state store circuit closed"

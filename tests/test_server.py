@@ -212,3 +212,61 @@ async def test_workers_share_one_port_and_stop_together(tmp_path, upstream, clie
     output = process.output()
     assert code == 0, output
     assert "keeps its own limits" in output
+
+
+async def test_workers_that_cannot_start_end_the_supervisor_with_exit_1(tmp_path, upstream, gateway_process):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        path, _, _ = write_config(tmp_path, upstream.url)
+        process = gateway_process(path, "--workers", "2", "--listen", f"127.0.0.1:{taken.getsockname()[1]}")
+        assert await asyncio.to_thread(process.process.wait, 30) == 1  # not restarted forever
+        output = process.output()
+    assert "cannot listen" in output  # the worker's own message
+    assert "failed at start-up" in output
+    assert "restarting" not in output
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as file:
+        return {int(child) for child in file.read().split()}
+
+
+async def _wait_serving(admin_url: str, pid: int) -> None:
+    """Until worker `pid` answers (new connections spread over the workers)."""
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        assert asyncio.get_running_loop().time() < deadline, f"worker {pid} never answered"
+        try:
+            async with aiohttp.ClientSession() as fresh:
+                async with fresh.get(f"{admin_url}/healthz") as response:
+                    if (await response.json())["pid"] == pid:
+                        return
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.05)
+
+
+async def test_a_crashed_worker_is_restarted_later_each_time(tmp_path, upstream, client, gateway_process):
+    path, url, admin_url = write_config(tmp_path, upstream.url)
+    process = gateway_process(path, "--workers", "2")
+    await asyncio.to_thread(process.wait_ready, admin_url)
+    supervisor = process.process.pid
+    await wait_until(lambda: len(_children(supervisor)) == 2, timeout=15)
+    victim = min(_children(supervisor))
+    await _wait_serving(admin_url, victim)
+    for _ in range(2):  # the same worker crashes twice
+        before = _children(supervisor)
+        os.kill(victim, signal.SIGKILL)
+        # A new worker takes its place and serves.
+        await wait_until(lambda: len(_children(supervisor) - before) == 1, timeout=15)
+        (victim,) = _children(supervisor) - before
+        await _wait_serving(admin_url, victim)
+    async with client.get(f"{url}/echo") as response:
+        assert response.status == 200
+    process.process.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(process.process.wait, 20)
+    output = process.output()
+    assert code == 0, output  # SIGTERM still reaches every worker
+    restarts = [line for line in output.splitlines() if "restarting in" in line]
+    assert len(restarts) == 2, output
+    assert "restarting in 0.5 s" in restarts[0] and "restarting in 1.0 s" in restarts[1]

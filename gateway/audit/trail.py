@@ -1,20 +1,20 @@
 """The audit trail: events (violations, state changes, findings, admin actions) are queued off
 the request path, appended to a hash-chained JSON Lines file every flush interval, and the
-latest kept in memory for the admin API. A graceful shutdown writes every queued event."""
+latest kept in memory for the admin API. A graceful shutdown writes every queued event; an
+event that cannot be written stays queued for the next flush, and one that has to be dropped
+(the queue is full) is counted and logged."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
 from prometheus_client import Counter
 
-from gateway.audit.chain import GENESIS, chain_line
+from gateway.audit.file import AppendError, AuditFile
 from gateway.clock import Clock
 from gateway.config.enforcement import AuditSettings
 from gateway.state.store import StateStore, StoreUnavailable
@@ -23,9 +23,10 @@ log = logging.getLogger("fairgate.audit")
 
 
 class AuditCounters:
-    def __init__(self, written: Counter, dropped: Counter) -> None:
+    def __init__(self, written: Counter, dropped: Counter, write_failures: Counter) -> None:
         self.written = written
         self.dropped = dropped
+        self.write_failures = write_failures  # failed appends; their events wait for the next flush
 
 
 class AuditTrail:
@@ -40,8 +41,7 @@ class AuditTrail:
         self._queue: deque[dict[str, Any]] = deque()
         self._recent: deque[dict[str, Any]] = deque(maxlen=self._settings.keep)
         self._path: Path | None = None
-        self._file: Any = None
-        self._prev = GENESIS
+        self._file: AuditFile | None = None
         self._seq = 0
         self._writing = asyncio.Lock()
         self._warned_stream = False
@@ -49,26 +49,22 @@ class AuditTrail:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def configure(self, settings: AuditSettings) -> None:
-        """Apply (re)loaded settings; a new path starts (or continues) that file's chain."""
-        self._settings = settings
-        if self._recent.maxlen != settings.keep:
-            self._recent = deque(self._recent, maxlen=settings.keep)
+        """Apply (re)loaded settings; a new path starts (or continues) that file's chain. Raises
+        OSError, changing nothing, if the new file cannot be opened."""
         path = settings.path
         if path is not None and self._suffix:
             path = path.with_name(f"{path.stem}{self._suffix}{path.suffix}")
         if path != self._path:
+            opened = self._open(path) if path is not None else None
             self._close()
-            self._path = path
-            if path is not None:
-                self._open(path)
+            self._path, self._file = path, opened
+        self._settings = settings
+        if self._recent.maxlen != settings.keep:
+            self._recent = deque(self._recent, maxlen=settings.keep)
 
     def record(self, kind: str, **fields: Any) -> None:
         """Queue one event; never blocks, never raises."""
-        self._seq += 1
-        event = {"seq": self._seq, "at": self._clock.time(), "kind": kind, **fields}
-        self._recent.append(event)
-        for listener in self.listeners:
-            listener(event)
+        event = self._stamp(kind, fields)
         if self._path is None and self._settings.redis_stream is None:
             return
         if len(self._queue) >= self._settings.queue_size:
@@ -77,6 +73,14 @@ class AuditTrail:
             log.error("audit queue full: event dropped", extra={"event_kind": kind, "seq": self._seq})
             return
         self._queue.append(event)
+
+    def _stamp(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        self._seq += 1
+        event = {"seq": self._seq, "at": self._clock.time(), "kind": kind, **fields}
+        self._recent.append(event)
+        for listener in self.listeners:
+            listener(event)
+        return event
 
     def recent(self, *, customer: str | None = None, kind: str | None = None,
                since: float | None = None) -> list[dict[str, Any]]:
@@ -97,11 +101,18 @@ class AuditTrail:
             self._queue.clear()
             if self._file is not None and batch:
                 try:
-                    await asyncio.to_thread(self._write, batch)
-                except OSError as exc:
-                    # Put them back in order; the next flush retries.
+                    await asyncio.to_thread(self._file.append, batch)
+                except AppendError as exc:
+                    # What reached the file stays; the rest goes back, in order, for the next flush.
+                    written, batch = batch[:exc.written], batch[exc.written:]
                     self._queue.extendleft(reversed(batch))
-                    log.error("audit file write failed", extra={"error": str(exc), "path": str(self._path)})
+                    if self._counters is not None:
+                        self._counters.written.inc(len(written))
+                        self._counters.write_failures.inc()
+                    log.error("audit file write failed; %d events wait for the next flush", len(self._queue),
+                              extra={"error": str(exc.__cause__), "path": str(self._path)})
+                    if self._settings.redis_stream is not None and written:
+                        await self._to_stream(self._settings.redis_stream, written)
                     return
                 if self._counters is not None:
                     self._counters.written.inc(len(batch))
@@ -132,42 +143,26 @@ class AuditTrail:
 
     async def drain(self) -> None:
         await self.flush()
+        if self._queue:  # the file still refuses them, and this process is going away
+            if self._counters is not None:
+                self._counters.dropped.inc(len(self._queue))
+            log.error("audit events could not be written before shutdown: dropped",
+                      extra={"events": len(self._queue), "path": str(self._path)})
+            self._queue.clear()
         self._close()
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
-        prev = self._prev
-        lines = []
-        for event in batch:
-            line, prev = chain_line(event, prev)
-            lines.append(line)
-        data = ("\n".join(lines) + "\n").encode()
-        written = 0
-        while written < len(data):
-            written += os.write(self._file.fileno(), data[written:])
-        self._prev = prev
-
-    def _open(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._prev = _last_hash(path)
-        self._file = path.open("ab", buffering=0)
+    def _open(self, path: Path) -> AuditFile:
+        """Open `path`, and write first the events describing what recovering it found."""
+        opened = AuditFile(path)
+        try:
+            if opened.notes:
+                opened.append([self._stamp(kind, fields) for kind, fields in opened.notes])
+        except OSError:
+            opened.close()
+            raise
+        return opened
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def _last_hash(path: Path) -> str:
-    """The hash the next line must follow: the last complete line's, or the genesis."""
-    if not path.exists() or path.stat().st_size == 0:
-        return GENESIS
-    with path.open("rb") as file:
-        file.seek(max(0, path.stat().st_size - 65536))
-        tail = file.read().splitlines()
-    for raw in reversed(tail):
-        try:
-            return str(json.loads(raw)["hash"])
-        except (ValueError, KeyError, TypeError):
-            log.error("audit file ends with a damaged line; the chain continues from the last good one",
-                      extra={"path": str(path)})
-    return GENESIS

@@ -3,6 +3,7 @@ audit trail that records every step."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal, Mapping
 
@@ -81,6 +82,38 @@ class AuditSettings(Section):
                                                  "needs a Redis state store.")
     redis_stream_max: int = Field(1_000_000, ge=1000, description="Events the stream keeps at most (approximate "
                                                                   "trimming).")
+
+    @field_validator("path")
+    @classmethod
+    def _writable(cls, path: Path | None) -> Path | None:
+        # Found at load, a bad path is a config error (check-config, run, a refused reload), not a
+        # traceback at start-up or events that silently stop.
+        problem = None if path is None else unwritable(path)
+        if problem is not None:
+            raise ValueError(problem)
+        return path
+
+
+def unwritable(path: Path) -> str | None:
+    """Why the gateway could not append to `path` (creating it and its directory), or None."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    if path.exists():
+        try:
+            path.open("ab").close()
+        except OSError as exc:
+            return f"file {path} is not writable ({exc.strerror})"
+        return None
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent  # the gateway creates the missing directories
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        return f"directory {directory} is not writable ({exc.strerror})"
+    return None
 
 
 class EnforcementSettings(Section):

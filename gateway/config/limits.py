@@ -172,7 +172,8 @@ class StateSettings(Section):
     url: str = Field("memory://", description="memory://, redis://HOST:PORT/DB, rediss://..., "
                                               "redis+cluster://HOST:PORT, redis+sentinel://HOST:PORT/SERVICE/DB")
     key_prefix: str = Field("fairgate", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    timeout: Duration = Field(0.05, description="Longest a request waits on the state store.")
+    timeout: Duration = Field(0.5, description="Longest a request waits on the state store (measured: see "
+                                               "bench/store_latency.py).")
     on_failure: Literal["open", "closed", "local"] = Field(
         "local", description="Redis unreachable: open allows, closed answers 503, local limits per instance."
     )

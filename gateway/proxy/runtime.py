@@ -204,11 +204,13 @@ class Runtime:
 
     @classmethod
     def build(cls, config: GatewayConfig, state: GatewayState, previous: "Runtime | None" = None) -> "Runtime":
+        # First: it is the one step that can fail (the audit file cannot be opened), and then
+        # nothing else may have changed.
+        state.audit.configure(config.enforcement.audit)
         state.failed_logins.settings = config.auth.failed_logins
         state.detection.configure(config)
         state.enforcement.configure(config.enforcement, config.state.key_prefix)
         state.enforcement.configure_notices(NoticeBook(config))
-        state.audit.configure(config.enforcement.audit)
         state.alerts.configure(config.alerts)
         zone = zoneinfo.ZoneInfo(config.limits.time_zone)
         calendar = state.usage.calendar if state.usage.calendar.zone == zone else Calendar(zone)

@@ -21,6 +21,7 @@ from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.listener import make_proxy_server
 from gateway.server.loop_lag import probe_loop_lag
 from gateway.server.reloader import ConfigTransform, RuntimeHolder
+from gateway.server.workers import announce_ready
 from gateway.audit.trail import AuditCounters
 from gateway.detect.findings import FindingLog
 from gateway.state.factory import open_store
@@ -54,7 +55,8 @@ class GatewayServer:
             store=open_store(config.state, options.clock, self.metrics),
             clock=options.clock,
             findings=FindingLog(self.metrics.findings),
-            audit_counters=AuditCounters(self.metrics.audit_written, self.metrics.audit_dropped),
+            audit_counters=AuditCounters(self.metrics.audit_written, self.metrics.audit_dropped,
+                                         self.metrics.audit_write_failures),
             audit_suffix=options.audit_suffix,
             transitions=self.metrics.transitions,
             alert_counter=self.metrics.alerts,
@@ -172,12 +174,17 @@ class GatewayServer:
 async def serve(config: GatewayConfig, options: ServeOptions) -> int:
     """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads. Returns the exit code."""
     loop = asyncio.get_running_loop()
-    gateway = GatewayServer(config, options)
+    try:
+        gateway = GatewayServer(config, options)
+    except OSError as exc:  # the audit file became unusable after the config was checked
+        log.error("cannot start: enforcement.audit.path: cannot open %s: %s", exc.filename, exc.strerror)
+        return 1
     try:
         await gateway.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    announce_ready()
     stop = asyncio.Event()
     reloads: set[asyncio.Task] = set()
 

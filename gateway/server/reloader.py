@@ -46,16 +46,16 @@ class RuntimeHolder:
             try:
                 config = self._transform(load_config(self.path))
             except ConfigError as exc:
-                self._metrics.config_reloads.labels("failure").inc()
-                self._metrics.config_last_reload_success.set(0)
-                log.error("config reload rejected; the previous config stays in force",
-                          extra={"errors": exc.lines()})
-                return ReloadResult(False, tuple(exc.lines()))
+                return self._rejected(tuple(exc.lines()))
             previous = self.current
             if (config.server, config.admin, config.state) != (previous.config.server, previous.config.admin,
                                                                  previous.config.state):
                 log.warning("server, admin and state settings take effect only on restart")
-            successor = Runtime.build(config, self.state, previous)
+            try:
+                successor = Runtime.build(config, self.state, previous)
+            except OSError as exc:  # the audit file became unusable after the config was checked
+                return self._rejected((f"{self.path}: enforcement.audit.path: cannot open {exc.filename}: "
+                                       f"{exc.strerror}",))
             successor.start()
             self.current = successor
             await previous.close_unused(successor)
@@ -63,3 +63,9 @@ class RuntimeHolder:
             self._metrics.config_last_reload_success.set(1)
             log.info("config reloaded", extra={"path": self.path})
             return ReloadResult(True)
+
+    def _rejected(self, errors: tuple[str, ...]) -> ReloadResult:
+        self._metrics.config_reloads.labels("failure").inc()
+        self._metrics.config_last_reload_success.set(0)
+        log.error("config reload rejected; the previous config stays in force", extra={"errors": list(errors)})
+        return ReloadResult(False, errors)

@@ -106,7 +106,8 @@ class RedisStore(StateStore):
         local = self._known_over_limit(checks, now)
         if local is not None:
             return local
-        if not self.breaker.allow():
+        ticket = self.breaker.allow()
+        if ticket is None:
             return await self._fall_back(checks, now)
         future = asyncio.get_running_loop().create_future()
         self._pending.append(Pending(tag, checks, repr(now), future))
@@ -116,7 +117,7 @@ class RedisStore(StateStore):
         try:
             raw = await future
         except StoreUnavailable as exc:
-            self._failed(exc)
+            self._failed(exc, ticket)
             return await self._fall_back(checks, now)
         self.breaker.succeeded()
         outcomes = _outcomes(raw)
@@ -160,10 +161,10 @@ class RedisStore(StateStore):
             return [Outcome(True, 0.0, 0.0) for _ in checks]
         return self._local.evaluate_now(checks, now)
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception, ticket: int) -> None:
         if self._metrics is not None:
             self._metrics.errors.labels(type(exc.__cause__ or exc).__name__).inc()
-        self.breaker.failed()
+        self.breaker.failed(ticket)
 
     # -- batching -------------------------------------------------------------------------
 
@@ -256,6 +257,10 @@ class RedisStore(StateStore):
         # One write and one read on a pooled connection, without redis-py's Pipeline object:
         # measured, its per-command bookkeeping cost more than the rest of the request.
         pool = self._client.connection_pool
+        if self.breaker.state == HALF_OPEN:
+            # This is the probe. Idle connections made before the outage may lead to a Redis that
+            # has since restarted: each would fail once and reopen a circuit that just closed.
+            await pool.disconnect(inuse_connections=False)
         connection = await pool.get_connection()
         try:
             sha = _bulk(self._sha.encode())
@@ -294,7 +299,8 @@ class RedisStore(StateStore):
     async def _write(self, build, *, must: bool = False) -> None:
         """Run a pipeline of writes; failures are logged, or raised as StoreUnavailable if `must`
         (the caller keeps what it could not write and tries again)."""
-        if not self.breaker.allow():
+        ticket = self.breaker.allow(probe=False)
+        if ticket is None:
             if must:
                 raise StoreUnavailable("state store circuit open")
             return  # concurrency leases expire by themselves; quota usage is lost only while Redis is down
@@ -304,7 +310,7 @@ class RedisStore(StateStore):
             build(pipe)
             await asyncio.wait_for(pipe.execute(), self._settings.timeout * 4)
         except (redis_errors.RedisError, OSError, asyncio.TimeoutError) as exc:
-            self._failed(StoreUnavailable(str(exc)))
+            self._failed(StoreUnavailable(str(exc)), ticket)
             log.warning("state store write failed", extra={"error": str(exc) or type(exc).__name__})
             if must:
                 raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
