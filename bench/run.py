@@ -1,9 +1,13 @@
 """One benchmark run: the same wrk load on the upstream directly, nginx as a reverse proxy,
 a bare aiohttp server (the framework's own ceiling), a naive aiohttp ClientSession proxy and
 fairgate (plain, and with HS256 bearer tokens from a spread of users, authentication off and
-on), all answering from the same nginx `return 200` upstream.
+on), all answering from the same nginx `return 200` upstream. With every policy on, fairgate
+also serves many customers: 20,000 and 200,000 distinct customers' tokens in rotation, each
+sent once to the gateway before the rounds (so the rounds measure warm tokens), against the
+same policies with 400 users.
 
     python bench/run.py [--duration 5] [--rounds 5] [--connections 32] [--markdown FILE]
+                        [--many-customers 20000,200000]
 
 Targets are measured in interleaved rounds and the median round is reported, so a noisy
 neighbour on the machine skews every target alike. With taskset available, the server under
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import signal
@@ -33,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE, LOAD_CORE = 0, 1
 TOKEN_USERS = 400
 TOKEN_CUSTOMERS = 40
+MANY_CUSTOMERS = (20_000, 200_000)
 TOKEN_ISSUER = "https://login.bench.invalid"
 TOKEN_SECRET = "bench-secret-bench-secret-bench-secret!"
 UPSTREAM_BODY = '{"id": 42, "status": "open", "title": "A ticket of typical size"}'
@@ -48,6 +54,8 @@ class Target:
     # A Redis whose commands per request are counted (INFO commandstats) during the run.
     redis_port: int | None = None
     path: str = "/api/v1/bench"
+    # Tokens to show the gateway once each before the rounds, when one second of load is not enough.
+    warm_up: Path | None = None
 
 
 @dataclass
@@ -73,6 +81,8 @@ def main() -> int:
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     parser.add_argument("--only", metavar="TEXT", action="append",
                         help="measure only targets whose name contains TEXT (repeatable; for quick A/B runs)")
+    parser.add_argument("--many-customers", metavar="N,N", type=_counts, default=MANY_CUSTOMERS,
+                        help="customer counts of the many-customer targets (default 20000,200000; 0 for none)")
     args = parser.parse_args()
 
     missing = [tool for tool in ("wrk", "nginx") if not _find(tool)]
@@ -89,9 +99,16 @@ def main() -> int:
         upstream_port, proxy_port, hello_port, naive_port = (_free_port() for _ in range(4))
         limited_tokens = _write_tokens(workdir / "limited.txt", "customer")
         unlimited_tokens = _write_tokens(workdir / "unlimited.txt", "free")
+        # One user per customer, none listed in the config: each has the default plan's limits.
+        many_tokens = {count: _write_tokens(workdir / f"many-{count}.txt", "many", count, count)
+                       for count in args.many_customers}
 
         def bearer(tokens: Path) -> list[str]:
             return [str(ROOT / "bench" / "bearer.lua"), "--", str(tokens)]
+
+        def rotation(tokens: Path) -> list[str]:
+            return [str(ROOT / "bench" / "rotate.lua"), "--", str(tokens)]
+
         processes = []
         try:
             upstream = _start_nginx(workdir / "upstream", _upstream_conf(upstream_port), LOAD_CORE)
@@ -123,6 +140,12 @@ def main() -> int:
                 Target(AUTH_ON, memory.port, memory.process.pid, bearer(unlimited_tokens)),
                 Target(LIMITS_MEMORY, memory.port, memory.process.pid, bearer(limited_tokens)),
                 Target(DETECT_MEMORY, memory.port, memory.process.pid, bearer(unlimited_tokens), path="/detect/bench"),
+                Target(EVERY_POLICY, memory.port, memory.process.pid, bearer(limited_tokens), path="/detect/bench"),
+            ]
+            targets += [
+                Target(many_customers(count), memory.port, memory.process.pid, rotation(tokens), path="/detect/bench",
+                       warm_up=tokens)
+                for count, tokens in many_tokens.items()
             ]
             if shared is not None:
                 targets += [
@@ -135,8 +158,11 @@ def main() -> int:
                 ]
             if args.only:
                 targets = [t for t in targets if any(text in t.name for text in args.only)]
+            cold: dict[str, float] = {}  # target -> requests per second of the warm-up (tokens never seen)
             for target in targets:
                 _wait_http(f"http://127.0.0.1:{target.port}/healthz")
+                if target.warm_up is not None:
+                    cold[target.name] = _send_each_token_once(target, target.warm_up, args.connections)
                 _wrk(target, 1, args)  # warm-up: pools, token cache
             rounds: dict[str, list[Result]] = {target.name: [] for target in targets}
             for number in range(args.rounds):
@@ -149,7 +175,7 @@ def main() -> int:
             for process in processes:
                 _stop(process)
 
-    table = _table(results, rounds, args)
+    table = _table(results, rounds, cold, args)
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
@@ -236,6 +262,36 @@ def _wrk(target: Target, duration: int, args: argparse.Namespace) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
+def _send_each_token_once(target: Target, tokens: Path, connections: int) -> float:
+    """One request per token (wrk cannot stop after a number of requests), from the load core;
+    the requests per second."""
+    import asyncio
+
+    import aiohttp
+
+    tokens_sent = [line for line in tokens.read_text().splitlines() if line]
+    lines = iter(tokens_sent)
+    url = f"http://127.0.0.1:{target.port}{target.path}"
+
+    async def send() -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+            async def one_connection() -> None:
+                for token in lines:  # shared: each token goes out once
+                    async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+                        await response.read()
+            await asyncio.gather(*(one_connection() for _ in range(connections)))
+
+    cores = os.sched_getaffinity(0)
+    if _taskset(LOAD_CORE):
+        os.sched_setaffinity(0, {LOAD_CORE})
+    started = time.monotonic()
+    try:
+        asyncio.run(send())
+    finally:
+        os.sched_setaffinity(0, cores)
+    return len(tokens_sent) / (time.monotonic() - started)
+
+
 def _percentile(output: str, which: str) -> float:
     match = re.search(rf"^\s+{which}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
     if not match:
@@ -244,7 +300,8 @@ def _percentile(output: str, which: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def _table(results: list[Result], rounds: dict[str, list[Result]], args: argparse.Namespace) -> str:
+def _table(results: list[Result], rounds: dict[str, list[Result]], cold: dict[str, float],
+           args: argparse.Namespace) -> str:
     by_name = {result.name: result for result in results}
     direct = by_name.get(DIRECT, results[0])
     nginx = by_name.get(NGINX, results[0])
@@ -273,6 +330,8 @@ def _table(results: list[Result], rounds: dict[str, list[Result]], args: argpars
         ("Limits on Redis / auth alone (same process)", LIMITS_REDIS, AUTH_ON_REDIS),
         ("Detectors on / off, memory (same process)", DETECT_MEMORY, AUTH_ON),
         ("Detectors on / off, Redis (same process)", DETECT_REDIS, AUTH_ON_REDIS),
+        *((f"Every policy, {count:,} customers / 400 users (same process)", many_customers(count), EVERY_POLICY)
+          for count in args.many_customers),
     ):
         if numerator in rounds and denominator in rounds:
             # Paired per round (the two ran back to back), then the median: steadier than a
@@ -282,6 +341,9 @@ def _table(results: list[Result], rounds: dict[str, list[Result]], args: argpars
             extra = statistics.median(a.cpu_us_per_request - b.cpu_us_per_request for a, b in pairs)
             lines.append(f"{label}: {statistics.median(ratios):.2f}x req/s (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}), "
                          f"{extra:+.1f} us CPU per request (median of {len(pairs)} paired rounds).")
+    for name, rate in cold.items():
+        lines.append(f"Warm-up of \"{name}\": each token sent once, first sight: {rate:,.0f} req/s "
+                     f"({args.connections} connections from a Python aiohttp client, which may be the limit).")
     return "\n".join(lines)
 
 
@@ -356,6 +418,11 @@ AUTH_ON_REDIS = "fairgate (Redis process), auth, plan without limits"
 LIMITS_REDIS = "fairgate (Redis process), auth + limits, Redis store"
 DETECT_MEMORY = "fairgate, auth + detectors (sharing, scraping, seats)"
 DETECT_REDIS = "fairgate (Redis process), auth + detectors, Redis store"
+EVERY_POLICY = f"fairgate, every policy (auth, limits, detectors), {TOKEN_USERS} users"
+
+
+def many_customers(count: int) -> str:
+    return f"fairgate, every policy, {count:,} customers' tokens in rotation (warm)"
 
 # Customers "customer-N" get the bench plan, whose limits never reject under this load, so every
 # request pays for a whole decision; customers "free-N" are on a plan without limits.
@@ -400,17 +467,17 @@ routes:
     return Gateway(process, port)
 
 
-def _write_tokens(path: Path, customer_prefix: str) -> Path:
-    """HS256 tokens of TOKEN_USERS users spread over TOKEN_CUSTOMERS customers, one per line."""
+def _write_tokens(path: Path, customer_prefix: str, users: int = TOKEN_USERS, customers: int = TOKEN_CUSTOMERS) -> Path:
+    """HS256 tokens of `users` users spread over `customers` customers, one per line."""
     import jwt
 
     now = int(time.time())
     lines = [
-        jwt.encode({"iss": TOKEN_ISSUER, "aud": "bench", "sub": f"user-{n}@{customer_prefix}-{n % TOKEN_CUSTOMERS}",
-                    "org_id": f"{customer_prefix}-{n % TOKEN_CUSTOMERS}", "sid": f"s-{n}", "iat": now,
+        jwt.encode({"iss": TOKEN_ISSUER, "aud": "bench", "sub": f"user-{n}@{customer_prefix}-{n % customers}",
+                    "org_id": f"{customer_prefix}-{n % customers}", "sid": f"s-{n}", "iat": now,
                     "exp": now + 3600},
                    TOKEN_SECRET, algorithm="HS256")
-        for n in range(TOKEN_USERS)
+        for n in range(users)
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -422,10 +489,35 @@ def _find(tool: str) -> str | None:
     )
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected customer counts such as 20000,200000, got {text!r}") from None
+    if any(count < 0 for count in counts):
+        raise argparse.ArgumentTypeError("customer counts cannot be negative")
+    return tuple(count for count in counts if count)
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (a port the kernel picked for
+    bind(0) can be taken by an outgoing connection before the child binds it), never the same
+    one twice in a run."""
+    for _ in range(500):
+        port = random.randint(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise SystemExit("bench: no free loopback port found in 20000-32000")
 
 
 def _wait_http(url: str, timeout: float = 15.0) -> None:

@@ -144,6 +144,10 @@ class Metrics:
         """Export the detectors' backlog, drops and sanctions (read at scrape time)."""
         self.registry.register(_DetectionCollector(detection))
 
+    def watch_token_cache(self, counts) -> None:
+        """Export the verified-token cache's hits and misses (read at scrape time)."""
+        self.registry.register(_TokenCacheCollector(counts))
+
     def observe(self, route: str, status: int, seconds: float) -> None:
         stats = self._routes.get(route)
         if stats is None:
@@ -215,3 +219,16 @@ class _DetectionCollector(Collector):
                                 value=detection.backlog)
         yield GaugeMetricFamily("fairgate_sanctions", "Blocks and re-logins in force in this process.",
                                 value=len(detection.sanctions))
+
+
+class _TokenCacheCollector(Collector):
+    def __init__(self, counts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator:
+        lookups = CounterMetricFamily("fairgate_token_cache_lookups",
+                                      "Bearer tokens looked up in the verified-token cache, by result (hit, miss).",
+                                      labels=["result"])
+        lookups.add_metric(["hit"], self._counts.hits)
+        lookups.add_metric(["miss"], self._counts.misses)
+        yield lookups

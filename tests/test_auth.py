@@ -449,3 +449,18 @@ async def test_reload_swaps_issuer_keys_and_drops_cached_tokens(gw, client, cloc
     rotated = jwt.encode(claims(clock), new_secret, algorithm="HS256")
     async with client.get(f"{gw.url}/echo", headers=bearer(rotated)) as response:
         assert response.status == 200
+
+
+async def test_token_cache_lookups_are_counted_on_metrics_across_a_reload(gw, client, clock):
+    token = hs_token(clock)
+    for _ in range(3):
+        async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+            assert response.status == 200
+    async with client.post(f"{gw.admin_url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+        assert r.status == 200
+    async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
+        assert response.status == 200  # the new cache verifies it once more
+    async with client.get(f"{gw.admin_url}/metrics") as response:
+        text = await response.text()
+    assert 'fairgate_token_cache_lookups_total{result="hit"} 2.0' in text
+    assert 'fairgate_token_cache_lookups_total{result="miss"} 2.0' in text

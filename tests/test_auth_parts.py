@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.auth.authenticator import AuthMetrics, Authenticator
 from gateway.auth.bearer import bearer_token
 from gateway.auth.corporate_email import FreeMailDomains
 from gateway.auth.errors import AuthError, InvalidToken
@@ -19,7 +20,8 @@ from gateway.auth.keys import StaticKeys
 from gateway.auth.revocations import Revocations
 from gateway.auth.token_cache import TokenCache
 from gateway.auth.verifier import IssuerVerifier, TokenVerifier
-from gateway.config.auth import DEFAULT_FREE_MAIL_DOMAINS, FailedLoginLimit, Issuer
+from gateway.config.auth import DEFAULT_FREE_MAIL_DOMAINS, AuthSettings, FailedLoginLimit, Issuer
+from gateway.metrics import Metrics
 from tests.conftest import ManualClock
 
 
@@ -62,6 +64,78 @@ def test_token_cache_evicts_least_recently_used_and_expired():
     assert len(cache) == 1
 
 
+def test_token_cache_keeps_tokens_in_use_through_a_scan_of_new_ones():
+    cache = TokenCache(capacity=1000)
+    hot = [f"hot-{n}" for n in range(500)]
+    for token in hot:  # first sight, then in use
+        cache.put(token, identity(token), valid_until=100)
+        assert cache.get(token, now=1) is not None
+    for n in range(20_000):  # a login wave: each new token seen once
+        assert cache.get(f"new-{n}", now=1) is None
+        cache.put(f"new-{n}", identity(f"new-{n}"), valid_until=100)
+    assert all(cache.get(token, now=2) is not None for token in hot)
+    assert len(cache) == 1000
+
+
+def test_token_cache_rotation_up_to_its_capacity_hits_on_every_later_pass():
+    cache = TokenCache(capacity=1000)
+    tokens = [f"t{n}" for n in range(1000)]  # more than the protected segment holds
+    for token in tokens:
+        assert cache.get(token, now=1) is None
+        cache.put(token, identity(token), valid_until=100)
+    for _ in range(3):
+        assert all(cache.get(token, now=1).user == token for token in tokens)  # type: ignore[union-attr]
+    assert (cache.counts.hits, cache.counts.misses) == (3000, 1000)
+
+
+def test_token_cache_expires_entries_in_either_segment():
+    cache = TokenCache(capacity=10)
+    cache.put("seen-once", identity("a"), valid_until=50)
+    cache.put("in-use", identity("b"), valid_until=50)
+    assert cache.get("in-use", now=1) is not None  # now protected
+    assert cache.get("in-use", now=50) is None and cache.get("seen-once", now=50) is None
+    assert len(cache) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 8), st.lists(st.tuples(st.booleans(), st.integers(0, 12), st.integers(0, 3)), max_size=80))
+def test_token_cache_answers_only_what_was_put_and_never_outgrows_its_capacity(capacity, operations):
+    cache, now, model = TokenCache(capacity), 0.0, {}
+    for is_put, token_number, step in operations:
+        token, now = f"t{token_number}", now + step
+        if is_put:
+            model[token] = (identity(token), now + 5)
+            cache.put(token, *model[token])
+            assert (cache.get(token, now) is model[token][0]) == (capacity > 0)  # just put: always there
+        else:
+            found = cache.get(token, now)
+            assert found is None or (found is model[token][0] and now < model[token][1])
+        assert len(cache) <= capacity
+
+
+def test_the_default_cache_serves_20000_tokens_in_rotation():
+    clock = ManualClock()
+    settings = AuthSettings.model_validate({"issuers": [HS_ISSUER]})  # token_cache_size: the default
+    issuer = settings.issuers[0]
+    metrics = Metrics()
+    authenticator = Authenticator(
+        settings, TokenVerifier([IssuerVerifier(issuer, StaticKeys.for_issuer(issuer), clock)]), Revocations(clock),
+        FailedLogins(FailedLoginLimit(), clock), AuthMetrics(metrics.auth_results, metrics.findings), clock)
+    now = int(clock.time())
+    tokens = [jwt.encode({"iss": issuer.issuer, "aud": "api", "sub": f"u{n}", "org_id": f"c{n}", "iat": now,
+                          "exp": now + 3600}, HS_SECRET, algorithm="HS256") for n in range(20_000)]
+
+    async def one_pass() -> None:
+        for n, token in enumerate(tokens):
+            found = await authenticator.authenticate(f"Bearer {token}", "192.0.2.1", required=True, scopes=())
+            assert found is not None and found.customer == f"c{n}"
+
+    asyncio.run(one_pass())
+    asyncio.run(one_pass())
+    verified = metrics.registry.get_sample_value("fairgate_auth_results_total", {"result": "verified"})
+    assert verified == 20_000  # the second pass came from the cache, none was verified again
+
+
 def test_revocations_match_and_then_forget():
     clock = ManualClock(wall=1000.0)
     revocations = Revocations(clock)
@@ -99,9 +173,13 @@ def test_bearer_scheme_is_case_insensitive(scheme, spaces, token):
     assert bearer_token(f"{scheme}{spaces}{token}") == expected
 
 
+HS_SECRET = "x" * 32
+HS_ISSUER = {"name": "test", "issuer": "https://login.test.invalid", "audiences": ["api"], "algorithms": ["HS256"],
+             "hmac_secret": HS_SECRET}
+
+
 def make_verifier(clock: ManualClock | None = None) -> TokenVerifier:
-    issuer = Issuer.model_validate({"name": "test", "issuer": "https://login.test.invalid", "audiences": ["api"],
-                                    "algorithms": ["HS256"], "hmac_secret": "x" * 32})
+    issuer = Issuer.model_validate(HS_ISSUER)
     return TokenVerifier([IssuerVerifier(issuer, StaticKeys.for_issuer(issuer), clock or ManualClock())])
 
 

@@ -21,7 +21,7 @@ from gateway.auth.errors import (
 from gateway.auth.failed_logins import FailedLogins
 from gateway.auth.identity import Identity
 from gateway.auth.revocations import Revocations
-from gateway.auth.token_cache import TokenCache
+from gateway.auth.token_cache import CacheCounts, TokenCache
 from gateway.auth.verifier import TokenVerifier
 from gateway.clock import Clock
 from gateway.config.auth import AuthSettings
@@ -44,13 +44,14 @@ class Authenticator:
         failed_logins: FailedLogins,
         metrics: AuthMetrics,
         clock: Clock,
+        cache_counts: CacheCounts | None = None,
     ) -> None:
         self.verifier = verifier
         self._revocations = revocations
         self._failed_logins = failed_logins
         self._metrics = metrics
         self._clock = clock
-        self._cache = TokenCache(settings.token_cache_size)
+        self._cache = TokenCache(settings.token_cache_size, cache_counts)
         self._email_action = settings.corporate_email.action
         self._free_mail = FreeMailDomains(settings.corporate_email.free_mail_domains)
         # Leeway per issuer, for the cache's own expiry check.

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.auth import FailedLoginLimit
+from gateway.state.bounded import BoundedTable
 
 
 class FailedLogins:
     def __init__(self, settings: FailedLoginLimit, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.settings = settings  # replaced on config reload; the counts carry over
         self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._blocked_until: dict[str, float] = {}
+        self._failures: BoundedTable[str, deque[float]] = BoundedTable(0)
+        self._blocked_until: BoundedTable[str, float] = BoundedTable(0)
+        self.settings = settings  # sets both tables' limits
+
+    @property
+    def settings(self) -> FailedLoginLimit:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: FailedLoginLimit) -> None:
+        # Replaced on config reload; the counts carry over.
+        self._settings = settings
+        self._failures.limit = self._blocked_until.limit = settings.max_tracked_addresses
 
     def blocked_for(self, address: str) -> float:
         """Seconds this address stays blocked; 0 when it may try."""
@@ -32,16 +43,13 @@ class FailedLogins:
         settings = self.settings
         times = self._failures.get(address)
         if times is None:
-            times = self._failures[address] = deque(maxlen=settings.max_failures)
-            while len(self._failures) > settings.max_tracked_addresses:
-                self._failures.popitem(last=False)
+            times = deque(maxlen=settings.max_failures)
+            self._failures.put(address, times)
         else:
             self._failures.move_to_end(address)
         times.append(now)
         if len(times) == settings.max_failures and now - times[0] <= settings.window:
-            self._blocked_until[address] = now + settings.block_for
+            self._blocked_until.put(address, now + settings.block_for)
             times.clear()
-            if len(self._blocked_until) > settings.max_tracked_addresses:
-                self._blocked_until.pop(next(iter(self._blocked_until)))
             return True
         return False

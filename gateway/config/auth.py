@@ -174,7 +174,7 @@ class AuthSettings(Section):
     identity_headers: IdentityHeaders = IdentityHeaders()
     corporate_email: CorporateEmailRule = CorporateEmailRule()
     failed_logins: FailedLoginLimit = FailedLoginLimit()
-    token_cache_size: int = Field(10_000, ge=0, description="Verified tokens remembered until they expire.")
+    token_cache_size: int = Field(250_000, ge=0, description="Verified tokens remembered until they expire.")
 
     @model_validator(mode="after")
     def _unique(self) -> "AuthSettings":

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import math
 import zoneinfo
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Awaitable, Callable
 
 from gateway.auth.identity import Identity
@@ -30,6 +30,7 @@ from gateway.detect.scraping import ScrapingSignals, ScrapingTrack
 from gateway.detect.sharing import SharingTrack, SharingWatch
 from gateway.detect.travel import TravelCheck
 from gateway.proxy.problems import Problem
+from gateway.state.bounded import BoundedTable
 from gateway.state.sightings import Query, Sighting, Sightings
 
 log = logging.getLogger("fairgate.detect")
@@ -63,8 +64,8 @@ class Detection:
         self._clock = clock
         self._share = share
         self._queue: deque[Observation] = deque()
-        self._tracks: OrderedDict[str, _Track] = OrderedDict()
-        self._asset_addresses: OrderedDict[str, float] = OrderedDict()
+        self._tracks: BoundedTable[str, _Track] = BoundedTable(0)  # limit: detection.max_tracked
+        self._asset_addresses: BoundedTable[str, float] = BoundedTable(_MAX_ASSET_ADDRESSES)
         self._seats_reported: dict[str, float] = {}
         self._written: dict[tuple, float] = {}  # what was last sent to the store, and when
         self._months: tuple[float, float, str] = (0.0, 0.0, "")  # start, end, label of the current month
@@ -76,6 +77,7 @@ class Detection:
         """Take a (re)loaded config; what was observed so far is kept."""
         settings = config.detection
         self.settings = settings
+        self._tracks.limit = settings.max_tracked
         salt = settings.salt()
         if salt != self._salt:
             self._salt = salt
@@ -233,9 +235,8 @@ class Detection:
     def _track(self, subject: str, kind: str) -> ScrapingTrack | SharingTrack:
         track = self._tracks.get(subject)
         if track is None:
-            if len(self._tracks) >= self.settings.max_tracked:
-                self._tracks.popitem(last=False)
-            track = self._tracks[subject] = _Track()
+            track = _Track()
+            self._tracks.put(subject, track)
         else:
             self._tracks.move_to_end(subject)
         if kind == "sharing":
@@ -249,10 +250,7 @@ class Detection:
     # -- scraping -----------------------------------------------------------------------
 
     def _asset_fetched(self, obs: Observation) -> None:
-        self._asset_addresses.pop(obs.client_ip, None)
-        if len(self._asset_addresses) >= _MAX_ASSET_ADDRESSES:
-            self._asset_addresses.popitem(last=False)
-        self._asset_addresses[obs.client_ip] = obs.at
+        self._asset_addresses.put(obs.client_ip, obs.at)
         if obs.user is not None:
             track = self._tracks.get(obs.subject)
             if track is not None and track.scraping is not None:

@@ -116,6 +116,9 @@ class ScrapingSignals:
         previous = track.templates.pop(template, None)
         run = previous[1] + 1 if previous is not None and in_sequence(previous[0], numbers) else 1
         if len(track.templates) >= _MAX_TEMPLATES:
+            # A dict this small is compacted every few dozen writes, so its first key is a few
+            # slots away at most (a big table is not: state/bounded.py); an OrderedDict per
+            # identity would cost more memory than it saves time.
             del track.templates[next(iter(track.templates))]
         track.templates[template] = (numbers, run)
         return run >= self.settings.enumeration_run

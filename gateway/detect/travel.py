@@ -7,6 +7,8 @@ import logging
 import math
 from pathlib import Path
 
+from gateway.state.bounded import BoundedTable
+
 log = logging.getLogger("fairgate.detect")
 _MAX_USERS = 100_000
 
@@ -15,7 +17,7 @@ class TravelCheck:
     def __init__(self, database: Path | None, max_speed_kmh: float) -> None:
         self._reader = None
         self._max_speed = max_speed_kmh
-        self._last: dict[str, tuple[float, float, float]] = {}  # user -> lat, lon, at
+        self._last: BoundedTable[str, tuple[float, float, float]] = BoundedTable(_MAX_USERS)  # user -> lat, lon, at
         if database is None:
             return
         try:
@@ -40,10 +42,8 @@ class TravelCheck:
         if not location or "latitude" not in location:
             return False
         here = (float(location["latitude"]), float(location["longitude"]), at)
-        before = self._last.pop(user, None)
-        if len(self._last) >= _MAX_USERS:
-            del self._last[next(iter(self._last))]
-        self._last[user] = here
+        before = self._last.get(user)
+        self._last.put(user, here)
         if before is None or at <= before[2]:
             return False
         hours = (at - before[2]) / 3600

@@ -17,6 +17,7 @@ from gateway.auth.authenticator import AuthMetrics, Authenticator
 from gateway.auth.failed_logins import FailedLogins
 from gateway.auth.keys import JwksFetcher, KeySource, StaticKeys
 from gateway.auth.revocations import Revocations
+from gateway.auth.token_cache import CacheCounts
 from gateway.auth.verifier import IssuerVerifier, TokenVerifier
 from gateway.calendar import Calendar
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -65,6 +66,7 @@ class GatewayState:
     usage: UsageMeter = field(init=False)
     alerts: Alerts = field(init=False)
     grants: Grants = field(default_factory=Grants)
+    token_cache_counts: CacheCounts = field(default_factory=CacheCounts)  # each reload starts a new cache
 
     def __post_init__(self) -> None:
         self.revocations = Revocations(self.clock)
@@ -167,7 +169,8 @@ class Runtime:
                 [IssuerVerifier(issuer, key_sources[issuer.name], state.clock) for issuer in config.auth.issuers]
             )
             self.authenticator = Authenticator(
-                config.auth, verifier, state.revocations, state.failed_logins, state.auth_metrics, state.clock
+                config.auth, verifier, state.revocations, state.failed_logins, state.auth_metrics, state.clock,
+                state.token_cache_counts,
             )
         self.limiter: Limiter | None = None
         if config.plans:

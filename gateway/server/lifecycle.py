@@ -62,6 +62,7 @@ class GatewayServer:
             alert_counter=self.metrics.alerts,
         )
         self.metrics.watch_detection(self.state.detection)
+        self.metrics.watch_token_cache(self.state.token_cache_counts)
         self.metrics.registry.register(self.state.limit_stats)
         self.runtimes = RuntimeHolder(
             options.config_path, Runtime.build(config, self.state), self.state, self.metrics, options.transform

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from gateway.state.bounded import BoundedTable
 from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StateStore
 
 
@@ -12,10 +13,9 @@ class MemoryStore(StateStore):
     `max_keys` entries per table the least recently written go first."""
 
     def __init__(self, max_keys: int = 1_000_000) -> None:
-        self._max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}  # rate: units taken, when (see gcra)
-        self._slots: dict[str, tuple[dict[str, bool], float]] = {}  # concurrency: tokens, lease end
-        self._used: dict[str, tuple[float, float]] = {}  # quota: used, period end
+        self._buckets: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys)  # rate: units taken, when (see gcra)
+        self._slots: BoundedTable[str, tuple[dict[str, bool], float]] = BoundedTable(max_keys)  # tokens, lease end
+        self._used: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys)  # quota: used, period end
         self._counters: dict[str, tuple[dict[str, dict[str, float]], float]] = {}  # index -> (sets, expiry)
 
     def __len__(self) -> int:
@@ -32,7 +32,7 @@ class MemoryStore(StateStore):
             outcome, taken = gcra(self._buckets.get(check.key), now, check.interval, check.burst, check.cost,
                                   check.max_delay)
             if outcome.allowed:
-                _put(self._buckets, check.key, (taken, now), self._max_keys)
+                self._buckets.put(check.key, (taken, now))
             return [outcome]
         decided = [self._decide(check, now) for check in checks]
         outcomes = [outcome for outcome, _ in decided]
@@ -62,16 +62,16 @@ class MemoryStore(StateStore):
     def _consume(self, check: Check, taken: float, now: float) -> None:
         key = check.key
         if check.kind == RATE:
-            _put(self._buckets, key, (taken, now), self._max_keys)
+            self._buckets.put(key, (taken, now))
         elif check.kind == CONCURRENCY:
             entry = self._slots.get(key)
             tokens = entry[0] if entry is not None and entry[1] > now else {}
             tokens[check.token] = True
-            _put(self._slots, key, (tokens, now + check.lease), self._max_keys)
+            self._slots.put(key, (tokens, now + check.lease))
         elif check.cost:
             entry = self._used.get(key)
             used = entry[0] if entry is not None and entry[1] > now else 0.0
-            _put(self._used, key, (used + check.cost, check.expires_at), self._max_keys)
+            self._used.put(key, (used + check.cost, check.expires_at))
 
     async def release(self, tag: str, slots: list[tuple[str, str]]) -> None:
         for key, token in slots:
@@ -85,7 +85,7 @@ class MemoryStore(StateStore):
         for key, amount, expires_at in usage:
             entry = self._used.get(key)
             used = entry[0] if entry is not None and entry[1] == expires_at else 0.0
-            _put(self._used, key, (used + amount, expires_at), self._max_keys)
+            self._used.put(key, (used + amount, expires_at))
 
     async def add_counters(self, index: str, counters: dict[str, dict[str, float]], expires_at: float) -> None:
         entry = self._counters.get(index)
@@ -107,14 +107,6 @@ class MemoryStore(StateStore):
 
 # Counter sets whose period ended this long before a new one starts are dropped.
 _RETENTION = 400 * 86400.0
-
-
-def _put(table: dict, key: str, value: object, max_keys: int) -> None:
-    # Re-inserting moves the key to the end, so the first key is the least recently written.
-    table.pop(key, None)
-    table[key] = value
-    if len(table) > max_keys:
-        del table[next(iter(table))]
 
 
 # Wall-clock seconds near 1.8e9 carry ~2e-7 s of float error; decisions and counts allow for it.

@@ -9,6 +9,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from gateway.state.bounded import BoundedTable
+
 
 @dataclass(frozen=True, slots=True)
 class Sighting:
@@ -31,8 +33,7 @@ class Sightings(ABC):
 
 class MemorySightings(Sightings):
     def __init__(self, max_keys: int = 200_000) -> None:
-        self._max_keys = max_keys
-        self._sets: dict[str, dict[str, float]] = {}
+        self._sets: BoundedTable[str, dict[str, float]] = BoundedTable(max_keys)  # least recently written first
 
     def __len__(self) -> int:
         return len(self._sets)
@@ -44,11 +45,9 @@ class MemorySightings(Sightings):
                 for key, since in queries]
 
     def _record(self, sighting: Sighting) -> None:
-        members = self._sets.pop(sighting.key, None)  # re-inserted last: the dict is in write order
+        members = self._sets.get(sighting.key)
         if members is None:
             members = {}
-            if len(self._sets) >= self._max_keys:
-                del self._sets[next(iter(self._sets))]
         if members.get(sighting.member, -1.0) < sighting.at:
             members[sighting.member] = sighting.at
         if len(members) > sighting.cap:
@@ -56,4 +55,4 @@ class MemorySightings(Sightings):
             members = {m: at for m, at in members.items() if at >= horizon}
             while len(members) > sighting.cap:
                 del members[min(members, key=members.__getitem__)]
-        self._sets[sighting.key] = members
+        self._sets.put(sighting.key, members)

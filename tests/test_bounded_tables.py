@@ -1,0 +1,83 @@
+"""Every per-key table in this process stays at its bound and forgets the least recently written
+first, however many keys pass through it.
+
+Speed is the benchmark's business (bench/run.py, many customers); these tests drive the tables
+through hundreds of thousands of evictions and check what is kept, so a table that grows, or
+evicts the wrong end, fails here.
+"""
+
+from __future__ import annotations
+
+from gateway.auth.failed_logins import FailedLogins
+from gateway.config.auth import FailedLoginLimit
+from gateway.state.bounded import BoundedTable
+from gateway.state.memory import MemoryStore
+from gateway.state.sightings import MemorySightings, Sighting
+from gateway.state.store import RATE, Check
+from tests.conftest import ManualClock
+
+T0 = 1_800_000_000.0
+
+
+def rate(key: str) -> Check:
+    return Check(RATE, key, False, interval=1.0, burst=5, cost=1, max_delay=0.0)
+
+
+def test_a_full_table_evicts_oldest_first_through_many_evictions():
+    table: BoundedTable[int, int] = BoundedTable(200_000)
+    for n in range(400_000):
+        table.put(n, n)
+        assert len(table) <= 200_000
+    assert list(table) == list(range(200_000, 400_000))  # exactly the newest, in write order
+    table.put(200_000, -1)  # rewriting an entry makes it the newest
+    table.put(400_000, 0)
+    assert 200_000 in table and 200_001 not in table
+    assert next(reversed(table)) == 400_000 and table[200_000] == -1
+
+
+def test_lowering_the_limit_shrinks_the_table_from_the_oldest_end():
+    table: BoundedTable[str, int] = BoundedTable(10)
+    for n in range(10):
+        table.put(f"k{n}", n)
+    table.limit = 3
+    table.put("new", 0)
+    assert list(table) == ["k8", "k9", "new"]
+
+
+def test_memory_store_forgets_the_least_recently_written_buckets_first():
+    store = MemoryStore(max_keys=200_000)
+    for n in range(400_000):  # 200,000 evictions from a full table
+        store.evaluate_now([rate(f"c{n}")], T0)
+    assert len(store) == 200_000
+    # The newest customer's bucket is remembered (one unit used before), the oldest's is not.
+    assert store.evaluate_now([rate("c399999")], T0)[0].remaining == 3
+    assert store.evaluate_now([rate("c0")], T0)[0].remaining == 4
+    assert len(store) == 200_000
+
+
+async def test_sightings_forget_the_least_recently_written_keys_first():
+    store = MemorySightings(max_keys=1000)
+    await store.exchange([Sighting("kept", "m", T0, 3600.0, 8)], [])
+    for n in range(200_000):
+        if n % 500 == 0:  # written again now and then: never the oldest
+            await store.exchange([Sighting("kept", "m", T0 + n, 3600.0, 8)], [])
+        await store.exchange([Sighting(f"k{n}", "m", T0 + n, 3600.0, 8)], [])
+    assert len(store) == 1000
+    kept, oldest, newest = await store.exchange([], [("kept", 0.0), ("k199000", 0.0), ("k199999", 0.0)])
+    assert kept and newest and not oldest
+
+
+def test_blocked_addresses_are_bounded_and_the_oldest_block_goes_first():
+    clock = ManualClock()
+    logins = FailedLogins(FailedLoginLimit(max_failures=1, block_for="1h", max_tracked_addresses=100), clock)
+    for n in range(10_000):
+        assert logins.record_failure(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
+    assert len(logins._blocked_until) == 100 and len(logins._failures) == 100
+    assert logins.blocked_for("10.0.39.15") > 0  # the last one blocked (n = 9999)
+    assert logins.blocked_for("10.0.39.14") > 0
+    assert logins.blocked_for("10.0.38.155") == 0  # n = 9883: forgotten
+    # A reload that lowers the bound applies from the next write.
+    logins.settings = FailedLoginLimit(max_failures=1, block_for="1h", max_tracked_addresses=10)
+    logins.record_failure("192.0.2.1")
+    assert len(logins._blocked_until) == 10
+    assert logins.blocked_for("10.0.39.15") > 0 and logins.blocked_for("10.0.39.5") == 0
