@@ -38,9 +38,16 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/limiter_micro.py | tee bench/results/limiter.md
 	$(BIN)/python bench/run.py --markdown bench/results/latest.md
 
+# Against a running `make run`; the report lands in loadtest/results/ (git-ignored).
+HOST ?= http://127.0.0.1:8080
+USERS ?= 40
+SPAWN_RATE ?= 10
+DURATION ?= 90s
 loadtest: $(INSTALLED)
 	$(BIN)/pip install --quiet -e '.[load]'
-	$(BIN)/locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 30s --host http://127.0.0.1:8080
+	@mkdir -p loadtest/results
+	$(BIN)/locust -f loadtest/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) \
+	  --host $(HOST) --only-summary --csv loadtest/results/run --html loadtest/results/report.html
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis bench/results
