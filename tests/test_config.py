@@ -46,6 +46,51 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert paths == ["server.listen", "server.drain_timeout"]
 
 
+def test_field_and_cross_reference_errors_are_reported_in_one_run(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text(
+        "server: {drain_timeout: forever}\n"
+        "upstreams: {product: {url: 'http://127.0.0.1:9000', connect_timeout: soon}}\n"
+        "limits: {default_plan: gold}\n"
+        "plans: {standard: {limits: [{name: sustained, kind: rate, rate: 1/s, burst: 10}]}}\n"
+        "customers: {acme: {plan: platinum}}\n"
+        "routes:\n"
+        "  - {name: api, path_prefix: 'api/', upstream: nowhere, auth: none}\n"
+        "  - {name: gone, path_prefix: /gone/, auth: none}\n"
+        "  - {name: billing, path_prefix: /billing/, upstream: billing, auth: none}\n"
+        "  - {name: billing, path_prefix: /b2/, upstream: product, auth: none, max_body: huge}\n"
+    )
+    with pytest.raises(ConfigError) as failure:
+        load_config(path)
+    assert [(issue.path, issue.reason.split(" (")[0]) for issue in failure.value.issues] == [
+        ("server.drain_timeout", "expected a duration such as '250ms', '30s', '5min', '1h' or '7d', got 'forever'"),
+        ("upstreams.product.connect_timeout",
+         "expected a duration such as '250ms', '30s', '5min', '1h' or '7d', got 'soon'"),
+        ("routes[0].path_prefix", "a path prefix starts with '/' and has no spaces, '?' or '#', got 'api/'"),
+        ("routes[1].upstream", "required key is missing"),
+        ("routes[3].max_body", "expected a size such as '512B', '64KB', '10MB' or '1GiB', got 'huge'"),
+        ("limits.default_plan", "unknown plan 'gold'"),
+        ("customers.acme.plan", "unknown plan 'platinum'"),
+        ("routes[0].upstream", "unknown upstream 'nowhere'"),
+        ("routes[2].upstream", "unknown upstream 'billing'"),  # numbered as in the file, route 1 left out
+        ("routes[3].name", "duplicate route name 'billing'"),
+    ]
+
+
+def test_an_unset_variable_is_reported_with_the_other_errors_once(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text(
+        "server: {drain_timeout: forever}\n"
+        "upstreams: {a: {url: 'http://127.0.0.1:1', connect_timeout: '${NO_SUCH_TIMEOUT}'}}\n"
+        "routes: [{name: r, path_prefix: /, upstream: b, auth: none}]\n"
+    )
+    with pytest.raises(ConfigError) as failure:
+        load_config(path, environ={})
+    assert [issue.path for issue in failure.value.issues] == ["upstreams.a.connect_timeout", "server.drain_timeout",
+                                                              "routes[0].upstream"]
+    assert "NO_SUCH_TIMEOUT is not set" in failure.value.issues[0].reason
+
+
 def test_shipped_config_is_valid_and_typed():
     config = load_config(ROOT / "config" / "gateway.yaml", environ=DEMO_ENV)
     assert config.server.listen == ("127.0.0.1", 8080)
@@ -132,6 +177,15 @@ def test_check_config_prints_errors_and_exits_1():
     result = run_cli("check-config", str(fixture))
     assert result.returncode == 1
     assert f"{fixture}: routes[1].upstream: unknown upstream 'billing'" in result.stderr
+
+
+def test_version_is_the_packaged_one():
+    import tomllib
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert result.stdout.strip() == f"fairgate {project['version']}"
 
 
 def test_cli_usage_errors_exit_2():

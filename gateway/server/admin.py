@@ -166,12 +166,9 @@ _URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from gateway import __version__
 
-    try:
-        return version("fairgate")
-    except PackageNotFoundError:
-        return "0"
+    return __version__
 
 
 def _require_token(token: str | None):
