@@ -119,6 +119,29 @@ def test_environment_variables_are_substituted(tmp_path):
     assert config.routes[0].path_prefix == "/cost$"
 
 
+def test_a_default_stands_in_for_an_unset_or_empty_variable(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text(
+        "upstreams: {a: {url: '${UPSTREAM_URL:-http://127.0.0.1:9000}'}}\n"
+        "state: {key_prefix: '${PREFIX:-fairgate}'}\n"
+        "routes: [{name: r, path_prefix: /, upstream: a, auth: none}]\n"
+    )
+    config = load_config(path, environ={"PREFIX": ""})
+    assert (config.upstreams["a"].port, config.state.key_prefix) == (9000, "fairgate")
+    config = load_config(path, environ={"UPSTREAM_URL": "http://demo:8000", "PREFIX": "blue"})
+    assert (config.upstreams["a"].host, config.state.key_prefix) == ("demo", "blue")
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="}$"), max_size=40),
+       st.text(alphabet=st.characters(blacklist_characters="$"), max_size=40))
+def test_substitution_yields_the_default_or_the_value(default, value):
+    from gateway.config.loader import _substitute_env
+
+    template = "<${V:-" + default + "}>"
+    assert _substitute_env(template, (), {}, []) == f"<{default}>"
+    assert _substitute_env(template, (), {"V": value}, []) == f"<{value or default}>"
+
+
 @given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["ms", "s", "min", "m", "h", "d", "w"]))
 def test_durations_parse_to_seconds(amount, unit):
     factor = {"ms": 0.001, "s": 1, "min": 60, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]

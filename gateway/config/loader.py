@@ -14,7 +14,8 @@ from gateway.config.errors import ConfigError, ConfigIssue
 from gateway.config.model import GatewayConfig
 from gateway.config.partial import clean_loc, reference_issues
 
-_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${NAME}, or ${NAME:-default} (the default when NAME is unset or empty, as in a shell); $$ is a $.
+_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -53,7 +54,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
 
 def _substitute_env(value: Any, path: tuple, environ: Mapping[str, str], issues: list[ConfigIssue]) -> Any:
-    """Replace ${NAME} in every string with the environment's value ($$ is a literal $)."""
+    """Replace ${NAME} and ${NAME:-default} in every string with the environment's value ($$ is a literal $)."""
     if isinstance(value, dict):
         return {key: _substitute_env(item, (*path, key), environ, issues) for key, item in value.items()}
     if isinstance(value, list):
@@ -62,9 +63,11 @@ def _substitute_env(value: Any, path: tuple, environ: Mapping[str, str], issues:
         return value
 
     def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
+        name, default = match.group(1), match.group(2)
         if name is None:
             return "$"
+        if default is not None and not environ.get(name):
+            return default
         if name not in environ:
             issues.append(ConfigIssue(format_path(path), f"environment variable {name} is not set"))
             return ""
