@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from gateway.config.model import GatewayConfig
 
-_ROUNDS = 8
+_ROUNDS = 64  # validations at most: one per route cut, and a few more
 _PATH_PART = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
 # Whole list items that may be cut when a required key of theirs is missing or invalid.
 _CUTTABLE_LISTS = frozenset({("routes",)})
@@ -33,8 +33,11 @@ class Salvage:
         """Cut each (loc, type, message) error's key and validate again; None when it cannot be done."""
         for _ in range(_ROUNDS):
             for loc, kind, message in sorted(errors, key=lambda error: _order(error[0]), reverse=True):
-                if not self._cut(loc, kind, message):
+                cut = self._cut(loc, kind, message)
+                if cut is None:
                     return None
+                if cut == "item":
+                    break  # later errors may point into the shifted list: validate again first
             try:
                 return GatewayConfig.model_validate(self.data)
             except ValidationError as exc:
@@ -56,7 +59,8 @@ class Salvage:
                 node = node.get(key) if isinstance(node, dict) else None
         return "".join(parts)
 
-    def _cut(self, loc: tuple, kind: str, message: str) -> bool:
+    def _cut(self, loc: tuple, kind: str, message: str) -> str | None:
+        """Cut what the error is about: "key" or "item" (a whole list item); None if nothing can be."""
         key, sep, _ = message.removeprefix("Value error, ").partition(": ")
         if kind == "value_error" and sep and key.isidentifier():
             loc = (*loc, key)  # a section's own check names the key it rejects
@@ -66,7 +70,7 @@ class Salvage:
                 parent[loc[2]] = _PLACEHOLDERS[loc[2]].format(n=loc[1])
             else:
                 del parent[loc[-1]]
-            return True
+            return "key"
         # A required key: only a whole list item can go, if it is one of those that may.
         for depth in range(len(loc) - 1, 0, -1):
             if isinstance(loc[depth], int) and loc[:depth] in _CUTTABLE_LISTS:
@@ -75,8 +79,8 @@ class Salvage:
                     origins = self._origins.setdefault(id(items), list(range(len(items))))
                     del items[loc[depth]]
                     del origins[loc[depth]]
-                    return True
-        return False
+                    return "item"
+        return None
 
     def _walk(self, loc: Iterable) -> Any:
         node: Any = self.data
