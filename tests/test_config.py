@@ -77,6 +77,22 @@ def test_field_and_cross_reference_errors_are_reported_in_one_run(tmp_path):
     ]
 
 
+def test_a_route_left_out_for_its_errors_shifts_no_later_route(tmp_path):
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "upstreams: {product: {url: 'http://127.0.0.1:9000'}}\n"
+        "routes:\n"
+        "  - {name: api, path_prefix: /api/, upstream: product, auth: none}\n"
+        "  - {name: bad, path_prefix: nope, auth: none}\n"
+        "  - {name: api2, path_prefix: /api/, upstream: product, auth: none}\n"
+        "  - {name: x, path_prefix: /x/, upstream: ghost, auth: none}\n"
+    )
+    with pytest.raises(ConfigError) as failure:
+        load_config(path)
+    assert [issue.path for issue in failure.value.issues] == [
+        "routes[1].path_prefix", "routes[1].upstream", "routes[2].path_prefix", "routes[3].upstream"]
+
+
 def test_an_unset_variable_is_reported_with_the_other_errors_once(tmp_path):
     path = tmp_path / "env.yaml"
     path.write_text(
