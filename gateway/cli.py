@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.config.types import parse_host_port
 from gateway.config.units import parse_duration
@@ -17,6 +18,7 @@ from gateway.config.units import parse_duration
 log = logging.getLogger("fairgate")
 
 STATE_ENV = "FAIRGATE_STATE"
+
 STATE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+cluster://", "redis+sentinel://")
 
 
@@ -31,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairgate", description="A fair-use gateway for SaaS APIs.")
+    parser.add_argument("--version", action="version", version=f"fairgate {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the gateway", description="Run the gateway in the foreground.")

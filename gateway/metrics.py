@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from gateway.version import package_version
+from gateway import __version__
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -197,7 +197,7 @@ class _RequestCollector(Collector):
 
 class _BuildInfo(Collector):
     def __init__(self) -> None:
-        self._labels = [package_version(), platform.python_version(), aiohttp.__version__]
+        self._labels = [__version__, platform.python_version(), aiohttp.__version__]
 
     def collect(self) -> Iterator:
         info = GaugeMetricFamily("fairgate_build_info", "Always 1; the labels say what is running.",

@@ -32,24 +32,12 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from browsers import BROWSER_UA, HEADLESS_UA, PAGE_ASSETS, PAGE_HEADERS, asset_headers  # noqa: E402
 from gateway.auth.dev_tokens import mint_token  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 
 TICKETS = 500
-BROWSER_UA = {
-    "firefox": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
-    "chrome": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-              "Chrome/126.0.0.0 Safari/537.36",
-    "safari": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-              "Version/17.5 Safari/605.1.15",
-    "edge": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-            "Chrome/126.0.0.0 Safari/537.36 Edg/126.0.0.0",
-}
-HEADLESS_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/126.0.0.0 "
-               "Safari/537.36")
 INTEGRATION_UA = "acme-sync/2.1 (+https://acme.example/sync)"
-PAGE_HEADERS = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-                "Accept-Language": "en-GB,en;q=0.9", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
 
 
 @dataclass(frozen=True)
@@ -90,10 +78,8 @@ def person(rng: random.Random, agent: str) -> Iterator[Step]:
         else:
             path = f"/portal/tickets/{rng.randint(1, TICKETS)}"
         yield Step(rng.uniform(3.0, 25.0), path, {**PAGE_HEADERS, "User-Agent": agent})
-        for asset, dest in (("/portal/static/app.css", "style"), ("/portal/static/app.js", "script")):
-            yield Step(rng.uniform(0.01, 0.1), asset, {"User-Agent": agent, "Accept": "*/*",
-                                                       "Accept-Language": "en-GB,en;q=0.9",
-                                                       "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": dest})
+        for asset, dest, _ in PAGE_ASSETS:
+            yield Step(rng.uniform(0.01, 0.1), asset, asset_headers(agent, dest))
 
 
 def integration(rng: random.Random) -> Iterator[Step]:

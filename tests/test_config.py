@@ -46,6 +46,67 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert paths == ["server.listen", "server.drain_timeout"]
 
 
+def test_field_and_cross_reference_errors_are_reported_in_one_run(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text(
+        "server: {drain_timeout: forever}\n"
+        "upstreams: {product: {url: 'http://127.0.0.1:9000', connect_timeout: soon}}\n"
+        "limits: {default_plan: gold}\n"
+        "plans: {standard: {limits: [{name: sustained, kind: rate, rate: 1/s, burst: 10}]}}\n"
+        "customers: {acme: {plan: platinum}}\n"
+        "routes:\n"
+        "  - {name: api, path_prefix: 'api/', upstream: nowhere, auth: none}\n"
+        "  - {name: gone, path_prefix: /gone/, auth: none}\n"
+        "  - {name: billing, path_prefix: /billing/, upstream: billing, auth: none}\n"
+        "  - {name: billing, path_prefix: /b2/, upstream: product, auth: none, max_body: huge}\n"
+    )
+    with pytest.raises(ConfigError) as failure:
+        load_config(path)
+    assert [(issue.path, issue.reason.split(" (")[0]) for issue in failure.value.issues] == [
+        ("server.drain_timeout", "expected a duration such as '250ms', '30s', '5min', '1h' or '7d', got 'forever'"),
+        ("upstreams.product.connect_timeout",
+         "expected a duration such as '250ms', '30s', '5min', '1h' or '7d', got 'soon'"),
+        ("routes[0].path_prefix", "a path prefix starts with '/' and has no spaces, '?' or '#', got 'api/'"),
+        ("routes[1].upstream", "required key is missing"),
+        ("routes[3].max_body", "expected a size such as '512B', '64KB', '10MB' or '1GiB', got 'huge'"),
+        ("limits.default_plan", "unknown plan 'gold'"),
+        ("customers.acme.plan", "unknown plan 'platinum'"),
+        ("routes[0].upstream", "unknown upstream 'nowhere'"),
+        ("routes[2].upstream", "unknown upstream 'billing'"),  # numbered as in the file, route 1 left out
+        ("routes[3].name", "duplicate route name 'billing'"),
+    ]
+
+
+def test_a_route_left_out_for_its_errors_shifts_no_later_route(tmp_path):
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "upstreams: {product: {url: 'http://127.0.0.1:9000'}}\n"
+        "routes:\n"
+        "  - {name: api, path_prefix: /api/, upstream: product, auth: none}\n"
+        "  - {name: bad, path_prefix: nope, auth: none}\n"
+        "  - {name: api2, path_prefix: /api/, upstream: product, auth: none}\n"
+        "  - {name: x, path_prefix: /x/, upstream: ghost, auth: none}\n"
+    )
+    with pytest.raises(ConfigError) as failure:
+        load_config(path)
+    assert [issue.path for issue in failure.value.issues] == [
+        "routes[1].path_prefix", "routes[1].upstream", "routes[2].path_prefix", "routes[3].upstream"]
+
+
+def test_an_unset_variable_is_reported_with_the_other_errors_once(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text(
+        "server: {drain_timeout: forever}\n"
+        "upstreams: {a: {url: 'http://127.0.0.1:1', connect_timeout: '${NO_SUCH_TIMEOUT}'}}\n"
+        "routes: [{name: r, path_prefix: /, upstream: b, auth: none}]\n"
+    )
+    with pytest.raises(ConfigError) as failure:
+        load_config(path, environ={})
+    assert [issue.path for issue in failure.value.issues] == ["upstreams.a.connect_timeout", "server.drain_timeout",
+                                                              "routes[0].upstream"]
+    assert "NO_SUCH_TIMEOUT is not set" in failure.value.issues[0].reason
+
+
 def test_shipped_config_is_valid_and_typed():
     config = load_config(ROOT / "config" / "gateway.yaml", environ=DEMO_ENV)
     assert config.server.listen == ("127.0.0.1", 8080)
@@ -72,6 +133,29 @@ def test_environment_variables_are_substituted(tmp_path):
     config = load_config(path, environ={"UPSTREAM_URL": "http://10.1.2.3:8000"})
     assert config.upstreams["a"].host == "10.1.2.3"
     assert config.routes[0].path_prefix == "/cost$"
+
+
+def test_a_default_stands_in_for_an_unset_or_empty_variable(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text(
+        "upstreams: {a: {url: '${UPSTREAM_URL:-http://127.0.0.1:9000}'}}\n"
+        "state: {key_prefix: '${PREFIX:-fairgate}'}\n"
+        "routes: [{name: r, path_prefix: /, upstream: a, auth: none}]\n"
+    )
+    config = load_config(path, environ={"PREFIX": ""})
+    assert (config.upstreams["a"].port, config.state.key_prefix) == (9000, "fairgate")
+    config = load_config(path, environ={"UPSTREAM_URL": "http://demo:8000", "PREFIX": "blue"})
+    assert (config.upstreams["a"].host, config.state.key_prefix) == ("demo", "blue")
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="}$"), max_size=40),
+       st.text(alphabet=st.characters(blacklist_characters="$"), max_size=40))
+def test_substitution_yields_the_default_or_the_value(default, value):
+    from gateway.config.loader import _substitute_env
+
+    template = "<${V:-" + default + "}>"
+    assert _substitute_env(template, (), {}, []) == f"<{default}>"
+    assert _substitute_env(template, (), {"V": value}, []) == f"<{value or default}>"
 
 
 @given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["ms", "s", "min", "m", "h", "d", "w"]))
@@ -132,6 +216,15 @@ def test_check_config_prints_errors_and_exits_1():
     result = run_cli("check-config", str(fixture))
     assert result.returncode == 1
     assert f"{fixture}: routes[1].upstream: unknown upstream 'billing'" in result.stderr
+
+
+def test_version_is_the_packaged_one():
+    import tomllib
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert result.stdout.strip() == f"fairgate {project['version']}"
 
 
 def test_cli_usage_errors_exit_2():

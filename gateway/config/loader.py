@@ -12,8 +12,10 @@ from pydantic import ValidationError
 
 from gateway.config.errors import ConfigError, ConfigIssue
 from gateway.config.model import GatewayConfig
+from gateway.config.partial import clean_loc, reference_issues
 
-_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${NAME}, or ${NAME:-default} (the default when NAME is unset or empty, as in a shell); $$ is a $.
+_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -36,20 +38,23 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
     issues: list[ConfigIssue] = []
     raw = _substitute_env(raw, (), environ, issues)
-    if issues:
-        raise ConfigError(source, issues)
+    unset = {issue.path for issue in issues}  # an unset variable is one problem, not two
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, [_issue_from_pydantic(error) for error in exc.errors()]) from None
-    issues = list(_check_references(config))
+        errors = exc.errors()
+        issues += [issue for issue in map(_issue_from_pydantic, errors) if issue.path not in unset]
+        # Cross-references of the valid rest, so one run reports every problem.
+        issues += reference_issues(raw, errors, _check_references)
+        raise ConfigError(source, issues) from None
+    issues += _check_references(config)
     if issues:
         raise ConfigError(source, issues)
     return config
 
 
 def _substitute_env(value: Any, path: tuple, environ: Mapping[str, str], issues: list[ConfigIssue]) -> Any:
-    """Replace ${NAME} in every string with the environment's value ($$ is a literal $)."""
+    """Replace ${NAME} and ${NAME:-default} in every string with the environment's value ($$ is a literal $)."""
     if isinstance(value, dict):
         return {key: _substitute_env(item, (*path, key), environ, issues) for key, item in value.items()}
     if isinstance(value, list):
@@ -58,9 +63,11 @@ def _substitute_env(value: Any, path: tuple, environ: Mapping[str, str], issues:
         return value
 
     def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
+        name, default = match.group(1), match.group(2)
         if name is None:
             return "$"
+        if default is not None and not environ.get(name):
+            return default
         if name not in environ:
             issues.append(ConfigIssue(format_path(path), f"environment variable {name} is not set"))
             return ""
@@ -150,9 +157,7 @@ def format_path(loc: tuple) -> str:
 
 
 def _issue_from_pydantic(error: Mapping[str, Any]) -> ConfigIssue:
-    # pydantic appends the tag of the union member it tried (e.g. 'function-after[...]'); the
-    # user only cares about the keys they wrote.
-    loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
+    loc = clean_loc(error["loc"])  # the keys the user wrote, without pydantic's union tags
     kind = error["type"]
     if kind == "extra_forbidden":
         return ConfigIssue(format_path(loc), "unknown key")

@@ -10,14 +10,14 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from gateway.config.auth import AuthSettings
 from gateway.config.detection import DetectionSettings, RouteClass
 from gateway.config.enforcement import EnforcementSettings
 from gateway.config.usage import UsageSettings
 from gateway.config.alerts import AlertSettings
-from gateway.config.limits import Customers, LimitSettings, Plans, StateSettings
+from gateway.config.limits import Customers, LimitSettings, Plans, RateValue, StateSettings
 from gateway.config.types import Duration, HostPort, Network, Section, Size, frozen_mapping
 
 class ServerSettings(Section):
@@ -91,6 +91,19 @@ class Upstream(Section):
         0.1, gt=0, le=1, description="Fraction of max_in_flight that callers without a login may hold at most "
                                      "(rounded up), so stalled anonymous requests cannot starve logged-in plans."
     )
+    max_rate: RateValue | None = Field(
+        None, description="Requests per period sent to this upstream at most (e.g. 200/s); bursts beyond it are "
+                          "delayed, smoothed out to this rate, rather than refused.")
+    max_rate_burst: int = Field(1, ge=1, description="With max_rate: requests sent at once before smoothing starts.")
+    max_rate_delay: Duration = Field(
+        1.0, description="With max_rate: the longest a request is held; one that would wait longer is answered "
+                         "503 with Retry-After.")
+
+    @model_validator(mode="after")
+    def _fixed_rate(self) -> "Upstream":
+        if self.max_rate is not None and self.max_rate.period_seconds is None:
+            raise ValueError("max_rate: needs a fixed period such as 200/s or 6000/min")
+        return self
 
     @property
     def host(self) -> str:

@@ -229,6 +229,8 @@ class ProxyHandler:
         try:
             if admission.delay:
                 await self._sleep(admission.delay)
+            if target.rate_cap is not None and (capped := await target.rate_cap.admit(route.upstream)):
+                return self._refuse(request, capped)
             self._add_forwarding(lines, found, peer, trusted, client_host, request_id, target)
             if websocket:
                 return await proxy_websocket(request, target, lines, self._metrics)

@@ -42,6 +42,7 @@ from gateway.limits.stats import LimitStats
 from gateway.state.memory import MemoryStore
 from gateway.state.store import StateStore
 from gateway.upstream import UpstreamPool
+from gateway.upstream.rate_cap import RateCap
 from gateway.usage.meter import UsageMeter
 
 
@@ -143,6 +144,8 @@ class RouteTarget:
     strip_headers_websocket: frozenset[bytes]
     # The upstream's in-flight cap (shared by every route to it), if it has one.
     gate: InFlightGate | None
+    # The upstream's rate cap (shared likewise), if it has one.
+    rate_cap: RateCap | None = None
 
 
 class Runtime:
@@ -153,10 +156,12 @@ class Runtime:
         gates: dict[str, InFlightGate],
         key_sources: dict[str, KeySource],
         state: GatewayState,
+        rate_caps: dict[str, RateCap] | None = None,
     ) -> None:
         self.config = config
         self.pools = pools
         self.gates = gates
+        self.rate_caps = rate_caps or {}
         self.key_sources = key_sources
         self.client_addresses = ClientAddressResolver(config.server.trusted_proxies)
         self.body_timeouts = BodyTimeouts(config.server.body_idle_timeout, config.server.body_total_timeout)
@@ -203,6 +208,7 @@ class Runtime:
             strip_headers=frozenset(strip),
             strip_headers_websocket=frozenset(strip) | WEBSOCKET_HANDSHAKE,
             gate=self.gates.get(route.upstream),
+            rate_cap=self.rate_caps.get(route.upstream),
         )
 
     @classmethod
@@ -218,7 +224,7 @@ class Runtime:
         zone = zoneinfo.ZoneInfo(config.limits.time_zone)
         calendar = state.usage.calendar if state.usage.calendar.zone == zone else Calendar(zone)
         state.usage.configure(config.usage, calendar, config.state.key_prefix)
-        pools, gates = {}, {}
+        pools, gates, rate_caps = {}, {}, {}
         max_priority = max((plan.priority for plan in config.plans.values()), default=0)
         for name, upstream in config.upstreams.items():
             unchanged = previous is not None and previous.config.upstreams.get(name) == upstream
@@ -228,6 +234,10 @@ class Runtime:
                 gate = previous.gates.get(name) if unchanged else None  # type: ignore[union-attr]
                 gates[name] = gate or InFlightGate(upstream.max_in_flight, max_priority, upstream.anonymous_share)
                 gates[name].set_priorities(max_priority)
+            # Kept across reloads of an unchanged upstream, so a reload does not let a burst through.
+            cap = previous.rate_caps.get(name) if unchanged else RateCap.for_upstream(upstream)  # type: ignore[union-attr]
+            if cap is not None:
+                rate_caps[name] = cap
         key_sources: dict[str, KeySource] = {}
         for issuer in config.auth.issuers:
             if issuer.jwks_url is None:
@@ -238,7 +248,7 @@ class Runtime:
             if isinstance(reusable, JwksFetcher) and reusable.settings_key() == fetcher.settings_key():
                 fetcher = reusable
             key_sources[issuer.name] = fetcher
-        return cls(config, pools, gates, key_sources, state)
+        return cls(config, pools, gates, key_sources, state, rate_caps)
 
     def start(self) -> None:
         """Begin background work (JWKS fetching); needs the running loop."""

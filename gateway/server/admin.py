@@ -22,7 +22,7 @@ from gateway.server.customers_api import add_customer_routes
 from gateway.server.grants_api import add_grant_routes
 from gateway.server.openapi import document as openapi_document
 from gateway.server.reloader import RuntimeHolder
-from gateway.version import package_version
+from gateway import __version__
 
 ADMIN_TOKEN_ENV = "FAIRGATE_ADMIN_TOKEN"
 SUPERVISOR_ENV = "FAIRGATE_SUPERVISOR_PID"
@@ -115,7 +115,7 @@ def build_admin_app(
         return web.json_response(redacted(runtimes.current.config))
 
     async def openapi(_: web.Request) -> web.Response:
-        return web.json_response(openapi_document(package_version()))
+        return web.json_response(openapi_document(__version__))
 
     app = web.Application(middlewares=[_require_token(admin_token)])
     app.on_response_prepare.append(_neutral_server_header)
