@@ -7,12 +7,16 @@ from types import MappingProxyType
 
 import pytest
 
+from gateway.audit.trail import AuditTrail
 from gateway.auth.identity import Identity
 from gateway.config import GatewayConfig
 from gateway.detect.engine import Detection
 from gateway.detect.findings import FindingLog
 from gateway.detect.observation import Observation
 from gateway.detect.scraping import in_sequence, template_of
+from gateway.fleet.grants import Grants
+from gateway.fleet.sharing import Fleet
+from gateway.state.memory import MemoryStore
 from gateway.state.redis_sightings import RedisSightings
 from gateway.state.sightings import MemorySightings, Sighting
 from tests.conftest import ManualClock
@@ -47,7 +51,7 @@ def make_detection(sightings, detection: dict, clock: ManualClock, plans: dict |
         "state": {"key_prefix": f"{prefix}-{secrets.token_hex(3)}"},
         "detection": {"hash_salt": "test-salt", **detection},
     })
-    engine = Detection(store, FindingLog(None), clock)
+    engine = Detection(store, FindingLog(None), clock, Fleet(MemoryStore(), AuditTrail(clock), clock), Grants())
     engine.configure(config)
     return engine
 

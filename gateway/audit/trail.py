@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,13 +52,23 @@ class AuditTrail:
     def configure(self, settings: AuditSettings) -> None:
         """Apply (re)loaded settings; a new path starts (or continues) that file's chain. Raises
         OSError, changing nothing, if the new file cannot be opened."""
+        self.apply(self.prepare(settings))
+
+    def prepare(self, settings: AuditSettings) -> "PreparedAudit":
+        """Open the file `settings` name if it is a new one, changing nothing yet (a reload applies
+        it with the rest of the config, or discards it); raises OSError if it cannot be opened."""
         path = settings.path
         if path is not None and self._suffix:
             path = path.with_name(f"{path.stem}{self._suffix}{path.suffix}")
-        if path != self._path:
-            opened = self._open(path) if path is not None else None
+        if path == self._path:
+            return PreparedAudit(settings, path, None, reopen=False)
+        return PreparedAudit(settings, path, self._open(path) if path is not None else None, reopen=True)
+
+    def apply(self, prepared: "PreparedAudit") -> None:
+        if prepared.reopen:
             self._close()
-            self._path, self._file = path, opened
+            self._path, self._file = prepared.path, prepared.opened
+        settings = prepared.settings
         self._settings = settings
         if self._recent.maxlen != settings.keep:
             self._recent = deque(self._recent, maxlen=settings.keep)
@@ -166,3 +177,17 @@ class AuditTrail:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAudit:
+    """Audit settings ready to apply: the file they name already open if it is a new one."""
+
+    settings: AuditSettings
+    path: Path | None
+    opened: AuditFile | None
+    reopen: bool
+
+    def discard(self) -> None:
+        if self.opened is not None:
+            self.opened.close()

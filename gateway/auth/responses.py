@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gateway.proxy.problems import Problem
+from gateway.problems import Problem
 from gateway.auth.errors import (
     AuthError,
     CorporateEmailRequired,

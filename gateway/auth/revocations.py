@@ -12,6 +12,7 @@ import heapq
 
 from gateway.auth.identity import Identity
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.fleet.topics import Change, Topic
 
 
 class Revocations:
@@ -70,3 +71,13 @@ class Revocations:
         """How many revocations can still match a token (expired ones are dropped first)."""
         self._forget_expired()
         return len(self._token_ids) + len(self._users)
+
+
+def revocation_change(entry: dict) -> Change:
+    """A revocation (an entry `revoke_token` or `revoke_user` returned) for the fleet, with its audit event."""
+    if entry["kind"] == "token":
+        fields = {"action": "revoke_token", "issuer": entry["issuer"], "jti": entry["id"], "until": entry["until"]}
+    else:
+        fields = {"action": "revoke_user", "issuer": entry["issuer"], "user": entry["id"],
+                  "issued_before": entry["before"], "until": entry["until"]}
+    return Change(Topic.REVOCATIONS, entry, entry["until"], "admin_action", fields)

@@ -109,7 +109,7 @@ class Issuer(Section):
                                  f"{needed} bytes, got {len(secret)}")
             self._static_keys = {None: secret}
         elif source == "public_key_file":
-            from gateway.auth.key_documents import parse_key_document
+            from gateway.config.key_documents import parse_key_document
 
             text = _read(self.public_key_file, source)
             try:

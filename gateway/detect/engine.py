@@ -14,7 +14,7 @@ import logging
 import math
 import zoneinfo
 from collections import deque
-from typing import Awaitable, Callable
+from dataclasses import dataclass
 
 from gateway.auth.identity import Identity
 from gateway.clock import Clock
@@ -25,11 +25,13 @@ from gateway.detect.findings import SCRAPING, SEATS, SHARING, Finding, FindingLo
 from gateway.detect.observation import Observation
 from gateway.detect.sanctions import BLOCK, REAUTH, SCRAPING as SCRAPING_SANCTION
 from gateway.detect.sanctions import Sanction, Sanctions, session_key, user_key
-from gateway.enforce.grants import Grants
+from gateway.fleet.grants import Grants
+from gateway.fleet.sharing import Fleet
+from gateway.fleet.topics import Topic
 from gateway.detect.scraping import ScrapingSignals, ScrapingTrack
 from gateway.detect.sharing import SharingTrack, SharingWatch
 from gateway.detect.travel import TravelCheck
-from gateway.proxy.problems import Problem
+from gateway.problems import Problem
 from gateway.state.bounded import BoundedTable
 from gateway.state.sightings import Query, Sighting, Sightings
 
@@ -41,7 +43,17 @@ _MAX_ASSET_ADDRESSES = 100_000
 _SEAT_WINDOW = 32 * 86400.0
 _MAX_WRITTEN = 500_000
 
-Share = Callable[[dict, float], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class DetectionSetup:
+    """A config's detectors compiled, ready to apply."""
+
+    config: GatewayConfig
+    salt: bytes | None
+    hasher: Hasher
+    sharing: SharingWatch | None
+    scraping: ScrapingSignals | None
+    travel: TravelCheck
+    zone: zoneinfo.ZoneInfo
 
 
 class _Track:
@@ -55,14 +67,15 @@ class _Track:
 
 
 class Detection:
-    def __init__(self, sightings: Sightings, findings: FindingLog, clock: Clock, share: Share | None = None) -> None:
+    def __init__(self, sightings: Sightings, findings: FindingLog, clock: Clock, fleet: Fleet, grants: Grants) -> None:
         self.sightings = sightings
         self.findings = findings
         self.sanctions = Sanctions()
-        self.grants = Grants()  # exemptions and allow-listed users and agents (admin API); replaced by GatewayState
+        self.grants = grants  # exemptions and allow-listed users and agents (admin API)
         self.dropped = 0  # observations dropped because analysis fell behind
         self._clock = clock
-        self._share = share
+        self._fleet = fleet
+        fleet.receive(Topic.SANCTIONS, self.sanctions.sync_from)
         self._queue: deque[Observation] = deque()
         self._tracks: BoundedTable[str, _Track] = BoundedTable(0)  # limit: detection.max_tracked
         self._asset_addresses: BoundedTable[str, float] = BoundedTable(_MAX_ASSET_ADDRESSES)
@@ -71,26 +84,39 @@ class Detection:
         self._months: tuple[float, float, str] = (0.0, 0.0, "")  # start, end, label of the current month
         self._salt: bytes | None | object = object()
         self._analysing = asyncio.Lock()
-        self._sharing_tasks: set[asyncio.Task] = set()  # the loop keeps only weak references
 
     def configure(self, config: GatewayConfig) -> None:
         """Take a (re)loaded config; what was observed so far is kept."""
+        self.apply(self.prepare(config))
+
+    def prepare(self, config: GatewayConfig) -> "DetectionSetup":
+        """Compile a config's detectors, changing nothing yet (a reload applies them with the rest)."""
+        settings = config.detection
+        salt = settings.salt()
+        hasher = Hasher(salt) if salt != self._salt else self.hasher
+        prefix = config.state.key_prefix
+        return DetectionSetup(
+            config, salt, hasher,
+            SharingWatch(settings.sharing, hasher, prefix) if settings.sharing.mode != "off" else None,
+            ScrapingSignals(settings.scraping) if settings.scraping.mode != "off" else None,
+            TravelCheck(settings.sharing.geoip_database, settings.sharing.max_speed_kmh),
+            zoneinfo.ZoneInfo(config.limits.time_zone),
+        )
+
+    def apply(self, setup: "DetectionSetup") -> None:
+        config = setup.config
         settings = config.detection
         self.settings = settings
         self._tracks.limit = settings.max_tracked
-        salt = settings.salt()
-        if salt != self._salt:
-            self._salt = salt
-            self.hasher = Hasher(salt)
-        prefix = config.state.key_prefix
-        self._prefix = prefix
-        self._sharing = SharingWatch(settings.sharing, self.hasher, prefix) if settings.sharing.mode != "off" else None
-        self._scraping = ScrapingSignals(settings.scraping) if settings.scraping.mode != "off" else None
-        self._travel = TravelCheck(settings.sharing.geoip_database, settings.sharing.max_speed_kmh)
+        self._salt, self.hasher = setup.salt, setup.hasher
+        self._prefix = config.state.key_prefix
+        self._sharing = setup.sharing
+        self._scraping = setup.scraping
+        self._travel = setup.travel
         self._plans = config.plans
         self._customers = config.customers
         self._default_plan = config.limits.default_plan
-        self._zone = zoneinfo.ZoneInfo(config.limits.time_zone)
+        self._zone = setup.zone
         self._months = (0.0, 0.0, "")
         self._watched = frozenset(settings.scraping.actions)
         self._seats_on = settings.seats.mode != "off"
@@ -405,16 +431,7 @@ class Detection:
 
     def _sanction(self, sanction: Sanction) -> None:
         self.sanctions.add(sanction)
-        if self._share is not None:
-            task = asyncio.get_running_loop().create_task(self._share(sanction.as_entry(), sanction.until))
-            self._sharing_tasks.add(task)
-            task.add_done_callback(self._sharing_tasks.discard)
-            task.add_done_callback(_log_share_failure)
-
-
-def _log_share_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("sanction not shared with the fleet", extra={"error": str(task.exception())})
+        self._fleet.publish_soon(sanction.as_change())
 
 
 def _problem(sanction: Sanction, now: float, scraping_action: str) -> Problem:

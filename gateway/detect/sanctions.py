@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+from gateway.detect.findings import Finding
+from gateway.fleet.grants import ALLOW_AGENT, ALLOW_USER, Grant
+from gateway.fleet.topics import Change, Topic
 from gateway.state.store import shared_entries
 
 REAUTH, BLOCK, SCRAPING = "reauth", "block", "scraping"
@@ -21,6 +25,11 @@ class Sanction:
     def as_entry(self) -> dict:
         return asdict(self)
 
+    def as_change(self) -> Change:
+        """The sanction for the fleet, with its audit event."""
+        return Change(Topic.SANCTIONS, self.as_entry(), self.until, "sanction",
+                      {"subject": self.key, "sanction": self.kind, "until": self.until, "policy": self.policy})
+
 
 def session_key(customer: str, user: str, session: str) -> str:
     return f"session:{customer}/{user}/{session}"
@@ -28,6 +37,11 @@ def session_key(customer: str, user: str, session: str) -> str:
 
 def user_key(customer: str, user: str) -> str:
     return f"user:{customer}/{user}"
+
+
+def keyed_under(prefixes: tuple[str, ...]):
+    """A match for the shared sanctions whose key starts with one of `prefixes`."""
+    return lambda entry: str(entry.get("key", "")).startswith(prefixes)
 
 
 class Sanctions:
@@ -58,6 +72,22 @@ class Sanctions:
         for key in keys:
             del self._table[key]
         return len(keys)
+
+    def lift(self, grant: Grant, recent: Iterable[Finding]) -> tuple[str, ...]:
+        """Lift what an allow-list entry allows: a user's own sanctions and its sessions', or those
+        of the subjects whose scraping findings (`recent`) named an allowed user agent. Returns the
+        key prefixes lifted, for the fleet to withdraw; none for any other grant."""
+        if grant.kind == ALLOW_USER:
+            customer, user = grant.customer or "", grant.user or ""
+            prefixes = {user_key(customer, user), session_key(customer, user, "")}
+        elif grant.kind == ALLOW_AGENT and grant.agent:
+            agent = grant.agent.lower()
+            prefixes = {f.subject for f in recent if agent in str(f.evidence.get("user_agent", "")).lower()}
+        else:
+            return ()
+        for prefix in prefixes:
+            self.clear(prefix)
+        return tuple(sorted(prefixes))
 
     def sync_from(self, entries: list[dict]) -> None:
         for sanction in shared_entries(Sanction, entries):

@@ -12,7 +12,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -21,12 +21,14 @@ from gateway.auth.identity import Identity
 from gateway.clock import Clock
 from gateway.config.enforcement import EnforcementSettings
 from gateway.detect.findings import Finding
-from gateway.enforce.grants import Grants
+from gateway.fleet.grants import Grants
+from gateway.fleet.sharing import Fleet
+from gateway.fleet.topics import Change, Topic
 from gateway.enforce.ladder import NEXT, OK, SUSPENDED, THROTTLED, Counts, Standing, judge
 from gateway.enforce.notices import NoticeBook, header_params, merged
 from gateway.enforce.standings import Standings, customer_subject, user_subject
 from gateway.limits.policy import CompiledLimit
-from gateway.proxy.problems import Problem
+from gateway.problems import Problem
 from gateway.state.sightings import Query, Sighting, Sightings
 
 log = logging.getLogger("fairgate.enforce")
@@ -36,9 +38,6 @@ REPEATS_REMEMBERED = 90 * 86400.0
 _FLUSH_SECONDS = 0.1
 _QUEUE_LIMIT = 100_000
 _REPUBLISH_SECONDS = 60.0
-
-Share = Callable[[dict, float], Awaitable[None]]
-
 
 # A finding whose detector already refused requests is a major violation; one that only flags is minor.
 _MAJOR_ACTIONS = frozenset({"block", "challenge", "reauth", "block_newest"})
@@ -60,22 +59,22 @@ class Violation:
 
 
 class Enforcement:
-    def __init__(self, sightings: Sightings, audit: AuditTrail, clock: Clock, share: Share | None = None,
+    def __init__(self, sightings: Sightings, audit: AuditTrail, clock: Clock, fleet: Fleet, grants: Grants,
                  transitions: Counter | None = None) -> None:
         self._sightings = sightings
         self._audit = audit
         self._clock = clock
-        self._share = share
+        self._fleet = fleet
         self._transitions = transitions
         self.settings = EnforcementSettings()
         self._prefix = "fairgate"
         self._notices: NoticeBook | None = None
         self.standings = Standings()
-        self.grants = Grants()  # replaced by GatewayState with the one the whole process shares
+        self.grants = grants
+        fleet.receive(Topic.STANDINGS, self.standings.sync_from)
         self._queue: deque[Violation] = deque()
         self._ids = itertools.count()
         self._origin = f"{os.getpid()}-{os.urandom(3).hex()}"  # makes violation ids unique across a fleet
-        self._tasks: set[asyncio.Task] = set()
         self._published: dict[str, float] = {}  # subject -> the `until` last shared with the fleet
         self._judging = asyncio.Lock()
 
@@ -269,62 +268,52 @@ class Enforcement:
                                count=len(violations), first_at=first.at, last_at=last.at)
 
     def _take(self, standing: Standing, customer: str, previous: Standing | None, by: str = "ladder",
-              note: str | None = None) -> None:
+              note: str | None = None) -> Change:
+        """Apply a standing here; the change for the fleet (its audit event None if the state did
+        not change: an extended warning). The ladder's are published here, admin ones by the caller."""
         now = self._clock.time()
         was = previous.state if previous is not None and previous.in_force(now) else OK
         changed = was != standing.state or by != "ladder"
         self.standings.apply(standing)
+        change = Change(
+            # An ok decision is kept long enough to override older ones still in other gateways.
+            Topic.STANDINGS, standing.as_entry(), max(standing.until, standing.since + self.settings.ladder.window),
+            "state_change" if changed else None,
+            {"subject": standing.subject, "customer": customer, "previous": was, "state": standing.state,
+             "until": standing.until, "reason": standing.reason, "by": by, "shadow": not self.applies,
+             **({"note": note} if note else {}), **({"notices": list(standing.notices)} if standing.notices else {})},
+        )
         if changed:
             if self._transitions is not None:
                 self._transitions.labels(standing.state).inc()
-            self._audit.record("state_change", subject=standing.subject, customer=customer, previous=was,
-                               state=standing.state, until=standing.until, reason=standing.reason, by=by,
-                               shadow=not self.applies, **({"note": note} if note else {}),
-                               **({"notices": list(standing.notices)} if standing.notices else {}))
             log.warning("fair-use standing changed", extra={
                 "subject": standing.subject, "previous": was, "state": standing.state, "until": _iso(standing.until),
                 "reason": standing.reason, "by": by})
         if by == "ladder":
-            self._publish(standing, changed)
+            self._publish(change, standing)
+        return change
 
-    def _publish(self, standing: Standing, changed: bool) -> None:
-        if self._share is None:
-            return
+    def _publish(self, change: Change, standing: Standing) -> None:
         # A warning extended by every batch of violations is shared at most once a minute, so
         # the fleet's set of standings stays small however hard a customer keeps violating.
-        if not changed and standing.until - self._published.get(standing.subject, 0.0) < _REPUBLISH_SECONDS:
+        if change.event is None and standing.until - self._published.get(standing.subject, 0.0) < _REPUBLISH_SECONDS:
             return
         if len(self._published) >= 100_000:
             self._published.clear()
         self._published[standing.subject] = standing.until
-        task = asyncio.get_running_loop().create_task(self._share_logged(standing))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _share_logged(self, standing: Standing) -> None:
-        try:
-            await self.share(standing)
-        except Exception as exc:  # this gateway enforces it; the fleet learns of the next decision
-            log.warning("sharing a standing failed", extra={"subject": standing.subject, "error": str(exc)})
-
-    async def share(self, standing: Standing) -> None:
-        """Write a standing to the fleet's store (a no-op for a store of one process); raises on failure."""
-        if self._share is not None:
-            # An ok decision is kept long enough to override older ones still in other gateways.
-            await self._share(standing.as_entry(), max(standing.until, standing.since + self.settings.ladder.window))
+        self._fleet.publish_soon(change)
 
     # -- admin actions ---------------------------------------------------------------------
 
-    def reinstate(self, customer: str, by: str, note: str | None = None) -> list[Standing]:
+    def reinstate(self, customer: str, by: str, note: str | None = None) -> list[Change]:
         """Clear the customer's and its users' standings now; their counts start afresh. The
-        caller shares the returned standings with the fleet."""
+        caller publishes the returned changes."""
         now = self._clock.time()
         subjects = {s.subject for s in self.standings.subjects_of(customer)} | {customer_subject(customer)}
         cleared = []
         for subject in sorted(subjects):
             standing = Standing(subject, OK, now, now, "reinstated", counts_from=now, by=by)
-            self._take(standing, customer, self.standings.latest(subject), by=by, note=note)
-            cleared.append(standing)
+            cleared.append(self._take(standing, customer, self.standings.latest(subject), by=by, note=note))
         return cleared
 
     def clear_user(self, customer: str, user: str, by: str) -> Standing:
@@ -332,16 +321,17 @@ class Enforcement:
         now = self._clock.time()
         subject = user_subject(customer, user)
         standing = Standing(subject, OK, now, now, "allow-listed", counts_from=now, by=by)
-        self._take(standing, customer, self.standings.latest(subject), by=by)
+        change = self._take(standing, customer, self.standings.latest(subject), by=by)
+        if change.event is not None:
+            self._audit.record(change.event, **change.fields)
         return standing
 
-    def suspend(self, customer: str, seconds: float, reason: str, by: str) -> Standing:
-        """Suspend a customer now; the caller shares the returned standing with the fleet."""
+    def suspend(self, customer: str, seconds: float, reason: str, by: str) -> Change:
+        """Suspend a customer now; the caller publishes the returned change."""
         now = self._clock.time()
         subject = customer_subject(customer)
         standing = Standing(subject, SUSPENDED, now, now + seconds, reason, counts_from=now, by=by)
-        self._take(standing, customer, self.standings.latest(subject), by=by)
-        return standing
+        return self._take(standing, customer, self.standings.latest(subject), by=by)
 
     def _key(self, kind: str, subject: str) -> str:
         # The subject is the hash tag: one subject's keys share a Cluster slot.
@@ -349,8 +339,6 @@ class Enforcement:
 
     async def drain(self) -> None:
         await self.judge_queued()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _iso(at: float) -> str:

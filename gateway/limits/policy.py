@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 
 from gateway.config.limits import ConcurrencyLimit, Customer, LimitSettings, Override, Plan, QuotaLimit, RateLimit
-from gateway.enforce.grants import Grants
+from gateway.fleet.grants import Grants
 
 RATE, CONCURRENCY, QUOTA = "rate", "concurrency", "quota"
 

@@ -25,7 +25,7 @@ from gateway.proxy.headers import (
     request_id_or_new,
     upstream_header_lines,
 )
-from gateway.proxy.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
+from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
 from gateway.proxy.request_body import BodyTimeout, BodyTimeouts, next_chunk, read_whole
 from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
 from gateway.proxy.request_path import ambiguity, routing_form

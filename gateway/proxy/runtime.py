@@ -3,133 +3,64 @@ the authenticator.
 
 A reload builds a new Runtime and swaps one reference. Upstream pools and JWKS fetchers whose
 settings did not change are carried over, so warm connections and loaded keys survive it;
-long-lived state (revocations, failed logins) lives in GatewayState, outside any one config.
+long-lived state (revocations, failed logins, detection, enforcement, ...) lives in GatewayState,
+outside any one config, and takes each config's settings from the assembly.
 """
 
 from __future__ import annotations
 
-import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from prometheus_client import Counter
-
+from gateway.alerts.webhooks import Alerts
+from gateway.audit.trail import AuditTrail
 from gateway.auth.authenticator import AuthMetrics, Authenticator
 from gateway.auth.failed_logins import FailedLogins
 from gateway.auth.keys import JwksFetcher, KeySource, StaticKeys
 from gateway.auth.revocations import Revocations
 from gateway.auth.token_cache import CacheCounts
 from gateway.auth.verifier import IssuerVerifier, TokenVerifier
-from gateway.calendar import Calendar
-from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.clock import Clock
 from gateway.config import GatewayConfig, Route, Upstream
-from gateway.config.auth import FailedLoginLimit
-from gateway.alerts.webhooks import Alerts
-from gateway.audit.trail import AuditCounters, AuditTrail
 from gateway.detect.engine import Detection
-from gateway.detect.findings import Finding, FindingLog
-from gateway.detect.sanctions import session_key, user_key
+from gateway.detect.findings import FindingLog
 from gateway.enforce.enforcer import Enforcement
-from gateway.enforce.grants import ALLOW_AGENT, ALLOW_USER, Grant, Grants
-from gateway.enforce.notices import NoticeBook
-from gateway.proxy.client_address import ClientAddressResolver
-from gateway.proxy.request_body import BodyTimeouts
-from gateway.proxy.routing import Router
-from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
+from gateway.enforce.granting import Granting
+from gateway.fleet.grants import Grants
+from gateway.fleet.sharing import Fleet
 from gateway.limits.limiter import Limiter
 from gateway.limits.policy import PlanBook
 from gateway.limits.shedding import InFlightGate
 from gateway.limits.stats import LimitStats
-from gateway.state.memory import MemoryStore
+from gateway.proxy.client_address import ClientAddressResolver
+from gateway.proxy.request_body import BodyTimeouts
+from gateway.proxy.routing import Router
+from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
 from gateway.state.store import StateStore
 from gateway.upstream import UpstreamPool
 from gateway.upstream.rate_cap import RateCap
 from gateway.usage.meter import UsageMeter
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class GatewayState:
-    """What outlives a config reload."""
+    """What outlives a config reload, built once by the assembly (gateway/server/assembly.py)."""
 
+    clock: Clock
+    store: StateStore
+    fleet: Fleet
     auth_metrics: AuthMetrics
-    store: StateStore = field(default_factory=MemoryStore)
-    limit_stats: LimitStats = field(default_factory=LimitStats)
-    clock: Clock = SYSTEM_CLOCK
-    findings: FindingLog = field(default_factory=lambda: FindingLog(None))
-    revocations: Revocations = field(init=False)
-    failed_logins: FailedLogins = field(init=False)
-    audit_counters: AuditCounters | None = None
-    audit_suffix: str = ""
-    transitions: Counter | None = None  # fairgate_enforcement_transitions_total{state}
-    alert_counter: Counter | None = None  # fairgate_alerts_total{webhook, result}
-    audit: AuditTrail = field(init=False)
-    detection: Detection = field(init=False)
-    enforcement: Enforcement = field(init=False)
-    usage: UsageMeter = field(init=False)
-    alerts: Alerts = field(init=False)
-    grants: Grants = field(default_factory=Grants)
-    token_cache_counts: CacheCounts = field(default_factory=CacheCounts)  # each reload starts a new cache
-
-    def __post_init__(self) -> None:
-        self.revocations = Revocations(self.clock)
-        self.failed_logins = FailedLogins(FailedLoginLimit(), self.clock)
-        store = self.store
-        self.detection = Detection(store.sightings(), self.findings, self.clock,
-                                   share=lambda entry, until: store.share("sanctions", entry, until))
-        self.audit = AuditTrail(self.clock, self.audit_counters, self.audit_suffix, store)
-        self.alerts = Alerts(self.clock, self.alert_counter)
-        self.audit.listeners.append(self.alerts.on_event)
-        self.enforcement = Enforcement(store.sightings(), self.audit, self.clock,
-                                       share=lambda entry, until: store.share("standings", entry, until),
-                                       transitions=self.transitions)
-        self.usage = UsageMeter(store, self.clock, Calendar(zoneinfo.ZoneInfo("UTC")))
-        self.detection.grants = self.enforcement.grants = self.grants
-        self.findings.listeners.append(self.enforcement.on_finding)
-        self.findings.listeners.append(self._meter_finding)
-
-    async def grant(self, grant: Grant) -> None:
-        """Apply an exception or allow-list entry made here, and share it with the fleet (raises
-        if the shared store cannot be written; this gateway applies it anyway)."""
-        self.take_grant(grant)
-        await self.store.share("grants", grant.as_entry(), grant.until)
-        if grant.kind in (ALLOW_USER, ALLOW_AGENT):
-            lifted = tuple(self._sanction_keys(grant))
-            await self.store.unshare("sanctions", lambda entry: str(entry.get("key", "")).startswith(lifted))
-
-    async def revoke_grant(self, grant_id: str) -> Grant | None:
-        """End a grant now, here and across the fleet (raises if the shared store cannot be
-        written; this gateway has ended it anyway, and a retry reaches the fleet); None if unknown."""
-        grant = self.grants.revoke(grant_id)
-        if grant is None:
-            return None
-        await self.store.share("revoked-grants", {"id": grant_id}, grant.until)
-        await self.store.unshare("grants", lambda entry: entry.get("id") == grant_id)
-        return grant
-
-    def take_grant(self, grant: Grant) -> None:
-        """Apply a grant (made here or learnt from the fleet): an allow-list entry also lifts the
-        decisions already made about whom it allows."""
-        if not self.grants.add(grant):
-            return
-        if grant.kind not in (ALLOW_USER, ALLOW_AGENT):
-            return
-        for prefix in self._sanction_keys(grant):
-            self.detection.sanctions.clear(prefix)
-        if grant.kind == ALLOW_USER and grant.customer is not None and grant.user is not None:
-            self.enforcement.clear_user(grant.customer, grant.user, by=grant.by)
-
-    def _sanction_keys(self, grant: Grant) -> set[str]:
-        """Prefixes of the sanction keys an allow-list entry lifts."""
-        if grant.kind == ALLOW_USER:
-            customer, user = grant.customer or "", grant.user or ""
-            return {user_key(customer, user), session_key(customer, user, "")}
-        # An agent: the subjects whose scraping findings named it.
-        agent = (grant.agent or "").lower()
-        return {f.subject for f in self.findings.recent()
-                if agent and agent in str(f.evidence.get("user_agent", "")).lower()}
-
-    def _meter_finding(self, finding: Finding) -> None:
-        if finding.customer is not None:
-            self.usage.finding(finding.customer, finding.detector)
+    revocations: Revocations
+    failed_logins: FailedLogins
+    token_cache_counts: CacheCounts  # each reload starts a new cache
+    limit_stats: LimitStats
+    findings: FindingLog
+    audit: AuditTrail
+    alerts: Alerts
+    grants: Grants
+    detection: Detection
+    enforcement: Enforcement
+    granting: Granting
+    usage: UsageMeter
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,17 +144,7 @@ class Runtime:
 
     @classmethod
     def build(cls, config: GatewayConfig, state: GatewayState, previous: "Runtime | None" = None) -> "Runtime":
-        # First: it is the one step that can fail (the audit file cannot be opened), and then
-        # nothing else may have changed.
-        state.audit.configure(config.enforcement.audit)
-        state.failed_logins.settings = config.auth.failed_logins
-        state.detection.configure(config)
-        state.enforcement.configure(config.enforcement, config.state.key_prefix)
-        state.enforcement.configure_notices(NoticeBook(config))
-        state.alerts.configure(config.alerts)
-        zone = zoneinfo.ZoneInfo(config.limits.time_zone)
-        calendar = state.usage.calendar if state.usage.calendar.zone == zone else Calendar(zone)
-        state.usage.configure(config.usage, calendar, config.state.key_prefix)
+        """The Runtime of `config`, reusing what `previous` has of it; changes nothing in `state`."""
         pools, gates, rate_caps = {}, {}, {}
         max_priority = max((plan.priority for plan in config.plans.values()), default=0)
         for name, upstream in config.upstreams.items():

@@ -11,7 +11,7 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from gateway.metrics import Metrics
-from gateway.proxy.problems import SERVER_NAME, problem_response
+from gateway.problems import SERVER_NAME, problem_response
 
 log = logging.getLogger("fairgate.websocket")
 

@@ -13,9 +13,10 @@ from aiohttp import web
 from pydantic import BaseModel, SecretStr
 
 from gateway.auth.bearer import bearer_token
+from gateway.auth.revocations import revocation_change
 from gateway.config import GatewayConfig
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
-from gateway.proxy.problems import SERVER_NAME, problem_response
+from gateway.problems import SERVER_NAME, answer, problem_response
 from gateway.server.admin_requests import bad_request, json_object, since_param
 from gateway.server.console import add_console_routes
 from gateway.server.customers_api import add_customer_routes
@@ -77,7 +78,7 @@ def build_admin_app(
         if (token_id is None) == (user is None) or not isinstance(token_id or user, str):
             return bad_request("Give exactly one of 'jti' or 'user', as a string.")
         settings = issuer.settings
-        revocations = runtimes.state.revocations
+        revocations, fleet = runtimes.state.revocations, runtimes.state.fleet
         now = runtimes.state.clock.time()
         if token_id is not None:
             # Kept as long as the token can live: its `exp` when given, else the issuer's maximum.
@@ -86,16 +87,16 @@ def build_admin_app(
             if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
                 return bad_request("'exp' must be a number (the token's expiry, seconds since the epoch).")
             expires_at = min(float(exp) + settings.leeway, longest) if exp is not None else longest
-            failed = await _share(runtimes, revocations.revoke_token(settings.name, token_id, expires_at))
+            failed = await fleet.publish(revocation_change(revocations.revoke_token(settings.name, token_id, expires_at)))
             if failed is not None:
-                return failed
+                return answer(failed)
             return web.json_response(
                 {"revoked": {"issuer": settings.name, "jti": token_id, "until": expires_at}}, status=201
             )
         entry = revocations.revoke_user(settings.name, user, settings.max_lifetime + settings.leeway)
-        failed = await _share(runtimes, entry)
+        failed = await fleet.publish(revocation_change(entry))
         if failed is not None:
-            return failed
+            return answer(failed)
         return web.json_response(
             {"revoked": {"issuer": settings.name, "user": user, "issued_before": entry["before"]}}, status=201
         )
@@ -131,18 +132,6 @@ def build_admin_app(
     add_grant_routes(app, runtimes, origin=f"{os.getpid()}-{os.urandom(2).hex()}")
     add_console_routes(app)
     return app
-
-
-async def _share(runtimes: RuntimeHolder, entry: dict) -> web.Response | None:
-    """Write a revocation to the shared store (this gateway already enforces it); a problem if that fails."""
-    try:
-        await runtimes.state.store.share("revocations", entry, entry["until"])
-    except Exception:
-        return problem_response(
-            503, "state-unavailable", "Service Unavailable",
-            "Revoked on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
-        )
-    return None
 
 
 def redacted(config: GatewayConfig) -> dict:

@@ -7,7 +7,7 @@ import json
 
 from aiohttp import web
 
-from gateway.proxy.problems import problem_response
+from gateway.problems import problem_response
 
 
 async def json_object(request: web.Request) -> dict | web.Response:

@@ -9,8 +9,9 @@ from aiohttp import web
 
 from gateway.calendar import month_bounds
 from gateway.config.units import parse_duration
-from gateway.enforce.ladder import OK, SEVERITY, Standing
-from gateway.proxy.problems import problem_response
+from gateway.enforce.ladder import OK, SEVERITY
+from gateway.fleet.topics import Change
+from gateway.problems import answer
 from gateway.server.admin_requests import bad_request, json_object, since_param
 from gateway.server.reloader import RuntimeHolder
 from gateway.usage.fees import as_fees_csv
@@ -51,17 +52,10 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
             data["events"] = state.audit.recent(customer=customer)[-100:]
         return data
 
-    async def share(standings: list[Standing]) -> web.Response | None:
-        """Reach the fleet before answering; a 503 problem if the shared store cannot be written."""
-        try:
-            for standing in standings:
-                await state.enforcement.share(standing)
-        except Exception:
-            return problem_response(
-                503, "state-unavailable", "Service Unavailable",
-                "Applied on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
-            )
-        return None
+    async def publish(changes: list[Change]) -> web.Response | None:
+        """Reach the fleet before answering; the problem if the shared store cannot be written."""
+        failed = [problem for change in changes if (problem := await state.fleet.publish(change)) is not None]
+        return answer(failed[0]) if failed else None
 
     async def list_customers(_: web.Request) -> web.Response:
         month, _ = state.usage.calendar.period("month", state.clock.time())
@@ -111,9 +105,9 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         if not isinstance(by, str) or (note is not None and not isinstance(note, str)):
             return bad_request("'by' and 'note' must be strings.")
         cleared = state.enforcement.reinstate(customer, by=by, note=note)
+        failed = await publish(cleared)
         state.audit.record("admin_action", action="reinstate", customer=customer, by=by, note=note)
-        failed = await share(cleared)
-        return failed or web.json_response({"reinstated": customer, "standings": [s.as_entry() for s in cleared]})
+        return failed or web.json_response({"reinstated": customer, "standings": [c.entry for c in cleared]})
 
     async def suspend(request: web.Request) -> web.Response:
         body = await json_object(request)
@@ -129,11 +123,11 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
             return bad_request(f"for: {exc}")
         if not isinstance(by, str) or seconds <= 0:
             return bad_request("'by' must be a string and 'for' a positive duration.")
-        standing: Standing = state.enforcement.suspend(customer, seconds, reason, by=by)
+        suspended = state.enforcement.suspend(customer, seconds, reason, by=by)
+        failed = await publish([suspended])
         state.audit.record("admin_action", action="suspend", customer=customer, by=by, reason=reason,
-                           until=standing.until)
-        failed = await share([standing])
-        return failed or web.json_response({"suspended": customer, "standing": standing.as_entry()}, status=201)
+                           until=suspended.entry["until"])
+        return failed or web.json_response({"suspended": customer, "standing": suspended.entry}, status=201)
 
     async def events(request: web.Request) -> web.Response:
         """Recent audit events, oldest first; filters: customer, kind, since (epoch seconds)."""

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from gateway.config.limits import Override
 from gateway.config.units import parse_duration
-from gateway.enforce.grants import ALLOW_AGENT, ALLOW_USER, EXEMPT, EXEMPTABLE, OVERRIDE, Grant
+from gateway.fleet.grants import ALLOW_AGENT, ALLOW_USER, EXEMPT, EXEMPTABLE, OVERRIDE, Grant
 from gateway.server.admin_requests import bad_request, json_object
 from gateway.server.reloader import RuntimeHolder
-from gateway.proxy.problems import problem_response
+from gateway.problems import answer, problem_response
 
 _OVERRIDE_FIELDS = ("rate", "burst", "max", "quota", "mode")
 
@@ -52,15 +52,9 @@ def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str)
         if not isinstance(reason, str) or not reason.strip() or not isinstance(by, str):
             return bad_request("'reason' is required (what was agreed, and with whom); 'by' must be a string.")
         made = Grant(state.grants.new_id(origin), kind, until, by, reason, now, **fields)
-        try:
-            await state.grant(made)
-        except Exception:
-            return problem_response(
-                503, "state-unavailable", "Service Unavailable",
-                "Applied on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
-            )
-        state.audit.record("admin_action", action=kind, customer=made.customer, by=by, reason=reason,
-                           grant=made.as_entry())
+        failed = await state.granting.grant(made)
+        if failed is not None:
+            return answer(failed)
         return web.json_response({"grant": made.as_entry()}, status=201)
 
     async def add_exception(request: web.Request) -> web.Response:
@@ -102,18 +96,12 @@ def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str)
         if not isinstance(by, str) or (note is not None and not isinstance(note, str)):
             return bad_request("'by' and 'note' must be strings.")
         grant_id = request.match_info["grant"]
-        try:
-            ended = await state.revoke_grant(grant_id)
-        except Exception:
-            return problem_response(
-                503, "state-unavailable", "Service Unavailable",
-                "Ended on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
-            )
+        ended, failed = await state.granting.revoke(grant_id, by, note)
         if ended is None:
             return problem_response(404, "no-such-grant", "Not Found",
                                     f"No exception or allow-list entry {grant_id!r} is in force.")
-        state.audit.record("admin_action", action="revoke_grant", customer=ended.customer, by=by,
-                           note=note, grant=ended.as_entry())
+        if failed is not None:
+            return answer(failed)
         return web.json_response({"revoked": ended.as_entry()})
 
     async def allow(request: web.Request) -> web.Response:

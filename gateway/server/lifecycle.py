@@ -14,22 +14,16 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.proxy.handler import ProxyHandler
-from gateway.auth.authenticator import AuthMetrics
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.proxy.runtime import GatewayState, Runtime
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
+from gateway.server.assembly import Assembly, assemble_state
 from gateway.server.listener import make_proxy_server
 from gateway.server.loop_lag import probe_loop_lag
 from gateway.server.reloader import ConfigTransform, RuntimeHolder
 from gateway.server.workers import announce_ready
-from gateway.audit.trail import AuditCounters
-from gateway.detect.findings import FindingLog
 from gateway.state.factory import open_store
 
 log = logging.getLogger("fairgate.server")
-
-SHARED_SYNC_SECONDS = 1.0
-SHARED_SYNC_FLOOR_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,22 +44,14 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig, options: ServeOptions) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.state = GatewayState(
-            AuthMetrics(self.metrics.auth_results, self.metrics.findings),
-            store=open_store(config.state, options.clock, self.metrics),
-            clock=options.clock,
-            findings=FindingLog(self.metrics.findings),
-            audit_counters=AuditCounters(self.metrics.audit_written, self.metrics.audit_dropped,
-                                         self.metrics.audit_write_failures),
-            audit_suffix=options.audit_suffix,
-            transitions=self.metrics.transitions,
-            alert_counter=self.metrics.alerts,
-        )
+        self.state = assemble_state(open_store(config.state, options.clock, self.metrics), self.metrics,
+                                    options.clock, options.audit_suffix)
         self.metrics.watch_detection(self.state.detection)
         self.metrics.watch_token_cache(self.state.token_cache_counts)
         self.metrics.registry.register(self.state.limit_stats)
         self.runtimes = RuntimeHolder(
-            options.config_path, Runtime.build(config, self.state), self.state, self.metrics, options.transform
+            options.config_path, Assembly.build(config, self.state).apply(self.state), self.state, self.metrics,
+            options.transform,
         )
         self._options = options
         self._ready = False
@@ -114,9 +100,8 @@ class GatewayServer:
             raise
         self._ready = True
         loop = asyncio.get_running_loop()
-        changed = asyncio.Event()
         self._background = [loop.create_task(task) for task in (
-            self._sync_shared(changed), self.state.store.watch_shared(changed.set), self.state.detection.run(),
+            self.state.fleet.run(), self.state.detection.run(),
             self.state.enforcement.run(), self.state.audit.run(), self.state.usage.run(),
             probe_loop_lag(self.metrics.loop_lag))]
         host, port = self.proxy_address
@@ -124,31 +109,6 @@ class GatewayServer:
         log.info("fairgate listening", extra={
             "proxy": f"http://{host}:{port}", "admin": f"http://{admin_host}:{admin_port}", "pid": os.getpid(),
         })
-
-    async def _sync_shared(self, changed: asyncio.Event) -> None:
-        """Merge the fleet's revocations, sanctions, standings and grants when another gateway
-        shares one (`changed`), and every second regardless (only a shared store has any)."""
-        store, state = self.state.store, self.state
-        while True:
-            changed.clear()
-            try:
-                now = state.clock.time()
-                revocations = await store.shared("revocations", now)
-                if revocations is None:
-                    return  # a store of one process: nothing to merge, ever
-                state.revocations.sync_from(revocations)
-                state.detection.sanctions.sync_from(await store.shared("sanctions", now) or [])
-                state.enforcement.standings.sync_from(await store.shared("standings", now) or [])
-                state.grants.sync_revoked(await store.shared("revoked-grants", now) or [])
-                for grant in state.grants.unseen(await store.shared("grants", now) or []):
-                    state.take_grant(grant)
-            except Exception as exc:
-                log.debug("fleet sync failed", extra={"error": str(exc)})
-            await asyncio.sleep(SHARED_SYNC_FLOOR_SECONDS)  # a burst of changes costs one sync, not one each
-            try:
-                await asyncio.wait_for(changed.wait(), SHARED_SYNC_SECONDS)
-            except asyncio.TimeoutError:
-                pass
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, close."""
@@ -160,6 +120,7 @@ class GatewayServer:
         await self._proxy.cleanup()
         await self.state.detection.drain()  # findings of the last requests are not lost
         await self.state.enforcement.drain()
+        await self.state.fleet.drain()  # what the last decisions share
         runtime = self.runtimes.current
         if runtime.limiter is not None:
             await runtime.limiter.drain()

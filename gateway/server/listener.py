@@ -19,7 +19,7 @@ from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.proxy.problems import PROBLEM_CONTENT_TYPE, SERVER_NAME, problem_response
+from gateway.problems import PROBLEM_CONTENT_TYPE, SERVER_NAME, problem_response
 from gateway.server.logs import JsonAccessLogger
 
 log = logging.getLogger("fairgate.server")

@@ -11,6 +11,7 @@ from typing import Callable
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.metrics import Metrics
 from gateway.proxy.runtime import GatewayState, Runtime
+from gateway.server.assembly import Assembly
 
 log = logging.getLogger("fairgate.reload")
 
@@ -52,10 +53,15 @@ class RuntimeHolder:
                                                                  previous.config.state):
                 log.warning("server, admin and state settings take effect only on restart")
             try:
-                successor = Runtime.build(config, self.state, previous)
+                # Built in full before anything changes: the old Runtime and state settings stay
+                # in force unless both of the new ones could be built.
+                assembly = Assembly.build(config, self.state, previous)
             except OSError as exc:  # the audit file became unusable after the config was checked
                 return self._rejected((f"{self.path}: enforcement.audit.path: cannot open {exc.filename}: "
                                        f"{exc.strerror}",))
+            except Exception as exc:  # a config that skipped validation (a transform), never a crash
+                return self._rejected((f"{self.path}: cannot apply: {type(exc).__name__}: {exc}",))
+            successor = assembly.apply(self.state)
             successor.start()
             self.current = successor
             await previous.close_unused(successor)

@@ -13,7 +13,7 @@ import math
 from aiolimiter import AsyncLimiter
 
 from gateway.config import Upstream
-from gateway.proxy.problems import Problem
+from gateway.problems import Problem
 
 
 class RateCap:

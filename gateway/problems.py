@@ -54,3 +54,9 @@ def problem_response(
     )
     response.content_type = PROBLEM_CONTENT_TYPE
     return response
+
+
+def answer(problem: Problem) -> web.Response:
+    """A Problem decided elsewhere as its problem+json response (the admin API; the proxy adds the request id)."""
+    return problem_response(problem.status, problem.slug, problem.title, problem.detail,
+                            headers=problem.headers, extra=problem.extra)

@@ -73,7 +73,7 @@ class Grants:
         return grant
 
     def sync_revoked(self, entries: list[dict]) -> None:
-        """Apply the fleet's revocations ({"id": ...} entries shared by `GatewayState.revoke_grant`)."""
+        """Apply the fleet's revocations ({"id": ...} entries shared by `Granting.revoke`)."""
         for entry in entries:
             if isinstance(entry.get("id"), str):
                 self.revoke(entry["id"])
