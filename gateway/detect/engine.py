@@ -67,6 +67,8 @@ class _Track:
 
 
 class Detection:
+    observes = True  # the request path queues what it forwards (see detect/off.py for a config without detectors)
+
     def __init__(self, sightings: Sightings, findings: FindingLog, clock: Clock, fleet: Fleet, grants: Grants) -> None:
         self.sightings = sightings
         self.findings = findings

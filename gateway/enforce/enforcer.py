@@ -93,6 +93,23 @@ class Enforcement:
 
     # -- the request path ----------------------------------------------------------------
 
+    def admit(self, identity: Identity | None) -> Standing | Problem | None:
+        """What the caller's standing does to this request: the Problem to answer (suspended), the
+        Standing it goes on under (warned or throttled: slowed and told), or None (nothing in force,
+        or shadow mode)."""
+        if identity is None or not self.standings or not self.applies:
+            return None
+        standing = self.standing_for(identity)
+        if standing is not None and standing.state == SUSPENDED:
+            return self.refusal(standing)
+        return standing
+
+    def limited(self, identity: Identity | None, plan: str | None, limits: tuple[CompiledLimit, ...],
+                standing: Standing | None) -> dict[str, Any] | None:
+        """A request the limits refused: counted against the caller; the warning for its problem body."""
+        self.limit_rejected(identity, plan, limits)
+        return self.warning_detail(standing) if standing is not None else None
+
     def standing_for(self, identity: Identity) -> Standing | None:
         return self.standings.strictest(identity.customer, identity.user, self._clock.time())
 

@@ -15,7 +15,6 @@ from aiohttp.web_request import BaseRequest
 
 from gateway.auth.errors import AuthError
 from gateway.auth.responses import auth_problem
-from gateway.enforce.ladder import SUSPENDED
 from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.metrics import Metrics
 from gateway.proxy.headers import (
@@ -40,6 +39,8 @@ log = logging.getLogger("fairgate.proxy")
 _BUFFER_LIMIT = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 _VIA = VIA_TOKEN.decode()
+# The Runtime a request started with: its answers follow that config even if a reload lands meanwhile.
+_RUNTIME = web.RequestKey("runtime", Runtime)
 
 
 class RuntimeSource(Protocol):
@@ -88,6 +89,7 @@ class ProxyHandler:
         metrics = self._metrics
         request_id = request_id_or_new(request.headers.get("X-Request-Id"))
         request[REQUEST_ID] = request_id
+        request[_RUNTIME] = runtime
         route_name = "-"
         status = 499  # stays so if the client goes away first
         metrics.in_flight += 1
@@ -138,7 +140,7 @@ class ProxyHandler:
         self._metrics.rejections.labels(slug).inc()
         identity = request.get(IDENTITY)
         if identity is not None:
-            usage = self._runtimes.current.usage
+            usage = request[_RUNTIME].usage
             if usage is not None:
                 usage.rejected(identity.customer, slug)
         request_id = request[REQUEST_ID]
@@ -168,7 +170,7 @@ class ProxyHandler:
         identity = None
         if route.auth != "none":
             try:
-                identity = await runtime.authenticator.authenticate(  # type: ignore[union-attr]
+                identity = await runtime.authenticator.authenticate(
                     request.headers.get("Authorization"), client_ip,
                     required=route.auth == "required", scopes=route.required_scopes,
                 )
@@ -179,26 +181,22 @@ class ProxyHandler:
                 lines.append(b"%s: %s\r\n" % (runtime.customer_header, identity.customer.encode()))
                 lines.append(b"%s: %s\r\n" % (runtime.user_header, identity.user.encode()))
 
-        detection = runtime.detection
-        if detection is not None and detection.sanctions:
+        detection, enforcement = runtime.detection, runtime.enforcement
+        if detection.sanctions:
             problem = detection.refusal(identity, client_ip, route.route_class)
             if problem is not None:
-                return self._refuse(request, problem if runtime.enforcement is None
-                                    else runtime.enforcement.with_warning(problem, identity))
+                return self._refuse(request, enforcement.with_warning(problem, identity))
 
-        enforcement = runtime.enforcement
-        standing = None
-        if enforcement is not None and identity is not None and enforcement.standings and enforcement.applies:
-            standing = enforcement.standing_for(identity)
-            if standing is not None and standing.state == SUSPENDED:
-                return self._refuse(request, enforcement.refusal(standing))
+        standing = enforcement.admit(identity)
+        if isinstance(standing, Problem):  # suspended
+            return self._refuse(request, standing)
 
         admission = NO_LIMITS
         if runtime.limiter is not None:
             try:
                 admission = await runtime.limiter.admit(
                     identity, route, client_ip, request_id,
-                    throttle=1.0 if standing is None else enforcement.throttle_factor(standing),  # type: ignore[union-attr]
+                    throttle=1.0 if standing is None else enforcement.throttle_factor(standing),
                 )
             except StoreUnavailable:
                 return self._reject(request, 503, "limits-unavailable", "Service Unavailable",
@@ -206,12 +204,10 @@ class ProxyHandler:
         extra_headers = admission.headers
         if standing is not None:
             # Warned or throttled: every response says so, and what comes next.
-            extra_headers = {**extra_headers, "Fair-Use-Warning": enforcement.warning(standing)}  # type: ignore[union-attr]
+            extra_headers = {**extra_headers, "Fair-Use-Warning": enforcement.warning(standing)}
         if admission.rejected:
-            if enforcement is not None:
-                enforcement.limit_rejected(identity, admission.plan, admission.rejected)
             return self._limited(request, admission, extra_headers,
-                                 enforcement.warning_detail(standing) if standing is not None else None)  # type: ignore[union-attr]
+                                 enforcement.limited(identity, admission.plan, admission.rejected, standing))
 
         gate = target.gate
         anonymous = identity is None
@@ -224,7 +220,7 @@ class ProxyHandler:
                 headers={"Retry-After": "1", **extra_headers},
                 type_uri=IETF_PROBLEM_TYPES["temporary-reduced-capacity"],
             )
-        observed = detection is not None and route.detect
+        observed = detection.observes and route.detect
         meter = Meter(wants_digest=observed)
         try:
             if admission.delay:
@@ -245,7 +241,7 @@ class ProxyHandler:
                 runtime.usage.forwarded(identity.customer, route.cost, meter.bytes_in, meter.bytes - meter.bytes_in,
                                         meter.upstream_seconds, identity.licenses)
             if observed and meter.status:
-                detection.observe_request(route.route_class, identity, client_ip,  # type: ignore[union-attr]
+                detection.observe_request(route.route_class, identity, client_ip,
                                           request.method, request.raw_path,
                                           request.headers, meter.status, meter.body_digest)
 

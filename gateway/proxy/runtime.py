@@ -23,8 +23,10 @@ from gateway.clock import Clock
 from gateway.config import GatewayConfig, Route, Upstream
 from gateway.detect.engine import Detection
 from gateway.detect.findings import FindingLog
+from gateway.detect.off import DETECTION_OFF, RequestDetection
 from gateway.enforce.enforcer import Enforcement
 from gateway.enforce.granting import Granting
+from gateway.enforce.off import ENFORCEMENT_OFF, RequestEnforcement
 from gateway.fleet.grants import Grants
 from gateway.fleet.sharing import Fleet
 from gateway.limits.limiter import Limiter
@@ -99,15 +101,14 @@ class Runtime:
         headers = config.auth.identity_headers
         self.customer_header = headers.customer.encode("ascii")
         self.user_header = headers.user.encode("ascii")
-        self.authenticator: Authenticator | None = None
-        if config.auth.issuers:
-            verifier = TokenVerifier(
-                [IssuerVerifier(issuer, key_sources[issuer.name], state.clock) for issuer in config.auth.issuers]
-            )
-            self.authenticator = Authenticator(
-                config.auth, verifier, state.revocations, state.failed_logins, state.auth_metrics, state.clock,
-                state.token_cache_counts,
-            )
+        # Without issuers no route authenticates (the loader sees to it); the verifier then knows no token.
+        verifier = TokenVerifier(
+            [IssuerVerifier(issuer, key_sources[issuer.name], state.clock) for issuer in config.auth.issuers]
+        )
+        self.authenticator = Authenticator(
+            config.auth, verifier, state.revocations, state.failed_logins, state.auth_metrics, state.clock,
+            state.token_cache_counts,
+        )
         self.limiter: Limiter | None = None
         if config.plans:
             self.limiter = Limiter(
@@ -117,9 +118,9 @@ class Runtime:
                 legacy_headers=config.limits.legacy_headers,
             )
         # Detection state outlives reloads; a config without detectors simply stops consulting it.
-        self.detection: Detection | None = state.detection if config.detection.enabled else None
+        self.detection: RequestDetection = state.detection if config.detection.enabled else DETECTION_OFF
         # Consulted by the request path only when it enforces; shadow mode records, off does nothing.
-        self.enforcement: Enforcement | None = state.enforcement if config.enforcement.enabled else None
+        self.enforcement: RequestEnforcement = state.enforcement if config.enforcement.enabled else ENFORCEMENT_OFF
         self.usage: UsageMeter | None = state.usage if config.usage.enabled else None
         self.router: Router[RouteTarget] = Router(
             [(route.host, route.path_prefix, self._target(route)) for route in config.routes]

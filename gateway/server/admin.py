@@ -72,7 +72,7 @@ def build_admin_app(
             return body
         issuer_name, token_id, user = body.get("issuer"), body.get("jti"), body.get("user")
         authenticator = runtimes.current.authenticator
-        issuer = authenticator.verifier.issuer_named(issuer_name) if authenticator and isinstance(issuer_name, str) else None
+        issuer = authenticator.verifier.issuer_named(issuer_name) if isinstance(issuer_name, str) else None
         if issuer is None:
             return bad_request(f"Unknown issuer {issuer_name!r}.")
         if (token_id is None) == (user is None) or not isinstance(token_id or user, str):

@@ -1,0 +1,39 @@
+"""What the request path asks of detection, and the answer when a config turns it off: the
+handler asks the same questions either way."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from gateway.auth.identity import Identity
+from gateway.detect.sanctions import Sanctions
+from gateway.problems import Problem
+
+
+class RequestDetection(Protocol):
+    observes: bool  # whether forwarded requests are worth queuing (and their bodies hashing)
+    sanctions: Sanctions  # empty (falsy) while none are in force: the lookup is skipped
+
+    def refusal(self, identity: Identity | None, client_ip: str, route_class: str) -> Problem | None: ...
+
+    def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
+                        target: str, headers: Any, status: int, body_digest: bytes | None) -> None: ...
+
+
+class DetectionOff:
+    """No sanctions, nothing observed."""
+
+    observes = False
+
+    def __init__(self) -> None:
+        self.sanctions = Sanctions()  # stays empty
+
+    def refusal(self, identity: Identity | None, client_ip: str, route_class: str) -> Problem | None:
+        return None
+
+    def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
+                        target: str, headers: Any, status: int, body_digest: bytes | None) -> None:
+        return None
+
+
+DETECTION_OFF = DetectionOff()
