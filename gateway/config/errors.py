@@ -11,6 +11,17 @@ class ConfigIssue:
     reason: str
 
 
+def format_path(loc: tuple) -> str:
+    """('routes', 2, 'upstream') -> 'routes[2].upstream'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
 class ConfigError(Exception):
     """A config file that cannot be used; `issues` lists every problem found."""
 

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping
 import yaml
 from pydantic import ValidationError
 
-from gateway.config.errors import ConfigError, ConfigIssue
+from gateway.config.errors import ConfigError, ConfigIssue, format_path
 from gateway.config.model import GatewayConfig
 from gateway.config.partial import clean_loc, reference_issues
 
@@ -143,17 +143,6 @@ def _check_references(config: GatewayConfig) -> Iterator[ConfigIssue]:
             yield ConfigIssue(f"routes[{index}].required_scopes", "scopes can only be required with auth: required")
         seen_names.add(route.name)
         seen_matches.add((route.host, route.path_prefix))
-
-
-def format_path(loc: tuple) -> str:
-    """('routes', 2, 'upstream') -> 'routes[2].upstream'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def _issue_from_pydantic(error: Mapping[str, Any]) -> ConfigIssue:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import ValidationError
 
+from gateway.config.errors import format_path
 from gateway.config.model import GatewayConfig
 
 _ROUNDS = 64  # validations at most: one per route cut, and a few more
@@ -110,7 +111,6 @@ def reference_issues(raw: dict, errors: list[dict], check: Callable[[GatewayConf
     config = salvage.config([(clean_loc(error["loc"]), error["type"], error["msg"]) for error in errors])
     if config is None:
         return []
-    from gateway.config.loader import format_path  # the loader imports this module
 
     flawed = {format_path(clean_loc(error["loc"])) for error in errors}
     issues = []
