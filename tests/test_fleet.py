@@ -24,7 +24,8 @@ async def post(client, gateway, path: str, body: dict) -> tuple[int, dict]:
 
 
 async def revoke_token(client, first, second, clock) -> None:
-    assert (await post(client, first, "/admin/revocations", {"issuer": "test", "jti": "t-1", "exp": T0 + 600}))[0] == 201
+    body = {"issuer": "test", "jti": "t-1", "exp": T0 + 600}
+    assert (await post(client, first, "/admin/revocations", body))[0] == 201
 
 
 async def scrape(client, first, second, clock) -> None:
@@ -37,7 +38,8 @@ async def climb_the_ladder(client, first, second, clock) -> None:
 
 
 async def suspend(client, first, second, clock) -> None:
-    assert (await post(client, first, "/admin/customers/acme/suspend", {"for": "1h", "reason": "abuse report"}))[0] == 201
+    body = {"for": "1h", "reason": "abuse report"}
+    assert (await post(client, first, "/admin/customers/acme/suspend", body))[0] == 201
 
 
 async def raise_a_limit(client, first, second, clock) -> None:

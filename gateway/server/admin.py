@@ -87,7 +87,8 @@ def build_admin_app(
             if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
                 return bad_request("'exp' must be a number (the token's expiry, seconds since the epoch).")
             expires_at = min(float(exp) + settings.leeway, longest) if exp is not None else longest
-            failed = await fleet.publish(revocation_change(revocations.revoke_token(settings.name, token_id, expires_at)))
+            entry = revocations.revoke_token(settings.name, token_id, expires_at)
+            failed = await fleet.publish(revocation_change(entry))
             if failed is not None:
                 return answer(failed)
             return web.json_response(
