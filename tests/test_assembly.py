@@ -3,10 +3,13 @@ applies either: one that cannot be built leaves the old config in force everywhe
 
 from __future__ import annotations
 
+import asyncio
+
 import yaml
 
 from gateway.config import GatewayConfig
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, gateway_config
+from tests.test_auth import bearer, hs_issuer, hs_token
 from tests.test_enforcement import ADMIN, T0, enforcement_config
 
 
@@ -48,3 +51,41 @@ async def test_a_reload_that_cannot_build_the_state_leaves_the_old_runtime_and_s
     assert state.failed_logins.settings.max_failures == 3
     assert state.detection.settings.max_tracked == 500
     assert state.enforcement.settings.ladder.warn_at == 3
+
+
+async def test_a_request_is_answered_under_the_config_it_started_with(start_gateway, client):
+    """Its rejection is counted as the config it ran under says, though a reload landed meanwhile."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.set()
+        await release.wait()
+        writer.close()  # no answer: the gateway says 502
+
+    upstream = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        clock = ManualClock(T0)
+        config = gateway_config(f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}",
+                                auth={"issuers": [hs_issuer()]})
+        config["usage"] = {"enabled": False}
+        gateway = await start_gateway(config, clock=clock)
+        token = bearer(hs_token(clock))
+        started = asyncio.get_running_loop().create_task(client.get(f"{gateway.url}/x", headers=token))
+        await asyncio.wait_for(arrived.wait(), 5)
+        config["usage"] = {"enabled": True}  # rejections are metered from now on
+        gateway.config_path.write_text(yaml.safe_dump(config))
+        assert (await gateway.server.runtimes.reload()).ok
+        release.set()
+        async with await started as response:
+            assert response.status == 502  # started when nothing was metered
+        async with client.get(f"{gateway.url}/x", headers=token) as response:
+            assert response.status == 502  # started under the new config
+        usage = gateway.server.state.usage
+        await usage.flush()
+        stored = await usage.month(usage.calendar.period("month", clock.time())[0])
+        rejected = {name: amount for name, amount in stored.get("acme", {}).items() if "rejected" in name}
+        assert list(rejected.values()) == [1]
+    finally:
+        upstream.close()
+        await upstream.wait_closed()
