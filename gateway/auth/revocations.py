@@ -60,7 +60,7 @@ class Revocations:
     def _forget_expired(self) -> None:
         now = self._clock.time()
         while self._expiry and self._expiry[0][0] <= now:
-            drop_after, kind, key = heapq.heappop(self._expiry)
+            _, kind, key = heapq.heappop(self._expiry)
             table = self._token_ids if kind == "token" else self._users
             current = table.get(key)
             if current is not None and (current if kind == "token" else current[1]) <= now:
