@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, PrivateAttr, SecretStr, model_validator
@@ -49,7 +50,8 @@ class ClaimNames(Section):
 class Issuer(Section):
     """One identity provider whose tokens are accepted."""
 
-    name: str = Field(description="Short name for logs, metrics and `fairgate token --issuer`.", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="Short name for logs, metrics and `fairgate token --issuer`.",
+                      pattern=r"^[A-Za-z0-9_.-]+$")
     issuer: str = Field(description="Exact `iss` value of this provider's tokens.")
     audiences: tuple[str, ...] = Field(min_length=1, description="Accepted `aud` values; a token must carry one.")
     algorithms: tuple[Algorithm, ...] = Field(
@@ -88,7 +90,7 @@ class Issuer(Section):
         return self.algorithms[0] in HMAC_ALGORITHMS
 
     @model_validator(mode="after")
-    def _check_keys(self) -> "Issuer":
+    def _check_keys(self) -> Issuer:
         algorithms = set(self.algorithms)
         if algorithms & HMAC_ALGORITHMS and algorithms & ASYMMETRIC_ALGORITHMS:
             raise ValueError("algorithms: HMAC (HS*) and asymmetric algorithms never mix in one issuer")
@@ -177,7 +179,7 @@ class AuthSettings(Section):
     token_cache_size: int = Field(250_000, ge=0, description="Verified tokens remembered until they expire.")
 
     @model_validator(mode="after")
-    def _unique(self) -> "AuthSettings":
+    def _unique(self) -> AuthSettings:
         names = [issuer.name for issuer in self.issuers]
         issuers = [issuer.issuer for issuer in self.issuers]
         if len(set(names)) != len(names):

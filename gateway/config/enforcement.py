@@ -4,8 +4,9 @@ audit trail that records every step."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -20,14 +21,16 @@ class Advice(Section):
     recommendation: str | None = Field(
         None, min_length=1, max_length=200, description="Plain advice in warnings and alerts, e.g. 'spread calls "
         "to at most 1 per second' (default: written from the limit's numbers or the detector's finding).")
-    clause: str | None = Field(None, min_length=1, max_length=300, description="Link to the policy clause this "
-                                                                               "enforces (default: enforcement.policy).")
+    clause: str | None = Field(
+        None, min_length=1, max_length=300,
+        description="Link to the policy clause this enforces (default: enforcement.policy).")
 
 
 def _known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
     unknown = sorted(set(kinds) - set(VIOLATION_KINDS))
     if unknown:
-        raise ValueError(f"unknown violation kind(s) {', '.join(unknown)}; expected some of {', '.join(VIOLATION_KINDS)}")
+        raise ValueError(f"unknown violation kind(s) {', '.join(unknown)}; "
+                         f"expected some of {', '.join(VIOLATION_KINDS)}")
     return kinds
 
 
@@ -60,7 +63,7 @@ class Ladder(Section):
         return frozen_mapping({"minor": 1, "major": 2, **weights})
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Ladder":
+    def _ordered(self) -> Ladder:
         if self.throttle_at < self.warn_at:
             raise ValueError(f"throttle_at ({self.throttle_at}) must be at least warn_at ({self.warn_at})")
         if self.max_suspension < self.suspend_for:
