@@ -12,7 +12,8 @@ import hmac
 import json
 import logging
 from collections import deque
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from prometheus_client import Counter
@@ -120,7 +121,7 @@ class Alerts:
                     problem = f"answered {response.status}"
                     if response.status < 500 and response.status not in (408, 429):
                         break  # the receiver refuses this alert; asking again will not help
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 problem = str(exc) or type(exc).__name__
             if attempt < self.settings.retries:
                 await self._sleep(delay)

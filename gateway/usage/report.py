@@ -118,8 +118,8 @@ def as_table(rows: list[dict[str, Any]]) -> str:
               _pairs(row["findings"]) or "-", "; ".join(_quota_text(q) for q in row["quotas"]) or "-",
               _fees_text(row["fees"]) or "-"]
              for row in rows]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
-    render = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines, strict=True)]
+    render = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
               for line in [header, *lines]]
     return "\n".join(render) + "\n"
 
