@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import httptools
 
@@ -40,7 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_reading_paused", "_write_waiter", "_writing_paused", "_new_parser_after_feed", "_on_lost",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[["UpstreamConnection"], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[UpstreamConnection], None]) -> None:
         self._loop = loop
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
