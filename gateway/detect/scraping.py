@@ -36,7 +36,7 @@ def in_sequence(previous: tuple[int, ...], current: tuple[int, ...]) -> bool:
     """Exactly one number moved by one step, the others stayed."""
     if len(previous) != len(current):
         return False
-    moved = [abs(a - b) for a, b in zip(previous, current) if a != b]
+    moved = [abs(a - b) for a, b in zip(previous, current, strict=True) if a != b]
     return moved == [1]
 
 

@@ -177,7 +177,7 @@ class Limiter:
         rejected = []
         items = []
         tightest: tuple[float, CompiledLimit, Outcome] | None = None
-        for limit, check, outcome in zip(template.limits, checks, outcomes):
+        for limit, check, outcome in zip(template.limits, checks, outcomes, strict=True):
             if self._ratelimit_headers:
                 items.append(_ratelimit_item(limit, outcome))
             if not outcome.allowed:
