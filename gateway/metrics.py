@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import platform
 from bisect import bisect_left
-from typing import Iterator
+from collections.abc import Iterator
 
 import aiohttp
 from prometheus_client import (
-    GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
-    disable_created_metrics, generate_latest,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -51,7 +58,7 @@ class _Timings:
 
     def cumulative(self) -> list[tuple[str, int]]:
         total, buckets = 0, []
-        for bound, count in zip((*_BUCKETS, float("inf")), self.bucket_counts):
+        for bound, count in zip((*_BUCKETS, float("inf")), self.bucket_counts, strict=True):
             total += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
         return buckets
@@ -184,7 +191,7 @@ class _RequestCollector(Collector):
             labels=["upstream", "code"],
         )
         for route, stats in list(self._metrics._routes.items()):
-            for code, count in zip(_CODES, stats.by_code):
+            for code, count in zip(_CODES, stats.by_code, strict=True):
                 requests.add_metric([route, code], count)
             duration.add_metric([route], stats.cumulative(), stats.duration_sum)
         for (name, code), timings in list(self._metrics._upstreams.items()):
@@ -192,7 +199,8 @@ class _RequestCollector(Collector):
         yield requests
         yield duration
         yield upstream
-        yield GaugeMetricFamily("fairgate_in_flight_requests", "Requests being proxied now.", value=self._metrics.in_flight)
+        yield GaugeMetricFamily("fairgate_in_flight_requests", "Requests being proxied now.",
+                                value=self._metrics.in_flight)
 
 
 class _BuildInfo(Collector):
