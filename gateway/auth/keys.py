@@ -66,8 +66,8 @@ class JwksFetcher:
         self._keys: dict[str | None, Any] = {}
         self._fetched_at: float | None = None
         self._last_attempt = float("-inf")
-        self._inflight: asyncio.Task | None = None
-        self._refresher: asyncio.Task | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.fetches = 0
 
@@ -78,7 +78,7 @@ class JwksFetcher:
             stale_for=issuer.jwks_stale_for, timeout=issuer.jwks_timeout, clock=clock,
         )
 
-    def settings_key(self) -> tuple:
+    def settings_key(self) -> tuple[str, float, float, float, float]:
         return (self.url, self._ttl, self._cooldown, self._stale_for, self._timeout)
 
     def start(self) -> None:
