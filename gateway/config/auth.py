@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, PrivateAttr, SecretStr, model_validator
@@ -75,10 +75,10 @@ class Issuer(Section):
     claims: ClaimNames = Field(default_factory=ClaimNames)
 
     # Keys by kid from hmac_secret(_file) or public_key_file, parsed at load; empty for jwks_url.
-    _static_keys: dict = PrivateAttr(default_factory=dict)
+    _static_keys: dict[str | None, Any] = PrivateAttr(default_factory=dict)
 
     @property
-    def static_keys(self) -> dict:
+    def static_keys(self) -> dict[str | None, Any]:
         return self._static_keys
 
     @property
@@ -102,15 +102,12 @@ class Issuer(Section):
         source = sources[0]
         if self.uses_hmac != source.startswith("hmac"):
             raise ValueError(f"{source}: does not fit algorithms {list(self.algorithms)}")
-        if source.startswith("hmac"):
-            secret = (self.hmac_secret.get_secret_value().encode() if self.hmac_secret is not None
-                      else _read(self.hmac_secret_file, source).strip().encode())
-            needed = max(_HMAC_MIN_BYTES[alg] for alg in self.algorithms)
-            if len(secret) < needed:
-                raise ValueError(f"{source}: an HMAC secret for {'/'.join(self.algorithms)} needs at least "
-                                 f"{needed} bytes, got {len(secret)}")
-            self._static_keys = {None: secret}
-        elif source == "public_key_file":
+        secret: bytes | None = None
+        if self.hmac_secret is not None:
+            secret = self.hmac_secret.get_secret_value().encode()
+        elif self.hmac_secret_file is not None:
+            secret = _read(self.hmac_secret_file, source).strip().encode()
+        elif self.public_key_file is not None:
             from gateway.auth.key_documents import parse_key_document
 
             text = _read(self.public_key_file, source)
@@ -118,14 +115,20 @@ class Issuer(Section):
                 self._static_keys = parse_key_document(text)
             except ValueError as exc:
                 raise ValueError(f"{source}: {self.public_key_file}: {exc}") from None
-        else:
-            _check_jwks_url(self.jwks_url)  # type: ignore[arg-type]
+        elif self.jwks_url is not None:
+            _check_jwks_url(self.jwks_url)
+        if secret is not None:
+            needed = max(_HMAC_MIN_BYTES[alg] for alg in self.algorithms)
+            if len(secret) < needed:
+                raise ValueError(f"{source}: an HMAC secret for {'/'.join(self.algorithms)} needs at least "
+                                 f"{needed} bytes, got {len(secret)}")
+            self._static_keys = {None: secret}
         return self
 
 
-def _read(path: Path | None, key: str) -> str:
+def _read(path: Path, key: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")  # type: ignore[arg-type]
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{key}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
 

@@ -18,6 +18,7 @@ from gateway.config.types import Duration, Section, frozen_mapping
 ROUTE_CLASSES = ("portal", "api", "asset", "public")
 RouteClass = Literal["portal", "api", "asset", "public"]
 Mode = Literal["enforce", "shadow", "off"]
+ScrapingAction = Literal["flag", "challenge", "block"]
 
 # Automation user agents by family, matched case-insensitively as substrings. HTTP libraries
 # are normal on API routes (integrations), so by default they only count on portal pages.
@@ -95,14 +96,17 @@ class UserAgentLists(Section):
                                                                                     "libraries count as automation.")
 
 
+_DEFAULT_ACTIONS: Mapping[RouteClass, ScrapingAction] = frozen_mapping(
+    {"portal": "flag", "api": "flag", "public": "flag"}
+)
+
+
 class ScrapingDetector(Advice):
     """Screen-scraping and abusive patterns, scored per user (per client address when anonymous)."""
 
     mode: Mode = Field("enforce", description="enforce: apply the action; shadow: record findings only; off.")
-    actions: Annotated[
-        Mapping[RouteClass, Literal["flag", "challenge", "block"]], AfterValidator(frozen_mapping)
-    ] = Field(
-        default_factory=lambda: frozen_mapping({"portal": "flag", "api": "flag", "public": "flag"}),
+    actions: Annotated[Mapping[RouteClass, ScrapingAction], AfterValidator(frozen_mapping)] = Field(
+        default_factory=lambda: _DEFAULT_ACTIONS,
         description="Per route class: what an identity over the threshold meets there. Classes not listed are "
                     "not watched (assets only count as fetched).")
     threshold: float = Field(12.0, gt=0, description="Score at which a finding fires.")

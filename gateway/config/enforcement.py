@@ -34,6 +34,10 @@ def _known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
     return kinds
 
 
+Severity = Literal["minor", "major"]
+_DEFAULT_WEIGHTS: Mapping[Severity, int] = frozen_mapping({"minor": 1, "major": 2})
+
+
 class Ladder(Section):
     """ok -> warned -> throttled -> suspended, per customer (and per user for a user's findings).
     Counts cover a sliding window, so they decay; every term ends by itself."""
@@ -50,8 +54,8 @@ class Ladder(Section):
     max_suspension: Duration = Field(7 * 86400.0, description="Longest suspension, however often repeated.")
     egregious: Annotated[tuple[str, ...], AfterValidator(_known_kinds)] = Field(
         (), description="Violation kinds that suspend at once: limit, sharing, scraping, seats.")
-    weights: dict[Literal["minor", "major"], int] = Field(
-        default_factory=lambda: frozen_mapping({"minor": 1, "major": 2}),
+    weights: Mapping[Severity, int] = Field(
+        default_factory=lambda: _DEFAULT_WEIGHTS,
         description="How many violations each severity counts as: minor (a 429, a flag-only finding), major (a "
                     "finding whose detector refused requests).")
 
@@ -60,7 +64,7 @@ class Ladder(Section):
     def _positive(cls, weights: Mapping[str, int]) -> Mapping[str, int]:
         if any(weight < 1 or weight > 100 for weight in weights.values()):
             raise ValueError("weights must be whole numbers from 1 to 100")
-        return frozen_mapping({"minor": 1, "major": 2, **weights})
+        return frozen_mapping({**_DEFAULT_WEIGHTS, **weights})
 
     @model_validator(mode="after")
     def _ordered(self) -> Ladder:

@@ -56,7 +56,7 @@ class RateLimit(_Limit):
     kind: Literal["rate"]
     rate: RateValue = Field(description="Sustained rate, e.g. 1/s or 600/min (calendar months not allowed).")
     burst: int = Field(ge=1, description="Requests (cost units) allowed at once from a full bucket.")
-    mode: Literal["enforce", "shadow", "delay"] = Field(  # type: ignore[assignment]
+    mode: Literal["enforce", "shadow", "delay"] = Field(  # type: ignore[assignment]  # delay is for rate limits only
         "enforce", description="delay: hold a request until the bucket allows it, up to max_delay, else reject."
     )
     max_delay: Duration = Field(0.0, description="With mode delay: the longest a request is held.")
@@ -91,7 +91,7 @@ class Overage(Section):
             amount = Decimal(str(parse_duration(self.unit)))
         elif metric == "bytes":
             amount = Decimal(parse_size(self.unit))
-        elif isinstance(self.unit, int) or (isinstance(self.unit, str) and self.unit.isdigit()):
+        elif isinstance(self.unit, int) or self.unit.isdigit():
             amount = Decimal(int(self.unit))
         else:
             raise ValueError(f"expected a whole number of requests, got {self.unit!r}")
