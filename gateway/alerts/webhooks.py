@@ -37,7 +37,7 @@ class Alerts:
         self._held_back: dict[tuple[str, str, str], int] = {}
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._ready: dict[str, asyncio.Event] = {}
-        self._workers: dict[str, asyncio.Task] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._delivering = 0
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import html
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -14,7 +15,7 @@ PAGE_SIZE = 20
 _STATIC = Path(__file__).parent / "static"
 
 
-def _ticket(ticket_id: int) -> dict:
+def _ticket(ticket_id: int) -> dict[str, Any]:
     return {
         "id": ticket_id,
         "title": f"Ticket {ticket_id}",

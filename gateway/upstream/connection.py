@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Any, cast
 
 import httptools
 
@@ -68,7 +69,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # create_connection hands a stream protocol a Transport; BaseTransport is the base class's signature.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._head_waiter is None or self._complete:
@@ -255,11 +257,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
 
 
-def _retrieve(future: asyncio.Future) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
 
-def _expire(waiter: asyncio.Future, message: str) -> None:
+def _expire(waiter: asyncio.Future[Any], message: str) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout(message))

@@ -36,9 +36,9 @@ def _row(month: str, customer: str, amounts: dict[str, float], config: GatewayCo
         day, _, metric = field.partition(":")
         if metric.startswith("licenses:"):
             # requests per claimed quantity ("licenses:ports:12"); the month counts at its largest
-            unit, _, quantity = metric.removeprefix("licenses:").rpartition(":")
-            if quantity.isdigit():
-                claimed[unit] = max(claimed.get(unit, 0), int(quantity))
+            unit, _, count = metric.removeprefix("licenses:").rpartition(":")
+            if count.isdigit():
+                claimed[unit] = max(claimed.get(unit, 0), int(count))
         elif metric.startswith("rejected:"):
             rejected[metric.removeprefix("rejected:")] += int(amount)
         elif metric.startswith("findings:"):
