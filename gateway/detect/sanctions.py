@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from gateway.state.store import shared_entries
 
@@ -18,7 +19,7 @@ class Sanction:
     policy: str  # the policy clause, for the client's problem detail
     issued_before: float = 0.0
 
-    def as_entry(self) -> dict:
+    def as_entry(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -59,6 +60,6 @@ class Sanctions:
             del self._table[key]
         return len(keys)
 
-    def sync_from(self, entries: list[dict]) -> None:
+    def sync_from(self, entries: list[dict[str, Any]]) -> None:
         for sanction in shared_entries(Sanction, entries):
             self.add(sanction)
