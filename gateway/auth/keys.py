@@ -9,9 +9,9 @@ from typing import Any, Protocol
 import aiohttp
 import jwt
 
-from gateway.auth.key_documents import jwks_keys
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.auth import Issuer
+from gateway.config.key_documents import jwks_keys
 
 log = logging.getLogger("fairgate.auth.keys")
 

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, PrivateAttr, SecretStr, model_validator
 
+from gateway.config.key_documents import parse_key_document
 from gateway.config.types import Duration, Section, UnitName, frozen_mapping
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -108,8 +109,6 @@ class Issuer(Section):
         elif self.hmac_secret_file is not None:
             secret = _read(self.hmac_secret_file, source).strip().encode()
         elif self.public_key_file is not None:
-            from gateway.auth.key_documents import parse_key_document
-
             text = _read(self.public_key_file, source)
             try:
                 self._static_keys = parse_key_document(text)
