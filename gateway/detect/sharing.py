@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config.detection import SharingAllowance, SharingDetector as SharingSettings
+from gateway.config.detection import SharingAllowance
+from gateway.config.detection import SharingDetector as SharingSettings
 from gateway.detect.addresses import Hasher, network_of
 from gateway.detect.agents import device_of
 from gateway.detect.observation import Observation
