@@ -1,8 +1,9 @@
-# `make run` and `make test` are the two commands; both create .venv and install first.
+# `make run`, `make test` and `make lint` create .venv and install first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+LINT_INSTALLED := $(VENV)/.lint-installed
 
 # Development defaults for `make run` only; real deployments set their own.
 export FAIRGATE_ADMIN_TOKEN ?= demo-admin-token
@@ -10,7 +11,7 @@ export FAIRGATE_DEMO_SECRET ?= fairgate-demo-secret-for-make-run-only
 export FAIRGATE_HASH_SALT ?= fairgate-demo-salt-for-make-run-only
 DEMO_LISTEN := 127.0.0.1:9000
 
-.PHONY: run test bench loadtest constraints clean
+.PHONY: run test lint bench loadtest constraints clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,21 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+$(LINT_INSTALLED): $(INSTALLED)
+	$(BIN)/pip install --quiet -e '.[lint]'
+	touch $@
+
+# All four checks run, so one pass shows every finding; any finding fails the target.
+lint: $(LINT_INSTALLED)
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/mypy || status=1; \
+	$(BIN)/lint-imports || status=1; \
+	if grep -rnE --include='*.py' 'type: ignore(\[[^]]*\])? *$$' gateway; then \
+	  echo "each type: ignore above needs its reason after it: '# type: ignore[code]  # why'"; status=1; \
+	fi; \
+	exit $$status
 
 bench: $(INSTALLED)
 	@mkdir -p bench/results
@@ -62,4 +78,4 @@ constraints:
 	rm -rf $(CONSTRAINTS_VENV)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis bench/results
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache bench/results

@@ -8,20 +8,47 @@ from __future__ import annotations
 
 import platform
 from bisect import bisect_left
-from typing import Iterator
+from collections.abc import Iterator, Sized
+from typing import Protocol
 
 import aiohttp
 from prometheus_client import (
-    GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
-    disable_created_metrics, generate_latest,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from gateway import __version__
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class DetectionGauges(Protocol):
+    """What the detection engine shows at scrape time (metrics sits below detect, so it names no class)."""
+
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def backlog(self) -> int: ...
+    @property
+    def sanctions(self) -> Sized: ...
+
+
+class LookupCounts(Protocol):
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+
 
 # The *_created series double the output and no dashboard reads them.
 disable_created_metrics()
@@ -51,7 +78,7 @@ class _Timings:
 
     def cumulative(self) -> list[tuple[str, int]]:
         total, buckets = 0, []
-        for bound, count in zip((*_BUCKETS, float("inf")), self.bucket_counts):
+        for bound, count in zip((*_BUCKETS, float("inf")), self.bucket_counts, strict=True):
             total += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
         return buckets
@@ -140,11 +167,11 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch_detection(self, detection) -> None:
+    def watch_detection(self, detection: DetectionGauges) -> None:
         """Export the detectors' backlog, drops and sanctions (read at scrape time)."""
         self.registry.register(_DetectionCollector(detection))
 
-    def watch_token_cache(self, counts) -> None:
+    def watch_token_cache(self, counts: LookupCounts) -> None:
         """Export the verified-token cache's hits and misses (read at scrape time)."""
         self.registry.register(_TokenCacheCollector(counts))
 
@@ -171,7 +198,7 @@ class _RequestCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "fairgate_requests", "Requests answered, by route and status class.", labels=["route", "code"]
         )
@@ -184,22 +211,23 @@ class _RequestCollector(Collector):
             labels=["upstream", "code"],
         )
         for route, stats in list(self._metrics._routes.items()):
-            for code, count in zip(_CODES, stats.by_code):
+            for code, count in zip(_CODES, stats.by_code, strict=True):
                 requests.add_metric([route, code], count)
             duration.add_metric([route], stats.cumulative(), stats.duration_sum)
-        for (name, code), timings in list(self._metrics._upstreams.items()):
-            upstream.add_metric([name, _CODES[code]], timings.cumulative(), timings.duration_sum)
+        for (name, code_class), timings in list(self._metrics._upstreams.items()):
+            upstream.add_metric([name, _CODES[code_class]], timings.cumulative(), timings.duration_sum)
         yield requests
         yield duration
         yield upstream
-        yield GaugeMetricFamily("fairgate_in_flight_requests", "Requests being proxied now.", value=self._metrics.in_flight)
+        yield GaugeMetricFamily("fairgate_in_flight_requests", "Requests being proxied now.",
+                                value=self._metrics.in_flight)
 
 
 class _BuildInfo(Collector):
     def __init__(self) -> None:
         self._labels = [__version__, platform.python_version(), aiohttp.__version__]
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("fairgate_build_info", "Always 1; the labels say what is running.",
                                  labels=["version", "python", "aiohttp"])
         info.add_metric(self._labels, 1)
@@ -207,10 +235,10 @@ class _BuildInfo(Collector):
 
 
 class _DetectionCollector(Collector):
-    def __init__(self, detection) -> None:
+    def __init__(self, detection: DetectionGauges) -> None:
         self._detection = detection
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         detection = self._detection
         yield CounterMetricFamily("fairgate_detection_dropped_observations",
                                   "Requests not analysed because the detectors fell behind (queue full).",
@@ -222,10 +250,10 @@ class _DetectionCollector(Collector):
 
 
 class _TokenCacheCollector(Collector):
-    def __init__(self, counts) -> None:
+    def __init__(self, counts: LookupCounts) -> None:
         self._counts = counts
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         lookups = CounterMetricFamily("fairgate_token_cache_lookups",
                                       "Bearer tokens looked up in the verified-token cache, by result (hit, miss).",
                                       labels=["result"])

@@ -27,9 +27,9 @@ from requests.adapters import HTTPAdapter
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from browsers import BROWSER_UA, PAGE_ASSETS, PAGE_HEADERS, asset_headers  # noqa: E402
-from population import ROOT, Login, Population, demo_issuer, is_loopback, run_tag  # noqa: E402
-from verdicts import Tally  # noqa: E402
+from browsers import BROWSER_UA, PAGE_ASSETS, PAGE_HEADERS, asset_headers
+from population import ROOT, Login, Population, demo_issuer, is_loopback, run_tag
+from verdicts import Tally
 
 TICKETS = 500  # the demo API's ticket ids: 1..500, 25 pages
 PAGES = 25

@@ -23,9 +23,9 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import aiohttp
 
@@ -162,11 +162,10 @@ async def drive(base_url: str, admin_url: str, admin_token: str, roster: list[Cl
             await _virtual(base_url, sessions, roster, seconds, clock, settle)
         else:
             await asyncio.gather(*(_live(base_url, sessions[c.name], c, seconds) for c in roster))
-        async with aiohttp.ClientSession() as admin:
-            async with admin.get(f"{admin_url}/admin/findings",
-                                 headers={"Authorization": f"Bearer {admin_token}"}) as response:
-                response.raise_for_status()
-                findings = (await response.json())["findings"]
+        auth = {"Authorization": f"Bearer {admin_token}"}
+        async with aiohttp.ClientSession() as admin, admin.get(f"{admin_url}/admin/findings", headers=auth) as response:
+            response.raise_for_status()
+            findings = (await response.json())["findings"]
     finally:
         for session in sessions.values():
             await session.close()

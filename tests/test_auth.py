@@ -124,6 +124,14 @@ async def test_wrong_issuer(gw, client, clock):
     await expect_401(client, f"{gw.url}/echo", hs_token(clock, iss="https://evil.example"), "issuer")
 
 
+@pytest.mark.parametrize("iss", [[ISSUER], {"url": ISSUER}])
+async def test_an_issuer_that_is_no_string_is_a_401(gw, client, clock, iss):
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    token = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims(clock, iss=iss))}.c2ln"
+    await expect_401(client, f"{gw.url}/echo", token, "issuer")
+
+
 async def test_wrong_audience(gw, client, clock):
     await expect_401(client, f"{gw.url}/echo", hs_token(clock, aud="someone-else"), "not meant for this service")
 

@@ -25,7 +25,7 @@ def parsed(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
 
 @given(header_lists, st.lists(names, max_size=3))
 def test_no_hop_by_hop_or_connection_named_header_goes_upstream(headers, connection_named):
-    raw = tuple(headers) + ((b"Connection", b", ".join(connection_named) or b"close"),)
+    raw = (*headers, (b"Connection", b", ".join(connection_named) or b"close"))
     lines, _, _ = upstream_header_lines(raw, replace_host=None)
     sent = {name.lower() for name, _ in parsed(lines)}
     assert not sent & HOP_BY_HOP
@@ -58,9 +58,9 @@ def test_replace_host_drops_the_client_host():
 
 @given(header_lists, st.lists(names, max_size=3))
 def test_response_headers_lose_hop_by_hop_and_connection_named(headers, connection_named):
-    raw = list(headers) + [(b"Connection", b", ".join(connection_named) or b"keep-alive")]
+    raw = [*headers, (b"Connection", b", ".join(connection_named) or b"keep-alive")]
     result, _ = client_response_headers(raw)
-    kept = {name.lower() for name in result.keys()}
+    kept = {name.lower() for name in result}
     assert not kept & {name.decode() for name in HOP_BY_HOP}
     assert not kept & {name.decode().lower() for name in connection_named}
 

@@ -12,7 +12,8 @@ import hmac
 import json
 import logging
 from collections import deque
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from prometheus_client import Counter
@@ -36,7 +37,7 @@ class Alerts:
         self._held_back: dict[tuple[str, str, str], int] = {}
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._ready: dict[str, asyncio.Event] = {}
-        self._workers: dict[str, asyncio.Task] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._delivering = 0
 
@@ -120,7 +121,7 @@ class Alerts:
                     problem = f"answered {response.status}"
                     if response.status < 500 and response.status not in (408, 429):
                         break  # the receiver refuses this alert; asking again will not help
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 problem = str(exc) or type(exc).__name__
             if attempt < self.settings.retries:
                 await self._sleep(delay)

@@ -58,10 +58,12 @@ class AuditFile:
             except OSError as exc:
                 raise AppendError(0, exc) from exc
             self._torn = False
-        lines, hashes, prev = [], [], self._prev
+        lines: list[bytes] = []
+        hashes: list[str] = []
+        prev = self._prev
         for event in events:
-            line, prev = chain_line(event, prev)
-            lines.append((line + "\n").encode())
+            text, prev = chain_line(event, prev)
+            lines.append((text + "\n").encode())
             hashes.append(prev)
         data = b"".join(lines)
         written = 0
@@ -123,8 +125,8 @@ class AuditFile:
             notes.append((TRUNCATED, {"path": str(self.path), "problem": str(exc)}))
         fits = checkpoint is not None and checkpoint.size <= end and \
             _hash_before(self.path, checkpoint.size) == checkpoint.hash
-        self._size = end
-        self._lines = _count_lines(self.path, checkpoint if fits else None, end)
+        self._size: int = end
+        self._lines: int = _count_lines(self.path, checkpoint if fits else None, end)
         if checkpoint is not None and not fits:
             notes.append((TRUNCATED, {
                 "path": str(self.path), "checkpoint_lines": checkpoint.lines, "checkpoint_bytes": checkpoint.size,

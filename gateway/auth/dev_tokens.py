@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Any
 
 import jwt
 
@@ -26,7 +27,7 @@ def mint_token(
         raise ValueError(f"issuer {issuer.name!r} verifies with public keys; only HMAC issuers can mint here")
     issued_at = int(time.time() if now is None else now)
     names = issuer.claims
-    claims: dict = {
+    claims: dict[str, Any] = {
         "iss": issuer.issuer,
         "aud": issuer.audiences[0],
         names.user: user,

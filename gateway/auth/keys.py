@@ -9,9 +9,9 @@ from typing import Any, Protocol
 import aiohttp
 import jwt
 
-from gateway.config.key_documents import jwks_keys
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.auth import Issuer
+from gateway.config.key_documents import jwks_keys
 
 log = logging.getLogger("fairgate.auth.keys")
 
@@ -33,7 +33,7 @@ class StaticKeys:
         self._by_kid = by_kid
 
     @classmethod
-    def for_issuer(cls, issuer: Issuer) -> "StaticKeys":
+    def for_issuer(cls, issuer: Issuer) -> StaticKeys:
         return cls(issuer.static_keys)
 
     def key_for(self, kid: str | None) -> Any | None:
@@ -66,19 +66,19 @@ class JwksFetcher:
         self._keys: dict[str | None, Any] = {}
         self._fetched_at: float | None = None
         self._last_attempt = float("-inf")
-        self._inflight: asyncio.Task | None = None
-        self._refresher: asyncio.Task | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.fetches = 0
 
     @classmethod
-    def for_issuer(cls, issuer: Issuer, clock: Clock = SYSTEM_CLOCK) -> "JwksFetcher":
+    def for_issuer(cls, issuer: Issuer, clock: Clock = SYSTEM_CLOCK) -> JwksFetcher:
         return cls(
             issuer.jwks_url or "", ttl=issuer.jwks_cache_ttl, cooldown=issuer.jwks_refresh_cooldown,
             stale_for=issuer.jwks_stale_for, timeout=issuer.jwks_timeout, clock=clock,
         )
 
-    def settings_key(self) -> tuple:
+    def settings_key(self) -> tuple[str, float, float, float, float]:
         return (self.url, self._ttl, self._cooldown, self._stale_for, self._timeout)
 
     def start(self) -> None:
@@ -95,7 +95,9 @@ class JwksFetcher:
             self._session = None
 
     def _fresh_enough(self) -> bool:
-        return self._fetched_at is not None and self._clock.monotonic() - self._fetched_at <= self._ttl + self._stale_for
+        if self._fetched_at is None:
+            return False
+        return self._clock.monotonic() - self._fetched_at <= self._ttl + self._stale_for
 
     def key_for(self, kid: str | None) -> Any | None:
         if not self._fresh_enough():
@@ -147,7 +149,7 @@ class JwksFetcher:
                 if len(body) > _MAX_JWKS_BYTES:
                     raise ValueError(f"document larger than {_MAX_JWKS_BYTES} bytes")
             keys = jwks_keys(body.decode())
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, UnicodeDecodeError, jwt.PyJWKError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, UnicodeDecodeError, jwt.PyJWKError) as exc:
             log.warning("JWKS fetch failed; keeping the last key set", extra={"url": self.url, "error": str(exc)})
             return
         self._keys = keys

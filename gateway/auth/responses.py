@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from gateway.problems import Problem
 from gateway.auth.errors import (
     AuthError,
     CorporateEmailRequired,
@@ -14,6 +13,7 @@ from gateway.auth.errors import (
     MissingToken,
     TooManyFailures,
 )
+from gateway.problems import Problem
 
 REALM = "fairgate"
 

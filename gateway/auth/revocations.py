@@ -9,6 +9,7 @@ of the fleet merges the shared list in every second (`sync_from`).
 from __future__ import annotations
 
 import heapq
+from typing import Any
 
 from gateway.auth.identity import Identity
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -22,7 +23,7 @@ class Revocations:
         self._users: dict[tuple[str, str], tuple[float, float]] = {}  # (issuer, user) -> (before, drop after)
         self._expiry: list[tuple[float, str, tuple[str, str]]] = []
 
-    def revoke_token(self, issuer: str, token_id: str, expires_at: float) -> dict:
+    def revoke_token(self, issuer: str, token_id: str, expires_at: float) -> dict[str, Any]:
         """Revoke one token id until `expires_at`; returns the entry to share with the fleet."""
         key = (issuer, token_id)
         if self._token_ids.get(key, 0.0) < expires_at:
@@ -30,7 +31,7 @@ class Revocations:
             heapq.heappush(self._expiry, (expires_at, "token", key))
         return {"kind": "token", "issuer": issuer, "id": token_id, "until": expires_at}
 
-    def revoke_user(self, issuer: str, user: str, max_lifetime: float, before: float | None = None) -> dict:
+    def revoke_user(self, issuer: str, user: str, max_lifetime: float, before: float | None = None) -> dict[str, Any]:
         """Revoke every token of `user` issued up to `before` (default: now)."""
         before = self._clock.time() if before is None else before
         drop_after = before + max_lifetime
@@ -40,7 +41,7 @@ class Revocations:
             heapq.heappush(self._expiry, (drop_after, "user", key))
         return {"kind": "user", "issuer": issuer, "id": user, "before": before, "until": drop_after}
 
-    def sync_from(self, entries: list[dict]) -> None:
+    def sync_from(self, entries: list[dict[str, Any]]) -> None:
         """Merge revocations other gateways shared (idempotent)."""
         for entry in entries:
             if entry.get("kind") == "token":
@@ -61,11 +62,12 @@ class Revocations:
     def _forget_expired(self) -> None:
         now = self._clock.time()
         while self._expiry and self._expiry[0][0] <= now:
-            drop_after, kind, key = heapq.heappop(self._expiry)
-            table = self._token_ids if kind == "token" else self._users
-            current = table.get(key)
-            if current is not None and (current if kind == "token" else current[1]) <= now:
-                del table[key]
+            _, kind, key = heapq.heappop(self._expiry)
+            if kind == "token":
+                if key in self._token_ids and self._token_ids[key] <= now:
+                    del self._token_ids[key]
+            elif key in self._users and self._users[key][1] <= now:
+                del self._users[key]
 
     def active(self) -> int:
         """How many revocations can still match a token (expired ones are dropped first)."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jwt
+from jwt.types import Options
 
 from gateway.auth.errors import InvalidToken, KeysUnavailable
 from gateway.auth.identity import Identity
@@ -31,7 +33,9 @@ class IssuerVerifier:
         self._audiences = list(settings.audiences)
         self._required = sorted({*settings.required_claims, settings.claims.customer})
         # PyJWT checks signature, iss, aud and presence; times are checked here, on our clock.
-        self._options = {"require": self._required, "verify_exp": False, "verify_nbf": False, "verify_iat": False}
+        self._options: Options = {
+            "require": self._required, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
+        }
 
     async def verify(self, token: str, kid: str | None) -> Identity:
         key = self.keys.key_for(kid)
@@ -46,7 +50,7 @@ class IssuerVerifier:
         try:
             claims = jwt.decode(
                 token, key, algorithms=self._algorithms, audience=self._audiences, issuer=self.settings.issuer,
-                options=self._options,  # type: ignore[arg-type]
+                options=self._options,
             )
         except jwt.MissingRequiredClaimError as exc:
             raise InvalidToken(str(exc), f"The token lacks the '{exc.claim}' claim.") from None
@@ -120,9 +124,10 @@ class TokenVerifier:
         except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
             raise InvalidToken(f"undecodable token: {exc}", "The token is malformed.") from None
         payload, header = unverified["payload"], unverified["header"]
-        issuer = self._by_iss.get(payload.get("iss")) if isinstance(payload, dict) else None
+        iss = payload.get("iss") if isinstance(payload, dict) else None
+        issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
         if issuer is None:
-            raise InvalidToken(f"unknown issuer {payload.get('iss')!r}", "The token's issuer is not accepted.")
+            raise InvalidToken(f"unknown issuer {iss!r}", "The token's issuer is not accepted.")
         kid = header.get("kid")
         return await issuer.verify(token, kid if isinstance(kid, str) else None)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, PrivateAttr, SecretStr, model_validator
 
+from gateway.config.key_documents import parse_key_document
 from gateway.config.types import Duration, Section, UnitName, frozen_mapping
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -49,7 +51,8 @@ class ClaimNames(Section):
 class Issuer(Section):
     """One identity provider whose tokens are accepted."""
 
-    name: str = Field(description="Short name for logs, metrics and `fairgate token --issuer`.", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="Short name for logs, metrics and `fairgate token --issuer`.",
+                      pattern=r"^[A-Za-z0-9_.-]+$")
     issuer: str = Field(description="Exact `iss` value of this provider's tokens.")
     audiences: tuple[str, ...] = Field(min_length=1, description="Accepted `aud` values; a token must carry one.")
     algorithms: tuple[Algorithm, ...] = Field(
@@ -73,10 +76,10 @@ class Issuer(Section):
     claims: ClaimNames = Field(default_factory=ClaimNames)
 
     # Keys by kid from hmac_secret(_file) or public_key_file, parsed at load; empty for jwks_url.
-    _static_keys: dict = PrivateAttr(default_factory=dict)
+    _static_keys: dict[str | None, Any] = PrivateAttr(default_factory=dict)
 
     @property
-    def static_keys(self) -> dict:
+    def static_keys(self) -> dict[str | None, Any]:
         return self._static_keys
 
     @property
@@ -88,7 +91,7 @@ class Issuer(Section):
         return self.algorithms[0] in HMAC_ALGORITHMS
 
     @model_validator(mode="after")
-    def _check_keys(self) -> "Issuer":
+    def _check_keys(self) -> Issuer:
         algorithms = set(self.algorithms)
         if algorithms & HMAC_ALGORITHMS and algorithms & ASYMMETRIC_ALGORITHMS:
             raise ValueError("algorithms: HMAC (HS*) and asymmetric algorithms never mix in one issuer")
@@ -100,30 +103,31 @@ class Issuer(Section):
         source = sources[0]
         if self.uses_hmac != source.startswith("hmac"):
             raise ValueError(f"{source}: does not fit algorithms {list(self.algorithms)}")
-        if source.startswith("hmac"):
-            secret = (self.hmac_secret.get_secret_value().encode() if self.hmac_secret is not None
-                      else _read(self.hmac_secret_file, source).strip().encode())
-            needed = max(_HMAC_MIN_BYTES[alg] for alg in self.algorithms)
-            if len(secret) < needed:
-                raise ValueError(f"{source}: an HMAC secret for {'/'.join(self.algorithms)} needs at least "
-                                 f"{needed} bytes, got {len(secret)}")
-            self._static_keys = {None: secret}
-        elif source == "public_key_file":
-            from gateway.config.key_documents import parse_key_document
-
+        secret: bytes | None = None
+        if self.hmac_secret is not None:
+            secret = self.hmac_secret.get_secret_value().encode()
+        elif self.hmac_secret_file is not None:
+            secret = _read(self.hmac_secret_file, source).strip().encode()
+        elif self.public_key_file is not None:
             text = _read(self.public_key_file, source)
             try:
                 self._static_keys = parse_key_document(text)
             except ValueError as exc:
                 raise ValueError(f"{source}: {self.public_key_file}: {exc}") from None
-        else:
-            _check_jwks_url(self.jwks_url)  # type: ignore[arg-type]
+        elif self.jwks_url is not None:
+            _check_jwks_url(self.jwks_url)
+        if secret is not None:
+            needed = max(_HMAC_MIN_BYTES[alg] for alg in self.algorithms)
+            if len(secret) < needed:
+                raise ValueError(f"{source}: an HMAC secret for {'/'.join(self.algorithms)} needs at least "
+                                 f"{needed} bytes, got {len(secret)}")
+            self._static_keys = {None: secret}
         return self
 
 
-def _read(path: Path | None, key: str) -> str:
+def _read(path: Path, key: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")  # type: ignore[arg-type]
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{key}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
@@ -177,7 +181,7 @@ class AuthSettings(Section):
     token_cache_size: int = Field(250_000, ge=0, description="Verified tokens remembered until they expire.")
 
     @model_validator(mode="after")
-    def _unique(self) -> "AuthSettings":
+    def _unique(self) -> AuthSettings:
         names = [issuer.name for issuer in self.issuers]
         issuers = [issuer.issuer for issuer in self.issuers]
         if len(set(names)) != len(names):

@@ -6,8 +6,9 @@ Detectors watch forwarded traffic after the fact and produce findings; what a fi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
@@ -17,6 +18,7 @@ from gateway.config.types import Duration, Section, frozen_mapping
 ROUTE_CLASSES = ("portal", "api", "asset", "public")
 RouteClass = Literal["portal", "api", "asset", "public"]
 Mode = Literal["enforce", "shadow", "off"]
+ScrapingAction = Literal["flag", "challenge", "block"]
 
 # Automation user agents by family, matched case-insensitively as substrings. HTTP libraries
 # are normal on API routes (integrations), so by default they only count on portal pages.
@@ -74,7 +76,8 @@ class SignalWeights(Section):
     no_assets: float = Field(2.0, ge=0, description="Portal pages loaded, never any of their assets.")
     regular_cadence: float = Field(3.0, ge=0, description="Inter-arrival times too regular for a person.")
     enumeration: float = Field(2.0, ge=0, description="Numeric ids or page numbers walked in sequence.")
-    crawl_breadth: float = Field(3.0, ge=0, description="Far more distinct paths per minute than crawl_paths_per_minute.")
+    crawl_breadth: float = Field(3.0, ge=0, description="Far more distinct paths per minute than "
+                                                        "crawl_paths_per_minute.")
     invalid_destinations: float = Field(2.0, ge=0, description="A high share of upstream 404/4xx answers.")
     agent_rotation: float = Field(3.0, ge=0, description="Many user agents under one identity.")
     looping: float = Field(3.0, ge=0, description="The same request repeated many times in a short window.")
@@ -93,12 +96,17 @@ class UserAgentLists(Section):
                                                                                     "libraries count as automation.")
 
 
+_DEFAULT_ACTIONS: Mapping[RouteClass, ScrapingAction] = frozen_mapping(
+    {"portal": "flag", "api": "flag", "public": "flag"}
+)
+
+
 class ScrapingDetector(Advice):
     """Screen-scraping and abusive patterns, scored per user (per client address when anonymous)."""
 
     mode: Mode = Field("enforce", description="enforce: apply the action; shadow: record findings only; off.")
-    actions: Annotated[Mapping[RouteClass, Literal["flag", "challenge", "block"]], AfterValidator(frozen_mapping)] = Field(
-        default_factory=lambda: frozen_mapping({"portal": "flag", "api": "flag", "public": "flag"}),
+    actions: Annotated[Mapping[RouteClass, ScrapingAction], AfterValidator(frozen_mapping)] = Field(
+        default_factory=lambda: _DEFAULT_ACTIONS,
         description="Per route class: what an identity over the threshold meets there. Classes not listed are "
                     "not watched (assets only count as fetched).")
     threshold: float = Field(12.0, gt=0, description="Score at which a finding fires.")
@@ -112,10 +120,12 @@ class ScrapingDetector(Advice):
                                                           "machine-regular.")
     enumeration_run: int = Field(5, ge=2, description="Consecutive ids or pages in sequence that count as walking.")
     crawl_paths_per_minute: int = Field(60, ge=1, description="Distinct paths per minute beyond a person's norm.")
-    invalid_min_requests: int = Field(20, ge=1, description="Requests seen before the invalid-destination ratio counts.")
+    invalid_min_requests: int = Field(20, ge=1, description="Requests seen before the invalid-destination "
+                                                            "ratio counts.")
     invalid_ratio: float = Field(0.5, gt=0, le=1, description="Share of upstream 4xx answers that is suspicious.")
     agents_per_hour: int = Field(4, ge=2, description="Distinct user agents per hour under one identity.")
-    loop_repeats: int = Field(20, ge=2, description="Identical requests (method, path, query, body) within loop_window.")
+    loop_repeats: int = Field(20, ge=2, description="Identical requests (method, path, query, body) within "
+                                                    "loop_window.")
     loop_window: Duration = Field(60.0, description="Window of the looping signal.")
     asset_grace_pages: int = Field(3, ge=1, description="Portal pages loaded before missing assets count.")
 
@@ -145,7 +155,7 @@ class DetectionSettings(Section):
     seats: SeatsDetector = Field(default_factory=lambda: SeatsDetector(mode="off"))
 
     @model_validator(mode="after")
-    def _one_salt(self) -> "DetectionSettings":
+    def _one_salt(self) -> DetectionSettings:
         if self.hash_salt is not None and self.hash_salt_file is not None:
             raise ValueError("hash_salt, hash_salt_file: set at most one")
         if self.hash_salt_file is not None:

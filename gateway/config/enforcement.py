@@ -4,8 +4,9 @@ audit trail that records every step."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -20,15 +21,21 @@ class Advice(Section):
     recommendation: str | None = Field(
         None, min_length=1, max_length=200, description="Plain advice in warnings and alerts, e.g. 'spread calls "
         "to at most 1 per second' (default: written from the limit's numbers or the detector's finding).")
-    clause: str | None = Field(None, min_length=1, max_length=300, description="Link to the policy clause this "
-                                                                               "enforces (default: enforcement.policy).")
+    clause: str | None = Field(
+        None, min_length=1, max_length=300,
+        description="Link to the policy clause this enforces (default: enforcement.policy).")
 
 
 def _known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
     unknown = sorted(set(kinds) - set(VIOLATION_KINDS))
     if unknown:
-        raise ValueError(f"unknown violation kind(s) {', '.join(unknown)}; expected some of {', '.join(VIOLATION_KINDS)}")
+        raise ValueError(f"unknown violation kind(s) {', '.join(unknown)}; "
+                         f"expected some of {', '.join(VIOLATION_KINDS)}")
     return kinds
+
+
+Severity = Literal["minor", "major"]
+_DEFAULT_WEIGHTS: Mapping[Severity, int] = frozen_mapping({"minor": 1, "major": 2})
 
 
 class Ladder(Section):
@@ -47,8 +54,8 @@ class Ladder(Section):
     max_suspension: Duration = Field(7 * 86400.0, description="Longest suspension, however often repeated.")
     egregious: Annotated[tuple[str, ...], AfterValidator(_known_kinds)] = Field(
         (), description="Violation kinds that suspend at once: limit, sharing, scraping, seats.")
-    weights: dict[Literal["minor", "major"], int] = Field(
-        default_factory=lambda: frozen_mapping({"minor": 1, "major": 2}),
+    weights: Mapping[Severity, int] = Field(
+        default_factory=lambda: _DEFAULT_WEIGHTS,
         description="How many violations each severity counts as: minor (a 429, a flag-only finding), major (a "
                     "finding whose detector refused requests).")
 
@@ -57,10 +64,10 @@ class Ladder(Section):
     def _positive(cls, weights: Mapping[str, int]) -> Mapping[str, int]:
         if any(weight < 1 or weight > 100 for weight in weights.values()):
             raise ValueError("weights must be whole numbers from 1 to 100")
-        return frozen_mapping({"minor": 1, "major": 2, **weights})
+        return frozen_mapping({**_DEFAULT_WEIGHTS, **weights})
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Ladder":
+    def _ordered(self) -> Ladder:
         if self.throttle_at < self.warn_at:
             raise ValueError(f"throttle_at ({self.throttle_at}) must be at least warn_at ({self.warn_at})")
         if self.max_suspension < self.suspend_for:

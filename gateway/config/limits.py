@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Annotated, Literal, Mapping, Union
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
@@ -55,13 +56,13 @@ class RateLimit(_Limit):
     kind: Literal["rate"]
     rate: RateValue = Field(description="Sustained rate, e.g. 1/s or 600/min (calendar months not allowed).")
     burst: int = Field(ge=1, description="Requests (cost units) allowed at once from a full bucket.")
-    mode: Literal["enforce", "shadow", "delay"] = Field(  # type: ignore[assignment]
+    mode: Literal["enforce", "shadow", "delay"] = Field(  # type: ignore[assignment]  # delay is for rate limits only
         "enforce", description="delay: hold a request until the bucket allows it, up to max_delay, else reject."
     )
     max_delay: Duration = Field(0.0, description="With mode delay: the longest a request is held.")
 
     @model_validator(mode="after")
-    def _fixed_period(self) -> "RateLimit":
+    def _fixed_period(self) -> RateLimit:
         if self.rate.period_seconds is None:
             raise ValueError("rate: a token bucket needs a fixed period (use a quota for months)")
         if self.mode == "delay" and self.max_delay <= 0:
@@ -90,7 +91,7 @@ class Overage(Section):
             amount = Decimal(str(parse_duration(self.unit)))
         elif metric == "bytes":
             amount = Decimal(parse_size(self.unit))
-        elif isinstance(self.unit, int) or (isinstance(self.unit, str) and self.unit.isdigit()):
+        elif isinstance(self.unit, int) or self.unit.isdigit():
             amount = Decimal(int(self.unit))
         else:
             raise ValueError(f"expected a whole number of requests, got {self.unit!r}")
@@ -117,7 +118,7 @@ class QuotaLimit(_Limit):
     overage: Overage | None = Field(None, description="The estimated fee for usage beyond the quota.")
 
     @model_validator(mode="after")
-    def _overage_unit(self) -> "QuotaLimit":
+    def _overage_unit(self) -> QuotaLimit:
         if self.overage is not None:
             try:
                 self.overage.unit_amount(self.metric)
@@ -126,7 +127,7 @@ class QuotaLimit(_Limit):
         return self
 
 
-Limit = Annotated[Union[RateLimit, ConcurrencyLimit, QuotaLimit], Field(discriminator="kind")]
+Limit = Annotated[RateLimit | ConcurrencyLimit | QuotaLimit, Field(discriminator="kind")]
 
 
 class Plan(Section):
@@ -138,7 +139,7 @@ class Plan(Section):
                                                                "(default: detection.sharing.allowance).")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "Plan":
+    def _unique_names(self) -> Plan:
         names = [limit.name for limit in self.limits]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -182,7 +183,7 @@ class StateSettings(Section):
     max_memory_keys: int = Field(1_000_000, ge=1000, description="Memory store bound; idle keys go first.")
 
     @model_validator(mode="after")
-    def _scheme(self) -> "StateSettings":
+    def _scheme(self) -> StateSettings:
         scheme = self.url.split("://", 1)[0]
         if "://" not in self.url or scheme not in ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel"):
             raise ValueError(f"url: expected memory://, redis://, rediss://, redis+cluster:// or "
@@ -197,7 +198,7 @@ class LimitSettings(Section):
     legacy_headers: bool = Field(False, description="Also send X-RateLimit-Limit/-Remaining/-Reset.")
 
     @model_validator(mode="after")
-    def _zone(self) -> "LimitSettings":
+    def _zone(self) -> LimitSettings:
         try:
             zoneinfo.ZoneInfo(self.time_zone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

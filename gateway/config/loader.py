@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from gateway.config.errors import ConfigError, ConfigIssue, format_path
 from gateway.config.model import GatewayConfig
-from gateway.config.partial import clean_loc, reference_issues
+from gateway.config.partial import Loc, clean_loc, reference_issues
 
 # ${NAME}, or ${NAME:-default} (the default when NAME is unset or empty, as in a shell); $$ is a $.
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -53,7 +54,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return config
 
 
-def _substitute_env(value: Any, path: tuple, environ: Mapping[str, str], issues: list[ConfigIssue]) -> Any:
+def _substitute_env(value: Any, path: Loc, environ: Mapping[str, str], issues: list[ConfigIssue]) -> Any:
     """Replace ${NAME} and ${NAME:-default} in every string with the environment's value ($$ is a literal $)."""
     if isinstance(value, dict):
         return {key: _substitute_env(item, (*path, key), environ, issues) for key, item in value.items()}

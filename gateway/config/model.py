@@ -12,13 +12,14 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, model_validator
 
+from gateway.config.alerts import AlertSettings
 from gateway.config.auth import AuthSettings
 from gateway.config.detection import DetectionSettings, RouteClass
 from gateway.config.enforcement import EnforcementSettings
-from gateway.config.usage import UsageSettings
-from gateway.config.alerts import AlertSettings
 from gateway.config.limits import Customers, LimitSettings, Plans, RateValue, StateSettings
 from gateway.config.types import Duration, HostPort, Network, Section, Size, frozen_mapping
+from gateway.config.usage import UsageSettings
+
 
 class ServerSettings(Section):
     """The proxy listener."""
@@ -74,7 +75,8 @@ def _check_upstream_url(value: str) -> str:
 class Upstream(Section):
     """A named upstream the routes forward to."""
 
-    url: Annotated[str, AfterValidator(_check_upstream_url)] = Field(description="http://HOST:PORT of the upstream; the request path is appended unchanged.")
+    url: Annotated[str, AfterValidator(_check_upstream_url)] = Field(
+        description="http://HOST:PORT of the upstream; the request path is appended unchanged.")
     connect_timeout: Duration = Field(5.0, description="Time to open a TCP connection (504 beyond it).")
     read_timeout: Duration = Field(
         60.0, description="Longest wait for the response head, the next body bytes, or the upstream to take more "
@@ -100,7 +102,7 @@ class Upstream(Section):
                          "503 with Retry-After.")
 
     @model_validator(mode="after")
-    def _fixed_rate(self) -> "Upstream":
+    def _fixed_rate(self) -> Upstream:
         if self.max_rate is not None and self.max_rate.period_seconds is None:
             raise ValueError("max_rate: needs a fixed period such as 200/s or 6000/min")
         return self

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
-from gateway.config.errors import format_path
+from gateway.config.errors import ConfigIssue, format_path
 from gateway.config.model import GatewayConfig
+
+Loc = tuple[int | str, ...]  # where an error is: keys and list indexes, as pydantic gives them
 
 _ROUNDS = 64  # validations at most: one per route cut, and a few more
 _PATH_PART = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
@@ -26,11 +30,11 @@ class Salvage:
     """A copy of the raw config that invalid keys are cut from; list items cut keep their
     original index for messages."""
 
-    def __init__(self, raw: dict) -> None:
+    def __init__(self, raw: dict[str, Any]) -> None:
         self.data = copy.deepcopy(raw)
         self._origins: dict[int, list[int]] = {}  # id(list) -> original index of each item left
 
-    def config(self, errors: list[tuple[tuple, str, str]]) -> GatewayConfig | None:
+    def config(self, errors: list[tuple[Loc, str, str]]) -> GatewayConfig | None:
         """Cut each (loc, type, message) error's key and validate again; None when it cannot be done."""
         for _ in range(_ROUNDS):
             for loc, kind, message in sorted(errors, key=lambda error: _order(error[0]), reverse=True):
@@ -60,7 +64,7 @@ class Salvage:
                 node = node.get(key) if isinstance(node, dict) else None
         return "".join(parts)
 
-    def _cut(self, loc: tuple, kind: str, message: str) -> str | None:
+    def _cut(self, loc: Loc, kind: str, message: str) -> str | None:
         """Cut what the error is about: "key" or "item" (a whole list item); None if nothing can be."""
         key, sep, _ = message.removeprefix("Value error, ").partition(": ")
         if kind == "value_error" and sep and key.isidentifier():
@@ -74,20 +78,21 @@ class Salvage:
             return "key"
         # A required key: only a whole list item can go, if it is one of those that may.
         for depth in range(len(loc) - 1, 0, -1):
-            if isinstance(loc[depth], int) and loc[:depth] in _CUTTABLE_LISTS:
+            index = loc[depth]
+            if isinstance(index, int) and loc[:depth] in _CUTTABLE_LISTS:
                 items = self._walk(loc[:depth])
-                if isinstance(items, list) and loc[depth] < len(items):
+                if isinstance(items, list) and index < len(items):
                     origins = self._origins.setdefault(id(items), list(range(len(items))))
-                    del items[loc[depth]]
-                    del origins[loc[depth]]
+                    del items[index]
+                    del origins[index]
                     return "item"
         return None
 
-    def _walk(self, loc: Iterable) -> Any:
+    def _walk(self, loc: Loc) -> Any:
         node: Any = self.data
         for part in loc:
-            if isinstance(node, dict) and part in node:
-                node = node[part]
+            if isinstance(node, dict):
+                node = node.get(part)  # a missing key ends the walk at None, as a None value does
             elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
                 node = node[part]
             else:
@@ -95,17 +100,18 @@ class Salvage:
         return node
 
 
-def clean_loc(loc: tuple) -> tuple:
+def clean_loc(loc: Loc) -> Loc:
     # pydantic appends the tag of the union member it tried (e.g. 'function-after[...]').
     return tuple(part for part in loc if not (isinstance(part, str) and "[" in part))
 
 
-def _order(loc: tuple) -> tuple:
+def _order(loc: Loc) -> tuple[tuple[int, int, str], ...]:
     # Deeper and later items first, so cutting one never shifts another still to be cut.
     return tuple((0, part, "") if isinstance(part, int) else (1, 0, str(part)) for part in loc)
 
 
-def reference_issues(raw: dict, errors: list[dict], check: Callable[[GatewayConfig], Iterable]) -> list:
+def reference_issues(raw: dict[str, Any], errors: list[ErrorDetails],
+                     check: Callable[[GatewayConfig], Iterable[ConfigIssue]]) -> list[ConfigIssue]:
     """Cross-reference issues of what is valid in `raw`, numbered as in the file."""
     salvage = Salvage(raw)
     config = salvage.config([(clean_loc(error["loc"]), error["type"], error["msg"]) for error in errors])
@@ -113,7 +119,7 @@ def reference_issues(raw: dict, errors: list[dict], check: Callable[[GatewayConf
         return []
 
     flawed = {format_path(clean_loc(error["loc"])) for error in errors}
-    issues = []
+    issues: list[ConfigIssue] = []
     for issue in check(config):
         path = salvage.original(issue.path)
         if path not in flawed:  # a key already reported is judged on what stood in for it

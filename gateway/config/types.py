@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import types
 import typing
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
@@ -30,6 +31,9 @@ Size = Annotated[
         }
     ),
 ]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 # A licensed unit a quota can be counted per (ports, seats, agents, ...): the vendor names it.
@@ -65,7 +69,7 @@ Network = Annotated[
 ]
 
 
-def frozen_mapping(value: dict) -> Mapping:
+def frozen_mapping(value: dict[K, V]) -> Mapping[K, V]:
     return MappingProxyType(value)
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import html
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -14,7 +15,7 @@ PAGE_SIZE = 20
 _STATIC = Path(__file__).parent / "static"
 
 
-def _ticket(ticket_id: int) -> dict:
+def _ticket(ticket_id: int) -> dict[str, Any]:
     return {
         "id": ticket_id,
         "title": f"Ticket {ticket_id}",
@@ -99,7 +100,8 @@ async def portal_tickets(request: web.Request) -> web.Response:
     page = _page(request)
     first = (page - 1) * PAGE_SIZE + 1
     rows = "".join(
-        f"<tr><td><a href='/portal/tickets/{t['id']}'>{t['id']}</a></td><td>{t['title']}</td><td>{t['status']}</td></tr>"
+        f"<tr><td><a href='/portal/tickets/{t['id']}'>{t['id']}</a></td>"
+        f"<td>{t['title']}</td><td>{t['status']}</td></tr>"
         for t in (_ticket(i) for i in range(first, min(first + PAGE_SIZE, TICKETS + 1)))
     )
     return _portal_page(f"Tickets, page {page}", f"<table>{rows}</table><a href='?page={page + 1}'>next</a>")

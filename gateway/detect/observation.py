@@ -3,8 +3,8 @@ few attribute reads; everything else is worked out later, off the path."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 
 @dataclass(slots=True)  # not frozen: its __init__ is on the request path, and frozen costs a setattr per field

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from gateway.detect.findings import Finding
 from gateway.fleet.grants import ALLOW_AGENT, ALLOW_USER, Grant
@@ -22,7 +23,7 @@ class Sanction:
     policy: str  # the policy clause, for the client's problem detail
     issued_before: float = 0.0
 
-    def as_entry(self) -> dict:
+    def as_entry(self) -> dict[str, Any]:
         return asdict(self)
 
     def as_change(self) -> Change:
@@ -89,6 +90,6 @@ class Sanctions:
             self.clear(prefix)
         return tuple(sorted(prefixes))
 
-    def sync_from(self, entries: list[dict]) -> None:
+    def sync_from(self, entries: list[dict[str, Any]]) -> None:
         for sanction in shared_entries(Sanction, entries):
             self.add(sanction)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import statistics
 from collections import deque
+from collections.abc import Mapping
 from functools import lru_cache
 
 from gateway.config.detection import ScrapingDetector as ScrapingSettings
@@ -36,7 +37,7 @@ def in_sequence(previous: tuple[int, ...], current: tuple[int, ...]) -> bool:
     """Exactly one number moved by one step, the others stayed."""
     if len(previous) != len(current):
         return False
-    moved = [abs(a - b) for a, b in zip(previous, current) if a != b]
+    moved = [abs(a - b) for a, b in zip(previous, current, strict=True) if a != b]
     return moved == [1]
 
 
@@ -54,7 +55,7 @@ class ScrapingTrack:
         self.last_page_at: float | None = None
         self.intervals: deque[float] = deque(maxlen=samples)
         self.templates: dict[str, tuple[tuple[int, ...], int]] = {}
-        self.loops: dict[tuple, int] = {}
+        self.loops: dict[tuple[str, str, bytes | None], int] = {}
         self.loops_since = 0.0
         self.answers: deque[bool] = deque(maxlen=_ANSWERS_KEPT)
         self.invalid = 0
@@ -104,7 +105,7 @@ class ScrapingSignals:
         if track.last_page_at is not None and now > track.last_page_at:
             track.intervals.append(now - track.last_page_at)
         track.last_page_at = now
-        if len(track.intervals) < track.intervals.maxlen:  # type: ignore[operator]
+        if len(track.intervals) < (track.intervals.maxlen or 0):  # the track's own sample count (always set)
             return False
         mean = statistics.fmean(track.intervals)
         return mean > 0 and statistics.pstdev(track.intervals, mean) / mean < self.settings.cadence_max_cv
@@ -141,7 +142,7 @@ class ScrapingSignals:
         return count >= self.settings.loop_repeats
 
 
-def _missing_browser_signals(headers) -> int:
+def _missing_browser_signals(headers: Mapping[str, str]) -> int:
     missing = 0 if headers.get("Accept-Language") else 1
     missing += 0 if headers.get("Sec-Fetch-Mode") or headers.get("Sec-Fetch-Dest") else 1
     missing += 0 if "text/html" in headers.get("Accept", "") else 1

@@ -4,8 +4,10 @@ against the plan's allowance (one session, three networks an hour, three devices
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from gateway.config.detection import SharingAllowance, SharingDetector as SharingSettings
+from gateway.config.detection import SharingAllowance
+from gateway.config.detection import SharingDetector as SharingSettings
 from gateway.detect.addresses import Hasher, network_of
 from gateway.detect.agents import device_of
 from gateway.detect.observation import Observation
@@ -18,7 +20,7 @@ _MAX_SESSIONS_KEPT = 32
 class SharingVerdict:
     signals: tuple[str, ...]
     newest_session: str | None
-    evidence: dict
+    evidence: dict[str, Any]
 
 
 class SharingTrack:

@@ -34,7 +34,7 @@ class Standing:
     def in_force(self, now: float) -> bool:
         return self.state != OK and now < self.until
 
-    def as_entry(self) -> dict:
+    def as_entry(self) -> dict[str, Any]:
         return asdict(self)
 
 

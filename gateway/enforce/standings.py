@@ -3,6 +3,8 @@ and merged from the fleet: the latest decision about a subject wins."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.enforce.ladder import OK, SEVERITY, Standing
 from gateway.state.store import shared_entries
 
@@ -65,7 +67,7 @@ class Standings:
     def all_latest(self) -> list[Standing]:
         return list(self._latest.values())
 
-    def sync_from(self, entries: list[dict]) -> None:
+    def sync_from(self, entries: list[dict[str, Any]]) -> None:
         for standing in shared_entries(Standing, entries):
             self.apply(standing)
 

@@ -28,6 +28,8 @@ _MAX_TEMPLATES = 100_000
 # Unknown plan names logged once each, at most this many (a broken issuer could send any).
 _MAX_LOGGED_PLANS = 100
 
+Metered = tuple[CompiledLimit, str, float]  # a quota on bytes or upstream time: its limit, key, period end
+
 
 class Admission:
     """What the limits decided for one request."""
@@ -44,7 +46,7 @@ class Admission:
         self.headers: dict[str, str] = {}
         self.slots: list[tuple[str, str]] = []
         # quotas measured after the response: (limit, key, period end)
-        self.metered: tuple[tuple[CompiledLimit, str, float], ...] = ()
+        self.metered: tuple[Metered, ...] = ()
 
 
 NO_LIMITS = Admission()
@@ -57,7 +59,7 @@ class Template:
     __slots__ = ("effective", "subject", "limits", "checks", "concurrency", "metered", "valid_until")
 
     def __init__(self, effective: EffectiveLimits, subject: str, limits: tuple[CompiledLimit, ...],
-                 checks: list[Check], metered: tuple, valid_until: float) -> None:
+                 checks: list[Check], metered: tuple[Metered, ...], valid_until: float) -> None:
         self.effective = effective
         self.subject = subject
         self.limits = limits
@@ -87,11 +89,11 @@ class Limiter:
         self._ratelimit_headers = ratelimit_headers
         self._legacy_headers = legacy_headers
         self._calendar = Calendar(book.zone)
-        self._templates: dict[tuple, Template] = {}
+        self._templates: dict[tuple[str | None, str | None, str | None, str], Template] = {}
         self._pending_slots: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._pending_usage: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
         self._flush_scheduled = False
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._logged_plans: set[tuple[str, str]] = set()
 
     async def admit(self, identity: Identity | None, route: Route, client_ip: str, request_id: str,
@@ -102,8 +104,8 @@ class Limiter:
         claimed = identity.plan if identity is not None else None
         effective = self.book.for_customer(customer, now, throttle, claimed,
                                            identity.licenses if identity is not None else ())
-        if claimed is not None and (effective is None or effective.unknown_claim):
-            self._unknown_plan(identity.issuer, claimed)  # type: ignore[union-attr]
+        if identity is not None and claimed is not None and (effective is None or effective.unknown_claim):
+            self._unknown_plan(identity.issuer, claimed)
         if effective is None:
             return NO_LIMITS
         if not effective.limits:
@@ -145,13 +147,15 @@ class Limiter:
         if "{" in subject or "}" in subject:
             subject = subject.replace("{", "%7B").replace("}", "%7D")
         values = {"customer": customer, "user": user, "client_ip": client_ip, "route": route.name}
-        limits, checks, metered = [], [], []
+        limits: list[CompiledLimit] = []
+        checks: list[Check] = []
+        metered: list[Metered] = []
         valid_until = float("inf")
         for limit in effective.limits:
-            parts = [values[part] for part in limit.key_parts]
-            if None in parts:
+            parts = [value for part in limit.key_parts if (value := values[part]) is not None]
+            if len(parts) < len(limit.key_parts):
                 continue  # e.g. a per-user limit on an anonymous request
-            key = f"{self._prefix}:{{{subject}}}:{limit.name}:{'|'.join(parts)}"  # type: ignore[arg-type]
+            key = f"{self._prefix}:{{{subject}}}:{limit.name}:{'|'.join(parts)}"
             shadow = limit.mode == "shadow"
             if limit.kind == RATE:
                 check = Check(st.RATE, key, shadow, interval=limit.interval, burst=limit.burst, cost=route.cost,
@@ -177,7 +181,7 @@ class Limiter:
         rejected = []
         items = []
         tightest: tuple[float, CompiledLimit, Outcome] | None = None
-        for limit, check, outcome in zip(template.limits, checks, outcomes):
+        for limit, check, outcome in zip(template.limits, checks, outcomes, strict=True):
             if self._ratelimit_headers:
                 items.append(_ratelimit_item(limit, outcome))
             if not outcome.allowed:
@@ -240,7 +244,8 @@ class Limiter:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _write_back(self, slots: dict, usage: dict) -> None:
+    async def _write_back(self, slots: dict[str, list[tuple[str, str]]],
+                          usage: dict[str, list[tuple[str, float, float]]]) -> None:
         try:
             await asyncio.gather(
                 *(self.store.release(tag, items) for tag, items in slots.items()),

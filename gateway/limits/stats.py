@@ -4,7 +4,7 @@ exported when /metrics is scraped."""
 from __future__ import annotations
 
 from collections import Counter as Tally
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -30,7 +30,8 @@ class LimitStats(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
-            "fairgate_limit_decisions", "Limit decisions, by plan, limit and result.", labels=["plan", "limit", "result"]
+            "fairgate_limit_decisions", "Limit decisions, by plan, limit and result.",
+            labels=["plan", "limit", "result"],
         )
         for (plan, limit, result), count in list(self._counts.items()):
             family.add_metric([plan, limit, result], count)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import httptools
 
@@ -40,7 +41,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_reading_paused", "_write_waiter", "_writing_paused", "_new_parser_after_feed", "_on_lost",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[["UpstreamConnection"], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[UpstreamConnection], None]) -> None:
         self._loop = loop
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
@@ -68,7 +69,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # create_connection hands a stream protocol a Transport; BaseTransport is the base class's signature.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._head_waiter is None or self._complete:
@@ -255,11 +257,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
 
 
-def _retrieve(future: asyncio.Future) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
 
-def _expire(waiter: asyncio.Future, message: str) -> None:
+def _expire(waiter: asyncio.Future[Any], message: str) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout(message))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from gateway.upstream.connection import ResponseHead, UpstreamConnection
 from gateway.upstream.errors import UpstreamClosed, UpstreamTimeout, UpstreamUnavailable
@@ -47,7 +47,7 @@ class UpstreamPool:
     def idle_connections(self) -> int:
         return len(self._idle)
 
-    async def exchange(self, head: bytes, body: RequestBody, *, chunked: bool, head_only: bool) -> "Exchange":
+    async def exchange(self, head: bytes, body: RequestBody, *, chunked: bool, head_only: bool) -> Exchange:
         """Send one request and wait for the response head.
 
         A reused connection that the upstream closed while it sat idle fails before any answer;
@@ -64,7 +64,7 @@ class UpstreamPool:
 
     async def _send(
         self, conn: UpstreamConnection, head: bytes, body: RequestBody, *, chunked: bool, head_only: bool
-    ) -> "Exchange":
+    ) -> Exchange:
         conn.begin(head_only)
         try:
             if body is None or isinstance(body, bytes):
@@ -106,7 +106,7 @@ class UpstreamPool:
                 loop.create_connection(lambda: UpstreamConnection(loop, self._connection_lost), self.host, self.port),
                 self.connect_timeout,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._slot_freed()
             raise UpstreamTimeout(f"connect to {self.host}:{self.port} timed out") from None
         except OSError as exc:
@@ -122,7 +122,7 @@ class UpstreamPool:
         self._slot_waiters.append(waiter)
         try:
             await asyncio.wait_for(waiter, self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(f"all {self.max_connections} connections to {self.host}:{self.port} busy") from None
         finally:
             if waiter in self._slot_waiters:

@@ -28,7 +28,7 @@ class RateCap:
         self.waiting = 0
 
     @classmethod
-    def for_upstream(cls, upstream: Upstream) -> "RateCap | None":
+    def for_upstream(cls, upstream: Upstream) -> RateCap | None:
         if upstream.max_rate is None:
             return None
         return cls(upstream.max_rate.per_second, upstream.max_rate_burst, upstream.max_rate_delay)

@@ -36,9 +36,9 @@ def _row(month: str, customer: str, amounts: dict[str, float], config: GatewayCo
         day, _, metric = field.partition(":")
         if metric.startswith("licenses:"):
             # requests per claimed quantity ("licenses:ports:12"); the month counts at its largest
-            unit, _, quantity = metric.removeprefix("licenses:").rpartition(":")
-            if quantity.isdigit():
-                claimed[unit] = max(claimed.get(unit, 0), int(quantity))
+            unit, _, count = metric.removeprefix("licenses:").rpartition(":")
+            if count.isdigit():
+                claimed[unit] = max(claimed.get(unit, 0), int(count))
         elif metric.startswith("rejected:"):
             rejected[metric.removeprefix("rejected:")] += int(amount)
         elif metric.startswith("findings:"):
@@ -118,8 +118,8 @@ def as_table(rows: list[dict[str, Any]]) -> str:
               _pairs(row["findings"]) or "-", "; ".join(_quota_text(q) for q in row["quotas"]) or "-",
               _fees_text(row["fees"]) or "-"]
              for row in rows]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
-    render = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines, strict=True)]
+    render = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
               for line in [header, *lines]]
     return "\n".join(render) + "\n"
 
