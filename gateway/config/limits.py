@@ -14,6 +14,7 @@ from gateway.config.detection import SharingAllowance
 from gateway.config.enforcement import Advice
 from gateway.config.types import Duration, Section, UnitName, frozen_mapping
 from gateway.config.units import PRICE_HINT, RATE_HINT, Rate, parse_duration, parse_price, parse_rate, parse_size
+from gateway.config.state_url import StateUrl, parse_state_url
 
 RateValue = Annotated[
     Rate,
@@ -183,11 +184,15 @@ class StateSettings(Section):
 
     @model_validator(mode="after")
     def _scheme(self) -> "StateSettings":
-        scheme = self.url.split("://", 1)[0]
-        if "://" not in self.url or scheme not in ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel"):
-            raise ValueError(f"url: expected memory://, redis://, rediss://, redis+cluster:// or "
-                             f"redis+sentinel://, got {self.url!r}")
+        try:
+            parse_state_url(self.url)
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
         return self
+
+    @property
+    def parsed_url(self) -> StateUrl:
+        return parse_state_url(self.url)
 
 
 class LimitSettings(Section):
