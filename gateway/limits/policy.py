@@ -10,15 +10,14 @@ from typing import Mapping
 
 from gateway.config.limits import ConcurrencyLimit, Customer, LimitSettings, Override, Plan, QuotaLimit, RateLimit
 from gateway.enforce.grants import Grants
-
-RATE, CONCURRENCY, QUOTA = "rate", "concurrency", "quota"
+from gateway.state.store import CONCURRENCY, RATE, Kind
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledLimit:
     plan: str
     name: str
-    kind: str
+    kind: Kind
     key_parts: tuple[str, ...]
     mode: str  # enforce | shadow | delay
     # rate: seconds per unit (the emission interval) and bucket size
@@ -56,7 +55,7 @@ class CompiledLimit:
 
 
 def compile_limit(plan: str, limit: RateLimit | ConcurrencyLimit | QuotaLimit) -> CompiledLimit:
-    base = dict(plan=plan, name=limit.name, kind=limit.kind, key_parts=tuple(limit.key.split("+")), mode=limit.mode)
+    base = dict(plan=plan, name=limit.name, kind=Kind(limit.kind), key_parts=tuple(limit.key.split("+")), mode=limit.mode)
     if isinstance(limit, RateLimit):
         interval = limit.rate.period_seconds / limit.rate.count  # type: ignore[operator]
         return CompiledLimit(**base, interval=interval, burst=limit.burst, max_delay=limit.max_delay)
