@@ -27,11 +27,11 @@ from gateway.detect.sanctions import BLOCK, REAUTH, SCRAPING as SCRAPING_SANCTIO
 from gateway.detect.sanctions import Sanction, Sanctions, session_key, user_key
 from gateway.enforce.grants import Grants
 from gateway.detect.scraping import ScrapingSignals, ScrapingTrack
-from gateway.detect.sharing import SharingTrack, SharingWatch
+from gateway.detect.sharing import SharingQueries, SharingTrack, SharingWatch
 from gateway.detect.travel import TravelCheck
 from gateway.proxy.problems import Problem
 from gateway.state.bounded import BoundedTable
-from gateway.state.sightings import Query, Sighting, Sightings
+from gateway.state.sightings import Answers, Query, Sighting, Sightings
 
 log = logging.getLogger("fairgate.detect")
 
@@ -196,26 +196,28 @@ class Detection:
             return  # nothing new anywhere: every distinct count is as it was
 
         queries: list[Query] = []
-        for obs in scraped.values():
-            queries += self._scraping_queries(obs)
-        for subject, obs in shared.items():
-            queries += self._sharing.queries(subject, obs.at)  # type: ignore[union-attr]
-        for obs in seat_users.values():
-            queries.append((self._seat_key(obs), self._month_start(obs.at)))
+        asked_scraping = {subject: self._scraping_queries(obs) for subject, obs in scraped.items()}
+        asked_sharing = {subject: self._sharing.queries(subject, obs.at)  # type: ignore[union-attr]
+                         for subject, obs in shared.items()}
+        asked_seats = {customer: Query(self._seat_key(obs), self._month_start(obs.at))
+                       for customer, obs in seat_users.items()}
+        for scraping in asked_scraping.values():
+            queries += scraping
+        for sharing in asked_sharing.values():
+            queries += sharing
+        queries += asked_seats.values()
         answers = await self.sightings.exchange(seen, queries)
         if answers is None:
             self._written.clear()  # not stored: write everything again next time
             return  # the per-request signals above still counted; distinct counts wait for the next batch
-        answers.reverse()
 
         for subject, obs in scraped.items():
-            paths, agents = answers.pop(), answers.pop()
-            self._score_breadth(obs, scored[subject], len(paths), len(agents))
+            paths, agents = asked_scraping[subject]
+            self._score_breadth(obs, scored[subject], len(answers[paths]), len(answers[agents]))
         for subject, obs in shared.items():
-            found = [answers.pop(), answers.pop(), answers.pop()]
-            await self._judge_sharing(obs, found, ("travel",) if subject in travelled else ())
+            await self._judge_sharing(obs, asked_sharing[subject], answers, ("travel",) if subject in travelled else ())
         for customer, obs in seat_users.items():
-            self._judge_seats(customer, obs, answers.pop())
+            self._judge_seats(customer, obs, answers[asked_seats[customer]])
 
     def _due(self, mark: tuple, at: float, every: float) -> bool:
         """Whether what `mark` describes should be written to the store again.
@@ -284,8 +286,9 @@ class Detection:
         # detector's business); a scraper rotating user agents does it within one session.
         return self._scraping_key(obs.subject, f"agents:{obs.session or ''}")
 
-    def _scraping_queries(self, obs: Observation) -> list[Query]:
-        return [(self._scraping_key(obs.subject, "paths"), obs.at - 60.0), (self._agents_key(obs), obs.at - 3600.0)]
+    def _scraping_queries(self, obs: Observation) -> tuple[Query, Query]:
+        """Distinct paths within a minute, distinct agents within an hour."""
+        return Query(self._scraping_key(obs.subject, "paths"), obs.at - 60.0), Query(self._agents_key(obs), obs.at - 3600.0)
 
     def _score_breadth(self, obs: Observation, requests: int, paths: int, agents: int) -> None:
         settings = self.settings.scraping
@@ -333,11 +336,13 @@ class Detection:
 
     # -- sharing ------------------------------------------------------------------------
 
-    async def _judge_sharing(self, obs: Observation, answers: list[dict[str, float]], extra: tuple[str, ...]) -> None:
+    async def _judge_sharing(self, obs: Observation, asked: SharingQueries, answers: Answers,
+                             extra: tuple[str, ...]) -> None:
         settings = self.settings.sharing
         track = self._track(obs.subject, "sharing")
         assert isinstance(track, SharingTrack)
-        verdict = self._sharing.verdict(answers, self._allowance(obs.customer), track, obs.at, extra)  # type: ignore[union-attr]
+        verdict = self._sharing.verdict(asked, answers, self._allowance(obs.customer), track, obs.at,  # type: ignore[union-attr]
+                                        extra)
         if verdict is None or self.grants.exempt(obs.customer, obs.user, SHARING, obs.at):
             return
         shadow = settings.mode == "shadow"

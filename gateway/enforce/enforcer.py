@@ -12,7 +12,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, NamedTuple
 
 from prometheus_client import Counter
 
@@ -42,6 +42,14 @@ Share = Callable[[dict, float], Awaitable[None]]
 
 # A finding whose detector already refused requests is a major violation; one that only flags is minor.
 _MAJOR_ACTIONS = frozenset({"block", "challenge", "reauth", "block_newest"})
+
+
+class _CountQueries(NamedTuple):
+    """What judging one subject asks the store: its violations, throttles and suspensions."""
+
+    violations: Query
+    throttles: Query
+    suspensions: Query
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,22 +209,24 @@ class Enforcement:
             weighed = min(sum(ladder.weights.get(v.severity, 1) for v in violations), ladder.throttle_at)
             seen += [Sighting(self._key("v", subject), f"{self._origin}:{next(self._ids)}", violations[-1].at,
                               ladder.window, ladder.throttle_at * 4) for _ in range(weighed)]
-        queries: list[Query] = []
+        asked: dict[str, _CountQueries] = {}
         for subject in by_subject:
             current = self.standings.latest(subject)
             counts_from = current.counts_from if current is not None else 0.0
-            queries += [(self._key("v", subject), max(now - ladder.window, counts_from)),
-                        (self._key("t", subject), now - ladder.throttles_within),
-                        (self._key("s", subject), now - REPEATS_REMEMBERED)]
+            asked[subject] = _CountQueries(Query(self._key("v", subject), max(now - ladder.window, counts_from)),
+                                           Query(self._key("t", subject), now - ladder.throttles_within),
+                                           Query(self._key("s", subject), now - REPEATS_REMEMBERED))
+        queries = [query for queries in asked.values() for query in queries]
         answers = await self._sightings.exchange(seen, queries)
         if answers is None:
             log.warning("enforcement: state store unavailable; violations judged on local counts")
-            answers = [{} for _ in queries]
+            answers = {query: {} for query in queries}
         decided = []
-        for index, (subject, violations) in enumerate(by_subject.items()):
+        for subject, violations in by_subject.items():
             weighed = sum(ladder.weights.get(v.severity, 1) for v in violations)
-            counts = Counts(max(len(answers[3 * index]), weighed), len(answers[3 * index + 1]),
-                            len(answers[3 * index + 2]))
+            mine = asked[subject]
+            counts = Counts(max(len(answers[mine.violations]), weighed), len(answers[mine.throttles]),
+                            len(answers[mine.suspensions]))
             last = violations[-1]
             egregious = any(v.severity == "egregious" for v in violations)
             standing = judge(ladder, self.standings.latest(subject), subject, counts, egregious, last.reason, now)
