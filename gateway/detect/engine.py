@@ -21,9 +21,9 @@ from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.config.detection import SharingAllowance
 from gateway.detect.addresses import Hasher
-from gateway.detect.findings import SCRAPING, SEATS, SHARING, Finding, FindingLog
+from gateway.detect.findings import SCRAPING, SEATS, SHARING, Action, Finding, FindingLog
 from gateway.detect.observation import Observation
-from gateway.detect.sanctions import BLOCK, REAUTH, SCRAPING as SCRAPING_SANCTION
+from gateway.detect.sanctions import AUTOMATION, BLOCK, REAUTH
 from gateway.detect.sanctions import Sanction, Sanctions, session_key, user_key
 from gateway.enforce.grants import Grants
 from gateway.detect.scraping import ScrapingSignals, ScrapingTrack
@@ -95,7 +95,7 @@ class Detection:
         self._watched = frozenset(settings.scraping.actions)
         self._seats_on = settings.seats.mode != "off"
         self._queue_size = settings.queue_size
-        self._refusing = frozenset(cls for cls, action in settings.scraping.actions.items() if action != "flag")
+        self._refusing = frozenset(cls for cls, action in settings.scraping.actions.items() if action != Action.FLAG)
 
     @property
     def backlog(self) -> int:
@@ -315,11 +315,11 @@ class Detection:
         track.flagged = True
         track.offences += 1
         shadow = settings.mode == "shadow"
-        action = settings.actions[obs.route_class]
+        action = Action(settings.actions[obs.route_class])
         until = None
         if self._refusing and not shadow:
             until = obs.at + min(settings.block_for * 2 ** (track.offences - 1), settings.max_block)
-            self._sanction(Sanction(self._public(obs.subject), SCRAPING_SANCTION, until, SCRAPING_POLICY))
+            self._sanction(Sanction(self._public(obs.subject), AUTOMATION, until, SCRAPING_POLICY))
         self.findings.record(Finding(
             SCRAPING, self._public(obs.subject), obs.customer, obs.user, action, shadow, obs.at, tuple(fired),
             score=round(score, 2), until=until,
@@ -346,14 +346,14 @@ class Detection:
         if verdict is None or self.grants.exempt(obs.customer, obs.user, SHARING, obs.at):
             return
         shadow = settings.mode == "shadow"
-        action, until = settings.action, None
-        if action != "flag" and not shadow and verdict.newest_session is not None:
+        action, until = Action(settings.action), None
+        if action != Action.FLAG and not shadow and verdict.newest_session is not None:
             until = obs.at + settings.block_for
-            kind = REAUTH if action == "reauth" else BLOCK
+            kind = REAUTH if action == Action.REAUTH else BLOCK
             self._sanction(Sanction(session_key(obs.customer or "", obs.user or "", verdict.newest_session), kind,
                                     until, SHARING_POLICY, issued_before=obs.at))
-        elif action != "flag":
-            action = "flag"  # one session: nobody newer to ask
+        elif action != Action.FLAG:
+            action = Action.FLAG  # one session: nobody newer to ask
         self.findings.record(Finding(
             SHARING, obs.subject, obs.customer, obs.user, action, shadow, obs.at, verdict.signals, until=until,
             evidence={**verdict.evidence, "newest_session": verdict.newest_session},
@@ -401,7 +401,7 @@ class Detection:
             self._seats_reported.clear()
         self._seats_reported[marker] = obs.at
         self.findings.record(Finding(
-            SEATS, f"customer:{customer}", customer, None, "flag", self.settings.seats.mode == "shadow", obs.at,
+            SEATS, f"customer:{customer}", customer, None, Action.FLAG, self.settings.seats.mode == "shadow", obs.at,
             ("seats",), evidence={"month": month, "seats": seats, "active_users": len(users),
                                   "users": sorted(users)[:500]},
         ))
@@ -435,7 +435,7 @@ def _problem(sanction: Sanction, now: float, scraping_action: str) -> Problem:
         return Problem(403, "session-blocked", "Forbidden",
                        f"This session is blocked until {until} ({sanction.policy}).",
                        {"Retry-After": retry_after}, {"policy": sanction.policy, "until": until})
-    if scraping_action == "challenge":
+    if scraping_action == Action.CHALLENGE:
         return Problem(403, "automation-challenge", "Forbidden",
                        f"This traffic looks automated ({sanction.policy}). Use the API under your plan, or "
                        "contact support if this is a mistake.", {}, {"policy": sanction.policy})

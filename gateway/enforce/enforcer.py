@@ -20,9 +20,9 @@ from gateway.audit.trail import AuditTrail
 from gateway.auth.identity import Identity
 from gateway.clock import Clock
 from gateway.config.enforcement import EnforcementSettings
-from gateway.detect.findings import Finding
+from gateway.detect.findings import Action, Finding
 from gateway.enforce.grants import Grants
-from gateway.enforce.ladder import NEXT, OK, SUSPENDED, THROTTLED, Counts, Standing, judge
+from gateway.enforce.ladder import BY_LADDER, NEXT, OK, SUSPENDED, THROTTLED, Counts, Standing, judge
 from gateway.enforce.notices import NoticeBook, header_params, merged
 from gateway.enforce.standings import Standings, customer_subject, user_subject
 from gateway.limits.policy import CompiledLimit
@@ -41,7 +41,7 @@ Share = Callable[[dict, float], Awaitable[None]]
 
 
 # A finding whose detector already refused requests is a major violation; one that only flags is minor.
-_MAJOR_ACTIONS = frozenset({"block", "challenge", "reauth", "block_newest"})
+_MAJOR_ACTIONS = frozenset({Action.BLOCK, Action.CHALLENGE, Action.REAUTH, Action.BLOCK_NEWEST})
 
 
 class _CountQueries(NamedTuple):
@@ -278,11 +278,11 @@ class Enforcement:
                                customer=first.customer, user=first.user, reason=first.reason, detail=first.detail,
                                count=len(violations), first_at=first.at, last_at=last.at)
 
-    def _take(self, standing: Standing, customer: str, previous: Standing | None, by: str = "ladder",
+    def _take(self, standing: Standing, customer: str, previous: Standing | None, by: str = BY_LADDER,
               note: str | None = None) -> None:
         now = self._clock.time()
         was = previous.state if previous is not None and previous.in_force(now) else OK
-        changed = was != standing.state or by != "ladder"
+        changed = was != standing.state or by != BY_LADDER
         self.standings.apply(standing)
         if changed:
             if self._transitions is not None:
@@ -294,7 +294,7 @@ class Enforcement:
             log.warning("fair-use standing changed", extra={
                 "subject": standing.subject, "previous": was, "state": standing.state, "until": _iso(standing.until),
                 "reason": standing.reason, "by": by})
-        if by == "ladder":
+        if by == BY_LADDER:
             self._publish(standing, changed)
 
     def _publish(self, standing: Standing, changed: bool) -> None:
