@@ -6,7 +6,7 @@ import datetime as dt
 import re
 import zoneinfo
 from decimal import Decimal
-from typing import Annotated, Literal, Mapping, Union
+from typing import Annotated, Container, Literal, Mapping, Union
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
@@ -212,3 +212,15 @@ class LimitSettings(Section):
 
 Plans = Annotated[dict[str, Plan], AfterValidator(frozen_mapping)]
 Customers = Annotated[dict[str, Customer], AfterValidator(frozen_mapping)]
+
+
+def plan_of(customers: Mapping[str, Customer], plans: Container[str], default_plan: str | None,
+            customer: str | None, claimed: str | None = None) -> str | None:
+    """Which plan a customer is on: its entry under `customers` wins; else the plan its token
+    claims (the issuer's `claims.plan`), when a plan of that name is defined; else `default_plan`."""
+    entry = customers.get(customer) if customer is not None else None
+    if entry is not None:
+        return entry.plan
+    if claimed is not None and claimed in plans:
+        return claimed
+    return default_plan

@@ -87,9 +87,8 @@ class Detection:
         self._sharing = SharingWatch(settings.sharing, self.hasher, prefix) if settings.sharing.mode != "off" else None
         self._scraping = ScrapingSignals(settings.scraping) if settings.scraping.mode != "off" else None
         self._travel = TravelCheck(settings.sharing.geoip_database, settings.sharing.max_speed_kmh)
+        self._config = config
         self._plans = config.plans
-        self._customers = config.customers
-        self._default_plan = config.limits.default_plan
         self._zone = zoneinfo.ZoneInfo(config.limits.time_zone)
         self._months = (0.0, 0.0, "")
         self._watched = frozenset(settings.scraping.actions)
@@ -360,17 +359,13 @@ class Detection:
         ))
 
     def _allowance(self, customer: str | None) -> SharingAllowance:
-        plan = self._plans.get(self._plan_of(customer) or "")
+        plan = self._plans.get(self._config.plan_of(customer) or "")
         return plan.sharing if plan is not None and plan.sharing is not None else self.settings.sharing.allowance
-
-    def _plan_of(self, customer: str | None) -> str | None:
-        entry = self._customers.get(customer) if customer is not None else None
-        return entry.plan if entry is not None else self._default_plan
 
     # -- seats --------------------------------------------------------------------------
 
     def _seats_of(self, customer: str) -> int | None:
-        plan = self._plans.get(self._plan_of(customer) or "")
+        plan = self._plans.get(self._config.plan_of(customer) or "")
         return plan.seats if plan is not None else None
 
     def _month_of(self, at: float) -> tuple[float, float, str]:

@@ -8,7 +8,8 @@ import zoneinfo
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from gateway.config.limits import ConcurrencyLimit, Customer, LimitSettings, Override, Plan, QuotaLimit, RateLimit
+from gateway.config.limits import (ConcurrencyLimit, Customer, LimitSettings, Override, Plan, QuotaLimit, RateLimit,
+                                   plan_of)
 from gateway.enforce.grants import Grants
 from gateway.state.store import CONCURRENCY, RATE, Kind
 
@@ -175,12 +176,7 @@ class PlanBook:
                  licenses: tuple[tuple[str, int], ...] = ()) -> EffectiveLimits | None:
         entry = self._customers.get(customer) if customer is not None else None
         unknown_claim = entry is None and claimed is not None and claimed not in self._plans
-        if entry is not None:
-            plan = entry.plan  # listed customers win over what their token says
-        elif claimed is not None and not unknown_claim:
-            plan = claimed
-        else:
-            plan = self._default
+        plan = plan_of(self._customers, self._plans, self._default, customer, claimed)
         if plan is None:
             return None
         limits = list(self._plans[plan])
