@@ -177,8 +177,8 @@ def _overrides(args: argparse.Namespace) -> Callable[[GatewayConfig], GatewayCon
                 # The value checked as the file's would be (its section's validators included) ...
                 checked = getattr(type(current).model_validate({key: value}), key)
             except ValidationError as exc:
-                raise ConfigError(source, [ConfigIssue(f"{section}.{key}", error["msg"].removeprefix("Value error, ").removeprefix(f"{key}: "))
-                                           for error in exc.errors()]) from None
+                reasons = [error["msg"].removeprefix("Value error, ").removeprefix(f"{key}: ") for error in exc.errors()]
+                raise ConfigError(source, [ConfigIssue(f"{section}.{key}", reason) for reason in reasons]) from None
             # ... then set on the loaded section, whose other keys were validated with the file.
             config = config.model_copy(update={section: current.model_copy(update={key: checked})})
         return config
@@ -265,7 +265,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             parse_state_url(state_url)
         except ValueError as exc:
-            print(f"fairgate run: state URL must start with a known scheme: {exc}", file=sys.stderr)
+            source = "--state" if args.state else STATE_ENV
+            print(f"fairgate run: {source}: state URL must start with a known scheme: {exc}", file=sys.stderr)
             return 2
     transform = _overrides(args)
     loaded = _load_or_report(args.config)
