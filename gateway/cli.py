@@ -177,7 +177,8 @@ def _overrides(args: argparse.Namespace) -> Callable[[GatewayConfig], GatewayCon
                 # The value checked as the file's would be (its section's validators included) ...
                 checked = getattr(type(current).model_validate({key: value}), key)
             except ValidationError as exc:
-                reasons = [error["msg"].removeprefix("Value error, ").removeprefix(f"{key}: ") for error in exc.errors()]
+                reasons = [error["msg"].removeprefix("Value error, ").removeprefix(f"{key}: ")
+                           for error in exc.errors()]
                 raise ConfigError(source, [ConfigIssue(f"{section}.{key}", reason) for reason in reasons]) from None
             # ... then set on the loaded section, whose other keys were validated with the file.
             config = config.model_copy(update={section: current.model_copy(update={key: checked})})

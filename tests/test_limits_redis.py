@@ -270,7 +270,8 @@ def test_a_bad_state_url_from_the_environment_names_the_variable():
     result = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml"], cwd=ROOT,
                             capture_output=True, text=True,
                             env={"FAIRGATE_DEMO_SECRET": "x" * 40, "FAIRGATE_HASH_SALT": "test-salt",
-                                 "FAIRGATE_STATE": "redis+sentinal://127.0.0.1:26379/mymaster", "PATH": "/usr/bin:/bin"})
+                                 "FAIRGATE_STATE": "redis+sentinal://127.0.0.1:26379/mymaster",
+                                 "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "FAIRGATE_STATE: state URL must start with" in result.stderr
     assert "redis+sentinel://" in result.stderr  # the schemes it could have meant

@@ -287,7 +287,8 @@ class Detection:
 
     def _scraping_queries(self, obs: Observation) -> tuple[Query, Query]:
         """Distinct paths within a minute, distinct agents within an hour."""
-        return Query(self._scraping_key(obs.subject, "paths"), obs.at - 60.0), Query(self._agents_key(obs), obs.at - 3600.0)
+        return (Query(self._scraping_key(obs.subject, "paths"), obs.at - 60.0),
+                Query(self._agents_key(obs), obs.at - 3600.0))
 
     def _score_breadth(self, obs: Observation, requests: int, paths: int, agents: int) -> None:
         settings = self.settings.scraping
@@ -340,8 +341,9 @@ class Detection:
         settings = self.settings.sharing
         track = self._track(obs.subject, "sharing")
         assert isinstance(track, SharingTrack)
-        verdict = self._sharing.verdict(asked, answers, self._allowance(obs.customer), track, obs.at,  # type: ignore[union-attr]
-                                        extra)
+        sharing = self._sharing
+        assert sharing is not None  # only judged while the detector is on
+        verdict = sharing.verdict(asked, answers, self._allowance(obs.customer), track, obs.at, extra)
         if verdict is None or self.grants.exempt(obs.customer, obs.user, SHARING, obs.at):
             return
         shadow = settings.mode == "shadow"
