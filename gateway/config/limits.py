@@ -12,9 +12,9 @@ from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, mod
 
 from gateway.config.detection import SharingAllowance
 from gateway.config.enforcement import Advice
+from gateway.config.state_url import StateUrl, parse_state_url
 from gateway.config.types import Duration, Section, UnitName, frozen_mapping
 from gateway.config.units import PRICE_HINT, RATE_HINT, Rate, parse_duration, parse_price, parse_rate, parse_size
-from gateway.config.state_url import StateUrl, parse_state_url
 
 RateValue = Annotated[
     Rate,

@@ -8,8 +8,16 @@ import zoneinfo
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from gateway.config.limits import (ConcurrencyLimit, Customer, LimitSettings, Override, Plan, QuotaLimit, RateLimit,
-                                   plan_of)
+from gateway.config.limits import (
+    ConcurrencyLimit,
+    Customer,
+    LimitSettings,
+    Override,
+    Plan,
+    QuotaLimit,
+    RateLimit,
+    plan_of,
+)
 from gateway.enforce.grants import Grants
 from gateway.state.store import CONCURRENCY, RATE, Kind
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 from redis import exceptions as redis_errors
 
@@ -34,7 +34,7 @@ class Pending:
 
 class LimitBatches:
     def __init__(self, guard: Guard, *, cluster: bool, use_redis_time: bool,
-                 release: Callable[[str, list[tuple[str, str]]], Awaitable[None]]) -> None:
+                 release: Callable[[str, list[tuple[str, str]]], Coroutine[Any, Any, None]]) -> None:
         self._guard = guard
         self._client = guard.client
         self._settings = guard.settings

@@ -124,7 +124,8 @@ class RedisStore(StateStore):
 def connect(settings: StateSettings) -> tuple[Any, bool]:
     """A redis.asyncio client for the URL: single server, Cluster or Sentinel; and whether it is a Cluster."""
     url = settings.parsed_url
-    timeouts = dict(socket_timeout=max(settings.timeout * 4, 0.2), socket_connect_timeout=max(settings.timeout * 4, 0.2))
+    timeouts: dict[str, Any] = dict(socket_timeout=max(settings.timeout * 4, 0.2),
+                                    socket_connect_timeout=max(settings.timeout * 4, 0.2))
     if url.backend is Backend.CLUSTER:
         from redis.asyncio.cluster import RedisCluster
 
