@@ -12,7 +12,6 @@ from typing import Any, Callable, Coroutine
 
 from redis import exceptions as redis_errors
 
-from gateway.state.circuit import HALF_OPEN
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_guard import REDIS_FAILURES, Guard
 from gateway.state.redis_script import SCRIPT, answers, bulk, evalsha_arguments, evalsha_command, outcomes
@@ -199,10 +198,7 @@ class LimitBatches:
         # One write and one read on a pooled connection, without redis-py's Pipeline object:
         # measured, its per-command bookkeeping cost more than the rest of the request.
         pool = self._client.connection_pool
-        if self._breaker.state == HALF_OPEN:
-            # This is the probe. Idle connections made before the outage may lead to a Redis that
-            # has since restarted: each would fail once and reopen a circuit that just closed.
-            await pool.disconnect(inuse_connections=False)
+        await self._guard.before_probe()
         connection = await pool.get_connection()
         try:
             sha, clock_arg = bulk(self._sha or ""), bulk(clock)

@@ -50,6 +50,14 @@ class Guard:
             self.metrics.errors.labels(type(exc.__cause__ or exc).__name__).inc()
         self.breaker.failed(ticket)
 
+    async def before_probe(self) -> None:
+        """Half-open, the next call is the probe. Idle connections made before the outage may lead
+        to a Redis that has since restarted: each would fail once and reopen a circuit that just
+        closed, so they go first (a Cluster client keeps its pools per node and is left alone)."""
+        pool = getattr(self.client, "connection_pool", None)
+        if self.breaker.state == HALF_OPEN and pool is not None:
+            await pool.disconnect(inuse_connections=False)
+
     async def write(self, build: Callable[[Any], object], *, must: bool = False) -> None:
         """Run a pipeline of writes; failures are logged, or raised as StoreUnavailable if `must`
         (the caller keeps what it could not write and tries again)."""
@@ -79,6 +87,7 @@ class Guard:
         if ticket is None:
             raise StoreUnavailable("state store circuit open")
         try:
+            await self.before_probe()
             result = await asyncio.wait_for(make(), self.settings.timeout * 4)
         except REDIS_FAILURES as exc:
             error = StoreUnavailable(str(exc) or type(exc).__name__)
