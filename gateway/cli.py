@@ -10,16 +10,18 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from pydantic import ValidationError
+
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.errors import ConfigIssue
+from gateway.config.state_url import parse_state_url
 from gateway.config.types import parse_host_port
 from gateway.config.units import parse_duration
 
 log = logging.getLogger("fairgate")
 
 STATE_ENV = "FAIRGATE_STATE"
-
-STATE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+cluster://", "redis+sentinel://")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,15 +160,28 @@ def _schema(_: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> Callable[[GatewayConfig], GatewayConfig]:
+    """The command line's overrides, validated like the file's keys (a ConfigError names the flag)."""
     state_url = args.state or os.environ.get(STATE_ENV)
+    changes: list[tuple[str, str, str, object]] = []  # (source, section, key, value)
+    if state_url:
+        changes.append(("--state" if args.state else STATE_ENV, "state", "url", state_url))
+    if args.listen:
+        changes.append(("--listen", "server", "listen", _format_host_port(args.listen)))
+    if args.admin_listen:
+        changes.append(("--admin-listen", "admin", "listen", _format_host_port(args.admin_listen)))
 
     def apply(config: GatewayConfig) -> GatewayConfig:
-        if state_url:
-            config = config.model_copy(update={"state": config.state.model_copy(update={"url": state_url})})
-        if args.listen:
-            config = config.model_copy(update={"server": config.server.model_copy(update={"listen": args.listen})})
-        if args.admin_listen:
-            config = config.model_copy(update={"admin": config.admin.model_copy(update={"listen": args.admin_listen})})
+        for source, section, key, value in changes:
+            current = getattr(config, section)
+            try:
+                # The value checked as the file's would be (its section's validators included) ...
+                checked = getattr(type(current).model_validate({key: value}), key)
+            except ValidationError as exc:
+                reasons = [error["msg"].removeprefix("Value error, ").removeprefix(f"{key}: ")
+                           for error in exc.errors()]
+                raise ConfigError(source, [ConfigIssue(f"{section}.{key}", reason) for reason in reasons]) from None
+            # ... then set on the loaded section, whose other keys were validated with the file.
+            config = config.model_copy(update={section: current.model_copy(update={key: checked})})
         return config
 
     return apply
@@ -247,18 +262,26 @@ def _run(args: argparse.Namespace) -> int:
     from gateway.server.workers import supervise
 
     state_url = args.state or os.environ.get(STATE_ENV)
-    if state_url and not state_url.startswith(STATE_SCHEMES):
-        print(f"fairgate run: state URL must start with {', '.join(STATE_SCHEMES)}, got {state_url!r}",
-              file=sys.stderr)
-        return 2
+    if state_url:
+        try:
+            parse_state_url(state_url)
+        except ValueError as exc:
+            source = "--state" if args.state else STATE_ENV
+            print(f"fairgate run: {source}: state URL must start with a known scheme: {exc}", file=sys.stderr)
+            return 2
     transform = _overrides(args)
     loaded = _load_or_report(args.config)
     if loaded is None:
         return 1
-    config = transform(loaded)
+    try:
+        config = transform(loaded)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 2
     configure_logging(config.logging.level, config.logging.format)
 
-    if args.workers > 1 and config.state.url.startswith("memory://"):
+    if args.workers > 1 and not config.state.parsed_url.shared:
         log.warning("with the memory state store every worker keeps its own limits: "
                     "each customer gets up to N times its plan; use Redis to share them")
     if args.workers > 1:

@@ -12,7 +12,7 @@ from gateway.auth.failed_logins import FailedLogins
 from gateway.config.auth import FailedLoginLimit
 from gateway.state.bounded import BoundedTable
 from gateway.state.memory import MemoryStore
-from gateway.state.sightings import MemorySightings, Sighting
+from gateway.state.sightings import MemorySightings, Query, Sighting
 from gateway.state.store import RATE, Check
 from tests.conftest import ManualClock
 
@@ -63,7 +63,9 @@ async def test_sightings_forget_the_least_recently_written_keys_first():
             await store.exchange([Sighting("kept", "m", T0 + n, 3600.0, 8)], [])
         await store.exchange([Sighting(f"k{n}", "m", T0 + n, 3600.0, 8)], [])
     assert len(store) == 1000
-    kept, oldest, newest = await store.exchange([], [("kept", 0.0), ("k199000", 0.0), ("k199999", 0.0)])
+    queries = [Query("kept", 0.0), Query("k199000", 0.0), Query("k199999", 0.0)]
+    answers = await store.exchange([], queries)
+    kept, oldest, newest = (answers[query] for query in queries)
     assert kept and newest and not oldest
 
 

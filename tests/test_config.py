@@ -261,3 +261,43 @@ def test_schema_is_json_schema_of_every_section():
     schema = json.loads(result.stdout)
     assert set(schema["properties"]) >= {"server", "admin", "logging", "auth", "upstreams", "routes"}
     assert schema["additionalProperties"] is False
+
+
+def test_a_customer_is_on_its_listed_plan_else_a_known_claimed_plan_else_the_default():
+    from gateway.config import GatewayConfig
+
+    plan = {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 5}]}
+    config = GatewayConfig.model_validate({
+        "upstreams": {"api": {"url": "http://127.0.0.1:9000"}},
+        "routes": [{"name": "all", "path_prefix": "/", "upstream": "api"}],
+        "limits": {"default_plan": "basic"},
+        "plans": {"basic": plan, "pro": plan, "enterprise": plan},
+        "customers": {"acme": {"plan": "enterprise"}},
+    })
+    assert config.plan_of("acme", claimed="pro") == "enterprise"  # listed wins over the token
+    assert config.plan_of("globex", claimed="pro") == "pro"
+    assert config.plan_of("globex", claimed="platinum") == "basic"  # a plan this config does not define
+    assert config.plan_of("globex") == "basic"
+    assert config.plan_of(None) == "basic"  # anonymous callers
+
+
+@given(st.text(max_size=40))
+def test_a_state_url_names_one_backend_or_is_refused_with_the_schemes(url):
+    from gateway.config.state_url import Backend, parse_state_url
+
+    try:
+        parsed = parse_state_url(url)
+    except ValueError as exc:
+        assert all(f"{backend.value}://" in str(exc) for backend in Backend)
+        assert not any(url.startswith(f"{backend.value}://") for backend in Backend)
+        return
+    assert url == f"{parsed.backend.value}://{parsed.rest}"
+    assert parsed.shared == (parsed.backend is not Backend.MEMORY)
+
+
+@pytest.mark.parametrize("url", ["memory://", "redis://127.0.0.1:6379/0", "rediss://h:6380/1",
+                                 "redis+cluster://127.0.0.1:7000", "redis+sentinel://h:26379/mymaster/0"])
+def test_every_documented_state_url_is_accepted(url):
+    from gateway.config.limits import StateSettings
+
+    assert StateSettings(url=url).parsed_url.rest == url.partition("://")[2]

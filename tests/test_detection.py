@@ -18,7 +18,7 @@ from gateway.fleet.grants import Grants
 from gateway.fleet.sharing import Fleet
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_sightings import RedisSightings
-from gateway.state.sightings import MemorySightings, Sighting
+from gateway.state.sightings import MemorySightings, Query, Sighting
 from tests.conftest import ManualClock
 
 T0 = 1_800_000_000.0
@@ -335,7 +335,8 @@ async def test_memory_sightings_are_bounded():
         await store.exchange([Sighting(f"k{n}", "m", T0 + n, 60.0, 8)], [])
     assert len(store) == 1000
     await store.exchange([Sighting("one", f"m{n}", T0 + n, 3600.0, 8) for n in range(100)], [])
-    (members,) = await store.exchange([], [("one", 0.0)])
+    asked = Query("one", 0.0)
+    members = (await store.exchange([], [asked]))[asked]
     assert sorted(members) == sorted(f"m{n}" for n in range(92, 100))  # the 8 most recent
 
 

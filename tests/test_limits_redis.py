@@ -261,6 +261,22 @@ def test_a_bad_state_url_is_a_usage_error(tmp_path):
     assert "state URL must start with" in result.stderr
 
 
+def test_a_bad_state_url_from_the_environment_names_the_variable():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml"], cwd=ROOT,
+                            capture_output=True, text=True,
+                            env={"FAIRGATE_DEMO_SECRET": "x" * 40, "FAIRGATE_HASH_SALT": "test-salt",
+                                 "FAIRGATE_STATE": "redis+sentinal://127.0.0.1:26379/mymaster",
+                                 "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "FAIRGATE_STATE: state URL must start with" in result.stderr
+    assert "redis+sentinel://" in result.stderr  # the schemes it could have meant
+
+
 async def test_the_local_over_limit_cache_is_per_cost(redis_url, key_prefix):
     settings = StateSettings(url=redis_url, timeout="2s")
     client, _ = connect(settings)

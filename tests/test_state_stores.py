@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import socket
 
 import pytest
 
 from gateway.config.limits import StateSettings
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_store import RedisStore, connect
-from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check
+from gateway.state.sightings import Query, Sighting
+from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, StoreUnavailable
 
 T0 = 1_800_000_000.0
 
@@ -21,7 +24,7 @@ async def store(request):
         yield MemoryStore()
         return
     redis_url = request.getfixturevalue("redis_url")
-    settings = StateSettings(url=redis_url, timeout="1s")
+    settings = StateSettings(url=redis_url, timeout="1s", key_prefix=request.getfixturevalue("key_prefix"))
     client, cluster = connect(settings)
     store = RedisStore(client, settings, cluster=cluster, use_redis_time=False)
     yield store
@@ -175,6 +178,100 @@ async def test_state_expires_with_what_it_describes(store, key):
     k = key("rate")
     await hits(store, lambda: [rate(k, burst=2)], T0, 2)
     assert await hits(store, lambda: [rate(k, burst=2)], T0 + 10, 2) == [True, True]
+
+
+def shared_store(store) -> bool:
+    return isinstance(store, RedisStore)
+
+
+async def test_counter_sets_add_up_under_their_index(store, key):
+    index = key("usage:2027-01")
+    await store.add_counters(index, {"acme": {"requests": 2, "bytes": 100.5}, "globex": {"requests": 1}}, T0 + 86400)
+    await store.add_counters(index, {"acme": {"requests": 3}}, T0 + 86400)
+    assert await store.read_counters(index) == {"acme": {"requests": 5.0, "bytes": 100.5},
+                                                "globex": {"requests": 1.0}}
+    assert await store.read_counters(key("usage:2027-02")) == {}
+
+
+async def test_shared_entries_reach_the_fleet_until_they_expire_or_are_withdrawn(store, key):
+    topic = key("sanctions")
+    await store.share(topic, {"key": "user:acme/ann", "until": T0 + 60}, T0 + 60)
+    await store.share(topic, {"key": "user:acme/bob", "until": T0 + 10}, T0 + 10)
+    if not shared_store(store):
+        assert await store.shared(topic, T0) is None  # one process: nothing to share with
+        await store.unshare(topic, lambda entry: True)
+        return
+    entries = await store.shared(topic, T0)
+    assert sorted(entry["key"] for entry in entries) == ["user:acme/ann", "user:acme/bob"]
+    assert [entry["key"] for entry in await store.shared(topic, T0 + 30)] == ["user:acme/ann"]  # bob's expired
+    await store.unshare(topic, lambda entry: entry["key"] == "user:acme/ann")
+    assert await store.shared(topic, T0 + 30) == []
+
+
+async def test_a_shared_entry_wakes_every_watcher(store, key):
+    woken = asyncio.Event()
+    watching = asyncio.create_task(store.watch_shared(woken.set))
+    try:
+        if not shared_store(store):
+            await watching  # one process: returns at once, nobody else to hear from
+            return
+        await asyncio.wait_for(woken.wait(), 5)  # a first call once subscribed
+        woken.clear()
+        await store.share(key("grants"), {"id": "g1"}, T0 + 60)
+        await asyncio.wait_for(woken.wait(), 5)
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+
+async def test_events_append_to_a_stream_the_fleet_reads(store, key, request):
+    stream = key("audit")
+    appended = await store.append_events(stream, [{"event": "a", "n": 1}, {"event": "b", "n": 2}], 1000)
+    assert appended is shared_store(store)  # memory has no streams: the trail keeps its own file
+    if not appended:
+        return
+    import redis.asyncio
+
+    reader = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        events = [fields[b"event"] for _, fields in await reader.xrange(stream)]
+    finally:
+        await reader.aclose()
+    assert [json.loads(event)["event"] for event in events] == ["a", "b"]
+
+
+async def test_sightings_answer_each_query_and_sightings_live_in_the_store(store, key):
+    sightings = store.sightings()
+    paths, agents = key("paths"), key("agents")
+    seen = [Sighting(paths, "/a", T0, 60.0, 8), Sighting(paths, "/b", T0 + 1, 60.0, 8),
+            Sighting(agents, "curl", T0, 3600.0, 8)]
+    recent, older, other = Query(paths, T0 + 1), Query(paths, T0 - 60), Query(agents, T0)
+    answers = await sightings.exchange(seen, [recent, older, other])
+    assert answers == {recent: {"/b": T0 + 1}, older: {"/a": T0, "/b": T0 + 1}, other: {"curl": T0}}
+
+
+async def test_fleet_calls_to_a_redis_that_never_answers_are_bounded_and_open_the_circuit():
+    # A listener that accepts connections and never answers: the calls wait at most the
+    # store's timeout, raise the store's own error, and open the circuit for the next ones.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    host, port = silent.getsockname()
+    settings = StateSettings(url=f"redis://{host}:{port}/0", timeout="50ms", breaker_failures=2,
+                             breaker_cooldown="1h")
+    client, cluster = connect(settings)
+    store = RedisStore(client, settings, cluster=cluster, use_redis_time=False)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.share("revocations", {"jti": "x"}, T0 + 60)
+        with pytest.raises(StoreUnavailable):
+            await store.shared("revocations", T0)
+        assert store.breaker.state == "open"
+        with pytest.raises(StoreUnavailable, match="circuit open"):
+            await store.unshare("grants", lambda entry: True)
+    finally:
+        await store.close()
+        silent.close()
 
 
 def test_memory_store_is_bounded():

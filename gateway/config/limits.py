@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, mod
 
 from gateway.config.detection import SharingAllowance
 from gateway.config.enforcement import Advice
+from gateway.config.state_url import StateUrl, parse_state_url
 from gateway.config.types import Duration, Section, UnitName, frozen_mapping
 from gateway.config.units import PRICE_HINT, RATE_HINT, Rate, parse_duration, parse_price, parse_rate, parse_size
 
@@ -184,11 +185,15 @@ class StateSettings(Section):
 
     @model_validator(mode="after")
     def _scheme(self) -> StateSettings:
-        scheme = self.url.split("://", 1)[0]
-        if "://" not in self.url or scheme not in ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel"):
-            raise ValueError(f"url: expected memory://, redis://, rediss://, redis+cluster:// or "
-                             f"redis+sentinel://, got {self.url!r}")
+        try:
+            parse_state_url(self.url)
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
         return self
+
+    @property
+    def parsed_url(self) -> StateUrl:
+        return parse_state_url(self.url)
 
 
 class LimitSettings(Section):
@@ -208,3 +213,15 @@ class LimitSettings(Section):
 
 Plans = Annotated[dict[str, Plan], AfterValidator(frozen_mapping)]
 Customers = Annotated[dict[str, Customer], AfterValidator(frozen_mapping)]
+
+
+def plan_of(customers: Mapping[str, Customer], plans: Container[str], default_plan: str | None,
+            customer: str | None, claimed: str | None = None) -> str | None:
+    """Which plan a customer is on: its entry under `customers` wins; else the plan its token
+    claims (the issuer's `claims.plan`), when a plan of that name is defined; else `default_plan`."""
+    entry = customers.get(customer) if customer is not None else None
+    if entry is not None:
+        return entry.plan
+    if claimed is not None and claimed in plans:
+        return claimed
+    return default_plan

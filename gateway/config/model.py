@@ -16,7 +16,7 @@ from gateway.config.alerts import AlertSettings
 from gateway.config.auth import AuthSettings
 from gateway.config.detection import DetectionSettings, RouteClass
 from gateway.config.enforcement import EnforcementSettings
-from gateway.config.limits import Customers, LimitSettings, Plans, RateValue, StateSettings
+from gateway.config.limits import Customers, LimitSettings, Plans, RateValue, StateSettings, plan_of
 from gateway.config.types import Duration, HostPort, Network, Section, Size, frozen_mapping
 from gateway.config.usage import UsageSettings
 
@@ -166,3 +166,7 @@ class GatewayConfig(Section):
     alerts: AlertSettings = AlertSettings()
     upstreams: Annotated[dict[str, Upstream], AfterValidator(frozen_mapping)] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)
+
+    def plan_of(self, customer: str | None, claimed: str | None = None) -> str | None:
+        """The plan `customer` is on; `claimed` is the plan its token names, if known."""
+        return plan_of(self.customers, self.plans, self.limits.default_plan, customer, claimed)

@@ -21,19 +21,18 @@ from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.config.detection import SharingAllowance
 from gateway.detect.addresses import Hasher
-from gateway.detect.findings import SCRAPING, SEATS, SHARING, Finding, FindingLog
+from gateway.detect.findings import SCRAPING, SEATS, SHARING, Action, Finding, FindingLog
 from gateway.detect.observation import Observation
-from gateway.detect.sanctions import BLOCK, REAUTH, SCRAPING as SCRAPING_SANCTION
-from gateway.detect.sanctions import Sanction, Sanctions, session_key, user_key
+from gateway.detect.sanctions import AUTOMATION, BLOCK, REAUTH, Sanction, Sanctions, session_key, user_key
+from gateway.detect.scraping import ScrapingSignals, ScrapingTrack
+from gateway.detect.sharing import SharingQueries, SharingTrack, SharingWatch
+from gateway.detect.travel import TravelCheck
 from gateway.fleet.grants import Grants
 from gateway.fleet.sharing import Fleet
 from gateway.fleet.topics import Topic
-from gateway.detect.scraping import ScrapingSignals, ScrapingTrack
-from gateway.detect.sharing import SharingTrack, SharingWatch
-from gateway.detect.travel import TravelCheck
 from gateway.problems import Problem
 from gateway.state.bounded import BoundedTable
-from gateway.state.sightings import Query, Sighting, Sightings
+from gateway.state.sightings import Answers, Query, Sighting, Sightings
 
 log = logging.getLogger("fairgate.detect")
 
@@ -116,14 +115,13 @@ class Detection:
         self._scraping = setup.scraping
         self._travel = setup.travel
         self._plans = config.plans
-        self._customers = config.customers
-        self._default_plan = config.limits.default_plan
+        self._config = config
         self._zone = setup.zone
         self._months = (0.0, 0.0, "")
         self._watched = frozenset(settings.scraping.actions)
         self._seats_on = settings.seats.mode != "off"
         self._queue_size = settings.queue_size
-        self._refusing = frozenset(cls for cls, action in settings.scraping.actions.items() if action != "flag")
+        self._refusing = frozenset(cls for cls, action in settings.scraping.actions.items() if action != Action.FLAG)
 
     @property
     def backlog(self) -> int:
@@ -224,26 +222,28 @@ class Detection:
             return  # nothing new anywhere: every distinct count is as it was
 
         queries: list[Query] = []
-        for obs in scraped.values():
-            queries += self._scraping_queries(obs)
-        for subject, obs in shared.items():
-            queries += self._sharing.queries(subject, obs.at)  # type: ignore[union-attr]
-        for obs in seat_users.values():
-            queries.append((self._seat_key(obs), self._month_start(obs.at)))
+        asked_scraping = {subject: self._scraping_queries(obs) for subject, obs in scraped.items()}
+        asked_sharing = {subject: self._sharing.queries(subject, obs.at)  # type: ignore[union-attr]
+                         for subject, obs in shared.items()}
+        asked_seats = {customer: Query(self._seat_key(obs), self._month_start(obs.at))
+                       for customer, obs in seat_users.items()}
+        for scraping in asked_scraping.values():
+            queries += scraping
+        for sharing in asked_sharing.values():
+            queries += sharing
+        queries += asked_seats.values()
         answers = await self.sightings.exchange(seen, queries)
         if answers is None:
             self._written.clear()  # not stored: write everything again next time
             return  # the per-request signals above still counted; distinct counts wait for the next batch
-        answers.reverse()
 
         for subject, obs in scraped.items():
-            paths, agents = answers.pop(), answers.pop()
-            self._score_breadth(obs, scored[subject], len(paths), len(agents))
+            paths, agents = asked_scraping[subject]
+            self._score_breadth(obs, scored[subject], len(answers[paths]), len(answers[agents]))
         for subject, obs in shared.items():
-            found = [answers.pop(), answers.pop(), answers.pop()]
-            await self._judge_sharing(obs, found, ("travel",) if subject in travelled else ())
+            await self._judge_sharing(obs, asked_sharing[subject], answers, ("travel",) if subject in travelled else ())
         for customer, obs in seat_users.items():
-            self._judge_seats(customer, obs, answers.pop())
+            self._judge_seats(customer, obs, answers[asked_seats[customer]])
 
     def _due(self, mark: tuple, at: float, every: float) -> bool:
         """Whether what `mark` describes should be written to the store again.
@@ -312,8 +312,10 @@ class Detection:
         # detector's business); a scraper rotating user agents does it within one session.
         return self._scraping_key(obs.subject, f"agents:{obs.session or ''}")
 
-    def _scraping_queries(self, obs: Observation) -> list[Query]:
-        return [(self._scraping_key(obs.subject, "paths"), obs.at - 60.0), (self._agents_key(obs), obs.at - 3600.0)]
+    def _scraping_queries(self, obs: Observation) -> tuple[Query, Query]:
+        """Distinct paths within a minute, distinct agents within an hour."""
+        return (Query(self._scraping_key(obs.subject, "paths"), obs.at - 60.0),
+                Query(self._agents_key(obs), obs.at - 3600.0))
 
     def _score_breadth(self, obs: Observation, requests: int, paths: int, agents: int) -> None:
         settings = self.settings.scraping
@@ -340,11 +342,11 @@ class Detection:
         track.flagged = True
         track.offences += 1
         shadow = settings.mode == "shadow"
-        action = settings.actions[obs.route_class]
+        action = Action(settings.actions[obs.route_class])
         until = None
         if self._refusing and not shadow:
             until = obs.at + min(settings.block_for * 2 ** (track.offences - 1), settings.max_block)
-            self._sanction(Sanction(self._public(obs.subject), SCRAPING_SANCTION, until, SCRAPING_POLICY))
+            self._sanction(Sanction(self._public(obs.subject), AUTOMATION, until, SCRAPING_POLICY))
         self.findings.record(Finding(
             SCRAPING, self._public(obs.subject), obs.customer, obs.user, action, shadow, obs.at, tuple(fired),
             score=round(score, 2), until=until,
@@ -361,39 +363,38 @@ class Detection:
 
     # -- sharing ------------------------------------------------------------------------
 
-    async def _judge_sharing(self, obs: Observation, answers: list[dict[str, float]], extra: tuple[str, ...]) -> None:
+    async def _judge_sharing(self, obs: Observation, asked: SharingQueries, answers: Answers,
+                             extra: tuple[str, ...]) -> None:
         settings = self.settings.sharing
         track = self._track(obs.subject, "sharing")
         assert isinstance(track, SharingTrack)
-        verdict = self._sharing.verdict(answers, self._allowance(obs.customer), track, obs.at, extra)  # type: ignore[union-attr]
+        sharing = self._sharing
+        assert sharing is not None  # only judged while the detector is on
+        verdict = sharing.verdict(asked, answers, self._allowance(obs.customer), track, obs.at, extra)
         if verdict is None or self.grants.exempt(obs.customer, obs.user, SHARING, obs.at):
             return
         shadow = settings.mode == "shadow"
-        action, until = settings.action, None
-        if action != "flag" and not shadow and verdict.newest_session is not None:
+        action, until = Action(settings.action), None
+        if action != Action.FLAG and not shadow and verdict.newest_session is not None:
             until = obs.at + settings.block_for
-            kind = REAUTH if action == "reauth" else BLOCK
+            kind = REAUTH if action == Action.REAUTH else BLOCK
             self._sanction(Sanction(session_key(obs.customer or "", obs.user or "", verdict.newest_session), kind,
                                     until, SHARING_POLICY, issued_before=obs.at))
-        elif action != "flag":
-            action = "flag"  # one session: nobody newer to ask
+        elif action != Action.FLAG:
+            action = Action.FLAG  # one session: nobody newer to ask
         self.findings.record(Finding(
             SHARING, obs.subject, obs.customer, obs.user, action, shadow, obs.at, verdict.signals, until=until,
             evidence={**verdict.evidence, "newest_session": verdict.newest_session},
         ))
 
     def _allowance(self, customer: str | None) -> SharingAllowance:
-        plan = self._plans.get(self._plan_of(customer) or "")
+        plan = self._plans.get(self._config.plan_of(customer) or "")
         return plan.sharing if plan is not None and plan.sharing is not None else self.settings.sharing.allowance
-
-    def _plan_of(self, customer: str | None) -> str | None:
-        entry = self._customers.get(customer) if customer is not None else None
-        return entry.plan if entry is not None else self._default_plan
 
     # -- seats --------------------------------------------------------------------------
 
     def _seats_of(self, customer: str) -> int | None:
-        plan = self._plans.get(self._plan_of(customer) or "")
+        plan = self._plans.get(self._config.plan_of(customer) or "")
         return plan.seats if plan is not None else None
 
     def _month_of(self, at: float) -> tuple[float, float, str]:
@@ -424,7 +425,7 @@ class Detection:
             self._seats_reported.clear()
         self._seats_reported[marker] = obs.at
         self.findings.record(Finding(
-            SEATS, f"customer:{customer}", customer, None, "flag", self.settings.seats.mode == "shadow", obs.at,
+            SEATS, f"customer:{customer}", customer, None, Action.FLAG, self.settings.seats.mode == "shadow", obs.at,
             ("seats",), evidence={"month": month, "seats": seats, "active_users": len(users),
                                   "users": sorted(users)[:500]},
         ))
@@ -449,7 +450,7 @@ def _problem(sanction: Sanction, now: float, scraping_action: str) -> Problem:
         return Problem(403, "session-blocked", "Forbidden",
                        f"This session is blocked until {until} ({sanction.policy}).",
                        {"Retry-After": retry_after}, {"policy": sanction.policy, "until": until})
-    if scraping_action == "challenge":
+    if scraping_action == Action.CHALLENGE:
         return Problem(403, "automation-challenge", "Forbidden",
                        f"This traffic looks automated ({sanction.policy}). Use the API under your plan, or "
                        "contact support if this is a mistake.", {}, {"policy": sanction.policy})

@@ -6,22 +6,41 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from prometheus_client import Counter
 
 log = logging.getLogger("fairgate.detect")
 
-SHARING, SCRAPING, SEATS = "sharing", "scraping", "seats"
+
+
+class Detector(StrEnum):
+    SHARING = "sharing"
+    SCRAPING = "scraping"
+    SEATS = "seats"
+
+
+class Action(StrEnum):
+    """What a detector does about a finding (the config's `action` values)."""
+
+    FLAG = "flag"  # recorded and counted, nothing refused
+    REAUTH = "reauth"  # the newest session signs in again
+    BLOCK_NEWEST = "block_newest"
+    CHALLENGE = "challenge"
+    BLOCK = "block"
+
+
+SHARING, SCRAPING, SEATS = Detector.SHARING, Detector.SCRAPING, Detector.SEATS
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    detector: str
+    detector: Detector
     subject: str  # "user:CUSTOMER/USER", "address:HASH" or "customer:CUSTOMER"
     customer: str | None
     user: str | None
-    action: str  # flag, reauth, block_newest, challenge, block
+    action: Action
     shadow: bool  # shadow mode: recorded, not applied
     at: float  # the time of the request that tipped it over
     signals: tuple[str, ...]

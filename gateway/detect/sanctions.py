@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 
 from gateway.detect.findings import Finding
@@ -12,13 +13,23 @@ from gateway.fleet.grants import ALLOW_AGENT, ALLOW_USER, Grant
 from gateway.fleet.topics import Change, Topic
 from gateway.state.store import shared_entries
 
-REAUTH, BLOCK, SCRAPING = "reauth", "block", "scraping"
+
+class SanctionKind(StrEnum):
+    """What a sanction refuses; the values travel between gateways in shared entries."""
+
+    REAUTH = "reauth"  # tokens issued until `issued_before` must log in again
+    BLOCK = "block"  # the session is refused
+    # The subject's requests on the route classes the scraping detector refuses (challenge or block).
+    AUTOMATION = "scraping"
+
+
+REAUTH, BLOCK, AUTOMATION = SanctionKind.REAUTH, SanctionKind.BLOCK, SanctionKind.AUTOMATION
 
 
 @dataclass(frozen=True, slots=True)
 class Sanction:
     key: str  # "session:C/U/SID", "user:C/U" or "address:HASH"
-    kind: str  # reauth (tokens issued until `issued_before` must log in again), block, scraping
+    kind: SanctionKind  # a plain string when read back from the fleet's store
     until: float
     policy: str  # the policy clause, for the client's problem detail
     issued_before: float = 0.0

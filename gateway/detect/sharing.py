@@ -4,14 +4,14 @@ against the plan's allowance (one session, three networks an hour, three devices
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.config.detection import SharingAllowance
 from gateway.config.detection import SharingDetector as SharingSettings
 from gateway.detect.addresses import Hasher, network_of
 from gateway.detect.agents import device_of
 from gateway.detect.observation import Observation
-from gateway.state.sightings import Query, Sighting
+from gateway.state.sightings import Answers, Query, Sighting
 
 _MAX_SESSIONS_KEPT = 32
 
@@ -21,6 +21,14 @@ class SharingVerdict:
     signals: tuple[str, ...]
     newest_session: str | None
     evidence: dict[str, Any]
+
+
+class SharingQueries(NamedTuple):
+    """What one login's sharing verdict asks the sightings store."""
+
+    sessions: Query
+    networks: Query
+    devices: Query
 
 
 class SharingTrack:
@@ -71,15 +79,15 @@ class SharingWatch:
         device = self.device_mark(obs)
         return "id:" + self._hasher.hash(device) if device else device_of(obs.headers.get("User-Agent", ""))
 
-    def queries(self, subject: str, now: float) -> list[Query]:
+    def queries(self, subject: str, now: float) -> SharingQueries:
         windows = self.settings.windows
-        return [(self._key(subject, "sessions"), now - windows.sessions),
-                (self._key(subject, "networks"), now - windows.networks),
-                (self._key(subject, "devices"), now - windows.devices)]
+        return SharingQueries(Query(self._key(subject, "sessions"), now - windows.sessions),
+                              Query(self._key(subject, "networks"), now - windows.networks),
+                              Query(self._key(subject, "devices"), now - windows.devices))
 
-    def verdict(self, answers: list[dict[str, float]], allowance: SharingAllowance, track: SharingTrack,
+    def verdict(self, asked: SharingQueries, answers: Answers, allowance: SharingAllowance, track: SharingTrack,
                 now: float, extra_signals: tuple[str, ...] = ()) -> SharingVerdict | None:
-        sessions, networks, devices = answers
+        sessions, networks, devices = answers[asked.sessions], answers[asked.networks], answers[asked.devices]
         over = [name for name, seen, allowed in (("sessions", sessions, allowance.sessions),
                                                  ("networks", networks, allowance.networks),
                                                  ("devices", devices, allowance.devices)) if len(seen) > allowed]

@@ -12,7 +12,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter
 
@@ -20,13 +20,13 @@ from gateway.audit.trail import AuditTrail
 from gateway.auth.identity import Identity
 from gateway.clock import Clock
 from gateway.config.enforcement import EnforcementSettings
-from gateway.detect.findings import Finding
+from gateway.detect.findings import Action, Finding
+from gateway.enforce.ladder import BY_LADDER, NEXT, OK, SUSPENDED, THROTTLED, Counts, Standing, judge
+from gateway.enforce.notices import NoticeBook, header_params, merged
+from gateway.enforce.standings import Standings, customer_subject, user_subject
 from gateway.fleet.grants import Grants
 from gateway.fleet.sharing import Fleet
 from gateway.fleet.topics import Change, Topic
-from gateway.enforce.ladder import NEXT, OK, SUSPENDED, THROTTLED, Counts, Standing, judge
-from gateway.enforce.notices import NoticeBook, header_params, merged
-from gateway.enforce.standings import Standings, customer_subject, user_subject
 from gateway.limits.policy import CompiledLimit
 from gateway.problems import Problem
 from gateway.state.sightings import Query, Sighting, Sightings
@@ -40,7 +40,15 @@ _QUEUE_LIMIT = 100_000
 _REPUBLISH_SECONDS = 60.0
 
 # A finding whose detector already refused requests is a major violation; one that only flags is minor.
-_MAJOR_ACTIONS = frozenset({"block", "challenge", "reauth", "block_newest"})
+_MAJOR_ACTIONS = frozenset({Action.BLOCK, Action.CHALLENGE, Action.REAUTH, Action.BLOCK_NEWEST})
+
+
+class _CountQueries(NamedTuple):
+    """What judging one subject asks the store: its violations, throttles and suspensions."""
+
+    violations: Query
+    throttles: Query
+    suspensions: Query
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,22 +225,24 @@ class Enforcement:
             weighed = min(sum(ladder.weights.get(v.severity, 1) for v in violations), ladder.throttle_at)
             seen += [Sighting(self._key("v", subject), f"{self._origin}:{next(self._ids)}", violations[-1].at,
                               ladder.window, ladder.throttle_at * 4) for _ in range(weighed)]
-        queries: list[Query] = []
+        asked: dict[str, _CountQueries] = {}
         for subject in by_subject:
             current = self.standings.latest(subject)
             counts_from = current.counts_from if current is not None else 0.0
-            queries += [(self._key("v", subject), max(now - ladder.window, counts_from)),
-                        (self._key("t", subject), now - ladder.throttles_within),
-                        (self._key("s", subject), now - REPEATS_REMEMBERED)]
+            asked[subject] = _CountQueries(Query(self._key("v", subject), max(now - ladder.window, counts_from)),
+                                           Query(self._key("t", subject), now - ladder.throttles_within),
+                                           Query(self._key("s", subject), now - REPEATS_REMEMBERED))
+        queries = [query for queries in asked.values() for query in queries]
         answers = await self._sightings.exchange(seen, queries)
         if answers is None:
             log.warning("enforcement: state store unavailable; violations judged on local counts")
-            answers = [{} for _ in queries]
+            answers = {query: {} for query in queries}
         decided = []
-        for index, (subject, violations) in enumerate(by_subject.items()):
+        for subject, violations in by_subject.items():
             weighed = sum(ladder.weights.get(v.severity, 1) for v in violations)
-            counts = Counts(max(len(answers[3 * index]), weighed), len(answers[3 * index + 1]),
-                            len(answers[3 * index + 2]))
+            mine = asked[subject]
+            counts = Counts(max(len(answers[mine.violations]), weighed), len(answers[mine.throttles]),
+                            len(answers[mine.suspensions]))
             last = violations[-1]
             egregious = any(v.severity == "egregious" for v in violations)
             standing = judge(ladder, self.standings.latest(subject), subject, counts, egregious, last.reason, now)
@@ -284,13 +294,13 @@ class Enforcement:
                                customer=first.customer, user=first.user, reason=first.reason, detail=first.detail,
                                count=len(violations), first_at=first.at, last_at=last.at)
 
-    def _take(self, standing: Standing, customer: str, previous: Standing | None, by: str = "ladder",
+    def _take(self, standing: Standing, customer: str, previous: Standing | None, by: str = BY_LADDER,
               note: str | None = None) -> Change:
         """Apply a standing here; the change for the fleet (its audit event None if the state did
         not change: an extended warning). The ladder's are published here, admin ones by the caller."""
         now = self._clock.time()
         was = previous.state if previous is not None and previous.in_force(now) else OK
-        changed = was != standing.state or by != "ladder"
+        changed = was != standing.state or by != BY_LADDER
         self.standings.apply(standing)
         change = Change(
             # An ok decision is kept long enough to override older ones still in other gateways.
@@ -306,7 +316,7 @@ class Enforcement:
             log.warning("fair-use standing changed", extra={
                 "subject": standing.subject, "previous": was, "state": standing.state, "until": _iso(standing.until),
                 "reason": standing.reason, "by": by})
-        if by == "ladder":
+        if by == BY_LADDER:
             self._publish(change, standing)
         return change
 

@@ -4,11 +4,24 @@ that moves it up. Pure: counts and the clock come in, a new standing (or none) c
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from gateway.config.enforcement import Ladder
 
-OK, WARNED, THROTTLED, SUSPENDED = "ok", "warned", "throttled", "suspended"
+
+class State(StrEnum):
+    """Where a subject stands; the values appear in headers, problem bodies and audit events."""
+
+    OK = "ok"
+    WARNED = "warned"
+    THROTTLED = "throttled"
+    SUSPENDED = "suspended"
+
+
+OK, WARNED, THROTTLED, SUSPENDED = State.OK, State.WARNED, State.THROTTLED, State.SUSPENDED
+# Standing.by of what the ladder decided; any other value names the admin who did.
+BY_LADDER = "ladder"
 SEVERITY = {OK: 0, WARNED: 1, THROTTLED: 2, SUSPENDED: 3}
 NEXT = {OK: WARNED, WARNED: THROTTLED, THROTTLED: SUSPENDED, SUSPENDED: SUSPENDED}
 
@@ -16,14 +29,14 @@ NEXT = {OK: WARNED, WARNED: THROTTLED, THROTTLED: SUSPENDED, SUSPENDED: SUSPENDE
 @dataclass(frozen=True, slots=True)
 class Standing:
     subject: str  # "customer:C" or "user:C/U"
-    state: str
+    state: State  # a plain string when read back from the fleet's store (equal all the same)
     since: float  # when it was decided; the latest decision about a subject wins across a fleet
     until: float  # when it ends by itself (ok: when the entry may be forgotten)
     reason: str
     # Violations before this do not count any more (a throttle, a suspension or a reinstatement
     # starts the count afresh).
     counts_from: float = 0.0
-    by: str = "ladder"  # ladder, or the admin who decided it
+    by: str = BY_LADDER  # or the admin who decided it
     # What the warning says: per limit or detector, JSON-ready (gateway.enforce.notices), latest first.
     notices: tuple[dict[str, Any], ...] = field(default=(), hash=False)
 

@@ -12,7 +12,8 @@ from gateway.config import GatewayConfig
 from gateway.config.enforcement import Advice
 from gateway.detect.findings import SCRAPING, SEATS, SHARING, Finding
 from gateway.enforce.ladder import _span
-from gateway.limits.policy import CONCURRENCY, RATE, CompiledLimit
+from gateway.limits.policy import CompiledLimit
+from gateway.state.store import CONCURRENCY, RATE
 
 # Notices a standing keeps at most: the latest sources first.
 MAX_NOTICES = 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.enforce.ladder import OK, SEVERITY, Standing
+from gateway.enforce.ladder import BY_LADDER, OK, SEVERITY, Standing
 from gateway.state.store import shared_entries
 
 _MAX_REMEMBERED = 100_000
@@ -80,4 +80,4 @@ class Standings:
 def _order(standing: Standing) -> tuple[float, bool, int]:
     """Which of two decisions about a subject stands: the later; at the same instant an admin's,
     then the stricter (so every gateway of a fleet settles on the same one)."""
-    return standing.since, standing.by != "ladder", SEVERITY[standing.state]
+    return standing.since, standing.by != BY_LADDER, SEVERITY[standing.state]

@@ -14,10 +14,9 @@ from gateway.auth.identity import Identity
 from gateway.calendar import Calendar
 from gateway.clock import Clock
 from gateway.config import Route
-from gateway.limits.policy import CONCURRENCY, RATE, CompiledLimit, EffectiveLimits, PlanBook
+from gateway.limits.policy import CompiledLimit, EffectiveLimits, PlanBook
 from gateway.limits.stats import LimitStats
-from gateway.state import store as st
-from gateway.state.store import Check, Outcome, StateStore
+from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StateStore
 
 log = logging.getLogger("fairgate.limits")
 
@@ -64,7 +63,7 @@ class Template:
         self.subject = subject
         self.limits = limits
         self.checks = checks
-        self.concurrency = tuple(i for i, check in enumerate(checks) if check.kind == st.CONCURRENCY)
+        self.concurrency = tuple(i for i, check in enumerate(checks) if check.kind == CONCURRENCY)
         self.metered = metered
         self.valid_until = valid_until
 
@@ -158,17 +157,17 @@ class Limiter:
             key = f"{self._prefix}:{{{subject}}}:{limit.name}:{'|'.join(parts)}"
             shadow = limit.mode == "shadow"
             if limit.kind == RATE:
-                check = Check(st.RATE, key, shadow, interval=limit.interval, burst=limit.burst, cost=route.cost,
+                check = Check(RATE, key, shadow, interval=limit.interval, burst=limit.burst, cost=route.cost,
                               max_delay=limit.max_delay if limit.mode == "delay" else 0.0)
             elif limit.kind == CONCURRENCY:
-                check = Check(st.CONCURRENCY, key, shadow, max=limit.max, lease=_SLOT_LEASE)
+                check = Check(CONCURRENCY, key, shadow, max=limit.max, lease=_SLOT_LEASE)
             else:
                 bucket, period_end = self._calendar.period(limit.period, now)
                 valid_until = min(valid_until, period_end)
                 key = f"{key}:{bucket}"
                 if limit.metric != "requests":
                     metered.append((limit, key, period_end))
-                check = Check(st.QUOTA, key, shadow, cost=route.cost if limit.metric == "requests" else 0.0,
+                check = Check(QUOTA, key, shadow, cost=route.cost if limit.metric == "requests" else 0.0,
                               limit=limit.quota, flag_only=limit.action == "flag", expires_at=period_end)
             limits.append(limit)
             checks.append(check)

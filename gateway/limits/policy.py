@@ -8,17 +8,25 @@ import zoneinfo
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from gateway.config.limits import ConcurrencyLimit, Customer, LimitSettings, Override, Plan, QuotaLimit, RateLimit
+from gateway.config.limits import (
+    ConcurrencyLimit,
+    Customer,
+    LimitSettings,
+    Override,
+    Plan,
+    QuotaLimit,
+    RateLimit,
+    plan_of,
+)
 from gateway.fleet.grants import Grants
-
-RATE, CONCURRENCY, QUOTA = "rate", "concurrency", "quota"
+from gateway.state.store import CONCURRENCY, RATE, Kind
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledLimit:
     plan: str
     name: str
-    kind: str
+    kind: Kind
     key_parts: tuple[str, ...]
     mode: str  # enforce | shadow | delay
     # rate: seconds per unit (the emission interval) and bucket size
@@ -56,7 +64,7 @@ class CompiledLimit:
 
 
 def compile_limit(plan: str, limit: RateLimit | ConcurrencyLimit | QuotaLimit) -> CompiledLimit:
-    base = dict(plan=plan, name=limit.name, kind=limit.kind, key_parts=tuple(limit.key.split("+")), mode=limit.mode)
+    base = dict(plan=plan, name=limit.name, kind=Kind(limit.kind), key_parts=tuple(limit.key.split("+")), mode=limit.mode)
     if isinstance(limit, RateLimit):
         interval = limit.rate.period_seconds / limit.rate.count  # type: ignore[operator]
         return CompiledLimit(**base, interval=interval, burst=limit.burst, max_delay=limit.max_delay)
@@ -176,12 +184,7 @@ class PlanBook:
                  licenses: tuple[tuple[str, int], ...] = ()) -> EffectiveLimits | None:
         entry = self._customers.get(customer) if customer is not None else None
         unknown_claim = entry is None and claimed is not None and claimed not in self._plans
-        if entry is not None:
-            plan = entry.plan  # listed customers win over what their token says
-        elif claimed is not None and not unknown_claim:
-            plan = claimed
-        else:
-            plan = self._default
+        plan = plan_of(self._customers, self._plans, self._default, customer, claimed)
         if plan is None:
             return None
         limits = list(self._plans[plan])

@@ -17,6 +17,7 @@ from gateway.auth.errors import AuthError
 from gateway.auth.responses import auth_problem
 from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.metrics import Metrics
+from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
 from gateway.proxy.headers import (
     VIA_TOKEN,
     ForwardedFrom,
@@ -24,11 +25,10 @@ from gateway.proxy.headers import (
     request_id_or_new,
     upstream_header_lines,
 )
-from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
 from gateway.proxy.request_body import BodyTimeout, BodyTimeouts, next_chunk, read_whole
 from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
 from gateway.proxy.request_path import ambiguity, routing_form
-from gateway.proxy.runtime import Runtime, RouteTarget
+from gateway.proxy.runtime import RouteTarget, Runtime
 from gateway.proxy.websocket import is_websocket_upgrade, proxy_websocket
 from gateway.state.store import StoreUnavailable
 from gateway.upstream import Exchange, UpstreamError, UpstreamTimeout

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from gateway.alerts.webhooks import Alerts
 from gateway.audit.trail import AuditTrail
-from gateway.auth.authenticator import AuthMetrics, Authenticator
+from gateway.auth.authenticator import Authenticator, AuthMetrics
 from gateway.auth.failed_logins import FailedLogins
 from gateway.auth.keys import JwksFetcher, KeySource, StaticKeys
 from gateway.auth.revocations import Revocations

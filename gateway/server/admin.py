@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hmac
-import re
-from collections.abc import Mapping
 import os
+import re
 import signal
+from collections.abc import Mapping
 from typing import Callable
 
 from aiohttp import web
 from pydantic import BaseModel, SecretStr
 
+from gateway import __version__
 from gateway.auth.bearer import bearer_token
 from gateway.auth.revocations import revocation_change
 from gateway.config import GatewayConfig
@@ -23,7 +24,6 @@ from gateway.server.customers_api import add_customer_routes
 from gateway.server.grants_api import add_grant_routes
 from gateway.server.openapi import document as openapi_document
 from gateway.server.reloader import RuntimeHolder
-from gateway import __version__
 
 ADMIN_TOKEN_ENV = "FAIRGATE_ADMIN_TOKEN"
 SUPERVISOR_ENV = "FAIRGATE_SUPERVISOR_PID"

@@ -22,9 +22,7 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
     state = runtimes.state
 
     def plan_of(customer: str) -> str | None:
-        config = runtimes.current.config
-        entry = config.customers.get(customer)
-        return entry.plan if entry is not None else config.limits.default_plan
+        return runtimes.current.config.plan_of(customer)
 
     async def month_report(month: str, customer: str | None) -> list[dict[str, Any]]:
         await state.usage.flush()  # this gateway's latest too

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from gateway.config.limits import Override
 from gateway.config.units import parse_duration
 from gateway.fleet.grants import ALLOW_AGENT, ALLOW_USER, EXEMPT, EXEMPTABLE, OVERRIDE, Grant
+from gateway.problems import answer, problem_response
 from gateway.server.admin_requests import bad_request, json_object
 from gateway.server.reloader import RuntimeHolder
-from gateway.problems import answer, problem_response
 
 _OVERRIDE_FIELDS = ("rate", "burst", "max", "quota", "mode")
 

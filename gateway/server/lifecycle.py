@@ -11,10 +11,10 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.proxy.handler import ProxyHandler
-from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.assembly import Assembly, assemble_state
 from gateway.server.listener import make_proxy_server

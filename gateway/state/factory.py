@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.limits import StateSettings
+from gateway.config.state_url import Backend
 from gateway.metrics import Metrics
 from gateway.state.memory import MemoryStore
 from gateway.state.store import StateStore
 
 
 def open_store(settings: StateSettings, clock: Clock = SYSTEM_CLOCK, metrics: Metrics | None = None) -> StateStore:
-    if settings.url.startswith("memory://"):
+    if settings.parsed_url.backend is Backend.MEMORY:
         return MemoryStore(settings.max_memory_keys)
-    from gateway.state.redis_store import RedisStore, StoreMetrics
+    from gateway.state.redis_guard import StoreMetrics
+    from gateway.state.redis_store import RedisStore
 
     store_metrics = None
     if metrics is not None:

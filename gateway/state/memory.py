@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from gateway.state.bounded import BoundedTable
-from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StateStore
+from gateway.state.store import CONCURRENCY, RATE, Check, Outcome, StateStore
 
 
 class MemoryStore(StateStore):

@@ -11,7 +11,7 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from gateway.state.sightings import Query, Sighting, Sightings
+from gateway.state.sightings import Answers, Query, Sighting, Sightings
 
 log = logging.getLogger("fairgate.state")
 
@@ -21,7 +21,7 @@ class RedisSightings(Sightings):
         self._client = client
         self._timeout = timeout
 
-    async def exchange(self, seen: list[Sighting], queries: list[Query]) -> list[dict[str, float]] | None:
+    async def exchange(self, seen: list[Sighting], queries: list[Query]) -> Answers | None:
         by_key: dict[str, list[Sighting]] = defaultdict(list)
         for sighting in seen:
             by_key[sighting.key].append(sighting)
@@ -33,15 +33,16 @@ class RedisSightings(Sightings):
             pipe.zremrangebyscore(key, "-inf", f"({latest - window!r}")
             pipe.zremrangebyrank(key, 0, -(cap + 1))
             pipe.pexpire(key, math.ceil(window * 1000) + 1000)
-        for key, since in queries:
-            pipe.zrangebyscore(key, repr(since), "+inf", withscores=True)
+        writes = len(pipe)  # the replies before the queries' own
+        for query in queries:
+            pipe.zrangebyscore(query.key, repr(query.since), "+inf", withscores=True)
         try:
             replies = await asyncio.wait_for(pipe.execute(), self._timeout)
         except (redis_errors.RedisError, OSError, asyncio.TimeoutError) as exc:
             log.warning("detector state unavailable", extra={"error": str(exc) or type(exc).__name__})
             return None
-        answers = replies[4 * len(by_key):]
-        return [{_text(member): float(at) for member, at in answer} for answer in answers]
+        return {query: {_text(member): float(at) for member, at in reply}
+                for query, reply in zip(queries, replies[writes:], strict=True)}
 
 
 def _text(value: bytes | str) -> str:

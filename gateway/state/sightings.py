@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.state.bounded import BoundedTable
 
@@ -21,14 +22,21 @@ class Sighting:
     cap: int  # members kept per key at most; the least recently seen go first
 
 
-Query = tuple[str, float]  # (key, since)
+class Query(NamedTuple):
+    """Which members of `key` were seen at or after `since`."""
+
+    key: str
+    since: float
+
+
+Answers = dict[Query, dict[str, float]]  # per query asked: {member: last seen}
 
 
 class Sightings(ABC):
     @abstractmethod
-    async def exchange(self, seen: list[Sighting], queries: list[Query]) -> list[dict[str, float]] | None:
+    async def exchange(self, seen: list[Sighting], queries: list[Query]) -> Answers | None:
         """Record `seen`, then answer each query with {member: last seen} for members seen at
-        or after `since`. None when the store cannot answer now."""
+        or after `since`, keyed by the query. None when the store cannot answer now."""
 
 
 class MemorySightings(Sightings):
@@ -38,11 +46,11 @@ class MemorySightings(Sightings):
     def __len__(self) -> int:
         return len(self._sets)
 
-    async def exchange(self, seen: list[Sighting], queries: list[Query]) -> list[dict[str, float]]:
+    async def exchange(self, seen: list[Sighting], queries: list[Query]) -> Answers:
         for sighting in seen:
             self._record(sighting)
-        return [{member: at for member, at in self._sets.get(key, {}).items() if at >= since}
-                for key, since in queries]
+        return {query: {member: at for member, at in self._sets.get(query.key, {}).items() if at >= query.since}
+                for query in queries}
 
     def _record(self, sighting: Sighting) -> None:
         members = self._sets.get(sighting.key)

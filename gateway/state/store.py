@@ -8,18 +8,31 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 if TYPE_CHECKING:
     from gateway.state.sightings import Sightings
 
-RATE, CONCURRENCY, QUOTA = 0, 1, 2
+
+
+class Kind(StrEnum):
+    """What a limit counts: the config's `kind`, the plans' compiled limits and the store's checks."""
+
+    RATE = "rate"
+    CONCURRENCY = "concurrency"
+    QUOTA = "quota"
+
+
+# The members under module names: the request path compares against these (reading an attribute
+# of an Enum class goes through its metaclass, measured ~0.2 us a comparison).
+RATE, CONCURRENCY, QUOTA = Kind.RATE, Kind.CONCURRENCY, Kind.QUOTA
 T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class Check:
-    kind: int
+    kind: Kind
     key: str
     shadow: bool = False
     # rate (GCRA): seconds per unit, bucket size, units this request takes, longest hold

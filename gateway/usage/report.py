@@ -47,7 +47,7 @@ def _row(month: str, customer: str, amounts: dict[str, float], config: GatewayCo
             days[day][metric] += amount
             totals[metric] += amount
     entry = config.customers.get(customer)
-    plan = entry.plan if entry is not None else config.limits.default_plan
+    plan = config.plan_of(customer)  # the token's plan claim is not in the counters: listed or default
     listed = entry.licenses if entry is not None else {}
     quotas, fees = [], []
     for limit in config.plans[plan].limits if plan in config.plans else ():

@@ -8,10 +8,11 @@
 --       one hash tag).
 -- ARGV: first the clock of buckets and slots: "redis" for Redis's own TIME (one clock for the
 --       whole fleet), "" for each request's gateway time; then per request: the gateway's time
---       in seconds, its check count n, then kind, shadow, a, b, c, d per check
---   rate (0):        interval, burst, cost, max_delay
---   concurrency (1): max, token, lease, -
---   quota (2):       cost, limit, flag_only, expires_at (the period's end, gateway time)
+--       in seconds, its check count n, then kind, shadow, a, b, c, d per check (gateway/state/
+--       redis_script.py builds them: CheckArguments, kinds LUA_RATE, LUA_CONCURRENCY, LUA_QUOTA)
+--   RATE (0):        interval, burst, cost, max_delay
+--   CONCURRENCY (1): max, token, lease, -
+--   QUOTA (2):       cost, limit, flag_only, expires_at (the period's end, gateway time)
 -- Returns one string: per request, per check "allowed,remaining,reset,retry_after,delay,over"
 -- joined by ";", the requests joined by "|".
 --
@@ -19,6 +20,9 @@
 -- (PX, PEXPIRE), computed from times of one clock. A bucket holds "units taken,when" (the same
 -- at any rate: a throttle, a reinstatement or a new plan rate applies from now on); a quota's
 -- period end is the gateway's, so it is measured from the gateway's time.
+
+local RATE, CONCURRENCY, QUOTA = 0, 1, 2  -- a check's kind
+local ARGUMENTS_PER_CHECK = 6  -- kind, shadow, a, b, c, d
 
 -- Decide one request: its checks are KEYS[first + 1 .. first + n], their values start at ARGV[at].
 -- `now` decides buckets and slots, `gateway_now` quotas.
@@ -29,14 +33,14 @@ local function decide(now, gateway_now, first, n, at)
   local blocked = false
 
   for i = 1, n do
-    local base = at + (i - 1) * 6
+    local base = at + (i - 1) * ARGUMENTS_PER_CHECK
     local kind = tonumber(ARGV[base])
     local shadow = ARGV[base + 1] == '1'
     local a, b, c, d = ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
     local key = KEYS[first + i]
     local allowed, remaining, reset, retry, delay, over = 0, 0, 0, 0, 0, 0
 
-    if kind == 0 then
+    if kind == RATE then
       local interval, burst, cost, max_delay = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
       local owed = 0  -- seconds until the bucket is full again, at this rate
       local state = redis.call('GET', key)
@@ -66,7 +70,7 @@ local function decide(now, gateway_now, first, n, at)
       end
       writes[i] = after / interval
       drains[i] = after
-    elseif kind == 1 then
+    elseif kind == CONCURRENCY then
       local max = tonumber(a)
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
       local used = redis.call('ZCARD', key)
@@ -101,15 +105,15 @@ local function decide(now, gateway_now, first, n, at)
   if not blocked then
     for i = 1, n do
       if string.sub(out[i], 1, 1) == '1' then
-        local base = at + (i - 1) * 6
+        local base = at + (i - 1) * ARGUMENTS_PER_CHECK
         local kind = tonumber(ARGV[base])
         local key = KEYS[first + i]
-        if kind == 0 then
+        if kind == RATE then
           -- Kept twice its drain time at this rate (and a second): a rate halved meanwhile (the
           -- ladder's throttle) still finds what was taken.
           local ttl_ms = math.ceil(drains[i] * 2000) + 1000
           redis.call('SET', key, string.format('%.17g,%.17g', writes[i], now), 'PX', ttl_ms)
-        elseif kind == 1 then
+        elseif kind == CONCURRENCY then
           local lease = tonumber(ARGV[base + 4])
           redis.call('ZADD', key, now + lease, ARGV[base + 3])
           redis.call('PEXPIRE', key, math.ceil(lease * 1000))
@@ -142,6 +146,6 @@ while at <= #ARGV do
   local n = tonumber(ARGV[at + 1])
   answers[#answers + 1] = decide(redis_now or gateway_now, gateway_now, first, n, at + 2)
   first = first + n
-  at = at + 2 + n * 6
+  at = at + 2 + n * ARGUMENTS_PER_CHECK
 end
 return table.concat(answers, '|')

@@ -1,0 +1,235 @@
+"""Limit decisions on Redis, batched: the checks of requests that arrive in the same event-loop
+turn are decided by one EVALSHA (on a Cluster, one per hash tag), each request atomically and in
+arrival order. A key known to be over its limit is answered locally until its reset; a batch
+has one timer; when Redis cannot answer, the configured failure mode applies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Coroutine
+
+from redis import exceptions as redis_errors
+
+from gateway.state.memory import MemoryStore
+from gateway.state.redis_guard import REDIS_FAILURES, Guard
+from gateway.state.redis_script import SCRIPT, answers, bulk, evalsha_arguments, evalsha_command, outcomes
+from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StoreUnavailable
+
+# Requests decided by one script call at most: Redis runs a script alone, so a call stays short.
+MAX_BATCH = 128
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request's checks waiting for the next script call (a redis_script.Request)."""
+
+    tag: str
+    checks: list[Check]
+    now: str  # the gateway's time in seconds (repr)
+    future: asyncio.Future
+
+
+class LimitBatches:
+    def __init__(self, guard: Guard, *, cluster: bool, use_redis_time: bool,
+                 release: Callable[[str, list[tuple[str, str]]], Coroutine[Any, Any, None]]) -> None:
+        self._guard = guard
+        self._client = guard.client
+        self._settings = guard.settings
+        self._breaker = guard.breaker
+        self._cluster = cluster
+        self._release = release
+        # Whose clock decides buckets and slots: Redis's own, or each request's gateway time.
+        self._clock_argument = "redis" if use_redis_time else ""
+        self._sha: str | None = None
+        self._script_loading: asyncio.Future | None = None
+        self._pending: list[Pending] = []
+        self._flush_scheduled = False
+        self.tasks: set[asyncio.Task] = set()
+        self.local = MemoryStore(self._settings.max_memory_keys)
+        # (key, cost, limit) -> wall time until which a request of that cost is known to be over
+        # that limit (a rate or budget changed by a throttle, an exception or a reload is asked anew)
+        self._over_limit: dict[tuple, float] = {}
+
+    # -- the request path -----------------------------------------------------------------
+
+    async def evaluate(self, tag: str, checks: list[Check], now: float) -> list[Outcome]:
+        local = self.known_over_limit(checks, now)
+        if local is not None:
+            return local
+        ticket = self._breaker.allow()
+        if ticket is None:
+            return await self._fall_back(checks, now)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(Pending(tag, checks, repr(now), future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        try:
+            answer = await future
+        except StoreUnavailable as exc:
+            self._guard.failed(exc, ticket)
+            return await self._fall_back(checks, now)
+        self._breaker.succeeded()
+        decided = outcomes(answer)
+        self._remember_over_limit(checks, decided, now)
+        return decided
+
+    def known_over_limit(self, checks: list[Check], now: float) -> list[Outcome] | None:
+        """Reject without a round trip while an enforced check is known to stay over its limit."""
+        if not self._over_limit:
+            return None
+        for check in checks:
+            known = _known_key(check)
+            until = self._over_limit.get(known)
+            if until is None or check.shadow:
+                continue
+            if until <= now:
+                del self._over_limit[known]
+                continue
+            # Only the known check's numbers are exact; the others are reported as untouched.
+            return [Outcome(False, 0.0, until - now, retry_after=until - now) if other is check
+                    else Outcome(True, 0.0, 0.0) for other in checks]
+        return None
+
+    def _remember_over_limit(self, checks: list[Check], decided: list[Outcome], now: float) -> None:
+        for check, outcome in zip(checks, decided):
+            # Rate and quota rejections stay true until retry_after whatever other gateways do
+            # (for requests of the same cost: a cheaper one may fit sooner); a concurrency slot
+            # can free at any moment, so those are always asked.
+            if not outcome.allowed and not check.shadow and check.kind in (RATE, QUOTA) and outcome.retry_after > 0:
+                self._over_limit[_known_key(check)] = now + outcome.retry_after
+        if len(self._over_limit) > 100_000:
+            self._over_limit.clear()
+
+    async def _fall_back(self, checks: list[Check], now: float) -> list[Outcome]:
+        mode = self._settings.on_failure
+        if self._guard.metrics is not None:
+            self._guard.metrics.fallbacks.labels(mode).inc()
+        if mode == "closed":
+            raise StoreUnavailable("state store unavailable")
+        if mode == "open":
+            return [Outcome(True, 0.0, 0.0) for _ in checks]
+        return self.local.evaluate_now(checks, now)
+
+    # -- batching -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        # One timer for the batch: its requests joined it within this event-loop turn.
+        timer = loop.call_later(self._settings.timeout, _expire, batch)
+        task = loop.create_task(self._run(batch))
+        task.add_done_callback(lambda _: timer.cancel())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, batch: list[Pending]) -> None:
+        started = time.perf_counter()
+        calls = self._calls(batch)
+        try:
+            if self._sha is None:
+                await self._load_script()
+            replies = await self._evalsha_all(calls)
+            if any(isinstance(r, redis_errors.NoScriptError) for r in replies):
+                await self._load_script()  # Redis restarted or flushed its scripts
+                replies = await self._evalsha_all(calls)
+        except REDIS_FAILURES as exc:
+            for pending in batch:
+                _fail(pending.future, exc)
+            return
+        if self._guard.metrics is not None:
+            self._guard.metrics.latency.observe(time.perf_counter() - started)
+        for call, reply in zip(calls, replies):
+            if isinstance(reply, Exception):
+                for pending in call:
+                    _fail(pending.future, reply)
+                continue
+            for pending, answer in zip(call, answers(reply)):
+                if pending.future.cancelled():
+                    self._give_back_abandoned(pending.checks, answer)
+                elif not pending.future.done():
+                    pending.future.set_result(answer)
+
+    def _calls(self, batch: list[Pending]) -> list[list[Pending]]:
+        """Split a batch into script calls: at most MAX_BATCH requests each, one hash tag each
+        on a Cluster (a call's keys must live in one slot)."""
+        if self._cluster:
+            by_tag: dict[str, list[Pending]] = {}
+            for pending in batch:
+                by_tag.setdefault(pending.tag, []).append(pending)
+            groups = list(by_tag.values())
+        else:
+            groups = [batch]
+        return [group[i:i + MAX_BATCH] for group in groups for i in range(0, len(group), MAX_BATCH)]
+
+    def _give_back_abandoned(self, checks: list[Check], answer: str) -> None:
+        """The client left while Redis decided: release any slot the script took for it."""
+        decided = outcomes(answer)
+        if any(not o.allowed and not c.shadow for c, o in zip(checks, decided)):
+            return  # rejected: nothing was taken
+        slots = [(c.key, c.token) for c, o in zip(checks, decided) if c.kind == CONCURRENCY and o.allowed]
+        if slots:
+            task = asyncio.get_running_loop().create_task(self._release("", slots))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _load_script(self) -> None:
+        # Concurrent batches share one SCRIPT LOAD.
+        if self._script_loading is None or self._script_loading.done():
+            self._script_loading = asyncio.ensure_future(self._client.script_load(SCRIPT))
+        try:
+            self._sha = await asyncio.shield(self._script_loading)
+        except BaseException:
+            self._script_loading = None
+            raise
+
+    async def _evalsha_all(self, calls: list[list[Pending]]) -> list:
+        clock = self._clock_argument
+        if self._cluster:
+            # Cluster pipelines refuse EVALSHA; concurrent calls still share connections per node.
+            arguments = [evalsha_arguments(clock, call) for call in calls]
+            return await asyncio.gather(
+                *(self._client.evalsha(self._sha, len(keys), *keys, *args) for keys, args in arguments),
+                return_exceptions=True,
+            )
+        # One write and one read on a pooled connection, without redis-py's Pipeline object:
+        # measured, its per-command bookkeeping cost more than the rest of the request.
+        pool = self._client.connection_pool
+        await self._guard.before_probe()
+        connection = await pool.get_connection()
+        try:
+            sha, clock_arg = bulk(self._sha or ""), bulk(clock)
+            await connection.send_packed_command(
+                b"".join(evalsha_command(sha, clock_arg, call) for call in calls), check_health=False)
+            replies: list = []
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response())
+                except redis_errors.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await connection.disconnect()  # replies may still be in flight: never reuse it
+            raise
+        finally:
+            await pool.release(connection)
+
+
+def _known_key(check: Check) -> tuple:
+    return check.key, check.cost, check.interval, check.burst, check.limit
+
+
+def _expire(batch: list[Pending]) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(StoreUnavailable("state store timed out"))
+
+
+def _fail(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        error = StoreUnavailable(str(exc) or type(exc).__name__)
+        error.__cause__ = exc
+        future.set_exception(error)
