@@ -64,6 +64,7 @@ class GatewayServer:
         self.runtimes = RuntimeHolder(
             options.config_path, Runtime.build(config, self.state), self.state, self.metrics, options.transform
         )
+        self.metrics.watch_upstreams(self.runtimes)
         self._options = options
         self._ready = False
         self._draining = False
