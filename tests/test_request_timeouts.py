@@ -138,6 +138,19 @@ async def test_a_slow_but_steady_body_is_not_cut_off(start_gateway, upstream, cl
         assert (await response.json())["size"] == 3000
 
 
+async def test_a_client_that_stops_reading_a_download_is_cut_off_and_frees_its_slot(start_gateway, upstream, client):
+    gw = await slow_gateway(start_gateway, upstream, send_timeout="300ms")
+    reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+    writer.write(b"GET /bytes/200000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+    writer.transport.pause_reading()  # and never reads again: the socket buffers fill up
+    await wait_until(lambda: held_nothing(gw))  # the upstream download was aborted, not held
+    writer.transport.abort()
+    async with client.get(f"{gw.url}/bytes/300000") as response:  # a reader at its own pace is served whole
+        assert response.status == 200
+        assert len(await response.read()) == 300000
+
+
 async def test_an_upstream_that_stops_reading_an_upload_gets_504_not_a_hang(start_gateway):
     stuck = asyncio.Event()
 
