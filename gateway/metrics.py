@@ -175,6 +175,10 @@ class Metrics:
         """Export the verified-token cache's hits and misses (read at scrape time)."""
         self.registry.register(_TokenCacheCollector(counts))
 
+    def watch_upstreams(self, runtimes) -> None:
+        """Export each upstream's pooled connections and requests in flight (read at scrape time)."""
+        self.registry.register(_UpstreamCollector(runtimes))
+
     def observe(self, route: str, status: int, seconds: float) -> None:
         stats = self._routes.get(route)
         if stats is None:
@@ -232,6 +236,31 @@ class _BuildInfo(Collector):
                                  labels=["version", "python", "aiohttp"])
         info.add_metric(self._labels, 1)
         yield info
+
+
+class _UpstreamCollector(Collector):
+    """What each upstream holds now: with no traffic, no busy connection and nothing in flight
+    (an aborted upload or a stalled client that left something behind shows here)."""
+
+    def __init__(self, runtimes) -> None:
+        self._runtimes = runtimes
+
+    def collect(self) -> Iterator:
+        runtime = self._runtimes.current
+        connections = GaugeMetricFamily("fairgate_upstream_connections", "Pooled upstream connections, by state.",
+                                        labels=["upstream", "state"])
+        for name, pool in runtime.pools.items():
+            idle = pool.idle_connections
+            connections.add_metric([name, "busy"], pool.open_connections - idle)
+            connections.add_metric([name, "idle"], idle)
+        in_flight = GaugeMetricFamily("fairgate_upstream_in_flight_requests",
+                                      "Requests holding an upstream's max_in_flight, by caller (logged_in, anonymous).",
+                                      labels=["upstream", "caller"])
+        for name, gate in runtime.gates.items():
+            in_flight.add_metric([name, "logged_in"], gate.in_flight - gate.anonymous_in_flight)
+            in_flight.add_metric([name, "anonymous"], gate.anonymous_in_flight)
+        yield connections
+        yield in_flight
 
 
 class _DetectionCollector(Collector):

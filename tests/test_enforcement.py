@@ -94,6 +94,25 @@ async def test_a_customer_climbs_the_ladder_and_is_reinstated(start_gateway, ups
     assert (action["action"], action["note"]) == ("reinstate", "agreed on a call")
 
 
+async def test_rejections_from_before_a_reinstatement_do_not_throttle_again(start_gateway, upstream, client):
+    clock = ManualClock(T0)
+    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    token = hs_token(clock)
+    # A flood of 429s, and support reinstates the customer before the gateway judged them.
+    assert await statuses(client, gateway, token, 6) == [200] + [429] * 5
+    clock.advance(1)
+    async with client.post(f"{gateway.admin_url}/admin/customers/acme/reinstate", headers=ADMIN) as response:
+        assert response.status == 200
+    clock.advance(1)
+    await gateway.server.state.enforcement.judge_queued()
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
+        assert response.status == 200 and "Fair-Use-Warning" not in response.headers
+    states = [(e["previous"], e["state"], e["by"]) for e in await events(client, gateway, kind="state_change")]
+    assert states == [("ok", "ok", "admin")]
+    (violations,) = await events(client, gateway, customer="acme", kind="violation")
+    assert violations["count"] == 5  # recorded all the same
+
+
 async def test_a_suspension_ends_by_itself(start_gateway, upstream, client):
     clock = ManualClock(T0)
     gateway = await start_gateway(enforcement_config(upstream), clock=clock)

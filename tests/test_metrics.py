@@ -56,6 +56,23 @@ async def test_upstream_time_is_counted_per_upstream_and_status_class(start_gate
     assert sample(text, "fairgate_upstream_duration_seconds_bucket", upstream="app", code="2xx", le="+Inf") == 2
 
 
+async def test_an_abandoned_upload_leaves_no_busy_connection_or_slot_in_the_metrics(start_gateway, upstream, client):
+    config = gateway_config(upstream.url, body_idle_timeout="200ms")
+    config["upstreams"]["app"]["max_in_flight"] = 10
+    gw = await start_gateway(config)
+    reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 408 ")
+    writer.close()
+    async with client.get(f"{gw.url}/echo") as response:
+        assert response.status == 200
+    after = await scrape(client, gw)
+    assert sample(after, "fairgate_upstream_connections", upstream="app", state="busy") == 0
+    assert sample(after, "fairgate_upstream_connections", upstream="app", state="idle") == 1  # the aborted one is gone
+    assert sample(after, "fairgate_upstream_in_flight_requests", upstream="app", caller="anonymous") == 0
+    assert sample(after, "fairgate_upstream_in_flight_requests", upstream="app", caller="logged_in") == 0
+
+
 async def test_build_process_and_gc_metrics_are_exported(gateway, client):
     text = await scrape(client, gateway)
     assert sample(text, "fairgate_build_info", version=__version__, python=platform.python_version(),

@@ -208,6 +208,21 @@ async def test_problem_for_unknown_route(start_gateway, upstream, client):
     assert problem["status"] == 404
 
 
+@pytest.mark.parametrize("path", [
+    "/echo/%7Ejohn",  # Java's URLEncoder, PHP's and older Pythons' quote encode '~'
+    "/echo/report%2D2024%5Ffinal%2Epdf",
+    "/echo/files/a%20b.txt", "/echo/J%C3%BCrgen", "/echo/me%40acme.com", "/echo/~user/a+b;jsessionid=1A/",
+    "/echo/tickets?next=../../x&p=a%2Fb//c",
+])
+async def test_paths_real_clients_send_are_forwarded_unchanged(gateway, client, path):
+    reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    response = await reader.read()
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 200"), response[:300]
+    assert json.loads(response.partition(b"\r\n\r\n")[2])["path"] == path
+
+
 @pytest.mark.parametrize("path", ["/public/../echo", "/public/%2e%2e/echo", "/a/./echo", "/x/%2E%2E%2Fecho"])
 async def test_paths_with_dot_segments_are_rejected(gateway, path):
     reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)

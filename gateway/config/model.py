@@ -46,6 +46,10 @@ class ServerSettings(Section):
     body_total_timeout: Duration = Field(
         300.0, gt=0, description="Longest time to receive a whole request body (408 beyond it)."
     )
+    send_timeout: Duration = Field(
+        60.0, gt=0, description="Longest wait for a client to take the next part of a response; beyond it "
+                                "the connection is closed and the upstream exchange aborted."
+    )
 
 
 class AdminSettings(Section):

@@ -218,6 +218,16 @@ class Enforcement:
         for violation in batch:
             by_subject.setdefault(violation.subject, []).append(violation)
         self._record(batch)
+        # A violation queued before the subject's count started afresh (a reinstatement just
+        # after a flood of 429s) is recorded, but no longer held against it.
+        for subject in list(by_subject):
+            current = self.standings.latest(subject)
+            if current is not None and current.counts_from:
+                kept = [v for v in by_subject[subject] if v.at >= current.counts_from]
+                if kept:
+                    by_subject[subject] = kept
+                else:
+                    del by_subject[subject]
         seen = []
         for subject, violations in by_subject.items():
             # A violation counts as many times as its severity weighs; past throttle_at more

@@ -52,6 +52,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class ClientStalled(Exception):
+    """The client took none of the response for longer than `server.send_timeout`."""
+
+
 class Meter:
     """What one request used: body bytes each way and the upstream's time."""
 
@@ -231,7 +235,7 @@ class ProxyHandler:
             if websocket:
                 return await proxy_websocket(request, target, lines, self._metrics)
             return await self._forward(target, request, request_id, lines, extra_headers, meter,
-                                       runtime.body_timeouts)
+                                       runtime.body_timeouts, runtime.send_timeout)
         finally:
             if gate is not None:
                 gate.leave(anonymous)
@@ -276,7 +280,7 @@ class ProxyHandler:
 
     async def _forward(
         self, target: RouteTarget, request: BaseRequest, request_id: str, lines: list[bytes],
-        extra_headers: Mapping[str, str], meter: Meter, timeouts: BodyTimeouts,
+        extra_headers: Mapping[str, str], meter: Meter, timeouts: BodyTimeouts, send_timeout: float,
     ) -> web.StreamResponse:
         route = target.route
         length = request.content_length
@@ -322,7 +326,7 @@ class ProxyHandler:
             return self._upstream_failed(request, target, exc, extra_headers)
         # Headers in: the upstream's own time to answer, before any body streams.
         self._metrics.observe_upstream(route.upstream, exchange.head.status, time.perf_counter() - meter.upstream_started)
-        return await self._relay(request, exchange, target, request_id, extra_headers, meter)
+        return await self._relay(request, exchange, target, request_id, extra_headers, meter, send_timeout)
 
     async def _body_timed_out(self, request: BaseRequest) -> web.Response:
         response = self._reject(request, 408, "body-timeout", "Request Timeout",
@@ -350,7 +354,7 @@ class ProxyHandler:
 
     async def _relay(
         self, request: BaseRequest, exchange: Exchange, target: RouteTarget, request_id: str,
-        extra_headers: Mapping[str, str], meter: Meter,
+        extra_headers: Mapping[str, str], meter: Meter, send_timeout: float,
     ) -> web.StreamResponse:
         upstream = exchange.head
         headers, length = client_response_headers(upstream.headers)
@@ -385,7 +389,7 @@ class ProxyHandler:
             await response.prepare(request)
             while chunk := await exchange.read_chunk():
                 meter.bytes += len(chunk)
-                await response.write(chunk)
+                await _send(response, chunk, send_timeout)
             exchange.release()
             meter.upstream_seconds = time.perf_counter() - meter.upstream_started
             await response.write_eof()
@@ -399,9 +403,26 @@ class ProxyHandler:
             if request.transport is not None:
                 request.transport.abort()
             return response
+        except ClientStalled:
+            exchange.abort()
+            log.info("client %s stopped reading the response; connection closed", request.remote,
+                     extra={"request_id": request_id, "route": target.route.name})
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         except BaseException:
             exchange.abort()
             raise
+
+
+async def _send(response: web.StreamResponse, chunk: bytes, timeout: float) -> None:
+    # A client that stops reading would otherwise hold the upstream connection and the
+    # in-flight slot for as long as it likes.
+    try:
+        async with asyncio.timeout(timeout):
+            await response.write(chunk)
+    except TimeoutError:
+        raise ClientStalled() from None
 
 
 def _wire(text: str) -> bytes:

@@ -6,15 +6,15 @@ from the prefix match, the path is ambiguous and refused before routing:
 
 - `.` and `..` segments, also behind path parameters (`/..;/`, Tomcat and Spring drop
   `;params`) or with encoded parameters (`..%3b`);
-- percent-encoded `/`, `\\`, unreserved characters (`%2e` is `.`, `%61` is `a`) and
-  controls, and double encoding of those (`%252e`): upstreams decode them, the prefix match
-  does not;
+- percent-encoded `/`, `\\` and controls, and double encoding of those or of unreserved
+  characters (`%252e`): upstreams decode them once, twice or not at all;
 - raw backslashes (IIS reads `\\` as `/`), empty segments (`//` collapses), malformed `%`
   escapes (IIS reads `%u002e` as `.`), and controls, spaces or non-ASCII characters.
 
-A path that passes may still carry path parameters and encoded reserved characters;
-`routing_form` is what an upstream that decodes and drops parameters would see, and the
-handler checks that it picks the same route.
+A path that passes may still carry path parameters and percent-encoded characters, unreserved
+ones included (`%7E` for `~` is what Java's URLEncoder and older Pythons send, RFC 3986 6.2.2.2
+calls it the same path); `routing_form` is what an upstream that decodes and drops parameters
+would see, and the handler checks that it picks the same route (`/%61pi/` is refused there).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ _PLAIN = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
 _HEX = frozenset(string.hexdigits)
 _UNRESERVED = frozenset(map(ord, string.ascii_letters + string.digits + "-._~"))
 # Bytes no %XX may stand for: they are read differently by different upstreams.
-_NO_ENCODED = _UNRESERVED | {ord("/"), ord("\\")} | frozenset(range(0x20)) | {0x7F}
+_NO_ENCODED = frozenset({ord("/"), ord("\\")}) | frozenset(range(0x20)) | {0x7F}
+# Nor may a %25XX stand for these: decoded twice, they become one of the above or plain text.
+_NO_DOUBLE_ENCODED = _NO_ENCODED | _UNRESERVED
 _DOTS = (".", "..")
 _SLASHES = re.compile(r"/{2,}")
 
@@ -74,10 +76,10 @@ def _encoding_problem(path: str) -> str | None:
             return "it has a malformed percent-escape"
         value = int(pair, 16)
         if value in _NO_ENCODED:
-            return "it percent-encodes '/', '\\', '.', a control or an unreserved character"
+            return "it percent-encodes '/', '\\' or a control"
         if value == 0x25:  # "%25XX": decoded twice, it is one of the above
             inner = path[start + 3:start + 5]
-            if len(inner) == 2 and _HEX.issuperset(inner) and int(inner, 16) in _NO_ENCODED:
+            if len(inner) == 2 and _HEX.issuperset(inner) and int(inner, 16) in _NO_DOUBLE_ENCODED:
                 return "it double-encodes '/', '\\', '.', a control or an unreserved character"
         start = path.find("%", start + 3)
     return None

@@ -98,6 +98,7 @@ class Runtime:
         self.key_sources = key_sources
         self.client_addresses = ClientAddressResolver(config.server.trusted_proxies)
         self.body_timeouts = BodyTimeouts(config.server.body_idle_timeout, config.server.body_total_timeout)
+        self.send_timeout = config.server.send_timeout
         headers = config.auth.identity_headers
         self.customer_header = headers.customer.encode("ascii")
         self.user_header = headers.user.encode("ascii")

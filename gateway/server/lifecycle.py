@@ -53,6 +53,7 @@ class GatewayServer:
             options.config_path, Assembly.build(config, self.state).apply(self.state), self.state, self.metrics,
             options.transform,
         )
+        self.metrics.watch_upstreams(self.runtimes)
         self._options = options
         self._ready = False
         self._draining = False

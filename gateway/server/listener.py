@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -59,8 +60,15 @@ class _ProblemRequestHandler(RequestHandler):
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
+            # A bodiless request ends at its blank line: bytes after it (pipelined in the same
+            # packet) are the next request's head, begun.
+            if self._last_body is EMPTY_PAYLOAD and not data.endswith(b"\r\n\r\n") and not self._upgraded:
+                self._start_header_timer()
         elif between_requests and self._header_timer is None and not self._upgraded and data:
-            self._header_timer = self._loop.call_later(self._header_read_timeout, self._header_timed_out)
+            self._start_header_timer()
+
+    def _start_header_timer(self) -> None:
+        self._header_timer = self._loop.call_later(self._header_read_timeout, self._header_timed_out)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._header_timer is not None:
@@ -72,11 +80,16 @@ class _ProblemRequestHandler(RequestHandler):
         self._header_timer = None
         # aiohttp's loop waits on `_waiter` only while no complete request is queued or handled.
         waiter = self._waiter
-        if waiter is not None and not waiter.done() and self.transport is not None:
+        if waiter is None and self.transport is not None and not self._force_close and not self._upgraded:
+            # An earlier request is still being answered; the head begun meanwhile is still
+            # incomplete (completing it cancels this timer): judge it after that answer.
+            self._start_header_timer()
+        elif waiter is not None and not waiter.done() and self.transport is not None:
             log.info("request headers from %s did not arrive in time",
                      (self.transport.get_extra_info("peername") or ("?",))[0])
             self.transport.write(_HEADER_TIMEOUT_RESPONSE)
             self.force_close()
+
     def handle_error(
         self,
         request: BaseRequest,
