@@ -8,7 +8,8 @@ import hashlib
 import logging
 import math
 import time
-from typing import AsyncIterator, Awaitable, Callable, Mapping, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -17,6 +18,7 @@ from gateway.auth.errors import AuthError
 from gateway.auth.responses import auth_problem
 from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.metrics import Metrics
+from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
 from gateway.proxy.headers import (
     VIA_TOKEN,
     ForwardedFrom,
@@ -24,11 +26,10 @@ from gateway.proxy.headers import (
     request_id_or_new,
     upstream_header_lines,
 )
-from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
 from gateway.proxy.request_body import BodyTimeout, BodyTimeouts, next_chunk, read_whole
 from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
 from gateway.proxy.request_path import ambiguity, routing_form
-from gateway.proxy.runtime import Runtime, RouteTarget
+from gateway.proxy.runtime import RouteTarget, Runtime
 from gateway.proxy.websocket import is_websocket_upgrade, proxy_websocket
 from gateway.state.store import StoreUnavailable
 from gateway.upstream import Exchange, UpstreamError, UpstreamTimeout
@@ -95,6 +96,7 @@ class ProxyHandler:
         metrics.in_flight += 1
         try:
             target = self._match(runtime, request)
+            response: web.StreamResponse
             if isinstance(target, web.Response):
                 response = target
             else:
@@ -116,8 +118,10 @@ class ProxyHandler:
             return self._reject(request, 404, "no-route", "Not Found", "No route matches this host and path.")
         form = routing_form(path)
         if form != path and runtime.router.match(request.host, form) is not target:
-            return self._reject(request, 400, "bad-path", "Bad Request",
-                                "The request path is ambiguous: decoded, or without ';' parameters, it takes another route.")
+            return self._reject(
+                request, 400, "bad-path", "Bad Request",
+                "The request path is ambiguous: decoded, or without ';' parameters, it takes another route.",
+            )
         route = target.route
         header_bytes = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
         if header_bytes > route.max_header_bytes:
@@ -135,7 +139,7 @@ class ProxyHandler:
 
     def _reject(
         self, request: BaseRequest, status: int, slug: str, title: str, detail: str,
-        headers: Mapping[str, str] | None = None, extra: Mapping | None = None, type_uri: str | None = None,
+        headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None, type_uri: str | None = None,
     ) -> web.Response:
         self._metrics.rejections.labels(slug).inc()
         identity = request.get(IDENTITY)
@@ -252,7 +256,8 @@ class ProxyHandler:
     def _add_forwarding(self, lines: list[bytes], found: ForwardedFrom, peer: str, trusted: bool,
                         client_host: bytes | None, request_id: str, target: RouteTarget) -> None:
         peer_bytes = peer.encode("ascii")
-        lines.append(b"X-Forwarded-For: %s\r\n" % (found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes))
+        lines.append(b"X-Forwarded-For: %s\r\n"
+                     % (found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes))
         lines.append(b"X-Forwarded-Proto: %s\r\n" % (found.proto if trusted and found.proto else self._scheme))
         forwarded_host = found.host if trusted and found.host else client_host
         if forwarded_host:
@@ -263,7 +268,7 @@ class ProxyHandler:
             lines.append(b"Host: %s\r\n" % target.host_header)
 
     def _limited(self, request: BaseRequest, admission: Admission, headers: Mapping[str, str],
-                 warning: dict | None = None) -> web.Response:
+                 warning: dict[str, Any] | None = None) -> web.Response:
         names = [limit.name for limit in admission.rejected]
         retry_after = max(1, math.ceil(admission.retry_after))
         return self._reject(
@@ -321,7 +326,8 @@ class ProxyHandler:
         except UpstreamError as exc:
             return self._upstream_failed(request, target, exc, extra_headers)
         # Headers in: the upstream's own time to answer, before any body streams.
-        self._metrics.observe_upstream(route.upstream, exchange.head.status, time.perf_counter() - meter.upstream_started)
+        self._metrics.observe_upstream(route.upstream, exchange.head.status,
+                                       time.perf_counter() - meter.upstream_started)
         return await self._relay(request, exchange, target, request_id, extra_headers, meter)
 
     async def _body_timed_out(self, request: BaseRequest) -> web.Response:
