@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from gateway.config.limits import Override
 from gateway.config.units import parse_duration
 from gateway.fleet.grants import ALLOW_AGENT, ALLOW_USER, EXEMPT, EXEMPTABLE, OVERRIDE, Grant
+from gateway.problems import answer, problem_response
 from gateway.server.admin_requests import bad_request, json_object
 from gateway.server.reloader import RuntimeHolder
-from gateway.problems import answer, problem_response
 
 _OVERRIDE_FIELDS = ("rate", "burst", "max", "quota", "mode")
 
@@ -32,7 +32,7 @@ def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str)
                 return now + parse_duration(body["for"])
             except ValueError as exc:
                 return f"for: {exc}"
-        zone = runtimes.current.limiter.book.zone if runtimes.current.limiter else dt.timezone.utc
+        zone = runtimes.current.limiter.book.zone if runtimes.current.limiter else dt.UTC
         try:
             moment = dt.datetime.fromisoformat(str(body["until"]))
         except ValueError:
