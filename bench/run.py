@@ -336,7 +336,7 @@ def _table(results: list[Result], rounds: dict[str, list[Result]], cold: dict[st
         if numerator in rounds and denominator in rounds:
             # Paired per round (the two ran back to back), then the median: steadier than a
             # ratio of two medians taken from different moments.
-            pairs = list(zip(rounds[numerator], rounds[denominator]))
+            pairs = list(zip(rounds[numerator], rounds[denominator], strict=True))  # one result per round each
             ratios = sorted(a.requests_per_second / b.requests_per_second for a, b in pairs)
             extra = statistics.median(a.cpu_us_per_request - b.cpu_us_per_request for a, b in pairs)
             lines.append(f"{label}: {statistics.median(ratios):.2f}x req/s (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}), "
@@ -528,7 +528,7 @@ def _wait_http(url: str, timeout: float = 15.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise SystemExit(f"bench: {url} did not come up within {timeout:.0f}s")
+                raise SystemExit(f"bench: {url} did not come up within {timeout:.0f}s") from None
             time.sleep(0.1)
 
 

@@ -55,7 +55,7 @@ class AuditTrail:
         OSError, changing nothing, if the new file cannot be opened."""
         self.apply(self.prepare(settings))
 
-    def prepare(self, settings: AuditSettings) -> "PreparedAudit":
+    def prepare(self, settings: AuditSettings) -> PreparedAudit:
         """Open the file `settings` name if it is a new one, changing nothing yet (a reload applies
         it with the rest of the config, or discards it); raises OSError if it cannot be opened."""
         path = settings.path
@@ -65,7 +65,7 @@ class AuditTrail:
             return PreparedAudit(settings, path, None, reopen=False)
         return PreparedAudit(settings, path, self._open(path) if path is not None else None, reopen=True)
 
-    def apply(self, prepared: "PreparedAudit") -> None:
+    def apply(self, prepared: PreparedAudit) -> None:
         if prepared.reopen:
             self._close()
             self._path, self._file = prepared.path, prepared.opened

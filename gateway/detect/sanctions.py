@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.detect.findings import Finding
 from gateway.fleet.grants import ALLOW_AGENT, ALLOW_USER, Grant
-from gateway.fleet.topics import Change, Topic
+from gateway.fleet.topics import Change, Match, Topic
 from gateway.state.store import shared_entries
 
 
@@ -51,7 +51,7 @@ def user_key(customer: str, user: str) -> str:
     return f"user:{customer}/{user}"
 
 
-def keyed_under(prefixes: tuple[str, ...]):
+def keyed_under(prefixes: tuple[str, ...]) -> Match:
     """A match for the shared sanctions whose key starts with one of `prefixes`."""
     return lambda entry: str(entry.get("key", "")).startswith(prefixes)
 

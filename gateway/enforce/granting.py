@@ -3,6 +3,8 @@ the sanctions and the standing already decided about whom it allows."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.detect.findings import FindingLog
 from gateway.detect.sanctions import Sanctions, keyed_under
 from gateway.enforce.enforcer import Enforcement
@@ -44,7 +46,7 @@ class Granting:
             {"action": "revoke_grant", "customer": grant.customer, "by": by, "note": note, "grant": grant.as_entry()},
             ((Topic.GRANTS, lambda entry: entry.get("id") == grant_id),)))
 
-    def _receive(self, entries: list[dict]) -> None:
+    def _receive(self, entries: list[dict[str, Any]]) -> None:
         for grant in self.grants.unseen(entries):
             self._take(grant)
 

@@ -35,7 +35,7 @@ class Grant:
         return asdict(self)
 
     def as_override(self) -> Override:
-        until = dt.datetime.fromtimestamp(self.until, dt.timezone.utc)
+        until = dt.datetime.fromtimestamp(self.until, dt.UTC)
         return Override(**self.override, until=until)
 
 
@@ -72,7 +72,7 @@ class Grants:
         self._changed()
         return grant
 
-    def sync_revoked(self, entries: list[dict]) -> None:
+    def sync_revoked(self, entries: list[dict[str, Any]]) -> None:
         """Apply the fleet's revocations ({"id": ...} entries shared by `Granting.revoke`)."""
         for entry in entries:
             if isinstance(entry.get("id"), str):
@@ -103,7 +103,7 @@ class Grants:
         lowered = agent.lower()
         return any(item in lowered and now < until for item, until in self.agents)
 
-    def unseen(self, entries: list[dict]) -> list[Grant]:
+    def unseen(self, entries: list[dict[str, Any]]) -> list[Grant]:
         """The fleet's grants this gateway does not have yet (to be taken with their effects)."""
         return [grant for grant in shared_entries(Grant, entries)
                 if grant.id not in self._grants and grant.id not in self._revoked]

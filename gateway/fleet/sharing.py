@@ -6,8 +6,10 @@ what the others shared."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway.audit.trail import AuditTrail
 from gateway.clock import Clock
@@ -26,7 +28,7 @@ STATE_UNAVAILABLE = Problem(
     "Applied on this gateway only: the shared state store could not be written. Retry to reach the fleet.",
 )
 
-Receiver = Callable[[list[dict]], None]
+Receiver = Callable[[list[dict[str, Any]]], None]
 
 
 class Fleet:
@@ -35,7 +37,7 @@ class Fleet:
         self._audit = audit
         self._clock = clock
         self._receivers: list[tuple[Topic, Receiver]] = []
-        self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references
+        self._tasks: set[asyncio.Task[Problem | None]] = set()  # the loop keeps only weak references
 
     def receive(self, topic: Topic, receiver: Receiver) -> None:
         """Have `receiver` merge the entries of `topic` at every sync, in the order registered."""
@@ -90,10 +92,8 @@ class Fleet:
                 except Exception as exc:
                     log.debug("fleet sync failed", extra={"error": str(exc)})
                 await asyncio.sleep(SYNC_FLOOR_SECONDS)  # a burst of changes costs one sync, not one each
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), SYNC_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
         finally:
             watcher.cancel()
 

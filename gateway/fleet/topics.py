@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable, Mapping
+from typing import Any
 
 
 class Topic(StrEnum):
@@ -17,7 +18,7 @@ class Topic(StrEnum):
     GRANTS = "grants"  # exceptions and allow-list entries
 
 
-Match = Callable[[dict], bool]
+Match = Callable[[dict[str, Any]], bool]
 
 
 @dataclass(frozen=True, slots=True)

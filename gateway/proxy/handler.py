@@ -8,7 +8,8 @@ import hashlib
 import logging
 import math
 import time
-from typing import AsyncIterator, Awaitable, Callable, Mapping, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -99,6 +100,7 @@ class ProxyHandler:
         metrics.in_flight += 1
         try:
             target = self._match(runtime, request)
+            response: web.StreamResponse
             if isinstance(target, web.Response):
                 response = target
             else:
@@ -120,8 +122,10 @@ class ProxyHandler:
             return self._reject(request, 404, "no-route", "Not Found", "No route matches this host and path.")
         form = routing_form(path)
         if form != path and runtime.router.match(request.host, form) is not target:
-            return self._reject(request, 400, "bad-path", "Bad Request",
-                                "The request path is ambiguous: decoded, or without ';' parameters, it takes another route.")
+            return self._reject(
+                request, 400, "bad-path", "Bad Request",
+                "The request path is ambiguous: decoded, or without ';' parameters, it takes another route.",
+            )
         route = target.route
         header_bytes = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
         if header_bytes > route.max_header_bytes:
@@ -139,7 +143,7 @@ class ProxyHandler:
 
     def _reject(
         self, request: BaseRequest, status: int, slug: str, title: str, detail: str,
-        headers: Mapping[str, str] | None = None, extra: Mapping | None = None, type_uri: str | None = None,
+        headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None, type_uri: str | None = None,
     ) -> web.Response:
         self._metrics.rejections.labels(slug).inc()
         identity = request.get(IDENTITY)
@@ -256,7 +260,8 @@ class ProxyHandler:
     def _add_forwarding(self, lines: list[bytes], found: ForwardedFrom, peer: str, trusted: bool,
                         client_host: bytes | None, request_id: str, target: RouteTarget) -> None:
         peer_bytes = peer.encode("ascii")
-        lines.append(b"X-Forwarded-For: %s\r\n" % (found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes))
+        lines.append(b"X-Forwarded-For: %s\r\n"
+                     % (found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes))
         lines.append(b"X-Forwarded-Proto: %s\r\n" % (found.proto if trusted and found.proto else self._scheme))
         forwarded_host = found.host if trusted and found.host else client_host
         if forwarded_host:
@@ -267,7 +272,7 @@ class ProxyHandler:
             lines.append(b"Host: %s\r\n" % target.host_header)
 
     def _limited(self, request: BaseRequest, admission: Admission, headers: Mapping[str, str],
-                 warning: dict | None = None) -> web.Response:
+                 warning: dict[str, Any] | None = None) -> web.Response:
         names = [limit.name for limit in admission.rejected]
         retry_after = max(1, math.ceil(admission.retry_after))
         return self._reject(
@@ -325,8 +330,10 @@ class ProxyHandler:
         except UpstreamError as exc:
             return self._upstream_failed(request, target, exc, extra_headers)
         # Headers in: the upstream's own time to answer, before any body streams.
-        self._metrics.observe_upstream(route.upstream, exchange.head.status, time.perf_counter() - meter.upstream_started)
-        return await self._relay(request, exchange, target, request_id, extra_headers, meter, send_timeout)
+        self._metrics.observe_upstream(route.upstream, exchange.head.status,
+                                       time.perf_counter() - meter.upstream_started)
+        return await self._relay(request, exchange, target, request_id, extra_headers, meter,
+                                 send_timeout)
 
     async def _body_timed_out(self, request: BaseRequest) -> web.Response:
         response = self._reject(request, 408, "body-timeout", "Request Timeout",

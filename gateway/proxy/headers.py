@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from multidict import CIMultiDict
 

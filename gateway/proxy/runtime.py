@@ -145,20 +145,23 @@ class Runtime:
         )
 
     @classmethod
-    def build(cls, config: GatewayConfig, state: GatewayState, previous: "Runtime | None" = None) -> "Runtime":
+    def build(cls, config: GatewayConfig, state: GatewayState, previous: Runtime | None = None) -> Runtime:
         """The Runtime of `config`, reusing what `previous` has of it; changes nothing in `state`."""
-        pools, gates, rate_caps = {}, {}, {}
+        pools: dict[str, UpstreamPool] = {}
+        gates: dict[str, InFlightGate] = {}
+        rate_caps: dict[str, RateCap] = {}
         max_priority = max((plan.priority for plan in config.plans.values()), default=0)
         for name, upstream in config.upstreams.items():
-            unchanged = previous is not None and previous.config.upstreams.get(name) == upstream
-            pools[name] = previous.pools[name] if unchanged else _new_pool(upstream)  # type: ignore[union-attr]
+            # The previous runtime if this upstream did not change, so its parts carry on.
+            same = previous if previous is not None and previous.config.upstreams.get(name) == upstream else None
+            pools[name] = same.pools[name] if same is not None else _new_pool(upstream)
             if upstream.max_in_flight is not None:
                 # The same gate object carries on, so requests still out leave the gate they entered.
-                gate = previous.gates.get(name) if unchanged else None  # type: ignore[union-attr]
+                gate = same.gates.get(name) if same is not None else None
                 gates[name] = gate or InFlightGate(upstream.max_in_flight, max_priority, upstream.anonymous_share)
                 gates[name].set_priorities(max_priority)
             # Kept across reloads of an unchanged upstream, so a reload does not let a burst through.
-            cap = previous.rate_caps.get(name) if unchanged else RateCap.for_upstream(upstream)  # type: ignore[union-attr]
+            cap = same.rate_caps.get(name) if same is not None else RateCap.for_upstream(upstream)
             if cap is not None:
                 rate_caps[name] = cap
         key_sources: dict[str, KeySource] = {}
@@ -186,9 +189,10 @@ class Runtime:
                 return f"issuer {name}: {reason}"
         return None
 
-    async def close_unused(self, successor: "Runtime | None") -> None:
+    async def close_unused(self, successor: Runtime | None) -> None:
         """Close what this runtime owns that `successor` did not take over."""
-        kept = {id(item) for item in (*successor.pools.values(), *successor.key_sources.values())} if successor else set()
+        kept = ({id(item) for item in (*successor.pools.values(), *successor.key_sources.values())}
+                if successor else set())
         for pool in self.pools.values():
             if id(pool) not in kept:
                 await pool.close()

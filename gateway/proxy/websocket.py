@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -12,6 +13,9 @@ from multidict import CIMultiDict
 
 from gateway.metrics import Metrics
 from gateway.problems import SERVER_NAME, problem_response
+
+if TYPE_CHECKING:  # runtime.py imports this module
+    from gateway.proxy.runtime import RouteTarget
 
 log = logging.getLogger("fairgate.websocket")
 
@@ -25,7 +29,9 @@ def is_websocket_upgrade(request: BaseRequest) -> bool:
     return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
 
 
-async def proxy_websocket(request: BaseRequest, target, lines: list[bytes], metrics: Metrics) -> web.StreamResponse:
+async def proxy_websocket(
+    request: BaseRequest, target: RouteTarget, lines: list[bytes], metrics: Metrics
+) -> web.StreamResponse:
     """Connect upstream with the already-filtered header `lines`, then relay messages both ways."""
     headers: CIMultiDict[str] = CIMultiDict()
     for line in lines:
@@ -43,7 +49,7 @@ async def proxy_websocket(request: BaseRequest, target, lines: list[bytes], metr
                 target.ws_base_url + request.raw_path, headers=headers, protocols=protocols, timeout=timeout,
                 autoping=False, max_msg_size=0,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             metrics.upstream_errors.labels(target.route.upstream, "UpstreamTimeout").inc()
             return problem_response(504, "upstream-timeout", "Gateway Timeout", "The upstream did not answer in time.")
         except (aiohttp.ClientError, OSError) as exc:
@@ -66,7 +72,7 @@ async def _pump_both_ways(client: web.WebSocketResponse, upstream: aiohttp.Clien
     to_upstream = asyncio.create_task(_pump(client, upstream))
     to_client = asyncio.create_task(_pump(upstream, client))
     try:
-        done, pending = await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        done, _pending = await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (to_upstream, to_client):
             task.cancel()
@@ -78,7 +84,11 @@ async def _pump_both_ways(client: web.WebSocketResponse, upstream: aiohttp.Clien
         await upstream.close(code=close_code)
 
 
-async def _pump(source, sink) -> None:
+# Either leg: the client's (server side) or the upstream's (client side); both relay alike.
+_WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pump(source: _WebSocket, sink: _WebSocket) -> None:
     async for message in source:
         if message.type == WSMsgType.TEXT:
             await sink.send_str(message.data)

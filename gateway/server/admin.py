@@ -6,10 +6,11 @@ import hmac
 import os
 import re
 import signal
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from pydantic import BaseModel, SecretStr
 
 from gateway import __version__
@@ -75,12 +76,10 @@ def build_admin_app(
         issuer = authenticator.verifier.issuer_named(issuer_name) if isinstance(issuer_name, str) else None
         if issuer is None:
             return bad_request(f"Unknown issuer {issuer_name!r}.")
-        if (token_id is None) == (user is None) or not isinstance(token_id or user, str):
-            return bad_request("Give exactly one of 'jti' or 'user', as a string.")
         settings = issuer.settings
         revocations, fleet = runtimes.state.revocations, runtimes.state.fleet
         now = runtimes.state.clock.time()
-        if token_id is not None:
+        if isinstance(token_id, str) and token_id and user is None:
             # Kept as long as the token can live: its `exp` when given, else the issuer's maximum.
             longest = now + settings.max_lifetime + settings.leeway
             exp = body.get("exp")
@@ -94,6 +93,8 @@ def build_admin_app(
             return web.json_response(
                 {"revoked": {"issuer": settings.name, "jti": token_id, "until": expires_at}}, status=201
             )
+        if token_id is not None or not isinstance(user, str):
+            return bad_request("Give exactly one of 'jti' or 'user', as a string.")
         entry = revocations.revoke_user(settings.name, user, settings.max_lifetime + settings.leeway)
         failed = await fleet.publish(revocation_change(entry))
         if failed is not None:
@@ -135,24 +136,36 @@ def build_admin_app(
     return app
 
 
-def redacted(config: GatewayConfig) -> dict:
-    """The config as JSON values with every secret masked: SecretStr fields, and passwords in URLs."""
-    def clean(value):
-        if isinstance(value, BaseModel):  # e.g. inside a frozen mapping, which pydantic leaves as is
-            return clean(value.model_dump(by_alias=True, warnings=False))
-        if isinstance(value, Mapping):
-            return {str(key): clean(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple, set, frozenset)):
-            return [clean(item) for item in value]
-        if isinstance(value, SecretStr):
-            return "**********"
-        if isinstance(value, str):
-            return _URL_PASSWORD.sub(r"\1***@", value)
-        if value is None or isinstance(value, (bool, int, float)):
-            return value
-        return str(value)  # paths, dates, zones
+JsonValue = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
 
-    return clean(config)
+
+def redacted(config: GatewayConfig) -> dict[str, JsonValue]:
+    """The config as JSON values with every secret masked: SecretStr fields, and passwords in URLs."""
+    return _cleaned_model(config)
+
+
+def _cleaned_model(model: BaseModel) -> dict[str, JsonValue]:
+    return _cleaned_mapping(model.model_dump(by_alias=True, warnings=False))
+
+
+def _cleaned_mapping(mapping: Mapping[Any, object]) -> dict[str, JsonValue]:
+    return {str(key): _cleaned(item) for key, item in mapping.items()}
+
+
+def _cleaned(value: object) -> JsonValue:
+    if isinstance(value, BaseModel):  # e.g. inside a frozen mapping, which pydantic leaves as is
+        return _cleaned_model(value)
+    if isinstance(value, Mapping):
+        return _cleaned_mapping(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_cleaned(item) for item in value]
+    if isinstance(value, SecretStr):
+        return "**********"
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)  # paths, dates, zones
 
 
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
@@ -162,11 +175,11 @@ async def _neutral_server_header(_: web.Request, response: web.StreamResponse) -
     response.headers["Server"] = SERVER_NAME
 
 
-def _require_token(token: str | None):
+def _require_token(token: str | None) -> Middleware:
     expected = token.encode() if token else None
 
     @web.middleware
-    async def middleware(request: web.Request, handler):
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/admin/"):
             return await handler(request)
         if expected is None:

@@ -4,13 +4,14 @@ saying why not."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 
 from gateway.problems import problem_response
 
 
-async def json_object(request: web.Request) -> dict | web.Response:
+async def json_object(request: web.Request) -> dict[str, Any] | web.Response:
     """The request's JSON object (an empty body is an empty object), or a 400 problem."""
     if not request.can_read_body:
         return {}
@@ -27,7 +28,7 @@ def bad_request(detail: str) -> web.Response:
     return problem_response(400, "bad-request", "Bad Request", detail)
 
 
-def since_param(request: web.Request) -> float | None | web.Response:
+def since_param(request: web.Request) -> float | web.Response | None:
     """The `since` query filter (epoch seconds), None when absent, or a 400 problem."""
     if "since" not in request.query:
         return None

@@ -78,7 +78,7 @@ class StateSettings:
     calendar: Calendar
 
     @classmethod
-    def build(cls, config: GatewayConfig, state: GatewayState) -> "StateSettings":
+    def build(cls, config: GatewayConfig, state: GatewayState) -> StateSettings:
         """Raises (OSError: the audit file cannot be opened) having changed nothing."""
         zone = zoneinfo.ZoneInfo(config.limits.time_zone)
         calendar = state.usage.calendar if state.usage.calendar.zone == zone else Calendar(zone)
@@ -110,7 +110,7 @@ class Assembly:
     settings: StateSettings
 
     @classmethod
-    def build(cls, config: GatewayConfig, state: GatewayState, previous: Runtime | None = None) -> "Assembly":
+    def build(cls, config: GatewayConfig, state: GatewayState, previous: Runtime | None = None) -> Assembly:
         """Build both, changing nothing in force; raises if either cannot be built."""
         settings = StateSettings.build(config, state)
         try:

@@ -29,7 +29,7 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         stored = await state.usage.month(month)
         return build_report(month, stored, runtimes.current.config, customer)
 
-    def view(customer: str, *, full: bool, usage: dict | None = None) -> dict[str, Any]:
+    def view(customer: str, *, full: bool, usage: dict[str, Any] | None = None) -> dict[str, Any]:
         now = state.clock.time()
         standings = state.enforcement.standings.subjects_of(customer)
         in_force = [s for s in standings if s.in_force(now)]
@@ -56,7 +56,7 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         return answer(failed[0]) if failed else None
 
     async def list_customers(_: web.Request) -> web.Response:
-        month, _ = state.usage.calendar.period("month", state.clock.time())
+        month, _end = state.usage.calendar.period("month", state.clock.time())
         usage = {row["customer"]: row for row in await month_report(month, None)}
         known = set(runtimes.current.config.customers) | set(usage)
         known |= {s.subject.split(":", 1)[1].split("/", 1)[0] for s in state.enforcement.standings.all_latest()}

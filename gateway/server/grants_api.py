@@ -32,7 +32,7 @@ def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str)
                 return now + parse_duration(body["for"])
             except ValueError as exc:
                 return f"for: {exc}"
-        zone = runtimes.current.limiter.book.zone if runtimes.current.limiter else dt.timezone.utc
+        zone = runtimes.current.limiter.book.zone if runtimes.current.limiter else dt.UTC
         try:
             moment = dt.datetime.fromisoformat(str(body["until"]))
         except ValueError:

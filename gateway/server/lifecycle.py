@@ -6,8 +6,8 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -19,7 +19,7 @@ from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.assembly import Assembly, assemble_state
 from gateway.server.listener import make_proxy_server
 from gateway.server.loop_lag import probe_loop_lag
-from gateway.server.reloader import ConfigTransform, RuntimeHolder
+from gateway.server.reloader import ConfigTransform, ReloadResult, RuntimeHolder
 from gateway.server.workers import announce_ready
 from gateway.state.factory import open_store
 
@@ -57,7 +57,7 @@ class GatewayServer:
         self._options = options
         self._ready = False
         self._draining = False
-        self._background: list[asyncio.Task] = []
+        self._background: list[asyncio.Task[None]] = []
         server = make_proxy_server(
             ProxyHandler(self.runtimes, self.metrics, sleep=options.sleep),
             max_line=config.server.max_header_line,
@@ -78,11 +78,11 @@ class GatewayServer:
 
     @property
     def proxy_address(self) -> tuple[str, int]:
-        return self._proxy.addresses[0][:2]
+        return _bound_address(self._proxy)
 
     @property
     def admin_address(self) -> tuple[str, int]:
-        return self._admin.addresses[0][:2]
+        return _bound_address(self._admin)
 
     async def start(self) -> None:
         """Bind both listeners; raises OSError if an address is taken."""
@@ -134,6 +134,14 @@ class GatewayServer:
         log.info("stopped")
 
 
+def _bound_address(runner: web.BaseRunner) -> tuple[str, int]:
+    host: str
+    port: int
+    # aiohttp types addresses as Any: each is a socket's getsockname(), (host, port[, flowinfo, scope_id]).
+    host, port = runner.addresses[0][:2]
+    return host, port
+
+
 async def serve(config: GatewayConfig, options: ServeOptions) -> int:
     """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads. Returns the exit code."""
     loop = asyncio.get_running_loop()
@@ -149,7 +157,7 @@ async def serve(config: GatewayConfig, options: ServeOptions) -> int:
         return 1
     announce_ready()
     stop = asyncio.Event()
-    reloads: set[asyncio.Task] = set()
+    reloads: set[asyncio.Task[ReloadResult]] = set()
 
     def on_hangup() -> None:
         task = loop.create_task(gateway.runtimes.reload())

@@ -15,7 +15,7 @@ def _query(*names: str) -> list[dict[str, Any]]:
     return [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}} for name in names]
 
 
-def _operation(summary: str, *, body: bool = False, params: list | None = None, created: bool = False,
+def _operation(summary: str, *, body: bool = False, params: list[dict[str, Any]] | None = None, created: bool = False,
                conflict: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     responses: dict[str, Any] = {"201" if created else "200": _JSON, "401": _PROBLEM}
     if body or params:

@@ -7,6 +7,7 @@ audit path) would fail the same way every time: the supervisor stops them all an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -42,7 +43,7 @@ def announce_ready() -> None:
 
 @dataclass
 class _Worker:
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     ready_fd: int  # read end of the pipe the worker writes to once it listens
     started: float
     ready: bool = False
@@ -51,10 +52,8 @@ class _Worker:
 
     def check_ready(self) -> bool:
         if not self.ready:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 self.ready = bool(os.read(self.ready_fd, 1))
-            except BlockingIOError:
-                pass
         return self.ready
 
 
