@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 from bisect import bisect_left
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import Protocol
 
 import aiohttp
@@ -48,6 +48,34 @@ class LookupCounts(Protocol):
     def hits(self) -> int: ...
     @property
     def misses(self) -> int: ...
+
+
+class PoolGauges(Protocol):
+    @property
+    def open_connections(self) -> int: ...
+    @property
+    def idle_connections(self) -> int: ...
+
+
+class GateGauges(Protocol):
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def anonymous_in_flight(self) -> int: ...
+
+
+class UpstreamGauges(Protocol):
+    """The current runtime's upstream parts, as the scrape reads them."""
+
+    @property
+    def pools(self) -> Mapping[str, PoolGauges]: ...
+    @property
+    def gates(self) -> Mapping[str, GateGauges]: ...
+
+
+class CurrentRuntime(Protocol):
+    @property
+    def current(self) -> UpstreamGauges: ...
 
 
 # The *_created series double the output and no dashboard reads them.
@@ -175,7 +203,7 @@ class Metrics:
         """Export the verified-token cache's hits and misses (read at scrape time)."""
         self.registry.register(_TokenCacheCollector(counts))
 
-    def watch_upstreams(self, runtimes) -> None:
+    def watch_upstreams(self, runtimes: CurrentRuntime) -> None:
         """Export each upstream's pooled connections and requests in flight (read at scrape time)."""
         self.registry.register(_UpstreamCollector(runtimes))
 
@@ -242,10 +270,10 @@ class _UpstreamCollector(Collector):
     """What each upstream holds now: with no traffic, no busy connection and nothing in flight
     (an aborted upload or a stalled client that left something behind shows here)."""
 
-    def __init__(self, runtimes) -> None:
+    def __init__(self, runtimes: CurrentRuntime) -> None:
         self._runtimes = runtimes
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         runtime = self._runtimes.current
         connections = GaugeMetricFamily("fairgate_upstream_connections", "Pooled upstream connections, by state.",
                                         labels=["upstream", "state"])

@@ -411,6 +411,7 @@ class ProxyHandler:
                 request.transport.abort()
             return response
         except ClientStalled:
+            assert response is not None  # a stall happens only while its body is being sent
             exchange.abort()
             log.info("client %s stopped reading the response; connection closed", request.remote,
                      extra={"request_id": request_id, "route": target.route.name})
