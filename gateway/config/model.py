@@ -97,6 +97,11 @@ class Upstream(Section):
         0.1, gt=0, le=1, description="Fraction of max_in_flight that callers without a login may hold at most "
                                      "(rounded up), so stalled anonymous requests cannot starve logged-in plans."
     )
+    anonymous_network_share: float = Field(
+        0.5, gt=0, le=1, description="Fraction of the anonymous share that one network (IPv4 /24, IPv6 /48) may "
+                                     "hold (rounded down, at least 1), so one client cannot shed every other "
+                                     "anonymous caller."
+    )
     max_rate: RateValue | None = Field(
         None, description="Requests per period sent to this upstream at most (e.g. 200/s); bursts beyond it are "
                           "delayed, smoothed out to this rate, rather than refused.")

@@ -17,6 +17,7 @@ from aiohttp.web_request import BaseRequest
 from gateway.auth.errors import AuthError
 from gateway.auth.responses import auth_problem
 from gateway.limits.limiter import NO_LIMITS, Admission
+from gateway.limits.shedding import network_key
 from gateway.metrics import Metrics
 from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
 from gateway.proxy.headers import (
@@ -218,7 +219,7 @@ class ProxyHandler:
                                  enforcement.limited(identity, admission.plan, admission.rejected, standing))
 
         gate = target.gate
-        anonymous = identity is None
+        anonymous = None if gate is None or identity is not None else network_key(client_ip)
         if gate is not None and not gate.try_enter(admission.priority, anonymous):
             if runtime.limiter is not None:
                 runtime.limiter.finish(admission, 0, 0.0)  # gives back any concurrency slot

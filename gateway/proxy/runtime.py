@@ -158,7 +158,8 @@ class Runtime:
             if upstream.max_in_flight is not None:
                 # The same gate object carries on, so requests still out leave the gate they entered.
                 gate = same.gates.get(name) if same is not None else None
-                gates[name] = gate or InFlightGate(upstream.max_in_flight, max_priority, upstream.anonymous_share)
+                gates[name] = gate or InFlightGate(upstream.max_in_flight, max_priority, upstream.anonymous_share,
+                                                    upstream.anonymous_network_share)
                 gates[name].set_priorities(max_priority)
             # Kept across reloads of an unchanged upstream, so a reload does not let a burst through.
             cap = same.rate_caps.get(name) if same is not None else RateCap.for_upstream(upstream)
