@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -27,8 +27,9 @@ STATE_ENV = "FAIRGATE_STATE"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command  # each subparser sets its own
     try:
-        return args.command(args)
+        return command(args)
     except KeyboardInterrupt:
         return 1
 
@@ -309,7 +310,7 @@ def _format_host_port(value: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _loop_factory():
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:

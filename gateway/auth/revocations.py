@@ -75,7 +75,7 @@ class Revocations:
         return len(self._token_ids) + len(self._users)
 
 
-def revocation_change(entry: dict) -> Change:
+def revocation_change(entry: dict[str, Any]) -> Change:
     """A revocation (an entry `revoke_token` or `revoke_user` returned) for the fleet, with its audit event."""
     if entry["kind"] == "token":
         fields = {"action": "revoke_token", "issuer": entry["issuer"], "jti": entry["id"], "until": entry["until"]}

@@ -11,7 +11,7 @@ class ConfigIssue:
     reason: str
 
 
-def format_path(loc: tuple) -> str:
+def format_path(loc: tuple[int | str, ...]) -> str:
     """('routes', 2, 'upstream') -> 'routes[2].upstream'."""
     out = ""
     for part in loc:

@@ -15,13 +15,22 @@ from gateway.config.detection import SharingAllowance
 from gateway.config.enforcement import Advice
 from gateway.config.state_url import StateUrl, parse_state_url
 from gateway.config.types import Duration, Section, UnitName, frozen_mapping
-from gateway.config.units import PRICE_HINT, RATE_HINT, Rate, parse_duration, parse_price, parse_rate, parse_size
-
-RateValue = Annotated[
+from gateway.config.units import (
+    PRICE_HINT,
+    RATE_HINT,
+    FixedRate,
     Rate,
-    BeforeValidator(parse_rate),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+\s*/\s*(\d+(\.\d+)?)?\s*[a-z]+$", "description": RATE_HINT}),
-]
+    parse_duration,
+    parse_fixed_rate,
+    parse_price,
+    parse_rate,
+    parse_size,
+)
+
+_RATE_SCHEMA = WithJsonSchema(
+    {"type": "string", "pattern": r"^\d+\s*/\s*(\d+(\.\d+)?)?\s*[a-z]+$", "description": RATE_HINT})
+RateValue = Annotated[Rate, BeforeValidator(parse_rate), _RATE_SCHEMA]
+FixedRateValue = Annotated[FixedRate, BeforeValidator(parse_fixed_rate), _RATE_SCHEMA]
 KEY_PARTS = ("customer", "user", "client_ip", "route")
 _KEY_RE = re.compile(rf"^({'|'.join(KEY_PARTS)})(\+({'|'.join(KEY_PARTS)}))*$")
 LimitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -55,7 +64,7 @@ class RateLimit(_Limit):
     """A token bucket (GCRA): `rate` sustained, up to `burst` at once."""
 
     kind: Literal["rate"]
-    rate: RateValue = Field(description="Sustained rate, e.g. 1/s or 600/min (calendar months not allowed).")
+    rate: FixedRateValue = Field(description="Sustained rate, e.g. 1/s or 600/min (calendar months not allowed).")
     burst: int = Field(ge=1, description="Requests (cost units) allowed at once from a full bucket.")
     mode: Literal["enforce", "shadow", "delay"] = Field(  # type: ignore[assignment]  # delay is for rate limits only
         "enforce", description="delay: hold a request until the bucket allows it, up to max_delay, else reject."
@@ -63,9 +72,7 @@ class RateLimit(_Limit):
     max_delay: Duration = Field(0.0, description="With mode delay: the longest a request is held.")
 
     @model_validator(mode="after")
-    def _fixed_period(self) -> RateLimit:
-        if self.rate.period_seconds is None:
-            raise ValueError("rate: a token bucket needs a fixed period (use a quota for months)")
+    def _delay_needs_max_delay(self) -> RateLimit:
         if self.mode == "delay" and self.max_delay <= 0:
             raise ValueError("max_delay: mode delay needs a max_delay above 0")
         return self

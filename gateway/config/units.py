@@ -96,6 +96,21 @@ class Rate:
         return f"{self.count}/{self.period}"
 
 
+@dataclass(frozen=True, slots=True)
+class FixedRate(Rate):
+    """A Rate of a fixed period, as a token bucket needs (no calendar months)."""
+
+    period_seconds: float
+
+
+def parse_fixed_rate(value: object) -> FixedRate:
+    """Parse a Rate, refusing calendar months."""
+    rate = parse_rate(value)
+    if rate.period_seconds is None:
+        raise ValueError("a token bucket needs a fixed period (use a quota for months)")
+    return FixedRate(rate.count, rate.period, rate.period_seconds)
+
+
 def parse_rate(value: object) -> Rate:
     """Parse '1/s', '100/min', '10/5s', '2000000/month' into a Rate."""
     if isinstance(value, str):

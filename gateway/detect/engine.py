@@ -14,12 +14,14 @@ import logging
 import math
 import zoneinfo
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, overload
 
 from gateway.auth.identity import Identity
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
-from gateway.config.detection import SharingAllowance
+from gateway.config.detection import ScrapingAction, SharingAllowance
 from gateway.detect.addresses import Hasher
 from gateway.detect.findings import SCRAPING, SEATS, SHARING, Action, Finding, FindingLog
 from gateway.detect.observation import Observation
@@ -41,6 +43,8 @@ SCRAPING_POLICY = "no screen-scraping or automated extraction outside the permit
 _MAX_ASSET_ADDRESSES = 100_000
 _SEAT_WINDOW = 32 * 86400.0
 _MAX_WRITTEN = 500_000
+# What was written to the sightings store, as `_due` remembers it (identity, path or address, agent, ...).
+Mark = tuple[str | None, ...]
 
 @dataclass(frozen=True, slots=True)
 class DetectionSetup:
@@ -81,16 +85,16 @@ class Detection:
         self._tracks: BoundedTable[str, _Track] = BoundedTable(0)  # limit: detection.max_tracked
         self._asset_addresses: BoundedTable[str, float] = BoundedTable(_MAX_ASSET_ADDRESSES)
         self._seats_reported: dict[str, float] = {}
-        self._written: dict[tuple, float] = {}  # what was last sent to the store, and when
+        self._written: dict[Mark, float] = {}  # what was last sent to the store, and when
         self._months: tuple[float, float, str] = (0.0, 0.0, "")  # start, end, label of the current month
-        self._salt: bytes | None | object = object()
+        self._salt: bytes | object | None = object()
         self._analysing = asyncio.Lock()
 
     def configure(self, config: GatewayConfig) -> None:
         """Take a (re)loaded config; what was observed so far is kept."""
         self.apply(self.prepare(config))
 
-    def prepare(self, config: GatewayConfig) -> "DetectionSetup":
+    def prepare(self, config: GatewayConfig) -> DetectionSetup:
         """Compile a config's detectors, changing nothing yet (a reload applies them with the rest)."""
         settings = config.detection
         salt = settings.salt()
@@ -104,7 +108,7 @@ class Detection:
             zoneinfo.ZoneInfo(config.limits.time_zone),
         )
 
-    def apply(self, setup: "DetectionSetup") -> None:
+    def apply(self, setup: DetectionSetup) -> None:
         config = setup.config
         settings = config.detection
         self.settings = settings
@@ -121,7 +125,10 @@ class Detection:
         self._watched = frozenset(settings.scraping.actions)
         self._seats_on = settings.seats.mode != "off"
         self._queue_size = settings.queue_size
-        self._refusing = frozenset(cls for cls, action in settings.scraping.actions.items() if action != Action.FLAG)
+        self._scraping_actions: dict[str, ScrapingAction] = {
+            cls: action for cls, action in settings.scraping.actions.items()}
+        self._refusing = frozenset(cls for cls, action in settings.scraping.actions.items()
+                                   if Action(action) is not Action.FLAG)
 
     @property
     def backlog(self) -> int:
@@ -130,7 +137,7 @@ class Detection:
     # -- the request path ---------------------------------------------------------------
 
     def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
-                        target: str, headers, status: int, body_digest: bytes | None) -> None:
+                        target: str, headers: Mapping[str, str], status: int, body_digest: bytes | None) -> None:
         """Queue a forwarded request for analysis (`status` is the upstream's)."""
         if identity is None:
             customer = user = session = None
@@ -163,7 +170,7 @@ class Detection:
             subject = self._public("address:" + client_ip)
         sanction = sanctions.get(subject, now)
         if sanction is not None and route_class in self._refusing:
-            return _problem(sanction, now, self.settings.scraping.actions[route_class])
+            return _problem(sanction, now, self._scraping_actions[route_class])
         return None
 
     # -- off the request path -------------------------------------------------------------
@@ -191,29 +198,32 @@ class Detection:
         seat_users: dict[str, Observation] = {}
         travelled: set[str] = set()
         grants = self.grants
+        scraper, watch = self._scraping, self._sharing
         for obs in batch:
             if obs.route_class == "asset":
                 self._asset_fetched(obs)
             subject, agent = obs.subject, obs.headers.get("User-Agent", "")
             if grants.agents and grants.agent_allowed(agent, obs.at):
                 continue  # an integration allow-listed through the admin API
-            if self._scraping is not None and obs.route_class in self._watched and self._score(obs, subject, agent):
+            if scraper is not None and obs.route_class in self._watched and self._score(scraper, obs, subject, agent):
                 scored[subject] = scored.get(subject, 0) + 1
                 if self._due(("paths", subject, obs.target, agent, obs.session), obs.at, 6.0):
                     seen += self._scraping_sightings(obs)
                     scraped[subject] = obs
             if obs.user is None:
                 continue
-            if self._travel.enabled and self._travel.moved_too_fast(subject, obs.client_ip, obs.at):
+            # Impossible travel is judged as sharing: with that detector off there is nobody to judge it.
+            if (watch is not None and self._travel.enabled
+                    and self._travel.moved_too_fast(subject, obs.client_ip, obs.at)):
                 travelled.add(subject)
                 shared[subject] = obs
-            device = self._sharing.device_mark(obs) if self._sharing is not None else None
+            device = watch.device_mark(obs) if watch is not None else None
             # One mark for the login's session, address and device: seen the same way within a
             # minute, neither its sharing sightings nor its seat can have changed.
             if not self._due((subject, obs.session, obs.client_ip, agent, device), obs.at, 60.0):
                 continue
-            if self._sharing is not None:
-                seen += self._sharing.sightings(obs, self._track(subject, "sharing"))
+            if watch is not None:
+                seen += watch.sightings(obs, self._track(subject, "sharing"))
                 shared[subject] = obs
             if self._seats_on and obs.customer is not None and self._seats_of(obs.customer):
                 seen.append(Sighting(self._seat_key(obs), obs.user, obs.at, _SEAT_WINDOW, 100_000))
@@ -223,8 +233,8 @@ class Detection:
 
         queries: list[Query] = []
         asked_scraping = {subject: self._scraping_queries(obs) for subject, obs in scraped.items()}
-        asked_sharing = {subject: self._sharing.queries(subject, obs.at)  # type: ignore[union-attr]
-                         for subject, obs in shared.items()}
+        asked_sharing = ({subject: watch.queries(subject, obs.at) for subject, obs in shared.items()}
+                         if watch is not None else {})
         asked_seats = {customer: Query(self._seat_key(obs), self._month_start(obs.at))
                        for customer, obs in seat_users.items()}
         for scraping in asked_scraping.values():
@@ -237,15 +247,18 @@ class Detection:
             self._written.clear()  # not stored: write everything again next time
             return  # the per-request signals above still counted; distinct counts wait for the next batch
 
-        for subject, obs in scraped.items():
-            paths, agents = asked_scraping[subject]
-            self._score_breadth(obs, scored[subject], len(answers[paths]), len(answers[agents]))
-        for subject, obs in shared.items():
-            await self._judge_sharing(obs, asked_sharing[subject], answers, ("travel",) if subject in travelled else ())
+        if scraper is not None:
+            for subject, obs in scraped.items():
+                paths, agents = asked_scraping[subject]
+                self._score_breadth(scraper, obs, scored[subject], len(answers[paths]), len(answers[agents]))
+        if watch is not None:
+            for subject, obs in shared.items():
+                await self._judge_sharing(watch, obs, asked_sharing[subject], answers,
+                                          ("travel",) if subject in travelled else ())
         for customer, obs in seat_users.items():
             self._judge_seats(customer, obs, answers[asked_seats[customer]])
 
-    def _due(self, mark: tuple, at: float, every: float) -> bool:
+    def _due(self, mark: Mark, at: float, every: float) -> bool:
         """Whether what `mark` describes should be written to the store again.
 
         The same identity seen again the same way (session, address, agent; or path) within
@@ -260,7 +273,12 @@ class Detection:
         written[mark] = at
         return True
 
-    def _track(self, subject: str, kind: str) -> ScrapingTrack | SharingTrack:
+    @overload
+    def _track(self, subject: str, kind: Literal["sharing"]) -> SharingTrack: ...
+    @overload
+    def _track(self, subject: str, kind: Literal["scraping"]) -> ScrapingTrack: ...
+
+    def _track(self, subject: str, kind: Literal["sharing", "scraping"]) -> ScrapingTrack | SharingTrack:
         track = self._tracks.get(subject)
         if track is None:
             track = _Track()
@@ -284,16 +302,14 @@ class Detection:
             if track is not None and track.scraping is not None:
                 track.scraping.assets += 1
 
-    def _score(self, obs: Observation, subject: str, agent: str) -> bool:
+    def _score(self, scraping: ScrapingSignals, obs: Observation, subject: str, agent: str) -> bool:
         """Add this request's signals to its identity's score; False if it is never scored."""
-        scraping = self._scraping
-        if scraping.agents.allowed(agent):  # type: ignore[union-attr]
+        if scraping.agents.allowed(agent):
             return False  # an integration the customer declared
         track = self._track(subject, "scraping")
-        assert isinstance(track, ScrapingTrack)
-        fired = scraping.signals(obs, agent, track, obs.client_ip in self._asset_addresses)  # type: ignore[union-attr]
+        fired = scraping.signals(obs, agent, track, obs.client_ip in self._asset_addresses)
         if fired:
-            self._add_score(obs, track, fired, 1)
+            self._add_score(scraping, obs, track, fired, 1)
         return True
 
     def _scraping_key(self, subject: str, what: str) -> str:
@@ -317,7 +333,8 @@ class Detection:
         return (Query(self._scraping_key(obs.subject, "paths"), obs.at - 60.0),
                 Query(self._agents_key(obs), obs.at - 3600.0))
 
-    def _score_breadth(self, obs: Observation, requests: int, paths: int, agents: int) -> None:
+    def _score_breadth(self, scraping: ScrapingSignals, obs: Observation, requests: int, paths: int,
+                       agents: int) -> None:
         settings = self.settings.scraping
         fired = []
         if settings.weights.crawl_breadth and paths > settings.crawl_paths_per_minute:
@@ -325,13 +342,12 @@ class Detection:
         if settings.weights.agent_rotation and agents >= settings.agents_per_hour:
             fired.append("agent_rotation")
         if fired:
-            track = self._track(obs.subject, "scraping")
-            assert isinstance(track, ScrapingTrack)
-            self._add_score(obs, track, fired, requests)
+            self._add_score(scraping, obs, self._track(obs.subject, "scraping"), fired, requests)
 
-    def _add_score(self, obs: Observation, track: ScrapingTrack, fired: list[str], times: int) -> None:
+    def _add_score(self, scraping: ScrapingSignals, obs: Observation, track: ScrapingTrack, fired: list[str],
+                   times: int) -> None:
         settings = self.settings.scraping
-        weights = self._scraping.weights  # type: ignore[union-attr]
+        weights = scraping.weights
         if track.decayed(obs.at, settings.half_life) < settings.threshold / 2:
             track.flagged = False  # calmed down since the last finding: a new one may fire
         score = track.score = track.score + times * sum(weights[name] for name in fired)
@@ -342,7 +358,7 @@ class Detection:
         track.flagged = True
         track.offences += 1
         shadow = settings.mode == "shadow"
-        action = Action(settings.actions[obs.route_class])
+        action = Action(self._scraping_actions[obs.route_class])
         until = None
         if self._refusing and not shadow:
             until = obs.at + min(settings.block_for * 2 ** (track.offences - 1), settings.max_block)
@@ -363,13 +379,10 @@ class Detection:
 
     # -- sharing ------------------------------------------------------------------------
 
-    async def _judge_sharing(self, obs: Observation, asked: SharingQueries, answers: Answers,
+    async def _judge_sharing(self, sharing: SharingWatch, obs: Observation, asked: SharingQueries, answers: Answers,
                              extra: tuple[str, ...]) -> None:
         settings = self.settings.sharing
         track = self._track(obs.subject, "sharing")
-        assert isinstance(track, SharingTrack)
-        sharing = self._sharing
-        assert sharing is not None  # only judged while the detector is on
         verdict = sharing.verdict(asked, answers, self._allowance(obs.customer), track, obs.at, extra)
         if verdict is None or self.grants.exempt(obs.customer, obs.user, SHARING, obs.at):
             return
@@ -399,7 +412,7 @@ class Detection:
 
     def _month_of(self, at: float) -> tuple[float, float, str]:
         """Start, end and label (YYYY-MM) of the month of `at` in the quota time zone; cached."""
-        start, end, label = self._months
+        start, end, _ = self._months
         if start <= at < end:
             return self._months
         local = dt.datetime.fromtimestamp(at, self._zone).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -439,7 +452,7 @@ class Detection:
 
 def _problem(sanction: Sanction, now: float, scraping_action: str) -> Problem:
     retry_after = str(max(1, math.ceil(sanction.until - now)))
-    until = dt.datetime.fromtimestamp(sanction.until, dt.timezone.utc).isoformat(timespec="seconds")
+    until = dt.datetime.fromtimestamp(sanction.until, dt.UTC).isoformat(timespec="seconds")
     if sanction.kind == REAUTH:
         return Problem(401, "reauthentication-required", "Unauthorized",
                        f"This login is in use elsewhere ({sanction.policy}); sign in again.",

@@ -213,6 +213,8 @@ class Enforcement:
 
     async def _judge(self, batch: list[Violation]) -> None:
         ladder = self.settings.ladder
+        # Looked up by any severity a violation has: one the config does not weigh (egregious) counts once.
+        weights: dict[str, int] = {severity: weight for severity, weight in ladder.weights.items()}
         now = self._clock.time()
         by_subject: dict[str, list[Violation]] = {}
         for violation in batch:
@@ -232,7 +234,7 @@ class Enforcement:
         for subject, violations in by_subject.items():
             # A violation counts as many times as its severity weighs; past throttle_at more
             # members in one batch change no decision, so a flood writes no more than that.
-            weighed = min(sum(ladder.weights.get(v.severity, 1) for v in violations), ladder.throttle_at)
+            weighed = min(sum(weights.get(v.severity, 1) for v in violations), ladder.throttle_at)
             seen += [Sighting(self._key("v", subject), f"{self._origin}:{next(self._ids)}", violations[-1].at,
                               ladder.window, ladder.throttle_at * 4) for _ in range(weighed)]
         asked: dict[str, _CountQueries] = {}
@@ -249,7 +251,7 @@ class Enforcement:
             answers = {query: {} for query in queries}
         decided = []
         for subject, violations in by_subject.items():
-            weighed = sum(ladder.weights.get(v.severity, 1) for v in violations)
+            weighed = sum(weights.get(v.severity, 1) for v in violations)
             mine = asked[subject]
             counts = Counts(max(len(answers[mine.violations]), weighed), len(answers[mine.throttles]),
                             len(answers[mine.suspensions]))
@@ -263,8 +265,10 @@ class Enforcement:
             previous = self.standings.latest(standing.subject)
             self._take(standing, customer, previous)
             if standing.state in (THROTTLED, SUSPENDED):
-                kind, window = ("t", ladder.throttles_within) if standing.state == THROTTLED else ("s", REPEATS_REMEMBERED)
-                marks.append(Sighting(self._key(kind, standing.subject), f"{self._origin}:{next(self._ids)}", now, window, 64))
+                kind, window = (("t", ladder.throttles_within) if standing.state == THROTTLED
+                                else ("s", REPEATS_REMEMBERED))
+                marks.append(Sighting(self._key(kind, standing.subject), f"{self._origin}:{next(self._ids)}", now,
+                                      window, 64))
         if marks:
             await self._sightings.exchange(marks, [])
 
@@ -293,7 +297,7 @@ class Enforcement:
     def _record(self, batch: list[Violation]) -> None:
         """One audit event per subject and kind of violation in the batch, with how many there
         were and when: a client hammering into a limit is a few events a second, not thousands."""
-        groups: dict[tuple, list[Violation]] = {}
+        groups: dict[tuple[str, str, str, str, tuple[tuple[str, str], ...]], list[Violation]] = {}
         for violation in batch:
             key = (violation.subject, violation.kind, violation.severity, violation.reason,
                    tuple(sorted((k, str(v)) for k, v in violation.detail.items())))
@@ -379,6 +383,6 @@ class Enforcement:
 
 
 def _iso(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import TypedDict
 
 from gateway.config.limits import (
     ConcurrencyLimit,
@@ -63,10 +64,35 @@ class CompiledLimit:
         return f'"{self.name}";q={_number(self.quota)};w={86400 if self.period == "day" else 2592000}'
 
 
+class _Common(TypedDict):
+    """What every compiled limit takes from its config entry, whatever its kind."""
+
+    plan: str
+    name: str
+    kind: Kind
+    key_parts: tuple[str, ...]
+    mode: str
+
+
+class _Changes(TypedDict, total=False):
+    """The numbers an exception replaces."""
+
+    interval: float
+    burst: int
+    max: int
+    quota: float
+    mode: str
+
+
+# A throttled plan's cache key: customer, claimed plan, claimed licences, throttle factor.
+_ThrottledKey = tuple[str | None, str | None, tuple[tuple[str, int], ...], float]
+
+
 def compile_limit(plan: str, limit: RateLimit | ConcurrencyLimit | QuotaLimit) -> CompiledLimit:
-    base = dict(plan=plan, name=limit.name, kind=Kind(limit.kind), key_parts=tuple(limit.key.split("+")), mode=limit.mode)
+    base = _Common(plan=plan, name=limit.name, kind=Kind(limit.kind), key_parts=tuple(limit.key.split("+")),
+                   mode=limit.mode)
     if isinstance(limit, RateLimit):
-        interval = limit.rate.period_seconds / limit.rate.count  # type: ignore[operator]
+        interval = limit.rate.period_seconds / limit.rate.count
         return CompiledLimit(**base, interval=interval, burst=limit.burst, max_delay=limit.max_delay)
     if isinstance(limit, ConcurrencyLimit):
         return CompiledLimit(**base, max=limit.max)
@@ -88,9 +114,11 @@ def per_unit(limit: CompiledLimit, quantity: int) -> CompiledLimit:
 
 
 def apply_override(limit: CompiledLimit, override: Override) -> CompiledLimit:
-    changes: dict = {}
-    if override.rate is not None:
-        changes["interval"] = override.rate.period_seconds / override.rate.count  # type: ignore[operator]
+    changes: _Changes = {}
+    rate = override.rate
+    # Loading the config refuses a monthly rate here; one granted through the admin API changes no rate.
+    if rate is not None and rate.period_seconds is not None:
+        changes["interval"] = rate.period_seconds / rate.count
     if override.burst is not None:
         changes["burst"] = override.burst
     if override.max is not None:
@@ -134,7 +162,7 @@ class PlanBook:
         self._default = settings.default_plan
         # by customer, or by (customer, claimed plan, licensed quantities) for a token that names them
         self._cache: dict[object, EffectiveLimits] = {}
-        self._throttled_cache: dict[tuple, EffectiveLimits] = {}
+        self._throttled_cache: dict[_ThrottledKey, EffectiveLimits] = {}
 
     @property
     def max_priority(self) -> int:

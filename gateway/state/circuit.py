@@ -11,7 +11,7 @@ circuit half-open: past one cooldown another call probes.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from gateway.clock import Clock
 

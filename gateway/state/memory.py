@@ -13,7 +13,7 @@ class MemoryStore(StateStore):
     `max_keys` entries per table the least recently written go first."""
 
     def __init__(self, max_keys: int = 1_000_000) -> None:
-        self._buckets: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys)  # rate: units taken, when (see gcra)
+        self._buckets: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys)  # rate: units taken, when (gcra)
         self._slots: BoundedTable[str, tuple[dict[str, bool], float]] = BoundedTable(max_keys)  # tokens, lease end
         self._used: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys)  # quota: used, period end
         self._counters: dict[str, tuple[dict[str, dict[str, float]], float]] = {}  # index -> (sets, expiry)
@@ -36,10 +36,10 @@ class MemoryStore(StateStore):
             return [outcome]
         decided = [self._decide(check, now) for check in checks]
         outcomes = [outcome for outcome, _ in decided]
-        for check, outcome in zip(checks, outcomes):
+        for check, outcome in zip(checks, outcomes, strict=True):
             if not outcome.allowed and not check.shadow:
                 return outcomes  # an enforced rejection: nothing is consumed
-        for check, (outcome, taken) in zip(checks, decided):
+        for check, (outcome, taken) in zip(checks, decided, strict=True):
             if outcome.allowed:
                 self._consume(check, taken, now)
         return outcomes
@@ -55,9 +55,9 @@ class MemoryStore(StateStore):
             allowed = used + 1 <= check.max
             return Outcome(allowed, float(check.max - used - (1 if allowed else 0)), 0.0,
                            retry_after=0.0 if allowed else 1.0), 0.0
-        entry = self._used.get(check.key)
-        used = entry[0] if entry is not None and entry[1] > now else 0.0
-        return quota(used, check.cost, check.limit, check.flag_only, check.expires_at - now), 0.0
+        period = self._used.get(check.key)
+        spent = period[0] if period is not None and period[1] > now else 0.0
+        return quota(spent, check.cost, check.limit, check.flag_only, check.expires_at - now), 0.0
 
     def _consume(self, check: Check, taken: float, now: float) -> None:
         key = check.key
@@ -69,9 +69,9 @@ class MemoryStore(StateStore):
             tokens[check.token] = True
             self._slots.put(key, (tokens, now + check.lease))
         elif check.cost:
-            entry = self._used.get(key)
-            used = entry[0] if entry is not None and entry[1] > now else 0.0
-            self._used.put(key, (used + check.cost, check.expires_at))
+            period = self._used.get(key)
+            spent = period[0] if period is not None and period[1] > now else 0.0
+            self._used.put(key, (spent + check.cost, check.expires_at))
 
     async def release(self, tag: str, slots: list[tuple[str, str]]) -> None:
         for key, token in slots:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 from redis import exceptions as redis_errors
 
@@ -20,6 +21,11 @@ from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StoreU
 # Requests decided by one script call at most: Redis runs a script alone, so a call stays short.
 MAX_BATCH = 128
 
+# A check as far as its over-limit answer goes: key, cost, interval, burst, limit.
+KnownKey = tuple[str, float, float, int, float]
+# One script call's reply: the answers of its requests, or the error Redis gave instead.
+Reply = bytes | str | BaseException
+
 
 @dataclass(slots=True)
 class Pending:
@@ -28,7 +34,7 @@ class Pending:
     tag: str
     checks: list[Check]
     now: str  # the gateway's time in seconds (repr)
-    future: asyncio.Future
+    future: asyncio.Future[str]  # the script's answer for this request
 
 
 class LimitBatches:
@@ -43,14 +49,14 @@ class LimitBatches:
         # Whose clock decides buckets and slots: Redis's own, or each request's gateway time.
         self._clock_argument = "redis" if use_redis_time else ""
         self._sha: str | None = None
-        self._script_loading: asyncio.Future | None = None
+        self._script_loading: asyncio.Future[str] | None = None
         self._pending: list[Pending] = []
         self._flush_scheduled = False
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.local = MemoryStore(self._settings.max_memory_keys)
         # (key, cost, limit) -> wall time until which a request of that cost is known to be over
         # that limit (a rate or budget changed by a throttle, an exception or a reload is asked anew)
-        self._over_limit: dict[tuple, float] = {}
+        self._over_limit: dict[KnownKey, float] = {}
 
     # -- the request path -----------------------------------------------------------------
 
@@ -94,7 +100,7 @@ class LimitBatches:
         return None
 
     def _remember_over_limit(self, checks: list[Check], decided: list[Outcome], now: float) -> None:
-        for check, outcome in zip(checks, decided):
+        for check, outcome in zip(checks, decided, strict=True):
             # Rate and quota rejections stay true until retry_after whatever other gateways do
             # (for requests of the same cost: a cheaper one may fit sooner); a concurrency slot
             # can free at any moment, so those are always asked.
@@ -142,12 +148,12 @@ class LimitBatches:
             return
         if self._guard.metrics is not None:
             self._guard.metrics.latency.observe(time.perf_counter() - started)
-        for call, reply in zip(calls, replies):
-            if isinstance(reply, Exception):
+        for call, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, BaseException):
                 for pending in call:
                     _fail(pending.future, reply)
                 continue
-            for pending, answer in zip(call, answers(reply)):
+            for pending, answer in zip(call, answers(reply), strict=True):
                 if pending.future.cancelled():
                     self._give_back_abandoned(pending.checks, answer)
                 elif not pending.future.done():
@@ -168,9 +174,9 @@ class LimitBatches:
     def _give_back_abandoned(self, checks: list[Check], answer: str) -> None:
         """The client left while Redis decided: release any slot the script took for it."""
         decided = outcomes(answer)
-        if any(not o.allowed and not c.shadow for c, o in zip(checks, decided)):
+        if any(not o.allowed and not c.shadow for c, o in zip(checks, decided, strict=True)):
             return  # rejected: nothing was taken
-        slots = [(c.key, c.token) for c, o in zip(checks, decided) if c.kind == CONCURRENCY and o.allowed]
+        slots = [(c.key, c.token) for c, o in zip(checks, decided, strict=True) if c.kind == CONCURRENCY and o.allowed]
         if slots:
             task = asyncio.get_running_loop().create_task(self._release("", slots))
             self.tasks.add(task)
@@ -186,7 +192,7 @@ class LimitBatches:
             self._script_loading = None
             raise
 
-    async def _evalsha_all(self, calls: list[list[Pending]]) -> list:
+    async def _evalsha_all(self, calls: list[list[Pending]]) -> list[Reply]:
         clock = self._clock_argument
         if self._cluster:
             # Cluster pipelines refuse EVALSHA; concurrent calls still share connections per node.
@@ -204,7 +210,7 @@ class LimitBatches:
             sha, clock_arg = bulk(self._sha or ""), bulk(clock)
             await connection.send_packed_command(
                 b"".join(evalsha_command(sha, clock_arg, call) for call in calls), check_health=False)
-            replies: list = []
+            replies: list[Reply] = []
             for _ in calls:
                 try:
                     replies.append(await connection.read_response())
@@ -218,7 +224,7 @@ class LimitBatches:
             await pool.release(connection)
 
 
-def _known_key(check: Check) -> tuple:
+def _known_key(check: Check) -> KnownKey:
     return check.key, check.cost, check.interval, check.burst, check.limit
 
 
@@ -228,7 +234,7 @@ def _expire(batch: list[Pending]) -> None:
             pending.future.set_exception(StoreUnavailable("state store timed out"))
 
 
-def _fail(future: asyncio.Future, exc: BaseException) -> None:
+def _fail(future: asyncio.Future[str], exc: BaseException) -> None:
     if not future.done():
         error = StoreUnavailable(str(exc) or type(exc).__name__)
         error.__cause__ = exc

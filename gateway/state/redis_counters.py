@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.clock import Clock
 from gateway.state.redis_guard import Guard, ttl_ms
 
@@ -14,7 +16,7 @@ class RedisCounters:
     async def add(self, index: str, counters: dict[str, dict[str, float]], expires_at: float) -> None:
         expire_ms = ttl_ms(expires_at, self._clock.time())
 
-        def commands(pipe) -> None:
+        def commands(pipe: Any) -> None:
             # The index carries the period's hash tag and every set's key starts with it: one slot.
             pipe.sadd(index, *counters)
             pipe.pexpire(index, expire_ms)
@@ -35,4 +37,4 @@ class RedisCounters:
             pipe.hgetall(f"{index}:{name}")
         sets = await pipe.execute() if names else []
         return {name: {field.decode(): float(value) for field, value in fields.items()}
-                for name, fields in zip(names, sets)}
+                for name, fields in zip(names, sets, strict=True)}

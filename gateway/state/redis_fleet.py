@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway.state.redis_guard import REDIS_FAILURES, Guard
 
@@ -29,7 +30,7 @@ class RedisFleet:
     def _topic_key(self, topic: str) -> str:
         return f"{self._prefix}:{{{topic}}}"
 
-    async def share(self, topic: str, entry: dict, until: float) -> None:
+    async def share(self, topic: str, entry: dict[str, Any], until: float) -> None:
         async def share() -> None:
             # Scored by expiry, so the set trims itself to what is still in force.
             await self._client.zadd(self._topic_key(topic), {json.dumps(entry, sort_keys=True): until})
@@ -37,7 +38,7 @@ class RedisFleet:
 
         await self._guard.call(share)
 
-    async def unshare(self, topic: str, match: Callable[[dict], bool]) -> None:
+    async def unshare(self, topic: str, match: Callable[[dict[str, Any]], bool]) -> None:
         key = self._topic_key(topic)
 
         async def unshare() -> None:
@@ -47,10 +48,10 @@ class RedisFleet:
 
         await self._guard.call(unshare)
 
-    async def shared(self, topic: str, now: float) -> list[dict]:
+    async def shared(self, topic: str, now: float) -> list[dict[str, Any]]:
         key = self._topic_key(topic)
 
-        async def shared() -> list[dict]:
+        async def shared() -> list[dict[str, Any]]:
             await self._client.zremrangebyscore(key, "-inf", now)
             return [json.loads(member) for member in await self._client.zrange(key, 0, -1)]
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 from redis import exceptions as redis_errors

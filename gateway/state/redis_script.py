@@ -3,8 +3,9 @@ the answers read back in the order the script wrote them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 from gateway.state.store import CONCURRENCY, RATE, Check, Outcome
 

@@ -38,7 +38,7 @@ class RedisSightings(Sightings):
             pipe.zrangebyscore(query.key, repr(query.since), "+inf", withscores=True)
         try:
             replies = await asyncio.wait_for(pipe.execute(), self._timeout)
-        except (redis_errors.RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, redis_errors.RedisError, OSError) as exc:
             log.warning("detector state unavailable", extra={"error": str(exc) or type(exc).__name__})
             return None
         return {query: {_text(member): float(at) for member, at in reply}

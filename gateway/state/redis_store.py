@@ -12,7 +12,8 @@ longer than `timeout`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -51,7 +52,7 @@ class RedisStore(StateStore):
 
     @classmethod
     def from_settings(cls, settings: StateSettings, clock: Clock = SYSTEM_CLOCK,
-                      metrics: StoreMetrics | None = None) -> "RedisStore":
+                      metrics: StoreMetrics | None = None) -> RedisStore:
         client, cluster = connect(settings)
         # A fleet decides buckets and slots on Redis's clock; a gateway given a clock of its own
         # (tests, replays) lives in that clock's time.
@@ -80,7 +81,7 @@ class RedisStore(StateStore):
     async def add_usage(self, tag: str, usage: list[tuple[str, float, float]]) -> None:
         now = self._clock.time()
 
-        def commands(pipe) -> None:
+        def commands(pipe: Any) -> None:
             for key, amount, expires_at in usage:
                 pipe.incrbyfloat(key, amount)
                 pipe.pexpire(key, ttl_ms(expires_at + 60.0, now))  # as the script does
@@ -95,17 +96,17 @@ class RedisStore(StateStore):
     async def read_counters(self, index: str) -> dict[str, dict[str, float]]:
         return await self._counters.read(index)
 
-    async def append_events(self, stream: str, events: list[dict], max_length: int) -> bool:
+    async def append_events(self, stream: str, events: list[dict[str, Any]], max_length: int) -> bool:
         await self._streams.append(stream, events, max_length)
         return True
 
-    async def share(self, topic: str, entry: dict, until: float) -> None:
+    async def share(self, topic: str, entry: dict[str, Any], until: float) -> None:
         await self._fleet.share(topic, entry, until)
 
-    async def unshare(self, topic: str, match: Callable[[dict], bool]) -> None:
+    async def unshare(self, topic: str, match: Callable[[dict[str, Any]], bool]) -> None:
         await self._fleet.unshare(topic, match)
 
-    async def shared(self, topic: str, now: float) -> list[dict] | None:
+    async def shared(self, topic: str, now: float) -> list[dict[str, Any]] | None:
         return await self._fleet.shared(topic, now)
 
     async def watch_shared(self, changed: Callable[[], None]) -> None:
@@ -136,7 +137,7 @@ def connect(settings: StateSettings) -> tuple[Any, bool]:
         parts = urlsplit(settings.url)
         service, _, db = parts.path.strip("/").partition("/")
         hosts = [(host.rsplit(":", 1)[0], int(host.rsplit(":", 1)[1])) for host in parts.netloc.split(",")]
-        sentinel = Sentinel(hosts, **timeouts)
+        sentinel = Sentinel(hosts, **timeouts)  # type: ignore[no-untyped-call]  # redis-py leaves Sentinel.__init__ unannotated
         return sentinel.master_for(service or "mymaster", db=int(db or 0), **timeouts), False
     if url.backend is Backend.MEMORY:
         raise ValueError("memory:// names no Redis")

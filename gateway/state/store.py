@@ -7,9 +7,10 @@ is consumed. Memory and Redis implement exactly the same rules (the Redis side i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from gateway.state.sightings import Sightings
@@ -49,7 +50,7 @@ class Check:
     flag_only: bool = False
     expires_at: float = 0.0
     # A store's own encoding of this check, kept with it: templates reuse checks.
-    encoded: tuple | None = None
+    encoded: tuple[bytes, bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -62,7 +63,7 @@ class Outcome:
     over: bool = False  # a flag-only quota is exceeded
 
 
-def shared_entries(kind: Callable[..., T], entries: list[dict]) -> Iterator[T]:
+def shared_entries(kind: Callable[..., T], entries: list[dict[str, Any]]) -> Iterator[T]:
     """Entries read back from `StateStore.shared` as objects; one written by a different version
     (other fields) is skipped: its own gateway still enforces it."""
     for entry in entries:
@@ -103,20 +104,20 @@ class StateStore(ABC):
     async def read_counters(self, index: str) -> dict[str, dict[str, float]]:
         """Every counter set listed under `index`."""
 
-    async def append_events(self, stream: str, events: list[dict], max_length: int) -> bool:
+    async def append_events(self, stream: str, events: list[dict[str, Any]], max_length: int) -> bool:
         """Append events to a stream the fleet reads; False when this store has no streams (memory)."""
         return False
 
-    async def share(self, topic: str, entry: dict, until: float) -> None:
+    async def share(self, topic: str, entry: dict[str, Any], until: float) -> None:
         """Make an entry (a revocation, a sanction) visible to the whole fleet until `until`; a
         no-op for a store of one process."""
         return None
 
-    async def unshare(self, topic: str, match: Callable[[dict], bool]) -> None:
+    async def unshare(self, topic: str, match: Callable[[dict[str, Any]], bool]) -> None:
         """Withdraw the entries of `topic` that `match` (a sanction lifted by an allow-list entry)."""
         return None
 
-    async def shared(self, topic: str, now: float) -> list[dict] | None:
+    async def shared(self, topic: str, now: float) -> list[dict[str, Any]] | None:
         """Every entry of `topic` still in force; None for a store of one process."""
         return None
 
@@ -126,7 +127,7 @@ class StateStore(ABC):
         process."""
         return None
 
-    def sightings(self) -> "Sightings":
+    def sightings(self) -> Sightings:
         """Where the detectors keep what they saw: in this store's memory or server."""
         from gateway.state.sightings import MemorySightings
 
