@@ -100,8 +100,9 @@ async def test_plan_limits_still_refuse_in_front_of_the_cap(start_gateway, upstr
 
 async def test_requests_held_at_the_cap_count_against_max_in_flight(start_gateway, arrivals, client):
     url, seen = arrivals
-    # anonymous_share 1: these anonymous requests may fill the whole cap (by default a tenth of it)
-    gw = await start_gateway(capped(url, max_rate="1/s", max_rate_delay="5s", max_in_flight=2, anonymous_share=1))
+    # These anonymous requests from one address may fill the whole cap (by default a tenth of it, half that each network)
+    gw = await start_gateway(capped(url, max_rate="1/s", max_rate_delay="5s", max_in_flight=2, anonymous_share=1,
+                                    anonymous_network_share=1))
     cap = gw.server.runtimes.current.rate_caps["app"]
     async with client.get(f"{gw.url}/warm") as response:
         assert response.status == 200
