@@ -126,6 +126,15 @@ async def test_an_unsafe_request_from_elsewhere_is_refused(gw, client, clock, fe
     assert problem["type"] == "urn:fairgate:problem:csrf-failed"
 
 
+async def test_a_cross_site_websocket_upgrade_with_the_cookie_is_refused(gw, client, clock):
+    # Browsers let any page open a WebSocket with the user's cookies: an upgrade counts as unsafe.
+    status, problem = await call(client, "GET", f"{gw.url}/echo/portal/live", Cookie=f"fg_session={token(clock)}",
+                                 Upgrade="websocket", Connection="Upgrade", Origin="https://evil.example",
+                                 **{"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert status == 403
+    assert problem["type"] == "urn:fairgate:problem:csrf-failed"
+
+
 @pytest.mark.parametrize("headers", [
     {"Sec-Fetch-Site": "same-origin"},
     {"Origin": PORTAL_ORIGIN},
@@ -292,3 +301,37 @@ def test_only_the_named_cookie_is_found(pairs: list[tuple[str, str]], separator:
     # The other cookies go upstream as they were sent.
     others = [f"{name}={value}".strip(" ") for name, value in pairs if name.strip(" ") != NAME]
     assert without_cookie([header_value], NAME) == ("; ".join(others) or None)
+
+
+DEMO_SECRET = "a-demo-secret-of-at-least-32-bytes!!"
+
+
+async def test_fairgate_token_cookie_logs_a_client_in_on_the_shipped_portal(start_gateway, upstream, client):
+    """The lines `fairgate token --cookie` prints pass the shipped config's portal, POST included."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "token", "--customer", "acme", "--user", "alice@acme.example", "--cookie"],
+        cwd=root, capture_output=True, text=True,
+        env={**os.environ, "FAIRGATE_DEMO_SECRET": DEMO_SECRET, "FAIRGATE_HASH_SALT": "salt"},
+    )
+    assert result.returncode == 0, result.stderr
+    headers = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert set(headers) == {"Cookie", "X-CSRF-Token"}
+
+    shipped = yaml.safe_load((root / "config" / "gateway.yaml").read_text())
+    auth = shipped["auth"]
+    auth["issuers"][0]["hmac_secret"] = DEMO_SECRET
+    portal = next(route for route in shipped["routes"] if route["name"] == "portal")
+    route = {**portal, "upstream": "app", "path_prefix": "/echo/portal/"}  # where the test upstream echoes
+    gw = await start_gateway(gateway_config(upstream.url, routes=[route], auth=auth))
+    status, echo = await call(client, "POST", f"{gw.url}/echo/portal/tickets", **headers)
+    assert status == 200
+    assert header(echo, "X-User-Id") == "alice@acme.example"
+    assert "fg_session" not in (header(echo, "Cookie") or "")
