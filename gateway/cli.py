@@ -91,6 +91,8 @@ def _build_parser() -> argparse.ArgumentParser:
     token.add_argument("--issuer", default="demo", metavar="NAME", help="issuer name in the config (default demo)")
     token.add_argument("-c", "--config", default="config/gateway.yaml", metavar="FILE",
                        help="config file (default config/gateway.yaml)")
+    token.add_argument("--cookie", action="store_true",
+                       help="print request header lines that send it as auth.session_cookie (with CSRF proof)")
     token.set_defaults(command=_token)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema",
@@ -137,7 +139,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from gateway.auth.dev_tokens import mint_token
+    from gateway.auth.dev_tokens import cookie_lines, mint_token
 
     config = _load_or_report(args.config)
     if config is None:
@@ -146,12 +148,19 @@ def _token(args: argparse.Namespace) -> int:
     if issuer is None:
         print(f"{args.config}: auth.issuers: no issuer named {args.issuer!r}", file=sys.stderr)
         return 1
+    if args.cookie and config.auth.session_cookie is None:
+        print(f"{args.config}: auth.session_cookie: not configured, so --cookie has no cookie name", file=sys.stderr)
+        return 1
     try:
-        print(mint_token(issuer, customer=args.customer, user=args.user, ttl=args.ttl, session=args.session,
-                         email=args.email, plan=args.plan, scopes=tuple(args.scope)))
+        token = mint_token(issuer, customer=args.customer, user=args.user, ttl=args.ttl, session=args.session,
+                           email=args.email, plan=args.plan, scopes=tuple(args.scope))
     except ValueError as exc:
         print(f"fairgate token: {exc}", file=sys.stderr)
         return 1
+    if config.auth.session_cookie is not None and args.cookie:
+        print("\n".join(cookie_lines(config.auth.session_cookie, token)))
+    else:
+        print(token)
     return 0
 
 

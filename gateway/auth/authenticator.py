@@ -14,6 +14,7 @@ from gateway.auth.errors import (
     AuthError,
     CorporateEmailRequired,
     InsufficientScope,
+    InvalidSessionCookie,
     InvalidToken,
     MissingToken,
     TooManyFailures,
@@ -58,15 +59,28 @@ class Authenticator:
         self._leeway = {issuer.name: issuer.leeway for issuer in settings.issuers}
 
     async def authenticate(
-        self, authorization: str | None, client_ip: str, *, required: bool, scopes: tuple[str, ...]
+        self, authorization: str | None, client_ip: str, *, required: bool, scopes: tuple[str, ...],
+        session_token: str | None = None,
     ) -> Identity | None:
-        """The caller's Identity; None on an optional route without a token; else AuthError."""
+        """The caller's Identity; None on an optional route without a token; else AuthError.
+
+        `session_token` (from the session cookie) is checked exactly like a bearer token, and
+        only when no bearer token was sent: the Authorization header wins.
+        """
         token = bearer_token(authorization)
+        if token is None and session_token is not None:
+            try:
+                return await self._login(session_token, client_ip, scopes)
+            except InvalidToken as exc:
+                raise InvalidSessionCookie(str(exc), exc.public) from exc
         if token is None:
             if required:
                 self._count("missing")
                 raise MissingToken("no bearer token")
             return None
+        return await self._login(token, client_ip, scopes)
+
+    async def _login(self, token: str, client_ip: str, scopes: tuple[str, ...]) -> Identity:
         retry_after = self._failed_logins.blocked_for(client_ip)
         if retry_after:
             self._count("blocked")

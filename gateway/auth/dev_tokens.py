@@ -8,7 +8,7 @@ from typing import Any
 
 import jwt
 
-from gateway.config.auth import Issuer
+from gateway.config.auth import Issuer, SessionCookie
 
 
 def mint_token(
@@ -44,3 +44,12 @@ def mint_token(
     if scopes:
         claims[names.scopes] = " ".join(scopes)
     return jwt.encode(claims, issuer.hmac_key, algorithm=issuer.algorithms[0])
+
+
+def cookie_lines(settings: SessionCookie, token: str) -> list[str]:
+    """Request header lines that log a client in by the session cookie, as a browser would send
+    them (`curl -H @file`): the cookie, and with double submit a fresh CSRF cookie and its header."""
+    if settings.csrf_header is None or settings.csrf_cookie is None:
+        return [f"Cookie: {settings.name}={token}"]
+    csrf = secrets.token_urlsafe(16)
+    return [f"Cookie: {settings.name}={token}; {settings.csrf_cookie}={csrf}", f"{settings.csrf_header}: {csrf}"]

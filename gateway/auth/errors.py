@@ -3,6 +3,8 @@
     AuthError
     ├── MissingToken            no bearer token on a route that requires one   -> 401, bare challenge
     ├── InvalidToken            bad signature, claims, expiry, format, revoked   -> 401 invalid_token
+    ├── InvalidSessionCookie    the same, of a token read from the session cookie -> 401
+    ├── CsrfFailed              an unsafe request the session cookie alone would authorize -> 403
     ├── InsufficientScope       valid login without the route's scopes          -> 403 insufficient_scope
     ├── CorporateEmailRequired  a free-mail address where the rule rejects      -> 403
     ├── TooManyFailures         this address failed too often recently          -> 429
@@ -26,6 +28,16 @@ class MissingToken(AuthError):
 
 class InvalidToken(AuthError):
     pass
+
+
+class InvalidSessionCookie(AuthError):
+    pass
+
+
+class CsrfFailed(AuthError):
+    def __init__(self, log_reason: str) -> None:
+        super().__init__(log_reason, "A request that changes something needs CSRF proof with the session cookie: "
+                                     "the CSRF header matching the CSRF cookie, or a same-origin request.")
 
 
 class InsufficientScope(AuthError):

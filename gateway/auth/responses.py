@@ -7,7 +7,9 @@ import math
 from gateway.auth.errors import (
     AuthError,
     CorporateEmailRequired,
+    CsrfFailed,
     InsufficientScope,
+    InvalidSessionCookie,
     InvalidToken,
     KeysUnavailable,
     MissingToken,
@@ -26,6 +28,13 @@ def auth_problem(error: AuthError) -> Problem:
     if isinstance(error, InvalidToken):
         challenge = f'Bearer realm="{REALM}", error="invalid_token", error_description="{_quoted(error.public)}"'
         return Problem(401, "invalid-token", "Unauthorized", error.public, {"WWW-Authenticate": challenge})
+    if isinstance(error, InvalidSessionCookie):
+        # No Bearer error code: the client sent no Authorization header; a 401 still names the scheme.
+        return Problem(401, "invalid-session-cookie", "Unauthorized",
+                       f"The session cookie is not a valid login: {error.public}",
+                       {"WWW-Authenticate": f'Bearer realm="{REALM}"'})
+    if isinstance(error, CsrfFailed):
+        return Problem(403, "csrf-failed", "Forbidden", error.public)
     if isinstance(error, InsufficientScope):
         challenge = f'Bearer realm="{REALM}", error="insufficient_scope", scope="{_quoted(" ".join(error.missing))}"'
         return Problem(403, "insufficient-scope", "Forbidden", error.public, {"WWW-Authenticate": challenge},

@@ -173,9 +173,55 @@ class IdentityHeaders(Section):
     user: str = Field("X-User-Id", pattern=r"^[A-Za-z0-9-]+$")
 
 
+# RFC 6265 cookie-name and RFC 9110 field-name: a token.
+_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+
+
+def _origin(value: str) -> str:
+    """An origin as browsers send it in `Origin`: scheme://host[:port], lower-case, no default port."""
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme not in ("http", "https") or not parts.hostname or port == -1
+            or parts.path or parts.query or parts.fragment or parts.username is not None):
+        raise ValueError(f"expected an origin such as https://portal.example.com (no path), got {value!r}")
+    if port == {"http": 80, "https": 443}[parts.scheme]:
+        raise ValueError(f"browsers send {value!r} without its default port: write {parts.scheme}://{parts.hostname}")
+    return value.lower()
+
+
+class SessionCookie(Section):
+    """The vendor's login cookie, read on routes that opt in (browsers send no bearer header)."""
+
+    name: str = Field(pattern=_TOKEN, description="Name of the cookie holding the login JWT.")
+    same_site: Literal["strict", "lax", "none"] = Field(
+        "none", description="The SameSite attribute the vendor's login sets on that cookie: with strict or lax, "
+                            "unsafe requests also pass on Sec-Fetch-Site: same-origin or an allowed Origin.")
+    csrf_header: str | None = Field(None, pattern=_TOKEN,
+                                    description="Header an unsafe request repeats the CSRF cookie's value in.")
+    csrf_cookie: str | None = Field(None, pattern=_TOKEN, description="Cookie holding the CSRF value.")
+    allowed_origins: tuple[Annotated[str, AfterValidator(_origin)], ...] = Field(
+        (), description="Origins whose unsafe requests pass (with same_site strict or lax), e.g. the portal's own.")
+    forward: bool = Field(False, description="Pass the session cookie upstream (other cookies always pass).")
+
+    @model_validator(mode="after")
+    def _csrf_pair(self) -> SessionCookie:
+        if (self.csrf_header is None) != (self.csrf_cookie is None):
+            raise ValueError("csrf_header: csrf_header and csrf_cookie go together (double submit)")
+        if self.csrf_cookie is not None and self.csrf_cookie == self.name:
+            raise ValueError("csrf_cookie: must differ from the session cookie's name")
+        if self.allowed_origins and self.same_site == "none":
+            raise ValueError("allowed_origins: only read when same_site is strict or lax")
+        return self
+
+
 class AuthSettings(Section):
     issuers: tuple[Issuer, ...] = Field((), description="Accepted token issuers.")
     identity_headers: IdentityHeaders = IdentityHeaders()
+    session_cookie: SessionCookie | None = Field(
+        None, description="The login cookie browsers send; read on portal routes and routes with login_cookie: true.")
     corporate_email: CorporateEmailRule = CorporateEmailRule()
     failed_logins: FailedLoginLimit = FailedLoginLimit()
     token_cache_size: int = Field(250_000, ge=0, description="Verified tokens remembered until they expire.")

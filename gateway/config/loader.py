@@ -140,6 +140,10 @@ def _check_references(config: GatewayConfig) -> Iterator[ConfigIssue]:
                 f"routes[{index}].auth",
                 f"auth is {route.auth!r} but auth.issuers is empty: add an issuer or set auth: none",
             )
+        if route.login_cookie and config.auth.session_cookie is None:
+            yield ConfigIssue(f"routes[{index}].login_cookie", "needs auth.session_cookie (the cookie's name)")
+        elif route.login_cookie and route.auth == "none":
+            yield ConfigIssue(f"routes[{index}].login_cookie", "a route with auth: none reads no login")
         if route.required_scopes and route.auth != "required":
             yield ConfigIssue(f"routes[{index}].required_scopes", "scopes can only be required with auth: required")
         seen_names.add(route.name)

@@ -150,6 +150,9 @@ class Route(Section):
     )
     required_scopes: tuple[str, ...] = Field((), description="Scopes (or roles) the login must carry, else 403.")
     forward_authorization: bool = Field(False, description="Pass the client's Authorization header upstream.")
+    login_cookie: bool | None = Field(
+        None, description="Read the login from auth.session_cookie when no Authorization header is sent; "
+                          "default: on class portal routes when auth.session_cookie is set.")
     cost: int = Field(1, ge=1, le=10_000, description="Weight of one request in rate limits and request quotas.")
     route_class: RouteClass = Field(
         "api", alias="class", description="What the route serves, for the detectors: portal (pages people read), "

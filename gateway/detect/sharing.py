@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from gateway.auth.cookies import cookie_value
 from gateway.config.detection import SharingAllowance
 from gateway.config.detection import SharingDetector as SharingSettings
 from gateway.detect.addresses import Hasher, network_of
@@ -72,7 +73,7 @@ class SharingWatch:
         if settings.device_header and (device := obs.headers.get(settings.device_header)):
             return device
         if settings.device_cookie:
-            return _cookie(obs.headers.get("Cookie", ""), settings.device_cookie)
+            return cookie_value((obs.headers.get("Cookie", ""),), settings.device_cookie)
         return None
 
     def _device(self, obs: Observation) -> str:
@@ -104,11 +105,3 @@ class SharingWatch:
             "allowance": allowance.model_dump(),
         }
         return SharingVerdict(tuple(over), newest, evidence)
-
-
-def _cookie(header: str, name: str) -> str | None:
-    for part in header.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name and value:
-            return value
-    return None

@@ -178,10 +178,12 @@ class ProxyHandler:
 
         identity = None
         if route.auth != "none":
+            session = target.session_cookie
             try:
                 identity = await runtime.authenticator.authenticate(
                     request.headers.get("Authorization"), client_ip,
                     required=route.auth == "required", scopes=route.required_scopes,
+                    session_token=None if session is None else session.login_token(request.headers, request.method),
                 )
             except AuthError as exc:
                 return self._refuse(request, auth_problem(exc))
@@ -189,6 +191,8 @@ class ProxyHandler:
                 request[IDENTITY] = identity
                 lines.append(b"%s: %s\r\n" % (runtime.customer_header, identity.customer.encode()))
                 lines.append(b"%s: %s\r\n" % (runtime.user_header, identity.user.encode()))
+            if session is not None and not session.forwards and (cookie := session.upstream_cookie(request.headers)):
+                lines.append(cookie)
 
         detection, enforcement = runtime.detection, runtime.enforcement
         if detection.sanctions:

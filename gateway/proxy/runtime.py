@@ -17,6 +17,7 @@ from gateway.auth.authenticator import Authenticator, AuthMetrics
 from gateway.auth.failed_logins import FailedLogins
 from gateway.auth.keys import JwksFetcher, KeySource, StaticKeys
 from gateway.auth.revocations import Revocations
+from gateway.auth.session_cookie import SessionCookieReader
 from gateway.auth.token_cache import CacheCounts
 from gateway.auth.verifier import IssuerVerifier, TokenVerifier
 from gateway.clock import Clock
@@ -79,6 +80,8 @@ class RouteTarget:
     gate: InFlightGate | None
     # The upstream's rate cap (shared likewise), if it has one.
     rate_cap: RateCap | None = None
+    # How the route reads the login cookie; None (most routes) costs nothing per request.
+    session_cookie: SessionCookieReader | None = None
 
 
 class Runtime:
@@ -133,6 +136,9 @@ class Runtime:
         strip = {self.customer_header.lower(), self.user_header.lower()}
         if not route.forward_authorization:
             strip.add(b"authorization")
+        session = self._session_cookie(route)
+        if session is not None and not session.forwards:
+            strip.add(b"cookie")  # the handler passes the other cookies on
         return RouteTarget(
             route=route,
             pool=self.pools[route.upstream],
@@ -142,7 +148,15 @@ class Runtime:
             strip_headers_websocket=frozenset(strip) | WEBSOCKET_HANDSHAKE,
             gate=self.gates.get(route.upstream),
             rate_cap=self.rate_caps.get(route.upstream),
+            session_cookie=session,
         )
+
+    def _session_cookie(self, route: Route) -> SessionCookieReader | None:
+        settings = self.config.auth.session_cookie
+        if settings is None or route.auth == "none":
+            return None
+        reads = route.login_cookie if route.login_cookie is not None else route.route_class == "portal"
+        return SessionCookieReader(settings) if reads else None
 
     @classmethod
     def build(cls, config: GatewayConfig, state: GatewayState, previous: Runtime | None = None) -> Runtime:
