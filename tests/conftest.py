@@ -99,24 +99,6 @@ async def upstream() -> AsyncIterator[Upstream]:
 StartGateway = Callable[..., Awaitable[RunningGateway]]
 
 
-class ManualClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, wall: float = 1_800_000_000.0) -> None:
-        self.wall = wall
-        self.mono = 10_000.0
-
-    def time(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-
 @pytest.fixture
 async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     started: list[GatewayServer] = []

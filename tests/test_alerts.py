@@ -14,9 +14,9 @@ from aiohttp import web
 
 from gateway.alerts.webhooks import Alerts
 from gateway.config.alerts import AlertSettings
-from tests.conftest import ManualClock
-from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
+from tests.support.clock import T0, ManualClock
 from tests.test_auth import hs_token
+from tests.test_enforcement import ADMIN, enforcement_config, statuses
 
 SECRET = "alert-signing-secret"
 

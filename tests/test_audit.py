@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from gateway.audit.chain import GENESIS, chain_line, verify
 from gateway.audit.trail import AuditTrail
 from gateway.config.enforcement import AuditSettings
-from tests.conftest import ADMIN_TOKEN, ROOT, ManualClock, free_port, gateway_config, wait_until
+from tests.conftest import ADMIN_TOKEN, ROOT, free_port, gateway_config, wait_until
+from tests.support.clock import ManualClock
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 

@@ -16,7 +16,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import ADMIN_TOKEN, ManualClock, gateway_config
+from tests.conftest import ADMIN_TOKEN, gateway_config
+from tests.support.clock import ManualClock
 
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
 ISSUER = "https://login.test.invalid"

@@ -4,7 +4,7 @@ its success, and never reopened by answers that belong to an earlier state."""
 from __future__ import annotations
 
 from gateway.state.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from tests.conftest import ManualClock
+from tests.support.clock import ManualClock
 
 
 def opened(clock: ManualClock, failures: int = 3) -> CircuitBreaker:

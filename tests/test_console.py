@@ -11,9 +11,10 @@ import shutil
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ManualClock
-from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
+from tests.conftest import ADMIN_TOKEN
+from tests.support.clock import T0, ManualClock
 from tests.test_auth import hs_token
+from tests.test_enforcement import ADMIN, enforcement_config, statuses
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
 

@@ -15,7 +15,7 @@ from gateway.detect.observation import Observation
 from gateway.detect.scraping import in_sequence, template_of
 from gateway.state.redis_sightings import RedisSightings
 from gateway.state.sightings import MemorySightings, Sighting
-from tests.conftest import ManualClock
+from tests.support.clock import ManualClock
 
 T0 = 1_800_000_000.0
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"

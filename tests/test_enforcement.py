@@ -7,13 +7,13 @@ import pytest
 
 from gateway.config.enforcement import Ladder
 from gateway.enforce.ladder import OK, SUSPENDED, THROTTLED, WARNED, Counts, Standing, judge
-from tests.conftest import ADMIN_TOKEN, ManualClock, gateway_config, wait_until
+from tests.conftest import ADMIN_TOKEN, gateway_config, wait_until
+from tests.support.clock import T0, ManualClock
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LADDER = {"window": "1h", "warn_at": 2, "throttle_at": 4, "throttle_for": "10min", "suspend_after_throttles": 2,
           "throttles_within": "1d", "suspend_for": "1h", "max_suspension": "2h"}
-T0 = 1_800_000_000.0
 
 
 def enforcement_config(upstream, mode: str = "enforce") -> dict:

@@ -3,10 +3,11 @@ on every gateway of a fleet, lift decisions already made, and end by themselves.
 
 from __future__ import annotations
 
-from tests.conftest import ManualClock, wait_until
+from tests.conftest import wait_until
+from tests.support.clock import T0, ManualClock
 from tests.test_auth import SECRET, bearer, hs_token
 from tests.test_detection_gateway import HEADLESS, browse_headless, detection_config
-from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
+from tests.test_enforcement import ADMIN, enforcement_config, statuses
 
 
 async def post(client, gateway, path: str, body: dict) -> tuple[int, dict]:

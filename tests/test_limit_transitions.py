@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from gateway.enforce.ladder import THROTTLED
-from tests.conftest import ManualClock, gateway_config
+from tests.conftest import gateway_config
+from tests.support.clock import T0, ManualClock
 from tests.test_auth import bearer, hs_issuer, hs_token
-from tests.test_enforcement import ADMIN, LADDER, T0, statuses
+from tests.test_enforcement import ADMIN, LADDER, statuses
 
 SUSTAINED = {"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 10}
 

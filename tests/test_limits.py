@@ -8,7 +8,8 @@ import zoneinfo
 
 import pytest
 
-from tests.conftest import ManualClock, gateway_config, wait_until
+from tests.conftest import gateway_config, wait_until
+from tests.support.clock import ManualClock
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 

@@ -18,7 +18,8 @@ from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
 from gateway.state.store import QUOTA, RATE, Check
-from tests.conftest import ADMIN_TOKEN, ManualClock, free_port
+from tests.conftest import ADMIN_TOKEN, free_port
+from tests.support.clock import ManualClock
 from tests.support.redis_servers import RedisCluster, RedisProcess
 from tests.test_auth import bearer, hs_issuer, hs_token
 from tests.test_limits import limits_config

@@ -10,11 +10,12 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import ManualClock, wait_until
+from tests.conftest import wait_until
+from tests.support.clock import T0, ManualClock
 from tests.test_alerts import receiver  # noqa: F401 - fixtures
-from tests.test_console import browser  # noqa: F401
 from tests.test_auth import bearer, hs_token
-from tests.test_enforcement import ADMIN, LADDER, T0, enforcement_config, statuses
+from tests.test_console import browser  # noqa: F401
+from tests.test_enforcement import ADMIN, LADDER, enforcement_config, statuses
 
 RATE_TEXT = ("sustained: 2 requests refused (allowed: 1 per second sustained, bursts of up to 1). "
              "Spread calls to at most 1 per second. Policy: https://example.com/fair-use")

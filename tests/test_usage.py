@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ROOT, ManualClock, gateway_config
+from tests.conftest import ADMIN_TOKEN, ROOT, gateway_config
+from tests.support.clock import ManualClock
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
