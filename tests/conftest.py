@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import load_config
 from gateway.server.lifecycle import GatewayServer, ServeOptions
 from tests.support.upstream_app import UpstreamState, build_upstream_app
+from tests.support.waiting import block_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -143,19 +142,16 @@ class GatewayProcess:
         )
 
     def wait_ready(self, admin_url: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"gateway exited early:\n{self.output()}")
             try:
                 with urllib.request.urlopen(f"{admin_url}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
+                    return response.status == 200
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("gateway did not become ready")
-            time.sleep(0.05)
+                return False
+
+        block_until(ready, timeout, "gateway did not become ready")
 
     def output(self) -> str:
         if self.process.poll() is None:
@@ -183,34 +179,3 @@ def gateway_process():
         process.stop()
 
 
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port for a child process to bind, never the same one twice in a run, and
-    below the kernel's ephemeral range: a port the kernel picked (bind to 0) can be taken by an
-    outgoing test connection before the child binds it."""
-    import random
-    import socket
-
-    for _ in range(500):
-        port = random.randint(20000, 32000)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise RuntimeError("no free loopback port found in 20000-32000")
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition on the event loop; fails the test if it never holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)

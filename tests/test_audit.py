@@ -21,8 +21,10 @@ from hypothesis import strategies as st
 from gateway.audit.chain import GENESIS, chain_line, verify
 from gateway.audit.trail import AuditTrail
 from gateway.config.enforcement import AuditSettings
-from tests.conftest import ADMIN_TOKEN, ROOT, free_port, gateway_config, wait_until
+from tests.conftest import ADMIN_TOKEN, ROOT, gateway_config
 from tests.support.clock import ManualClock
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 
@@ -100,8 +102,7 @@ async def test_every_event_survives_sigterm_under_load(tmp_path, upstream, gatew
     token = hs_token(ManualClock(time.time()))
     async with aiohttp.ClientSession() as session:
         workers = [asyncio.create_task(load(session, bearer(token))) for _ in range(8)]
-        while rejected < 200:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: rejected >= 200, timeout=60, message=lambda: f"only {rejected} requests refused")
         process.process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(process.process.wait, 20)
         stop.set()
@@ -345,10 +346,11 @@ async def test_events_that_cannot_be_written_are_counted_and_logged(tmp_path, up
                         return float(line.split()[1])
         return 0.0
 
-    deadline = time.monotonic() + 10
-    while await failures() < 1:
-        assert time.monotonic() < deadline, "no failed audit write was counted"
-        await asyncio.sleep(0.05)
+    async def failures_counted(at_least: float) -> bool:
+        return await failures() >= at_least
+
+    await wait_until(lambda: failures_counted(1), timeout=10, message="no failed audit write was counted",
+                     interval=0.05)
     process.process.send_signal(signal.SIGTERM)
     await asyncio.to_thread(process.process.wait, 20)
     assert "audit file write failed" in process.output()

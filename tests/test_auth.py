@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import ADMIN_TOKEN, gateway_config
 from tests.support.clock import ManualClock
+from tests.support.waiting import wait_until
 
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
 ISSUER = "https://login.test.invalid"
@@ -236,13 +237,10 @@ async def jwks_gateway(start_gateway, upstream, clock, rsa_keys):
     # A high failure limit, so the flood reaches the key lookup instead of the address block.
     gw = await start_gateway(auth_config(upstream, [issuer], failed_logins={"max_failures": 1000}), clock=clock)
     async with aiohttp.ClientSession() as session:
-        for _ in range(200):  # the first key set loads in the background; readiness says when
+        async def ready() -> bool:  # the first key set loads in the background; readiness says when
             async with session.get(f"{gw.admin_url}/readyz") as response:
-                if response.status == 200:
-                    break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("JWKS never loaded")
+                return response.status == 200
+        await wait_until(ready, message="JWKS never loaded")
     yield gw, server
     await server.runner.cleanup()
 

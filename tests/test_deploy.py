@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, GatewayProcess, free_port
+from tests.conftest import ROOT, GatewayProcess
+from tests.support.ports import free_port
+from tests.support.waiting import block_until
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -78,11 +79,11 @@ def healthy(test: list[str], port: int, container_port: int) -> bool:
 
 
 def wait_healthy(test: list[str], port: int, container_port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while not healthy(test, port, container_port):
+    def up() -> bool:
         assert process.poll() is None, "the process exited"
-        assert time.monotonic() < deadline, "never healthy"
-        time.sleep(0.1)
+        return healthy(test, port, container_port)
+
+    block_until(up, 20, "never healthy", interval=0.1)
 
 
 class EntrypointProcess(GatewayProcess):

@@ -9,8 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, gateway_config, wait_until
+from tests.conftest import ADMIN_TOKEN, gateway_config
 from tests.support.clock import ManualClock
+from tests.support.waiting import wait_until
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 ROOT = Path(__file__).resolve().parent.parent

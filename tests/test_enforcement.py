@@ -7,8 +7,9 @@ import pytest
 
 from gateway.config.enforcement import Ladder
 from gateway.enforce.ladder import OK, SUSPENDED, THROTTLED, WARNED, Counts, Standing, judge
-from tests.conftest import ADMIN_TOKEN, gateway_config, wait_until
+from tests.conftest import ADMIN_TOKEN, gateway_config
 from tests.support.clock import T0, ManualClock
+from tests.support.waiting import wait_until
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -240,10 +241,9 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
         async def state() -> dict:
             async with client.get(f"{b_admin}/admin/customers/acme", headers=ADMIN) as response:
                 return await response.json()
-        deadline = time.monotonic() + 5
-        while not predicate(await state()):
-            assert time.monotonic() < deadline, "the decision never reached gateway B"
-            await asyncio.sleep(0.02)
+        async def arrived() -> bool:
+            return predicate(await state())
+        await wait_until(arrived, message="the decision never reached gateway B", interval=0.02)
 
     async with client.post(f"{a_admin}/admin/customers/acme/suspend", headers=ADMIN,
                            json={"for": "1h", "reason": "abuse report"}) as response:
@@ -261,13 +261,10 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
     async with client.post(f"{a_admin}/admin/customers/acme/exceptions", headers=ADMIN,
                            json={"limit": "sustained", "burst": 500, "for": "1d", "reason": "agreed"}) as response:
         assert response.status == 201
-    deadline = time.monotonic() + 5
-    while True:
+    async def granted_on_b() -> bool:
         async with client.get(f"{b_admin}/admin/exceptions", headers=ADMIN) as response:
-            if (await response.json())["grants"]:
-                break
-        assert time.monotonic() < deadline, "the exception never reached gateway B"
-        await asyncio.sleep(0.02)
+            return bool((await response.json())["grants"])
+    await wait_until(granted_on_b, message="the exception never reached gateway B", interval=0.02)
     async with client.get(f"{b_url}/echo/x", headers=token) as response:
         assert response.headers["RateLimit-Policy"] == '"sustained";q=500;w=5'
 

@@ -8,8 +8,9 @@ import zoneinfo
 
 import pytest
 
-from tests.conftest import gateway_config, wait_until
+from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.waiting import wait_until
 from tests.test_auth import bearer, hs_issuer, hs_token
 
 
@@ -198,12 +199,10 @@ async def test_concurrency_is_released_on_client_abort_and_upstream_error(start_
         assert response.status == 429  # the slot is taken
     writer.close()
     await asyncio.wait_for(upstream.state.cancelled.wait(), 5)
-    for _ in range(100):
+    async def slot_back() -> bool:
         async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
-            if response.status == 200:
-                break
-        await asyncio.sleep(0.01)
-    assert response.status == 200
+            return response.status == 200
+    await wait_until(slot_back, message="the slot was never given back")
 
     # An upstream that times out (504) gives the slot back as well.
     async with client.get(f"{gw.url}/stall", headers=bearer(token)) as response:

@@ -18,9 +18,11 @@ from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
 from gateway.state.store import QUOTA, RATE, Check
-from tests.conftest import ADMIN_TOKEN, free_port
+from tests.conftest import ADMIN_TOKEN
 from tests.support.clock import ManualClock
+from tests.support.ports import free_port
 from tests.support.redis_servers import RedisCluster, RedisProcess
+from tests.support.waiting import wait_until
 from tests.test_auth import bearer, hs_issuer, hs_token
 from tests.test_limits import limits_config
 
@@ -146,16 +148,18 @@ async def test_redis_outage_and_recovery(start_gateway, upstream, client, privat
         assert max(seconds for _, seconds in during) < 1.0
 
         private_redis.start()
-        deadline = time.monotonic() + 10
-        while True:
+        metrics = ""
+
+        async def recovered() -> bool:
+            nonlocal metrics
             async with client.get(f"{gw.admin_url}/metrics") as response:
                 metrics = await response.text()
-            recovered = 'fairgate_state_store_circuit{state="closed"} 1.0' in metrics
-            if recovered and {status for status, _ in await load(3)} == {200}:
-                break
-            assert time.monotonic() < deadline, "no recovery after Redis came back"
+            if 'fairgate_state_store_circuit{state="closed"} 1.0' in metrics and (
+                    {status for status, _ in await load(3)} == {200}):
+                return True
             await load(1)
-            await asyncio.sleep(0.05)
+            return False
+        await wait_until(recovered, timeout=10, message="no recovery after Redis came back", interval=0.05)
     transitions = [record.getMessage() for record in caplog.records if record.name == "fairgate.state"]
     assert "state store circuit open" in transitions
     assert "state store circuit closed" in transitions
@@ -176,13 +180,10 @@ async def test_concurrency_slots_are_shared_and_released_through_redis(start_gat
             assert response.status == 429
     upstream.state.release_stall.set()
     assert (await held).status == 200
-    deadline = time.monotonic() + 5
-    while True:  # the slot goes back to Redis right after the response
+    async def slot_free() -> bool:  # the slot goes back to Redis right after the response
         async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
-            if response.status == 200:
-                break
-        assert time.monotonic() < deadline, "slot never released"
-        await asyncio.sleep(0.01)
+            return response.status == 200
+    await wait_until(slot_free, message="slot never released")
 
 
 async def test_limits_through_redis_sentinel():
@@ -215,14 +216,12 @@ async def test_a_revocation_reaches_the_whole_fleet(start_gateway, upstream, cli
     async with client.post(f"{first.admin_url}/admin/revocations", json={"issuer": "test", "jti": "fleet-token"},
                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
         assert response.status == 201
-    deadline = time.monotonic() + 5
-    while True:  # the second gateway merges the shared list every second
+    async def revoked_on_second() -> bool:  # the second gateway merges the shared list every second
         async with client.get(f"{second.url}/echo", headers=bearer(token)) as response:
             if response.status == 401:
                 assert "revoked" in response.headers["WWW-Authenticate"]
-                break
-        assert time.monotonic() < deadline, "the revocation never reached the other gateway"
-        await asyncio.sleep(0.05)
+            return response.status == 401
+    await wait_until(revoked_on_second, message="the revocation never reached the other gateway", interval=0.05)
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
@@ -322,11 +321,10 @@ async def test_a_slot_taken_for_a_cancelled_request_goes_back(redis_url, key_pre
         admitting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await admitting
-        deadline = time.monotonic() + 5
-        while (await limiter.admit(who, route, "127.0.0.1", f"next-{time.monotonic()}")).rejected:
+        async def slot_given_back() -> bool:
             # Without the give-back the slot would stay taken for its whole 10-minute lease.
-            assert time.monotonic() < deadline, "the abandoned slot was never given back"
-            await asyncio.sleep(0.01)
+            return not (await limiter.admit(who, route, "127.0.0.1", f"next-{time.monotonic()}")).rejected
+        await wait_until(slot_given_back, message="the abandoned slot was never given back")
     finally:
         await store.close()
 
@@ -412,10 +410,7 @@ async def test_after_an_outage_one_probe_closes_the_circuit_for_good(start_gatew
             clock.advance(2.0)
             async with aiohttp.ClientSession() as impatient:
                 probe = asyncio.create_task(impatient.get(f"{gw.url}/echo", headers=bearer(token)))
-                deadline = time.monotonic() + 10
-                while not await circuit("half_open"):
-                    assert time.monotonic() < deadline, "no probe went to Redis"
-                    await asyncio.sleep(0.01)
+                await wait_until(lambda: circuit("half_open"), timeout=10, message="no probe went to Redis")
                 assert await status() == 503  # one probe at a time: the others fail fast
                 probe.cancel()
         finally:

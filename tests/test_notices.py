@@ -10,8 +10,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import wait_until
 from tests.support.clock import T0, ManualClock
+from tests.support.waiting import wait_until
 from tests.test_alerts import receiver  # noqa: F401 - fixtures
 from tests.test_auth import bearer, hs_token
 from tests.test_console import browser  # noqa: F401

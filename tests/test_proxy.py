@@ -10,8 +10,10 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import free_port, gateway_config, wait_until
+from tests.conftest import gateway_config
+from tests.support.ports import free_port
 from tests.support.upstream_app import pattern_bytes
+from tests.support.waiting import wait_until
 
 
 def header_names(echo: dict) -> list[str]:

@@ -7,9 +7,11 @@ import asyncio
 import pytest
 
 from gateway.upstream import UpstreamPool, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from tests.conftest import free_port, gateway_config, wait_until
+from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.ports import free_port
 from tests.support.raw_upstream import RawUpstream
+from tests.support.waiting import wait_until
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -181,8 +183,10 @@ async def test_connection_cap_queues_requests(raw_upstream):
     exchanges = [await pool.exchange(GET, None, chunked=False, head_only=False) for _ in range(2)]
     assert pool.open_connections == 2
     third = asyncio.create_task(fetch(pool))
-    await asyncio.sleep(0)  # let it queue
-    assert not third.done()
+    # Parked in the pool's queue (the pool shows its waiters nowhere else); past the cap it would
+    # open a third connection instead and never queue.
+    await wait_until(lambda: len(pool._slot_waiters) == 1, message="the third request did not queue")
+    assert not third.done() and pool.open_connections == 2 and server.connections == 2
     for exchange in exchanges:
         await exchange.read_all()
         exchange.release()
