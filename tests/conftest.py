@@ -18,11 +18,11 @@ from aiohttp import web
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import load_config
 from gateway.server.lifecycle import GatewayServer, ServeOptions
+from tests.support.paths import ROOT
+from tests.support.tokens import ADMIN_TOKEN
 from tests.support.upstream_app import UpstreamState, build_upstream_app
 from tests.support.waiting import block_until
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 @dataclass

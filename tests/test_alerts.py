@@ -15,8 +15,8 @@ from aiohttp import web
 from gateway.alerts.webhooks import Alerts
 from gateway.config.alerts import AlertSettings
 from tests.support.clock import T0, ManualClock
-from tests.test_auth import hs_token
-from tests.test_enforcement import ADMIN, enforcement_config, statuses
+from tests.support.tokens import ADMIN, hs_token
+from tests.test_enforcement import enforcement_config, statuses
 
 SECRET = "alert-signing-secret"
 

@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from gateway.audit.chain import GENESIS, chain_line, verify
 from gateway.audit.trail import AuditTrail
 from gateway.config.enforcement import AuditSettings
-from tests.conftest import ADMIN_TOKEN, ROOT, gateway_config
+from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.paths import ROOT
 from tests.support.ports import free_port
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
 from tests.support.waiting import wait_until
-from tests.test_auth import bearer, hs_issuer, hs_token
 
 
 async def write_events(path, count: int, start: int = 0) -> None:
@@ -118,7 +119,8 @@ async def test_every_event_survives_sigterm_under_load(tmp_path, upstream, gatew
 async def test_events_also_reach_a_redis_stream_for_the_fleet(start_gateway, upstream, client, redis_url, key_prefix):
     import redis.asyncio as redis_asyncio
 
-    from tests.test_enforcement import ADMIN, enforcement_config
+    from tests.support.tokens import ADMIN
+    from tests.test_enforcement import enforcement_config
 
     stream = f"{key_prefix}:audit-stream"
     config = enforcement_config(upstream)
@@ -181,7 +183,7 @@ def audit_process_config(tmp_path, upstream, audit) -> tuple:
 
 
 async def suspend(admin_url: str, customer: str) -> None:
-    from tests.test_enforcement import ADMIN
+    from tests.support.tokens import ADMIN
 
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{admin_url}/admin/customers/{customer}/suspend", headers=ADMIN,
@@ -299,7 +301,8 @@ def test_check_config_and_run_refuse_an_unusable_audit_path(tmp_path, upstream):
 
 
 async def test_a_reload_to_an_unusable_audit_path_keeps_the_old_trail(start_gateway, upstream, client, tmp_path):
-    from tests.test_enforcement import ADMIN, enforcement_config
+    from tests.support.tokens import ADMIN
+    from tests.test_enforcement import enforcement_config
 
     audit = tmp_path / "audit.jsonl"
     config = enforcement_config(upstream)

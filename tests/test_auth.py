@@ -16,39 +16,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import ADMIN_TOKEN, gateway_config
+from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.tokens import ADMIN_TOKEN, AUDIENCE, ISSUER, SECRET, bearer, claims, hs_issuer, hs_token
+from tests.support.upstream_app import header
 from tests.support.waiting import wait_until
-
-SECRET = "test-secret-that-is-long-enough-for-hs256!"
-ISSUER = "https://login.test.invalid"
-AUDIENCE = "fairgate-test"
-
-
-def hs_issuer(**overrides) -> dict:
-    return {"name": "test", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["HS256"],
-            "hmac_secret": SECRET, **overrides}
-
-
-def claims(clock: ManualClock, **overrides) -> dict:
-    now = int(clock.time())
-    base = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "org_id": "acme", "sid": "s1",
-            "jti": secrets.token_hex(8), "iat": now, "exp": now + 600, "email": "alice@acme.example"}
-    base.update(overrides)
-    return {key: value for key, value in base.items() if value is not None}
-
-
-def hs_token(clock: ManualClock, **overrides) -> str:
-    return jwt.encode(claims(clock, **overrides), SECRET, algorithm="HS256")
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def header(echo: dict, name: str) -> str | None:
-    values = [value for key, value in echo["headers"] if key.lower() == name.lower()]
-    return ", ".join(values) if values else None
 
 
 @pytest.fixture

@@ -11,10 +11,9 @@ import shutil
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN
 from tests.support.clock import T0, ManualClock
-from tests.test_auth import hs_token
-from tests.test_enforcement import ADMIN, enforcement_config, statuses
+from tests.support.tokens import ADMIN, ADMIN_TOKEN, hs_token
+from tests.test_enforcement import enforcement_config, statuses
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
 
@@ -117,7 +116,7 @@ async def test_findings_show_their_signals_and_the_filters_narrow_the_lists(brow
     from selenium.webdriver.support.ui import Select
 
     from gateway.detect.findings import Finding
-    from tests.test_auth import bearer
+    from tests.support.tokens import bearer
     from tests.test_detection_gateway import browse_headless, detection_config
 
     clock = ManualClock(T0)

@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, gateway_config
+from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
 from tests.support.waiting import wait_until
-from tests.test_auth import bearer, hs_issuer, hs_token
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADLESS = {"User-Agent": "Mozilla/5.0 HeadlessChrome/126.0", "Accept": "text/html", "Accept-Language": "en",

@@ -7,12 +7,11 @@ import pytest
 
 from gateway.config.enforcement import Ladder
 from gateway.enforce.ladder import OK, SUSPENDED, THROTTLED, WARNED, Counts, Standing, judge
-from tests.conftest import ADMIN_TOKEN, gateway_config
+from tests.conftest import gateway_config
 from tests.support.clock import T0, ManualClock
+from tests.support.tokens import ADMIN, ADMIN_TOKEN, bearer, hs_issuer, hs_token
 from tests.support.waiting import wait_until
-from tests.test_auth import bearer, hs_issuer, hs_token
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LADDER = {"window": "1h", "warn_at": 2, "throttle_at": 4, "throttle_for": "10min", "suspend_after_throttles": 2,
           "throttles_within": "1d", "suspend_for": "1h", "max_suspension": "2h"}
 

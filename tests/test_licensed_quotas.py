@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from gateway.auth.identity import Identity
 from gateway.config import ConfigError, load_config
 from gateway.config.limits import Overage
-from tests.conftest import ADMIN_TOKEN, ROOT
 from tests.support.clock import ManualClock
-from tests.test_auth import bearer, hs_issuer, hs_token
+from tests.support.paths import ROOT
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
 from tests.test_limits import limits_config
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

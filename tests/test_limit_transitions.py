@@ -12,8 +12,8 @@ import yaml
 from gateway.enforce.ladder import THROTTLED
 from tests.conftest import gateway_config
 from tests.support.clock import T0, ManualClock
-from tests.test_auth import bearer, hs_issuer, hs_token
-from tests.test_enforcement import ADMIN, LADDER, statuses
+from tests.support.tokens import ADMIN, bearer, hs_issuer, hs_token
+from tests.test_enforcement import LADDER, statuses
 
 SUSTAINED = {"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 10}
 

@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.tokens import bearer, hs_issuer, hs_token
 from tests.support.waiting import wait_until
-from tests.test_auth import bearer, hs_issuer, hs_token
 
 
 def limits_config(upstream, plans: dict, customers: dict | None = None, routes: list | None = None,

@@ -18,12 +18,11 @@ from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
 from gateway.state.store import QUOTA, RATE, Check
-from tests.conftest import ADMIN_TOKEN
 from tests.support.clock import ManualClock
 from tests.support.ports import free_port
 from tests.support.redis_servers import RedisCluster, RedisProcess
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
 from tests.support.waiting import wait_until
-from tests.test_auth import bearer, hs_issuer, hs_token
 from tests.test_limits import limits_config
 
 def write_process_config(tmp_path, name: str, config: dict) -> tuple:
@@ -252,7 +251,7 @@ def test_a_bad_state_url_is_a_usage_error(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.support.paths import ROOT
 
     result = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml", "--state", "mysql://x"],
                             cwd=ROOT, capture_output=True, text=True, env={"FAIRGATE_DEMO_SECRET": "x" * 40, "FAIRGATE_HASH_SALT": "test-salt",

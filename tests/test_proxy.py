@@ -12,17 +12,13 @@ import pytest
 
 from tests.conftest import gateway_config
 from tests.support.ports import free_port
-from tests.support.upstream_app import pattern_bytes
+from tests.support.upstream_app import header, pattern_bytes
 from tests.support.waiting import wait_until
 
 
 def header_names(echo: dict) -> list[str]:
     return [name.lower() for name, _ in echo["headers"]]
 
-
-def header(echo: dict, name: str) -> str | None:
-    values = [value for key, value in echo["headers"] if key.lower() == name.lower()]
-    return ", ".join(values) if values else None
 
 
 async def test_get_is_forwarded_with_path_and_query_unchanged(gateway, client):

@@ -16,8 +16,8 @@ from aiohttp import web
 
 from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.tokens import hs_token
 from tests.support.waiting import wait_until
-from tests.test_auth import bearer, hs_token
 from tests.test_limits import limits_config, statuses
 
 

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import ADMIN_TOKEN, gateway_config
+from tests.conftest import gateway_config
 from tests.support.ports import free_port
+from tests.support.tokens import ADMIN_TOKEN
 from tests.support.waiting import wait_until
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

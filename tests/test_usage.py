@@ -14,9 +14,10 @@ import time
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ROOT, gateway_config
+from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
-from tests.test_auth import bearer, hs_issuer, hs_token
+from tests.support.paths import ROOT
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NOV_21 = dt.date(2026, 11, 21)
