@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -18,46 +13,12 @@ from aiohttp import web
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import load_config
 from gateway.server.lifecycle import GatewayServer, ServeOptions
-from tests.support.paths import ROOT
+from tests.support.browser import start_browser
+from tests.support.configs import gateway_config
+from tests.support.gateways import GatewayProcess, RunningGateway, StartGateway, Upstream
 from tests.support.tokens import ADMIN_TOKEN
 from tests.support.upstream_app import UpstreamState, build_upstream_app
-from tests.support.waiting import block_until
-
-
-
-@dataclass
-class Upstream:
-    url: str
-    port: int
-    state: UpstreamState
-
-
-@dataclass
-class RunningGateway:
-    server: GatewayServer
-    config_path: Path
-    url: str
-    admin_url: str
-
-
-def gateway_config(upstream_url: str, *, routes: list[dict] | None = None, auth: dict | None = None,
-                   **server: Any) -> dict:
-    """A minimal config in front of `upstream_url`, listening on free ports.
-
-    Without an `auth` section the routes default to `auth: none`.
-    """
-    routes = routes or [{"name": "all", "path_prefix": "/", "upstream": "app"}]
-    if auth is None:
-        routes = [{"auth": "none", **route} for route in routes]
-    config = {
-        "server": {"listen": "127.0.0.1:0", "access_log": False, "drain_timeout": "5s", **server},
-        "admin": {"listen": "127.0.0.1:0"},
-        "upstreams": {"app": {"url": upstream_url, "read_timeout": "5s", "connect_timeout": "1s"}},
-        "routes": routes,
-    }
-    if auth is not None:
-        config["auth"] = auth
-    return config
+from tests.support.webhooks import Receiver
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +56,6 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
-StartGateway = Callable[..., Awaitable[RunningGateway]]
-
-
 @pytest.fixture
 async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     started: list[GatewayServer] = []
@@ -130,40 +88,6 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-class GatewayProcess:
-    """`fairgate run` in a child process, for signals, exit codes and memory."""
-
-    def __init__(self, config_path: Path, *extra_args: str, env: dict | None = None,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(config_path), *extra_args],
-            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,  # e.g. resource limits of the child
-        )
-
-    def wait_ready(self, admin_url: str, timeout: float = 20.0) -> None:
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gateway exited early:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(f"{admin_url}/readyz", timeout=1) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        block_until(ready, timeout, "gateway did not become ready")
-
-    def output(self) -> str:
-        if self.process.poll() is None:
-            return ""
-        return self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def gateway_process():
     processes: list[GatewayProcess] = []
@@ -179,3 +103,17 @@ def gateway_process():
         process.stop()
 
 
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback."""
+    state = await Receiver().start()
+    yield state
+    await state.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless browser for the admin console, one per module."""
+    driver = start_browser()
+    yield driver
+    driver.quit()

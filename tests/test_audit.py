@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from gateway.audit.chain import GENESIS, chain_line, verify
 from gateway.audit.trail import AuditTrail
 from gateway.config.enforcement import AuditSettings
-from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.configs import gateway_config
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
@@ -119,8 +119,8 @@ async def test_every_event_survives_sigterm_under_load(tmp_path, upstream, gatew
 async def test_events_also_reach_a_redis_stream_for_the_fleet(start_gateway, upstream, client, redis_url, key_prefix):
     import redis.asyncio as redis_asyncio
 
+    from tests.support.configs import enforcement_config
     from tests.support.tokens import ADMIN
-    from tests.test_enforcement import enforcement_config
 
     stream = f"{key_prefix}:audit-stream"
     config = enforcement_config(upstream)
@@ -170,7 +170,7 @@ def test_any_edit_of_any_line_is_found_at_that_line(tmp_path_factory, events, da
 # -- faults: a crash mid-line, a full disk, lines cut off the end, an unusable path -------------
 
 def audit_process_config(tmp_path, upstream, audit) -> tuple:
-    from tests.test_enforcement import enforcement_config
+    from tests.support.configs import enforcement_config
 
     port, admin_port = free_port(), free_port()
     config = enforcement_config(upstream)
@@ -301,8 +301,8 @@ def test_check_config_and_run_refuse_an_unusable_audit_path(tmp_path, upstream):
 
 
 async def test_a_reload_to_an_unusable_audit_path_keeps_the_old_trail(start_gateway, upstream, client, tmp_path):
+    from tests.support.configs import enforcement_config
     from tests.support.tokens import ADMIN
-    from tests.test_enforcement import enforcement_config
 
     audit = tmp_path / "audit.jsonl"
     config = enforcement_config(upstream)

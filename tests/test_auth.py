@@ -16,9 +16,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
-from tests.support.tokens import ADMIN_TOKEN, AUDIENCE, ISSUER, SECRET, bearer, claims, hs_issuer, hs_token
+from tests.support.configs import auth_config
+from tests.support.tokens import ADMIN_TOKEN, AUDIENCE, ISSUER, bearer, claims, hs_issuer, hs_token
 from tests.support.upstream_app import header
 from tests.support.waiting import wait_until
 
@@ -26,16 +26,6 @@ from tests.support.waiting import wait_until
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
-
-
-def auth_config(upstream, issuers=None, routes=None, **auth) -> dict:
-    routes = routes or [
-        {"name": "public", "path_prefix": "/status/", "upstream": "app", "auth": "none"},
-        {"name": "reports", "path_prefix": "/echo/reports", "upstream": "app", "required_scopes": ["reports:read"]},
-        {"name": "maybe", "path_prefix": "/echo/optional", "upstream": "app", "auth": "optional"},
-        {"name": "api", "path_prefix": "/", "upstream": "app"},
-    ]
-    return gateway_config(upstream.url, routes=routes, auth={"issuers": issuers or [hs_issuer()], **auth})
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import GatewayProcess
+from tests.support.gateways import GatewayProcess
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.waiting import block_until

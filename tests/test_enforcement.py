@@ -7,29 +7,11 @@ import pytest
 
 from gateway.config.enforcement import Ladder
 from gateway.enforce.ladder import OK, SUSPENDED, THROTTLED, WARNED, Counts, Standing, judge
-from tests.conftest import gateway_config
 from tests.support.clock import T0, ManualClock
-from tests.support.tokens import ADMIN, ADMIN_TOKEN, bearer, hs_issuer, hs_token
+from tests.support.configs import LADDER, enforcement_config
+from tests.support.tokens import ADMIN, ADMIN_TOKEN, bearer, hs_token
+from tests.support.traffic import statuses
 from tests.support.waiting import wait_until
-
-LADDER = {"window": "1h", "warn_at": 2, "throttle_at": 4, "throttle_for": "10min", "suspend_after_throttles": 2,
-          "throttles_within": "1d", "suspend_for": "1h", "max_suspension": "2h"}
-
-
-def enforcement_config(upstream, mode: str = "enforce") -> dict:
-    config = gateway_config(upstream.url, auth={"issuers": [hs_issuer()]})
-    config["limits"] = {"default_plan": "standard"}
-    config["plans"] = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 1}]}}
-    config["enforcement"] = {"mode": mode, "policy": "https://example.com/fair-use", "ladder": LADDER}
-    return config
-
-
-async def statuses(client, gateway, token: str, count: int) -> list[int]:
-    found = []
-    for _ in range(count):
-        async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
-            found.append(response.status)
-    return found
 
 
 async def events(client, gateway, **filters) -> list[dict]:
@@ -221,7 +203,7 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
     import time
 
     from gateway.clock import SYSTEM_CLOCK
-    from tests.test_limits_redis import write_process_config
+    from tests.support.gateways import write_process_config
 
     config = enforcement_config(upstream)
     config["plans"]["standard"]["limits"][0].update(rate="100/s", burst=100)
@@ -269,7 +251,8 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
 
 
 async def test_a_blocking_finding_is_a_major_violation_of_the_user(start_gateway, upstream, client):
-    from tests.test_detection_gateway import browse_headless, detection_config
+    from tests.support.configs import detection_config
+    from tests.support.traffic import browse_headless
 
     clock = ManualClock(T0)
     config = detection_config(upstream)

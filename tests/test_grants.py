@@ -4,10 +4,10 @@ on every gateway of a fleet, lift decisions already made, and end by themselves.
 from __future__ import annotations
 
 from tests.support.clock import T0, ManualClock
+from tests.support.configs import detection_config, enforcement_config
 from tests.support.tokens import ADMIN, SECRET, bearer, hs_token
+from tests.support.traffic import HEADLESS, browse_headless, statuses
 from tests.support.waiting import wait_until
-from tests.test_detection_gateway import HEADLESS, browse_headless, detection_config
-from tests.test_enforcement import enforcement_config, statuses
 
 
 async def post(client, gateway, path: str, body: dict) -> tuple[int, dict]:

@@ -19,9 +19,9 @@ from gateway.auth.identity import Identity
 from gateway.config import ConfigError, load_config
 from gateway.config.limits import Overage
 from tests.support.clock import ManualClock
+from tests.support.configs import limits_config
 from tests.support.paths import ROOT
 from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
-from tests.test_limits import limits_config
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NOV_21 = 1_795_219_200.0  # 2026-11-21T00:00:00Z

@@ -8,26 +8,11 @@ import zoneinfo
 
 import pytest
 
-from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.configs import limits_config
 from tests.support.tokens import bearer, hs_issuer, hs_token
+from tests.support.traffic import statuses_at as statuses
 from tests.support.waiting import wait_until
-
-
-def limits_config(upstream, plans: dict, customers: dict | None = None, routes: list | None = None,
-                  default_plan: str = "standard", upstream_settings: dict | None = None, **limits) -> dict:
-    routes = routes or [
-        {"name": "report", "path_prefix": "/echo/report", "upstream": "app", "cost": 3},
-        {"name": "stall", "path_prefix": "/stall", "upstream": "app"},
-        {"name": "public", "path_prefix": "/status/", "upstream": "app", "auth": "none"},
-        {"name": "api", "path_prefix": "/", "upstream": "app"},
-    ]
-    config = gateway_config(upstream.url, routes=routes, auth={"issuers": [hs_issuer()]})
-    config["upstreams"]["app"].update(upstream_settings or {})
-    config["limits"] = {"default_plan": default_plan, **limits}
-    config["plans"] = plans
-    config["customers"] = customers or {}
-    return config
 
 
 STANDARD = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 5}]}}
@@ -36,14 +21,6 @@ STANDARD = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate"
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(wall=dt.datetime(2026, 11, 30, 12, tzinfo=dt.timezone.utc).timestamp())
-
-
-async def statuses(client, url, token, count) -> list[int]:
-    result = []
-    for _ in range(count):
-        async with client.get(url, headers=bearer(token)) as response:
-            result.append(response.status)
-    return result
 
 
 async def test_one_per_second_burst_five_exactly(start_gateway, upstream, client, clock):

@@ -12,26 +12,17 @@ import aiohttp
 
 import pytest
 import redis
-import yaml
 
 from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
 from gateway.state.store import QUOTA, RATE, Check
 from tests.support.clock import ManualClock
-from tests.support.ports import free_port
+from tests.support.configs import limits_config
+from tests.support.gateways import write_process_config
 from tests.support.redis_servers import RedisCluster, RedisProcess
 from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
 from tests.support.waiting import wait_until
-from tests.test_limits import limits_config
-
-def write_process_config(tmp_path, name: str, config: dict) -> tuple:
-    port, admin_port = free_port(), free_port()
-    config = {**config, "server": {**config["server"], "listen": f"127.0.0.1:{port}"},
-              "admin": {"listen": f"127.0.0.1:{admin_port}"}}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
 
 
 @pytest.mark.parametrize(("limit", "allowed"), [

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
-from tests.conftest import gateway_config
+from tests.support.configs import gateway_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

@@ -11,11 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.clock import T0, ManualClock
+from tests.support.configs import LADDER, enforcement_config
 from tests.support.tokens import ADMIN, bearer, hs_token
+from tests.support.traffic import statuses
 from tests.support.waiting import wait_until
-from tests.test_alerts import receiver  # noqa: F401 - fixtures
-from tests.test_console import browser  # noqa: F401
-from tests.test_enforcement import LADDER, enforcement_config, statuses
 
 RATE_TEXT = ("sustained: 2 requests refused (allowed: 1 per second sustained, bursts of up to 1). "
              "Spread calls to at most 1 per second. Policy: https://example.com/fair-use")
@@ -142,8 +141,8 @@ def test_the_header_stays_a_structured_field_whatever_the_advice_says():
 async def test_the_console_shows_the_warning_text_with_the_standing(browser, start_gateway, upstream, client):  # noqa: F811
     from selenium.webdriver.common.by import By
 
+    from tests.support.browser import wait_for
     from tests.support.tokens import ADMIN_TOKEN
-    from tests.test_console import wait_for
 
     clock = ManualClock(T0)
     gateway = await start_gateway(enforcement_config(upstream), clock=clock)

@@ -10,7 +10,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import gateway_config
+from tests.support.configs import gateway_config
 from tests.support.ports import free_port
 from tests.support.upstream_app import header, pattern_bytes
 from tests.support.waiting import wait_until
@@ -18,7 +18,6 @@ from tests.support.waiting import wait_until
 
 def header_names(echo: dict) -> list[str]:
     return [name.lower() for name, _ in echo["headers"]]
-
 
 
 async def test_get_is_forwarded_with_path_and_query_unchanged(gateway, client):
@@ -380,7 +379,7 @@ async def test_gateway_answers_name_no_versions_and_upstream_server_passes_throu
     "//api/v1/whoami", "/;/api/v1/whoami", "/%61pi/v1/whoami", "/healthz/%00",
 ])
 async def test_traversal_past_an_open_route_is_refused_before_upstream(start_gateway, upstream, path):
-    from tests.test_auth import auth_config
+    from tests.support.configs import auth_config
 
     gw = await start_gateway(auth_config(upstream, routes=[
         {"name": "health", "path_prefix": "/healthz", "upstream": "app", "auth": "none"},

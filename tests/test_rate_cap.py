@@ -14,11 +14,11 @@ import datetime as dt
 import pytest
 from aiohttp import web
 
-from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.configs import gateway_config, limits_config
 from tests.support.tokens import hs_token
+from tests.support.traffic import statuses_at as statuses
 from tests.support.waiting import wait_until
-from tests.test_limits import limits_config, statuses
 
 
 @pytest.fixture

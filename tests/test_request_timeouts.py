@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import gateway_config
+from tests.support.configs import gateway_config
 from tests.support.waiting import wait_until
 
 

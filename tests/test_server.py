@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import gateway_config
+from tests.support.configs import gateway_config
+from tests.support.gateways import write_config
 from tests.support.ports import free_port
 from tests.support.tokens import ADMIN_TOKEN
 from tests.support.waiting import wait_until
@@ -98,16 +99,6 @@ async def test_admin_api_is_disabled_without_a_token(start_gateway, upstream, cl
             assert "FAIRGATE_ADMIN_TOKEN" in (await response.json())["detail"]
     finally:
         await server.drain()
-
-
-def write_config(tmp_path, upstream_url: str, routes: list[dict] | None = None, **server) -> tuple:
-    port, admin_port = free_port(), free_port()
-    config = gateway_config(upstream_url, routes=routes, **server)
-    config["server"]["listen"] = f"127.0.0.1:{port}"
-    config["admin"]["listen"] = f"127.0.0.1:{admin_port}"
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
 
 
 async def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path, upstream, client, gateway_process):

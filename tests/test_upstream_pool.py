@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from gateway.upstream import UpstreamPool, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.configs import gateway_config
 from tests.support.ports import free_port
 from tests.support.raw_upstream import RawUpstream
 from tests.support.waiting import wait_until

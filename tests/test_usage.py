@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from tests.conftest import gateway_config
 from tests.support.clock import ManualClock
+from tests.support.configs import gateway_config
 from tests.support.paths import ROOT
 from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
 
