@@ -20,7 +20,7 @@ RATE_TEXT = ("sustained: 2 requests refused (allowed: 1 per second sustained, bu
              "Spread calls to at most 1 per second. Policy: https://example.com/fair-use")
 
 
-async def test_a_rate_violation_warns_with_the_rate_that_complies(start_gateway, upstream, client, receiver):  # noqa: F811
+async def test_a_rate_violation_warns_with_the_rate_that_complies(start_gateway, upstream, client, receiver):
     clock = ManualClock(T0)
     config = enforcement_config(upstream)
     config["alerts"] = {"webhooks": [{"name": "ops", "url": receiver.url}]}
@@ -138,7 +138,7 @@ def test_the_header_stays_a_structured_field_whatever_the_advice_says():
 
 
 
-async def test_the_console_shows_the_warning_text_with_the_standing(browser, start_gateway, upstream, client):  # noqa: F811
+async def test_the_console_shows_the_warning_text_with_the_standing(browser, start_gateway, upstream, client):
     from selenium.webdriver.common.by import By
 
     from tests.support.browser import wait_for
