@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: the ports come from the tests' allocator
+
+from tests.support.ports import REDIS_PORTS, free_port  # noqa: E402
+
 SERVER_CORE, LOAD_CORE = 0, 1
 TOKEN_USERS = 400
 TOKEN_CUSTOMERS = 40
@@ -96,7 +98,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="fairgate-bench-") as tmp:
         workdir = Path(tmp)
-        upstream_port, proxy_port, hello_port, naive_port = (_free_port() for _ in range(4))
+        upstream_port, proxy_port, hello_port, naive_port = (free_port() for _ in range(4))
         limited_tokens = _write_tokens(workdir / "limited.txt", "customer")
         unlimited_tokens = _write_tokens(workdir / "unlimited.txt", "free")
         # One user per customer, none listed in the config: each has the default plan's limits.
@@ -213,7 +215,7 @@ def _start_redis(workdir: Path) -> RedisServer | None:
         print("bench: redis-server not found; skipping the Redis run (apt-get install -y redis-server)",
               file=sys.stderr)
         return None
-    port = _free_port()
+    port = free_port(REDIS_PORTS)
     process = _pinned([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                        "--dir", str(workdir)], LOAD_CORE, quiet=True)
     deadline = time.monotonic() + 10
@@ -441,7 +443,7 @@ state: {{url: "{state_url}", timeout: 200ms}}
 
 
 def _start_fairgate(config: Path, upstream_port: int, state_url: str) -> Gateway:
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     customers = "\n".join(f"  free-{n}: {{plan: unlimited}}" for n in range(TOKEN_CUSTOMERS))
     config.write_text(BENCH_LIMITS.format(customers=customers, state_url=state_url) + f"""
 server: {{listen: "127.0.0.1:{port}", access_log: false}}
@@ -497,27 +499,6 @@ def _counts(text: str) -> tuple[int, ...]:
     if any(count < 0 for count in counts):
         raise argparse.ArgumentTypeError("customer counts cannot be negative")
     return tuple(count for count in counts if count)
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def _free_port() -> int:
-    """A free loopback port below the kernel's ephemeral range (a port the kernel picked for
-    bind(0) can be taken by an outgoing connection before the child binds it), never the same
-    one twice in a run."""
-    for _ in range(500):
-        port = random.randint(20000, 32000)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise SystemExit("bench: no free loopback port found in 20000-32000")
 
 
 def _wait_http(url: str, timeout: float = 15.0) -> None:

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from browsers import BROWSER_UA, HEADLESS_UA, PAGE_ASSETS, PAGE_HEADERS, asset_headers  # noqa: E402
 from gateway.auth.dev_tokens import mint_token  # noqa: E402
 from gateway.config import load_config  # noqa: E402
+from tests.support.clock import T0, ManualClock  # noqa: E402
 
 TICKETS = 500
 INTEGRATION_UA = "acme-sync/2.1 (+https://acme.example/sync)"
@@ -134,25 +135,12 @@ def clients(seed: int, issuer) -> list[Client]:
             10.0 + 30.0 * n)
     for client in made:
         client.token = mint_token(issuer, customer=client.customer, user=client.user, session=client.session,
-                                  ttl=86400, now=VirtualClock.START)
+                                  ttl=86400, now=T0)
     return made
 
 
-class VirtualClock:
-    START = 1_800_000_000.0
-
-    def __init__(self) -> None:
-        self.now = self.START
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now - self.START
-
-
 async def drive(base_url: str, admin_url: str, admin_token: str, roster: list[Client], seconds: float,
-                clock: VirtualClock | None, settle) -> dict:
+                clock: ManualClock | None, settle) -> dict:
     """Run every client for `seconds`; virtual time when `clock` is given, else wall time."""
     sessions = {client.name: aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(local_addr=(client.address, 0), limit=1),
@@ -186,18 +174,18 @@ async def _send(base_url: str, session: aiohttp.ClientSession, client: Client, s
     return 0.0
 
 
-async def _virtual(base_url, sessions, roster, seconds, clock: VirtualClock, settle) -> None:
+async def _virtual(base_url, sessions, roster, seconds, clock: ManualClock, settle) -> None:
     # (when, order, client, step): one request at a time, in time order.
     queue: list = []
     for order, client in enumerate(roster):
         step = next(client.steps)
-        heapq.heappush(queue, (clock.START + client.starts_at + step.wait, order, step))
-    end = clock.START + seconds
+        heapq.heappush(queue, (T0 + client.starts_at + step.wait, order, step))
+    end = T0 + seconds
     while queue:
         when, order, step = heapq.heappop(queue)
         if when > end:
             break
-        clock.now = when
+        clock.advance(when - clock.time())
         client = roster[order]
         retry = await _send(base_url, sessions[client.name], client, step, when)
         await settle()  # the detectors see this request before the clock moves on
@@ -294,7 +282,7 @@ async def run_virtual(config_path: Path, seconds: float, seed: int) -> dict:
     for upstream_settings in raw["upstreams"].values():
         upstream_settings["url"] = f"http://127.0.0.1:{upstream_port}"
     raw.setdefault("state", {})["url"] = "memory://"
-    clock = VirtualClock()
+    clock = ManualClock(T0)
     with tempfile.TemporaryDirectory() as tmp:
         if raw.get("enforcement", {}).get("audit", {}).get("path"):
             raw["enforcement"]["audit"]["path"] = str(Path(tmp) / "audit.jsonl")  # a run leaves nothing behind

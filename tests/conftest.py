@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,45 +14,13 @@ from aiohttp import web
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import load_config
 from gateway.server.lifecycle import GatewayServer, ServeOptions
+from tests.support.browser import start_browser
+from tests.support.configs import gateway_config
+from tests.support.gateways import GatewayProcess, RunningGateway, StartGateway, Upstream
+from tests.support.redis_servers import RedisProcess
+from tests.support.tokens import ADMIN_TOKEN
 from tests.support.upstream_app import UpstreamState, build_upstream_app
-
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_TOKEN = "test-admin-token-0123456789"
-
-
-@dataclass
-class Upstream:
-    url: str
-    port: int
-    state: UpstreamState
-
-
-@dataclass
-class RunningGateway:
-    server: GatewayServer
-    config_path: Path
-    url: str
-    admin_url: str
-
-
-def gateway_config(upstream_url: str, *, routes: list[dict] | None = None, auth: dict | None = None,
-                   **server: Any) -> dict:
-    """A minimal config in front of `upstream_url`, listening on free ports.
-
-    Without an `auth` section the routes default to `auth: none`.
-    """
-    routes = routes or [{"name": "all", "path_prefix": "/", "upstream": "app"}]
-    if auth is None:
-        routes = [{"auth": "none", **route} for route in routes]
-    config = {
-        "server": {"listen": "127.0.0.1:0", "access_log": False, "drain_timeout": "5s", **server},
-        "admin": {"listen": "127.0.0.1:0"},
-        "upstreams": {"app": {"url": upstream_url, "read_timeout": "5s", "connect_timeout": "1s"}},
-        "routes": routes,
-    }
-    if auth is not None:
-        config["auth"] = auth
-    return config
+from tests.support.webhooks import Receiver
 
 
 @pytest.fixture(scope="session")
@@ -96,27 +58,6 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
-StartGateway = Callable[..., Awaitable[RunningGateway]]
-
-
-class ManualClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, wall: float = 1_800_000_000.0) -> None:
-        self.wall = wall
-        self.mono = 10_000.0
-
-    def time(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-
 @pytest.fixture
 async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     started: list[GatewayServer] = []
@@ -149,43 +90,6 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-class GatewayProcess:
-    """`fairgate run` in a child process, for signals, exit codes and memory."""
-
-    def __init__(self, config_path: Path, *extra_args: str, env: dict | None = None,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(config_path), *extra_args],
-            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,  # e.g. resource limits of the child
-        )
-
-    def wait_ready(self, admin_url: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gateway exited early:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(f"{admin_url}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("gateway did not become ready")
-            time.sleep(0.05)
-
-    def output(self) -> str:
-        if self.process.poll() is None:
-            return ""
-        return self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def gateway_process():
     processes: list[GatewayProcess] = []
@@ -201,34 +105,25 @@ def gateway_process():
         process.stop()
 
 
-_HANDED_OUT: set[int] = set()
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback."""
+    state = await Receiver().start()
+    yield state
+    await state.stop()
 
 
-def free_port() -> int:
-    """A free loopback port for a child process to bind, never the same one twice in a run, and
-    below the kernel's ephemeral range: a port the kernel picked (bind to 0) can be taken by an
-    outgoing test connection before the child binds it."""
-    import random
-    import socket
-
-    for _ in range(500):
-        port = random.randint(20000, 32000)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise RuntimeError("no free loopback port found in 20000-32000")
+@pytest.fixture(scope="module")
+def browser():
+    """A headless browser for the admin console, one per module."""
+    driver = start_browser()
+    yield driver
+    driver.quit()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition on the event loop; fails the test if it never holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+@pytest.fixture
+def private_redis():
+    """A Redis server of the test's own, to stop and start (outages) without touching the shared one."""
+    server = RedisProcess().start()
+    yield server
+    server.stop()

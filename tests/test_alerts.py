@@ -6,55 +6,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 
 import aiohttp
-import pytest
-from aiohttp import web
 
 from gateway.alerts.webhooks import Alerts
 from gateway.config.alerts import AlertSettings
-from tests.conftest import ManualClock
-from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
-from tests.test_auth import hs_token
+from tests.support.clock import T0, ManualClock
+from tests.support.configs import enforcement_config
+from tests.support.tokens import ADMIN, hs_token
+from tests.support.traffic import statuses
 
 SECRET = "alert-signing-secret"
-
-
-class Receiver:
-    """A webhook receiver on loopback: records what it got; can fail or stall on demand."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict, dict]] = []
-        self.fail_next = 0
-        self.stall = False
-        self.arrived = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.stall:
-            await asyncio.sleep(3600)
-        if self.fail_next:
-            self.fail_next -= 1
-            return web.Response(status=503)
-        self.received.append((dict(request.headers), json.loads(await request.read())))
-        self.raw = await request.read()
-        self.arrived.set()
-        return web.Response(status=204)
-
-
-@pytest.fixture
-async def receiver():
-    state = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", state.handle)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    yield state
-    state.stall = False
-    await runner.cleanup()
 
 
 def settings(url: str, **extra) -> AlertSettings:

@@ -8,9 +8,9 @@ import asyncio
 import yaml
 
 from gateway.config import GatewayConfig
-from tests.conftest import ManualClock, gateway_config
-from tests.test_auth import bearer, hs_issuer, hs_token
-from tests.test_enforcement import ADMIN, T0, enforcement_config
+from tests.support.clock import T0, ManualClock
+from tests.support.configs import enforcement_config, gateway_config
+from tests.support.tokens import ADMIN, bearer, hs_issuer, hs_token
 
 
 async def test_a_reload_that_cannot_build_the_state_leaves_the_old_runtime_and_state(start_gateway, upstream, client):

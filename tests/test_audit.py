@@ -7,7 +7,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,8 +20,12 @@ from hypothesis import strategies as st
 from gateway.audit.chain import GENESIS, chain_line, verify
 from gateway.audit.trail import AuditTrail
 from gateway.config.enforcement import AuditSettings
-from tests.conftest import ADMIN_TOKEN, ROOT, ManualClock, free_port, gateway_config, wait_until
-from tests.test_auth import bearer, hs_issuer, hs_token
+from tests.support.clock import ManualClock
+from tests.support.configs import gateway_config
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
+from tests.support.waiting import wait_until
 
 
 async def write_events(path, count: int, start: int = 0) -> None:
@@ -99,8 +102,7 @@ async def test_every_event_survives_sigterm_under_load(tmp_path, upstream, gatew
     token = hs_token(ManualClock(time.time()))
     async with aiohttp.ClientSession() as session:
         workers = [asyncio.create_task(load(session, bearer(token))) for _ in range(8)]
-        while rejected < 200:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: rejected >= 200, timeout=60, message=lambda: f"only {rejected} requests refused")
         process.process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(process.process.wait, 20)
         stop.set()
@@ -116,7 +118,8 @@ async def test_every_event_survives_sigterm_under_load(tmp_path, upstream, gatew
 async def test_events_also_reach_a_redis_stream_for_the_fleet(start_gateway, upstream, client, redis_url, key_prefix):
     import redis.asyncio as redis_asyncio
 
-    from tests.test_enforcement import ADMIN, enforcement_config
+    from tests.support.configs import enforcement_config
+    from tests.support.tokens import ADMIN
 
     stream = f"{key_prefix}:audit-stream"
     config = enforcement_config(upstream)
@@ -166,7 +169,7 @@ def test_any_edit_of_any_line_is_found_at_that_line(tmp_path_factory, events, da
 # -- faults: a crash mid-line, a full disk, lines cut off the end, an unusable path -------------
 
 def audit_process_config(tmp_path, upstream, audit) -> tuple:
-    from tests.test_enforcement import enforcement_config
+    from tests.support.configs import enforcement_config
 
     port, admin_port = free_port(), free_port()
     config = enforcement_config(upstream)
@@ -179,12 +182,12 @@ def audit_process_config(tmp_path, upstream, audit) -> tuple:
 
 
 async def suspend(admin_url: str, customer: str) -> None:
-    from tests.test_enforcement import ADMIN
+    from tests.support.tokens import ADMIN
 
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{admin_url}/admin/customers/{customer}/suspend", headers=ADMIN,
-                                json={"for": "1h", "reason": "abuse report"}) as response:
-            assert response.status == 201
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{admin_url}/admin/customers/{customer}/suspend", headers=ADMIN,
+            json={"for": "1h", "reason": "abuse report"}) as response:
+        assert response.status == 201
 
 
 def lines_of(path) -> list[dict]:
@@ -297,7 +300,8 @@ def test_check_config_and_run_refuse_an_unusable_audit_path(tmp_path, upstream):
 
 
 async def test_a_reload_to_an_unusable_audit_path_keeps_the_old_trail(start_gateway, upstream, client, tmp_path):
-    from tests.test_enforcement import ADMIN, enforcement_config
+    from tests.support.configs import enforcement_config
+    from tests.support.tokens import ADMIN
 
     audit = tmp_path / "audit.jsonl"
     config = enforcement_config(upstream)
@@ -337,17 +341,17 @@ async def test_events_that_cannot_be_written_are_counted_and_logged(tmp_path, up
         await suspend(admin_url, f"customer-{n}")
 
     async def failures() -> float:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{admin_url}/metrics") as response:
-                for line in (await response.text()).splitlines():
-                    if line.startswith("fairgate_audit_write_failures_total "):
-                        return float(line.split()[1])
+        async with aiohttp.ClientSession() as session, session.get(f"{admin_url}/metrics") as response:
+            for line in (await response.text()).splitlines():
+                if line.startswith("fairgate_audit_write_failures_total "):
+                    return float(line.split()[1])
         return 0.0
 
-    deadline = time.monotonic() + 10
-    while await failures() < 1:
-        assert time.monotonic() < deadline, "no failed audit write was counted"
-        await asyncio.sleep(0.05)
+    async def failures_counted(at_least: float) -> bool:
+        return await failures() >= at_least
+
+    await wait_until(lambda: failures_counted(1), timeout=10, message="no failed audit write was counted",
+                     interval=0.05)
     process.process.send_signal(signal.SIGTERM)
     await asyncio.to_thread(process.process.wait, 20)
     assert "audit file write failed" in process.output()

@@ -16,52 +16,16 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import ADMIN_TOKEN, ManualClock, gateway_config
-
-SECRET = "test-secret-that-is-long-enough-for-hs256!"
-ISSUER = "https://login.test.invalid"
-AUDIENCE = "fairgate-test"
-
-
-def hs_issuer(**overrides) -> dict:
-    return {"name": "test", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["HS256"],
-            "hmac_secret": SECRET, **overrides}
-
-
-def claims(clock: ManualClock, **overrides) -> dict:
-    now = int(clock.time())
-    base = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "org_id": "acme", "sid": "s1",
-            "jti": secrets.token_hex(8), "iat": now, "exp": now + 600, "email": "alice@acme.example"}
-    base.update(overrides)
-    return {key: value for key, value in base.items() if value is not None}
-
-
-def hs_token(clock: ManualClock, **overrides) -> str:
-    return jwt.encode(claims(clock, **overrides), SECRET, algorithm="HS256")
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def header(echo: dict, name: str) -> str | None:
-    values = [value for key, value in echo["headers"] if key.lower() == name.lower()]
-    return ", ".join(values) if values else None
+from tests.support.clock import ManualClock
+from tests.support.configs import auth_config
+from tests.support.tokens import ADMIN_TOKEN, AUDIENCE, ISSUER, bearer, claims, hs_issuer, hs_token
+from tests.support.upstream_app import header
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
-
-
-def auth_config(upstream, issuers=None, routes=None, **auth) -> dict:
-    routes = routes or [
-        {"name": "public", "path_prefix": "/status/", "upstream": "app", "auth": "none"},
-        {"name": "reports", "path_prefix": "/echo/reports", "upstream": "app", "required_scopes": ["reports:read"]},
-        {"name": "maybe", "path_prefix": "/echo/optional", "upstream": "app", "auth": "optional"},
-        {"name": "api", "path_prefix": "/", "upstream": "app"},
-    ]
-    return gateway_config(upstream.url, routes=routes, auth={"issuers": issuers or [hs_issuer()], **auth})
 
 
 @pytest.fixture
@@ -243,13 +207,10 @@ async def jwks_gateway(start_gateway, upstream, clock, rsa_keys):
     # A high failure limit, so the flood reaches the key lookup instead of the address block.
     gw = await start_gateway(auth_config(upstream, [issuer], failed_logins={"max_failures": 1000}), clock=clock)
     async with aiohttp.ClientSession() as session:
-        for _ in range(200):  # the first key set loads in the background; readiness says when
+        async def ready() -> bool:  # the first key set loads in the background; readiness says when
             async with session.get(f"{gw.admin_url}/readyz") as response:
-                if response.status == 200:
-                    break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("JWKS never loaded")
+                return response.status == 200
+        await wait_until(ready, message="JWKS never loaded")
     yield gw, server
     await server.runner.cleanup()
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.auth.authenticator import AuthMetrics, Authenticator
+from gateway.auth.authenticator import Authenticator, AuthMetrics
 from gateway.auth.bearer import bearer_token
 from gateway.auth.corporate_email import FreeMailDomains
 from gateway.auth.errors import AuthError, InvalidToken
@@ -22,7 +22,7 @@ from gateway.auth.token_cache import TokenCache
 from gateway.auth.verifier import IssuerVerifier, TokenVerifier
 from gateway.config.auth import DEFAULT_FREE_MAIL_DOMAINS, AuthSettings, FailedLoginLimit, Issuer
 from gateway.metrics import Metrics
-from tests.conftest import ManualClock
+from tests.support.clock import ManualClock
 
 
 def identity(user: str = "alice", token_id: str | None = "t1", issued_at: float = 0.0) -> Identity:

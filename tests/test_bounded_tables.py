@@ -14,7 +14,7 @@ from gateway.state.bounded import BoundedTable
 from gateway.state.memory import MemoryStore
 from gateway.state.sightings import MemorySightings, Query, Sighting
 from gateway.state.store import RATE, Check
-from tests.conftest import ManualClock
+from tests.support.clock import ManualClock
 
 T0 = 1_800_000_000.0
 

@@ -4,7 +4,7 @@ its success, and never reopened by answers that belong to an earlier state."""
 from __future__ import annotations
 
 from gateway.state.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from tests.conftest import ManualClock
+from tests.support.clock import ManualClock
 
 
 def opened(clock: ManualClock, failures: int = 3) -> CircuitBreaker:
@@ -50,7 +50,7 @@ def test_late_failures_from_before_the_outage_do_not_reopen_a_recovered_circuit(
         breaker.failed(ticket)
     assert breaker.state == OPEN
     clock.advance(2.0)
-    probe = breaker.allow()
+    assert breaker.allow() is not None  # the probe
     for ticket in in_flight[3:10]:  # slow calls admitted before the circuit opened fail now
         breaker.failed(ticket)
     assert breaker.state == HALF_OPEN  # the probe alone decides

@@ -5,44 +5,13 @@ filters, paging and buttons (reinstate, suspend, revoke) work, and the API confi
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 
-import pytest
-
-from tests.conftest import ADMIN_TOKEN, ManualClock
-from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
-from tests.test_auth import hs_token
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (os.access(CHROMIUM, os.X_OK) and CHROMEDRIVER):
-        message = "chromium and chromedriver are needed: apt-get install -y chromium chromium-driver"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
-
-
-def wait_for(driver, condition, timeout: float = 10.0):
-    """Wait until `condition` holds; the page re-renders its table, so a stale element means: look again."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+from tests.support.browser import wait_for
+from tests.support.clock import T0, ManualClock
+from tests.support.configs import enforcement_config
+from tests.support.tokens import ADMIN, ADMIN_TOKEN, hs_token
+from tests.support.traffic import statuses
 
 
 def run(step):
@@ -116,8 +85,9 @@ async def test_findings_show_their_signals_and_the_filters_narrow_the_lists(brow
     from selenium.webdriver.support.ui import Select
 
     from gateway.detect.findings import Finding
-    from tests.test_auth import bearer
-    from tests.test_detection_gateway import browse_headless, detection_config
+    from tests.support.configs import detection_config
+    from tests.support.tokens import bearer
+    from tests.support.traffic import browse_headless
 
     clock = ManualClock(T0)
     config = detection_config(upstream)

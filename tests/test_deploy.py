@@ -10,15 +10,16 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.conftest import ROOT, GatewayProcess, free_port
+from tests.support.gateways import GatewayProcess
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.waiting import block_until
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -78,11 +79,11 @@ def healthy(test: list[str], port: int, container_port: int) -> bool:
 
 
 def wait_healthy(test: list[str], port: int, container_port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while not healthy(test, port, container_port):
+    def up() -> bool:
         assert process.poll() is None, "the process exited"
-        assert time.monotonic() < deadline, "never healthy"
-        time.sleep(0.1)
+        return healthy(test, port, container_port)
+
+    block_until(up, 20, "never healthy", interval=0.1)
 
 
 class EntrypointProcess(GatewayProcess):
@@ -143,7 +144,7 @@ def test_the_compose_fleet_of_two_is_ready_proxies_and_shares_one_limit(tmp_path
             replicas.append(EntrypointProcess(local_command(command, ports, service["volumes"]), env, data_dir))
             admin_ports.append(ports)
         healthcheck = exec_form(instruction("HEALTHCHECK").partition("CMD")[2].strip())
-        for replica, ports in zip(replicas, admin_ports):
+        for replica, ports in zip(replicas, admin_ports, strict=True):
             replica.wait_ready(f"http://127.0.0.1:{ports['8081']}")
             assert healthy(healthcheck, ports["8081"], 8081)  # the image's own HEALTHCHECK passes
 

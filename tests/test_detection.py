@@ -19,7 +19,7 @@ from gateway.fleet.sharing import Fleet
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_sightings import RedisSightings
 from gateway.state.sightings import MemorySightings, Query, Sighting
-from tests.conftest import ManualClock
+from tests.support.clock import ManualClock
 
 T0 = 1_800_000_000.0
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -133,7 +133,7 @@ async def test_a_person_reading_the_portal_is_never_found(sightings):
     rng = random.Random(5)
     person = make_detection(sightings, {"scraping": {}}, ManualClock())
     at = T0
-    for n in range(60):
+    for _n in range(60):
         at += rng.uniform(3, 25)
         status = 404 if rng.random() < 0.1 else 200
         person.observe(obs(at, f"/portal/tickets/{rng.randint(1, 500)}", ip="10.9.0.1", status=status))

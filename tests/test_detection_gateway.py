@@ -6,15 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ManualClock, gateway_config, wait_until
-from tests.test_auth import bearer, hs_issuer, hs_token
+from tests.support.clock import ManualClock
+from tests.support.configs import detection_config
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_token
+from tests.support.traffic import HEADLESS, browse_headless
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADLESS = {"User-Agent": "Mozilla/5.0 HeadlessChrome/126.0", "Accept": "text/html", "Accept-Language": "en",
-            "Sec-Fetch-Mode": "navigate"}
 
 
 @pytest.fixture(scope="module")
@@ -47,30 +47,6 @@ async def test_simulator_people_pass_scrapers_and_the_shared_login_are_found(sim
     finding = shared[0]["finding"]
     assert finding["detector"] == "sharing" and finding["at"] - second_arrival <= 60
     assert all(row["refused"] == 0 for row in shared)  # sharing: flag only
-
-
-def detection_config(upstream, **detection) -> dict:
-    config = gateway_config(
-        upstream.url,
-        routes=[{"name": "portal", "path_prefix": "/echo/portal/", "upstream": "app", "auth": "optional",
-                 "class": "portal"},
-                {"name": "api", "path_prefix": "/", "upstream": "app"}],
-        auth={"issuers": [hs_issuer()]},
-    )
-    config["detection"] = {"hash_salt": "s" * 16, "flush_interval": "10ms",
-                           "scraping": {"actions": {"portal": "block", "api": "flag"}}, **detection}
-    return config
-
-
-async def browse_headless(client, gateway, token: dict, clock, pages: int, prefix: str = "p") -> list[int]:
-    """A headless browser paging through the portal, a second apart; the detectors then catch up."""
-    found = []
-    for n in range(pages):
-        async with client.get(f"{gateway.url}/echo/portal/{prefix}{n}", headers={**token, **HEADLESS}) as response:
-            found.append(response.status)
-        clock.advance(1)
-    await gateway.server.state.detection.drain()
-    return found
 
 
 async def test_blocked_client_gets_problem_json_and_the_finding_is_listed_and_counted(start_gateway, upstream, client):

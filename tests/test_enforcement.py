@@ -7,35 +7,12 @@ import pytest
 
 from gateway.config.enforcement import Ladder
 from gateway.enforce.ladder import OK, SUSPENDED, THROTTLED, WARNED, Counts, Standing, judge
-from tests.conftest import ADMIN_TOKEN, ManualClock, gateway_config, wait_until
-from tests.test_auth import bearer, hs_issuer, hs_token
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-LADDER = {"window": "1h", "warn_at": 2, "throttle_at": 4, "throttle_for": "10min", "suspend_after_throttles": 2,
-          "throttles_within": "1d", "suspend_for": "1h", "max_suspension": "2h"}
-T0 = 1_800_000_000.0
-
-
-def enforcement_config(upstream, mode: str = "enforce") -> dict:
-    config = gateway_config(upstream.url, auth={"issuers": [hs_issuer()]})
-    config["limits"] = {"default_plan": "standard"}
-    config["plans"] = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 1}]}}
-    config["enforcement"] = {"mode": mode, "policy": "https://example.com/fair-use", "ladder": LADDER}
-    return config
-
-
-async def statuses(client, gateway, token: str, count: int) -> list[int]:
-    found = []
-    for _ in range(count):
-        async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
-            found.append(response.status)
-    return found
-
-
-async def events(client, gateway, **filters) -> list[dict]:
-    async with client.get(f"{gateway.admin_url}/admin/events", params=filters, headers=ADMIN) as response:
-        assert response.status == 200
-        return (await response.json())["events"]
+from tests.support.admin import events
+from tests.support.clock import T0, ManualClock
+from tests.support.configs import LADDER, enforcement_config
+from tests.support.tokens import ADMIN, ADMIN_TOKEN, bearer, hs_token
+from tests.support.traffic import statuses
+from tests.support.waiting import wait_until
 
 
 async def test_a_customer_climbs_the_ladder_and_is_reinstated(start_gateway, upstream, client):
@@ -240,7 +217,7 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
     import time
 
     from gateway.clock import SYSTEM_CLOCK
-    from tests.test_limits_redis import write_process_config
+    from tests.support.gateways import write_process_config
 
     config = enforcement_config(upstream)
     config["plans"]["standard"]["limits"][0].update(rate="100/s", burst=100)
@@ -251,7 +228,7 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
         process = gateway_process(path, env={"FAIRGATE_ADMIN_TOKEN": ADMIN_TOKEN})
         await asyncio.to_thread(process.wait_ready, admin_url)
         gateways.append((url, admin_url))
-    (a_url, a_admin), (b_url, b_admin) = gateways
+    (_a_url, a_admin), (b_url, b_admin) = gateways
     token = bearer(hs_token(SYSTEM_CLOCK, exp=int(time.time()) + 600))
 
     async def b_sees(predicate) -> None:
@@ -259,10 +236,9 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
         async def state() -> dict:
             async with client.get(f"{b_admin}/admin/customers/acme", headers=ADMIN) as response:
                 return await response.json()
-        deadline = time.monotonic() + 5
-        while not predicate(await state()):
-            assert time.monotonic() < deadline, "the decision never reached gateway B"
-            await asyncio.sleep(0.02)
+        async def arrived() -> bool:
+            return predicate(await state())
+        await wait_until(arrived, message="the decision never reached gateway B", interval=0.02)
 
     async with client.post(f"{a_admin}/admin/customers/acme/suspend", headers=ADMIN,
                            json={"for": "1h", "reason": "abuse report"}) as response:
@@ -280,19 +256,17 @@ async def test_two_gateway_processes_share_decisions_through_redis(tmp_path, ups
     async with client.post(f"{a_admin}/admin/customers/acme/exceptions", headers=ADMIN,
                            json={"limit": "sustained", "burst": 500, "for": "1d", "reason": "agreed"}) as response:
         assert response.status == 201
-    deadline = time.monotonic() + 5
-    while True:
+    async def granted_on_b() -> bool:
         async with client.get(f"{b_admin}/admin/exceptions", headers=ADMIN) as response:
-            if (await response.json())["grants"]:
-                break
-        assert time.monotonic() < deadline, "the exception never reached gateway B"
-        await asyncio.sleep(0.02)
+            return bool((await response.json())["grants"])
+    await wait_until(granted_on_b, message="the exception never reached gateway B", interval=0.02)
     async with client.get(f"{b_url}/echo/x", headers=token) as response:
         assert response.headers["RateLimit-Policy"] == '"sustained";q=500;w=5'
 
 
 async def test_a_blocking_finding_is_a_major_violation_of_the_user(start_gateway, upstream, client):
-    from tests.test_detection_gateway import browse_headless, detection_config
+    from tests.support.configs import detection_config
+    from tests.support.traffic import browse_headless
 
     clock = ManualClock(T0)
     config = detection_config(upstream)

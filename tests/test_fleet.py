@@ -3,19 +3,21 @@ it, written once to the shared store, and taken by every other gateway on the sa
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from gateway.enforce.ladder import SUSPENDED, WARNED
 from gateway.fleet.topics import Topic
 from gateway.proxy.runtime import GatewayState
-from tests.conftest import ManualClock, wait_until
-from tests.test_auth import bearer, hs_token
-from tests.test_detection_gateway import browse_headless, detection_config
-from tests.test_enforcement import ADMIN, T0, enforcement_config, events, statuses
-from tests.test_limits_redis import private_redis  # noqa: F401  (a fixture)
+from tests.support.admin import events
+from tests.support.clock import T0, ManualClock
+from tests.support.configs import detection_config, enforcement_config
+from tests.support.tokens import ADMIN, bearer, hs_token
+from tests.support.traffic import browse_headless, statuses
+from tests.support.waiting import wait_until
 
 
 async def post(client, gateway, path: str, body: dict) -> tuple[int, dict]:
@@ -116,7 +118,7 @@ async def test_a_fleet_change_is_audited_once_shared_once_and_taken_by_another_g
 
 @pytest.mark.parametrize("name", ["revocation", "grant", "allow-list", "standing by an account manager"])
 async def test_a_change_the_fleet_cannot_hear_of_is_applied_audited_and_answered_503(
-        name, start_gateway, upstream, client, private_redis):  # noqa: F811
+        name, start_gateway, upstream, client, private_redis):
     kind = KINDS[name]
     clock = ManualClock(T0)
     config = kind.config(upstream)

@@ -3,10 +3,11 @@ on every gateway of a fleet, lift decisions already made, and end by themselves.
 
 from __future__ import annotations
 
-from tests.conftest import ManualClock, wait_until
-from tests.test_auth import SECRET, bearer, hs_token
-from tests.test_detection_gateway import HEADLESS, browse_headless, detection_config
-from tests.test_enforcement import ADMIN, T0, enforcement_config, statuses
+from tests.support.clock import T0, ManualClock
+from tests.support.configs import detection_config, enforcement_config
+from tests.support.tokens import ADMIN, SECRET, bearer, hs_token
+from tests.support.traffic import HEADLESS, browse_headless, statuses
+from tests.support.waiting import wait_until
 
 
 async def post(client, gateway, path: str, body: dict) -> tuple[int, dict]:
@@ -78,7 +79,7 @@ async def test_an_exception_reaches_another_gateway(start_gateway, upstream, cli
     config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}-grants"}
     first = await start_gateway(config, clock=clock)
     second = await start_gateway(config, clock=clock)
-    status, body = await post(client, first, "/admin/customers/acme/exceptions",
+    status, _body = await post(client, first, "/admin/customers/acme/exceptions",
                               {"limit": "sustained", "burst": 3, "for": "1h", "reason": "agreed"})
     assert status == 201
     await wait_until(lambda: len(second.server.state.grants) == 1)
@@ -153,7 +154,7 @@ async def test_revoking_an_exception_ends_it_now_and_is_audited(start_gateway, u
     async with client.get(f"{gateway.admin_url}/admin/events?kind=admin_action", headers=ADMIN) as response:
         actions = [(e["action"], e["by"], e.get("note")) for e in (await response.json())["events"]]
     assert ("revoke_grant", "dana", "migration done") in actions
-    status, again = await revoke(client, gateway, grant_id)
+    status, _again = await revoke(client, gateway, grant_id)
     assert status == 200  # a retry (say, after a 503 from the store) is answered the same
     status, problem = await revoke(client, gateway, "no-such-id")
     assert status == 404 and problem["type"].endswith("no-such-grant")

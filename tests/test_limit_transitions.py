@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from gateway.enforce.ladder import THROTTLED
-from tests.conftest import ManualClock, gateway_config
-from tests.test_auth import bearer, hs_issuer, hs_token
-from tests.test_enforcement import ADMIN, LADDER, T0, statuses
+from tests.support.clock import T0, ManualClock
+from tests.support.configs import LADDER, gateway_config
+from tests.support.tokens import ADMIN, bearer, hs_issuer, hs_token
+from tests.support.traffic import statuses
 
 SUSTAINED = {"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 10}
 

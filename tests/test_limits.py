@@ -8,40 +8,18 @@ import zoneinfo
 
 import pytest
 
-from tests.conftest import ManualClock, gateway_config, wait_until
-from tests.test_auth import bearer, hs_issuer, hs_token
-
-
-def limits_config(upstream, plans: dict, customers: dict | None = None, routes: list | None = None,
-                  default_plan: str = "standard", upstream_settings: dict | None = None, **limits) -> dict:
-    routes = routes or [
-        {"name": "report", "path_prefix": "/echo/report", "upstream": "app", "cost": 3},
-        {"name": "stall", "path_prefix": "/stall", "upstream": "app"},
-        {"name": "public", "path_prefix": "/status/", "upstream": "app", "auth": "none"},
-        {"name": "api", "path_prefix": "/", "upstream": "app"},
-    ]
-    config = gateway_config(upstream.url, routes=routes, auth={"issuers": [hs_issuer()]})
-    config["upstreams"]["app"].update(upstream_settings or {})
-    config["limits"] = {"default_plan": default_plan, **limits}
-    config["plans"] = plans
-    config["customers"] = customers or {}
-    return config
-
+from tests.support.clock import ManualClock
+from tests.support.configs import limits_config
+from tests.support.tokens import bearer, hs_issuer, hs_token
+from tests.support.traffic import statuses_at as statuses
+from tests.support.waiting import wait_until
 
 STANDARD = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 5}]}}
 
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock(wall=dt.datetime(2026, 11, 30, 12, tzinfo=dt.timezone.utc).timestamp())
-
-
-async def statuses(client, url, token, count) -> list[int]:
-    result = []
-    for _ in range(count):
-        async with client.get(url, headers=bearer(token)) as response:
-            result.append(response.status)
-    return result
+    return ManualClock(wall=dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC).timestamp())
 
 
 async def test_one_per_second_burst_five_exactly(start_gateway, upstream, client, clock):
@@ -137,7 +115,7 @@ async def test_daily_bytes_quota_meters_after_the_response(start_gateway, upstre
     async with client.post(f"{gw.url}/echo", data=b"x" * 2000, headers=bearer(token)) as response:
         assert response.status == 200
         await response.read()
-    await asyncio.sleep(0)  # usage is written back right after the response
+    await gw.server.runtimes.current.limiter.drain()  # usage is written back right after the response
     async with client.post(f"{gw.url}/echo", data=b"x" * 100, headers=bearer(token)) as response:
         assert response.status == 200  # 2000+ bytes used, budget left
     for _ in range(20):
@@ -190,19 +168,17 @@ async def test_concurrency_is_released_on_client_abort_and_upstream_error(start_
     token = hs_token(clock, exp=int(clock.time()) + 3600)
 
     # A client that gives up while its request is held upstream.
-    reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
+    _reader, writer = await asyncio.open_connection(*gw.server.proxy_address)
     writer.write(f"GET /stall HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
     await asyncio.wait_for(upstream.state.stall_started.wait(), 5)
     async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
         assert response.status == 429  # the slot is taken
     writer.close()
     await asyncio.wait_for(upstream.state.cancelled.wait(), 5)
-    for _ in range(100):
+    async def slot_back() -> bool:
         async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
-            if response.status == 200:
-                break
-        await asyncio.sleep(0.01)
-    assert response.status == 200
+            return response.status == 200
+    await wait_until(slot_back, message="the slot was never given back")
 
     # An upstream that times out (504) gives the slot back as well.
     async with client.get(f"{gw.url}/stall", headers=bearer(token)) as response:

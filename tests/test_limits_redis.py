@@ -9,27 +9,19 @@ import signal
 import time
 
 import aiohttp
-
 import pytest
 import redis
-import yaml
 
 from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
 from gateway.state.store import QUOTA, RATE, Check
-from tests.conftest import ADMIN_TOKEN, ManualClock, free_port
-from tests.support.redis_servers import RedisCluster, RedisProcess
-from tests.test_auth import bearer, hs_issuer, hs_token
-from tests.test_limits import limits_config
-
-def write_process_config(tmp_path, name: str, config: dict) -> tuple:
-    port, admin_port = free_port(), free_port()
-    config = {**config, "server": {**config["server"], "listen": f"127.0.0.1:{port}"},
-              "admin": {"listen": f"127.0.0.1:{admin_port}"}}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+from tests.support.clock import ManualClock
+from tests.support.configs import limits_config
+from tests.support.gateways import write_process_config
+from tests.support.redis_servers import RedisCluster
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_token
+from tests.support.waiting import wait_until
 
 
 @pytest.mark.parametrize(("limit", "allowed"), [
@@ -104,13 +96,6 @@ async def test_gateway_on_a_redis_cluster(start_gateway, upstream, client, clust
         assert statuses == [200, 200, 200, 429], customer
 
 
-@pytest.fixture
-def private_redis():
-    server = RedisProcess().start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize("mode", ["open", "local", "closed"])
 async def test_redis_outage_and_recovery(start_gateway, upstream, client, private_redis, mode, caplog):
     plans = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1000/s", "burst": 1000}]}}
@@ -145,16 +130,18 @@ async def test_redis_outage_and_recovery(start_gateway, upstream, client, privat
         assert max(seconds for _, seconds in during) < 1.0
 
         private_redis.start()
-        deadline = time.monotonic() + 10
-        while True:
+        metrics = ""
+
+        async def recovered() -> bool:
+            nonlocal metrics
             async with client.get(f"{gw.admin_url}/metrics") as response:
                 metrics = await response.text()
-            recovered = 'fairgate_state_store_circuit{state="closed"} 1.0' in metrics
-            if recovered and {status for status, _ in await load(3)} == {200}:
-                break
-            assert time.monotonic() < deadline, "no recovery after Redis came back"
+            if 'fairgate_state_store_circuit{state="closed"} 1.0' in metrics and (
+                    {status for status, _ in await load(3)} == {200}):
+                return True
             await load(1)
-            await asyncio.sleep(0.05)
+            return False
+        await wait_until(recovered, timeout=10, message="no recovery after Redis came back", interval=0.05)
     transitions = [record.getMessage() for record in caplog.records if record.name == "fairgate.state"]
     assert "state store circuit open" in transitions
     assert "state store circuit closed" in transitions
@@ -175,13 +162,10 @@ async def test_concurrency_slots_are_shared_and_released_through_redis(start_gat
             assert response.status == 429
     upstream.state.release_stall.set()
     assert (await held).status == 200
-    deadline = time.monotonic() + 5
-    while True:  # the slot goes back to Redis right after the response
+    async def slot_free() -> bool:  # the slot goes back to Redis right after the response
         async with client.get(f"{gw.url}/echo", headers=bearer(token)) as response:
-            if response.status == 200:
-                break
-        assert time.monotonic() < deadline, "slot never released"
-        await asyncio.sleep(0.01)
+            return response.status == 200
+    await wait_until(slot_free, message="slot never released")
 
 
 async def test_limits_through_redis_sentinel():
@@ -214,14 +198,12 @@ async def test_a_revocation_reaches_the_whole_fleet(start_gateway, upstream, cli
     async with client.post(f"{first.admin_url}/admin/revocations", json={"issuer": "test", "jti": "fleet-token"},
                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
         assert response.status == 201
-    deadline = time.monotonic() + 5
-    while True:  # the second gateway merges the shared list every second
+    async def revoked_on_second() -> bool:  # the second gateway merges the shared list every second
         async with client.get(f"{second.url}/echo", headers=bearer(token)) as response:
             if response.status == 401:
                 assert "revoked" in response.headers["WWW-Authenticate"]
-                break
-        assert time.monotonic() < deadline, "the revocation never reached the other gateway"
-        await asyncio.sleep(0.05)
+            return response.status == 401
+    await wait_until(revoked_on_second, message="the revocation never reached the other gateway", interval=0.05)
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
@@ -252,7 +234,7 @@ def test_a_bad_state_url_is_a_usage_error(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.support.paths import ROOT
 
     result = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml", "--state", "mysql://x"],
                             cwd=ROOT, capture_output=True, text=True, env={"FAIRGATE_DEMO_SECRET": "x" * 40, "FAIRGATE_HASH_SALT": "test-salt",
@@ -265,7 +247,7 @@ def test_a_bad_state_url_from_the_environment_names_the_variable():
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.support.paths import ROOT
 
     result = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml"], cwd=ROOT,
                             capture_output=True, text=True,
@@ -337,11 +319,10 @@ async def test_a_slot_taken_for_a_cancelled_request_goes_back(redis_url, key_pre
         admitting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await admitting
-        deadline = time.monotonic() + 5
-        while (await limiter.admit(who, route, "127.0.0.1", f"next-{time.monotonic()}")).rejected:
+        async def slot_given_back() -> bool:
             # Without the give-back the slot would stay taken for its whole 10-minute lease.
-            assert time.monotonic() < deadline, "the abandoned slot was never given back"
-            await asyncio.sleep(0.01)
+            return not (await limiter.admit(who, route, "127.0.0.1", f"next-{time.monotonic()}")).rejected
+        await wait_until(slot_given_back, message="the abandoned slot was never given back")
     finally:
         await store.close()
 
@@ -427,10 +408,7 @@ async def test_after_an_outage_one_probe_closes_the_circuit_for_good(start_gatew
             clock.advance(2.0)
             async with aiohttp.ClientSession() as impatient:
                 probe = asyncio.create_task(impatient.get(f"{gw.url}/echo", headers=bearer(token)))
-                deadline = time.monotonic() + 10
-                while not await circuit("half_open"):
-                    assert time.monotonic() < deadline, "no probe went to Redis"
-                    await asyncio.sleep(0.01)
+                await wait_until(lambda: circuit("half_open"), timeout=10, message="no probe went to Redis")
                 assert await status() == 503  # one probe at a time: the others fail fast
                 probe.cancel()
         finally:

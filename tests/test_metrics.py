@@ -4,7 +4,6 @@ a running gateway exports."""
 
 from __future__ import annotations
 
-import aiohttp
 import asyncio
 import json
 import os
@@ -15,12 +14,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
-from tests.conftest import gateway_config
+from tests.support.configs import gateway_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

@@ -10,17 +10,17 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import ManualClock, wait_until
-from tests.test_alerts import receiver  # noqa: F401 - fixtures
-from tests.test_console import browser  # noqa: F401
-from tests.test_auth import bearer, hs_token
-from tests.test_enforcement import ADMIN, LADDER, T0, enforcement_config, statuses
+from tests.support.clock import T0, ManualClock
+from tests.support.configs import LADDER, enforcement_config
+from tests.support.tokens import ADMIN, bearer, hs_token
+from tests.support.traffic import statuses
+from tests.support.waiting import wait_until
 
 RATE_TEXT = ("sustained: 2 requests refused (allowed: 1 per second sustained, bursts of up to 1). "
              "Spread calls to at most 1 per second. Policy: https://example.com/fair-use")
 
 
-async def test_a_rate_violation_warns_with_the_rate_that_complies(start_gateway, upstream, client, receiver):  # noqa: F811
+async def test_a_rate_violation_warns_with_the_rate_that_complies(start_gateway, upstream, client, receiver):
     clock = ManualClock(T0)
     config = enforcement_config(upstream)
     config["alerts"] = {"webhooks": [{"name": "ops", "url": receiver.url}]}
@@ -138,11 +138,11 @@ def test_the_header_stays_a_structured_field_whatever_the_advice_says():
 
 
 
-async def test_the_console_shows_the_warning_text_with_the_standing(browser, start_gateway, upstream, client):  # noqa: F811
+async def test_the_console_shows_the_warning_text_with_the_standing(browser, start_gateway, upstream, client):
     from selenium.webdriver.common.by import By
 
-    from tests.conftest import ADMIN_TOKEN
-    from tests.test_console import wait_for
+    from tests.support.browser import wait_for
+    from tests.support.tokens import ADMIN_TOKEN
 
     clock = ManualClock(T0)
     gateway = await start_gateway(enforcement_config(upstream), clock=clock)

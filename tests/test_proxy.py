@@ -10,17 +10,14 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import free_port, gateway_config, wait_until
-from tests.support.upstream_app import pattern_bytes
+from tests.support.configs import gateway_config
+from tests.support.ports import free_port
+from tests.support.upstream_app import header, pattern_bytes
+from tests.support.waiting import wait_until
 
 
 def header_names(echo: dict) -> list[str]:
     return [name.lower() for name, _ in echo["headers"]]
-
-
-def header(echo: dict, name: str) -> str | None:
-    values = [value for key, value in echo["headers"] if key.lower() == name.lower()]
-    return ", ".join(values) if values else None
 
 
 async def test_get_is_forwarded_with_path_and_query_unchanged(gateway, client):
@@ -304,7 +301,7 @@ async def test_slow_upstream_gets_504(start_gateway, upstream, client):
 
 
 async def test_client_disconnect_cancels_the_upstream_call(gateway, upstream):
-    reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
+    _reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
     writer.write(b"GET /stall HTTP/1.1\r\nHost: t\r\n\r\n")
     await asyncio.wait_for(upstream.state.stall_started.wait(), 5)
     writer.close()
@@ -397,7 +394,7 @@ async def test_gateway_answers_name_no_versions_and_upstream_server_passes_throu
     "//api/v1/whoami", "/;/api/v1/whoami", "/%61pi/v1/whoami", "/healthz/%00",
 ])
 async def test_traversal_past_an_open_route_is_refused_before_upstream(start_gateway, upstream, path):
-    from tests.test_auth import auth_config
+    from tests.support.configs import auth_config
 
     gw = await start_gateway(auth_config(upstream, routes=[
         {"name": "health", "path_prefix": "/healthz", "upstream": "app", "auth": "none"},
@@ -423,7 +420,7 @@ async def test_aborted_uploads_leave_no_unretrieved_future_and_a_healthy_pool(ga
     pool = gateway.server.runtimes.current.pools["app"]
     try:
         for _ in range(20):
-            reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
+            _reader, writer = await asyncio.open_connection(*gateway.server.proxy_address)
             writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                          b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
             await wait_until(lambda: pool.open_connections > pool.idle_connections)  # the upload is upstream

@@ -14,9 +14,11 @@ import datetime as dt
 import pytest
 from aiohttp import web
 
-from tests.conftest import ManualClock, gateway_config, wait_until
-from tests.test_auth import bearer, hs_token
-from tests.test_limits import limits_config, statuses
+from tests.support.clock import ManualClock
+from tests.support.configs import gateway_config, limits_config
+from tests.support.tokens import hs_token
+from tests.support.traffic import statuses_at as statuses
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ async def test_a_wait_beyond_max_rate_delay_is_503_at_once_with_retry_after(star
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock(wall=dt.datetime(2026, 11, 30, 12, tzinfo=dt.timezone.utc).timestamp())
+    return ManualClock(wall=dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC).timestamp())
 
 
 async def test_plan_limits_still_refuse_in_front_of_the_cap(start_gateway, upstream, client, clock):

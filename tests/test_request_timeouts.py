@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.conftest import gateway_config, wait_until
+from tests.support.configs import gateway_config
+from tests.support.waiting import wait_until
 
 
 async def slow_gateway(start_gateway, upstream, **server):

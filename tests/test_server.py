@@ -6,13 +6,16 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 
 import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import ADMIN_TOKEN, free_port, gateway_config, wait_until
+from tests.support.configs import gateway_config
+from tests.support.gateways import write_config
+from tests.support.ports import free_port
+from tests.support.tokens import ADMIN_TOKEN
+from tests.support.waiting import wait_until
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -97,16 +100,6 @@ async def test_admin_api_is_disabled_without_a_token(start_gateway, upstream, cl
         await server.drain()
 
 
-def write_config(tmp_path, upstream_url: str, routes: list[dict] | None = None, **server) -> tuple:
-    port, admin_port = free_port(), free_port()
-    config = gateway_config(upstream_url, routes=routes, **server)
-    config["server"]["listen"] = f"127.0.0.1:{port}"
-    config["admin"]["listen"] = f"127.0.0.1:{admin_port}"
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
-
-
 async def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path, upstream, client, gateway_process):
     path, url, admin_url = write_config(tmp_path, upstream.url)
     process = gateway_process(path)
@@ -124,10 +117,7 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path, upstream
         writer.close()
         return False
 
-    deadline = asyncio.get_running_loop().time() + 5
-    while not await refused():
-        assert asyncio.get_running_loop().time() < deadline, "listener still accepting after SIGTERM"
-        await asyncio.sleep(0.02)
+    await wait_until(refused, message="listener still accepting after SIGTERM", interval=0.02)
     assert process.process.poll() is None  # still finishing the in-flight request
 
     upstream.state.release_stall.set()
@@ -148,13 +138,10 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path, upst
 
     async def wait_for_reload(result: str) -> None:
         metric = f'fairgate_config_reloads_total{{result="{result}"}} 1.0'
-        deadline = asyncio.get_running_loop().time() + 5
-        while True:
+        async def counted() -> bool:
             async with client.get(f"{admin_url}/metrics") as response:
-                if metric in await response.text():
-                    return
-            assert asyncio.get_running_loop().time() < deadline, f"no {metric}"
-            await asyncio.sleep(0.02)
+                return metric in await response.text()
+        await wait_until(counted, message=f"no {metric}", interval=0.02)
 
     await wait_for_reload("failure")
     async with client.get(f"{url}/echo") as response:
@@ -195,9 +182,8 @@ async def test_workers_share_one_port_and_stop_together(tmp_path, upstream, clie
     process = gateway_process(path, "--workers", "2")
     await asyncio.to_thread(process.wait_ready, admin_url)
     pids: set[int] = set()
-    deadline = asyncio.get_running_loop().time() + 15
-    while len(pids) < 2:
-        assert asyncio.get_running_loop().time() < deadline, f"only workers {pids} answered"
+
+    async def both_answered() -> bool:
         try:
             async with aiohttp.ClientSession() as fresh:  # new connections spread over the workers
                 async with fresh.get(f"{admin_url}/healthz") as response:
@@ -205,7 +191,9 @@ async def test_workers_share_one_port_and_stop_together(tmp_path, upstream, clie
                 async with fresh.get(f"{url}/echo") as response:
                     assert response.status == 200
         except aiohttp.ClientConnectionError:
-            await asyncio.sleep(0.05)  # a worker still binding
+            pass  # a worker still binding
+        return len(pids) >= 2
+    await wait_until(both_answered, timeout=15, message=lambda: f"only workers {pids} answered", interval=0.05)
     assert process.process.pid not in pids
     process.process.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(process.process.wait, 20)
@@ -234,16 +222,13 @@ def _children(pid: int) -> set[int]:
 
 async def _wait_serving(admin_url: str, pid: int) -> None:
     """Until worker `pid` answers (new connections spread over the workers)."""
-    deadline = asyncio.get_running_loop().time() + 15
-    while True:
-        assert asyncio.get_running_loop().time() < deadline, f"worker {pid} never answered"
+    async def answered() -> bool:
         try:
-            async with aiohttp.ClientSession() as fresh:
-                async with fresh.get(f"{admin_url}/healthz") as response:
-                    if (await response.json())["pid"] == pid:
-                        return
+            async with aiohttp.ClientSession() as fresh, fresh.get(f"{admin_url}/healthz") as response:
+                return (await response.json())["pid"] == pid
         except aiohttp.ClientConnectionError:
-            await asyncio.sleep(0.05)
+            return False
+    await wait_until(answered, timeout=15, message=f"worker {pid} never answered", interval=0.05)
 
 
 async def test_a_crashed_worker_is_restarted_later_each_time(tmp_path, upstream, client, gateway_process):
@@ -258,7 +243,7 @@ async def test_a_crashed_worker_is_restarted_later_each_time(tmp_path, upstream,
         before = _children(supervisor)
         os.kill(victim, signal.SIGKILL)
         # A new worker takes its place and serves.
-        await wait_until(lambda: len(_children(supervisor) - before) == 1, timeout=15)
+        await wait_until(lambda before=before: len(_children(supervisor) - before) == 1, timeout=15)
         (victim,) = _children(supervisor) - before
         await _wait_serving(admin_url, victim)
     async with client.get(f"{url}/echo") as response:

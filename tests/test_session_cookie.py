@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from gateway.auth.cookies import cookie_value, without_cookie
 from gateway.config import ConfigError, load_config
-from tests.conftest import ManualClock, gateway_config
+from tests.support.clock import ManualClock
+from tests.support.configs import gateway_config
 
 SECRET = "session-cookie-test-secret-long-enough-for-hs256"
 ISSUER = "https://login.cookie-test.invalid"
@@ -175,7 +176,7 @@ async def test_a_cookie_signed_with_another_algorithm_is_a_401(gw, client, clock
 
 
 async def test_a_revoked_login_cookie_is_a_401(gw, client, clock):
-    from tests.conftest import ADMIN_TOKEN
+    from tests.support.tokens import ADMIN_TOKEN
 
     login = token(clock, jti="revoke-me")
     async with client.post(f"{gw.admin_url}/admin/revocations", json={"issuer": "test", "jti": "revoke-me"},

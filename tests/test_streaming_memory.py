@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 from pathlib import Path
 
+from tests.support.gateways import write_config
 from tests.support.upstream_app import CHUNK, pattern_bytes
-from tests.test_server import write_config
 
 GIGABYTE = 1_000_000_000
 BUDGET = 50 * 1024 * 1024

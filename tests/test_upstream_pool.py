@@ -7,22 +7,17 @@ import asyncio
 import pytest
 
 from gateway.upstream import UpstreamPool, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from tests.conftest import free_port, gateway_config, wait_until
+from tests.support.clock import ManualClock
+from tests.support.configs import gateway_config
+from tests.support.ports import free_port
 from tests.support.raw_upstream import RawUpstream
+from tests.support.waiting import wait_until
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 def ok(body: bytes = b"hello", extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -43,7 +38,7 @@ async def raw_upstream():
 def make_pool(port: int, clock=None, **overrides) -> UpstreamPool:
     settings = dict(connect_timeout=1.0, read_timeout=2.0, idle_timeout=30.0, max_connections=8)
     settings.update(overrides)
-    return UpstreamPool("127.0.0.1", port, clock=clock or Clock(), **settings)
+    return UpstreamPool("127.0.0.1", port, clock=clock or ManualClock().monotonic, **settings)
 
 
 async def fetch(pool: UpstreamPool, head: bytes = GET, body=None, chunked=False, head_only=False):
@@ -170,13 +165,13 @@ async def test_no_answer_is_a_timeout(raw_upstream):
 
 async def test_idle_timeout_uses_the_injected_clock(raw_upstream):
     server, port = await raw_upstream(lambda head: (ok(), False))
-    clock = Clock()
-    pool = make_pool(port, clock=clock, idle_timeout=30.0)
+    clock = ManualClock()
+    pool = make_pool(port, clock=clock.monotonic, idle_timeout=30.0)
     await fetch(pool)
-    clock.now += 29.9
+    clock.advance(29.9)
     await fetch(pool)
     assert server.connections == 1
-    clock.now += 30.1
+    clock.advance(30.1)
     await fetch(pool)
     assert server.connections == 2
     await pool.close()
@@ -188,8 +183,10 @@ async def test_connection_cap_queues_requests(raw_upstream):
     exchanges = [await pool.exchange(GET, None, chunked=False, head_only=False) for _ in range(2)]
     assert pool.open_connections == 2
     third = asyncio.create_task(fetch(pool))
-    await asyncio.sleep(0)  # let it queue
-    assert not third.done()
+    # Parked in the pool's queue (the pool shows its waiters nowhere else); past the cap it would
+    # open a third connection instead and never queue.
+    await wait_until(lambda: len(pool._slot_waiters) == 1, message="the third request did not queue")
+    assert not third.done() and pool.open_connections == 2 and server.connections == 2
     for exchange in exchanges:
         await exchange.read_all()
         exchange.release()

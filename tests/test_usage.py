@@ -14,8 +14,10 @@ import time
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ROOT, ManualClock, gateway_config
-from tests.test_auth import bearer, hs_issuer, hs_token
+from tests.support.clock import ManualClock
+from tests.support.configs import gateway_config
+from tests.support.paths import ROOT
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NOV_21 = dt.date(2026, 11, 21)
@@ -24,7 +26,7 @@ NOV_21 = dt.date(2026, 11, 21)
 def real_today() -> dt.date:
     """Today by the real clock (the one Redis keeps), or yesterday on a month's last day: the test
     moves one day on within the month."""
-    today = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc).date()
+    today = dt.datetime.fromtimestamp(time.time(), dt.UTC).date()
     return today if (today + dt.timedelta(days=1)).month == today.month else today - dt.timedelta(days=1)
 
 
@@ -56,7 +58,7 @@ async def test_usage_report_matches_the_traffic(start_gateway, upstream, client,
     # A pinned day long before (or after) the real one, and the real one: Redis keeps its own clock.
     first_day = first_day or real_today()
     next_day, month = first_day + dt.timedelta(days=1), first_day.strftime("%Y-%m")
-    clock = ManualClock(dt.datetime.combine(first_day, dt.time(1), dt.timezone.utc).timestamp())
+    clock = ManualClock(dt.datetime.combine(first_day, dt.time(1), dt.UTC).timestamp())
     gateway = await start_gateway(usage_config(upstream, state_url), clock=clock)
     token = bearer(hs_token(clock))
     sent_in = sent_out = 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 # Given the request head, return (bytes to send, close the connection afterwards?).
 Script = Callable[[bytes], tuple[bytes, bool]]

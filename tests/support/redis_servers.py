@@ -4,16 +4,16 @@ and private redis-server processes on free loopback ports (to kill, or to form a
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import redis
+
+from tests.support.ports import REDIS_PORTS, free_port
+from tests.support.waiting import block_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -32,31 +32,11 @@ def shared_redis_url() -> str:
     return url
 
 
-def free_port(with_bus: bool = False) -> int:
-    """A free loopback port; with_bus also needs port + 10000 free (a Cluster node's bus port).
-    Ports and bus ports stay below 20000: clear of the kernel's ephemeral range (outgoing
-    connections) and of the gateways' ports (tests/conftest.py, 20000-32000)."""
-    for _ in range(200):
-        port = random.randint(7000, 9900)
-        if all(_bindable(p) for p in ((port, port + 10000) if with_bus else (port,))):
-            return port
-    raise RuntimeError("no free port pair found")
-
-
 def _real_clock_env() -> dict[str, str]:
     """The environment for a redis-server child: on the real clock even when the tests run under
     libfaketime (the suite's year-ahead check), as the shared Redis does; the product must not
     need the two clocks to agree (and redis-server and redis-cli do not start under libfaketime)."""
     return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME")}
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 class RedisProcess:
@@ -68,7 +48,7 @@ class RedisProcess:
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(message)
             pytest.skip(message)
-        self.port = port or free_port(with_bus=cluster)
+        self.port = port or free_port(REDIS_PORTS, with_bus=cluster)
         self.dir = tempfile.mkdtemp(prefix="fairgate-redis-")
         self._extra = extra
         self.process: subprocess.Popen | None = None
@@ -77,21 +57,21 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisProcess":
+    def start(self) -> RedisProcess:
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.dir, *self._extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_real_clock_env(),
         )
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answers() -> bool:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-                return self
+                return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
             except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on {self.port} did not start")
-                time.sleep(0.02)
+                return False
+
+        block_until(answers, 10, f"redis-server on {self.port} did not start", interval=0.02)
+        return self
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -114,7 +94,7 @@ class RedisCluster:
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
-    def start(self) -> "RedisCluster":
+    def start(self) -> RedisCluster:
         for node in self.nodes:
             node.start()
         subprocess.run(
@@ -122,15 +102,15 @@ class RedisCluster:
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, env=_real_clock_env(),
         )
-        deadline = time.monotonic() + 15
-        while True:
+        info: object = None
+
+        def ok() -> bool:
+            nonlocal info
             info = redis.Redis(port=self.nodes[0].port).cluster("info")
-            state = info.get("cluster_state") if isinstance(info, dict) else None
-            if state == "ok":
-                return self
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"cluster did not become ok: {info}")
-            time.sleep(0.05)
+            return isinstance(info, dict) and info.get("cluster_state") == "ok"
+
+        block_until(ok, 15, lambda: f"cluster did not become ok: {info}")
+        return self
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -142,14 +122,14 @@ class RedisSentinel:
 
     def __init__(self) -> None:
         self.master = RedisProcess()
-        self.port = free_port()
+        self.port = free_port(REDIS_PORTS)
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis+sentinel://127.0.0.1:{self.port}/mymaster/0"
 
-    def start(self) -> "RedisSentinel":
+    def start(self) -> RedisSentinel:
         self.master.start()
         config = Path(self.master.dir) / "sentinel.conf"
         config.write_text(
@@ -159,16 +139,16 @@ class RedisSentinel:
         )
         self.process = subprocess.Popen([REDIS_SERVER, str(config), "--sentinel"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_real_clock_env())
-        deadline = time.monotonic() + 10
-        while True:
+
+        def watching() -> bool:
             try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).sentinel_get_master_addr_by_name("mymaster"):
-                    return self
+                return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2)
+                            .sentinel_get_master_addr_by_name("mymaster"))
             except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("sentinel did not start")
-            time.sleep(0.05)
+                return False
+
+        block_until(watching, 10, "sentinel did not start")
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

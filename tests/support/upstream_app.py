@@ -21,6 +21,12 @@ class UpstreamState:
     requests: int = 0
 
 
+def header(echo: dict, name: str) -> str | None:
+    """A header of the request as the echo route saw it, repeated values joined; None if absent."""
+    values = [value for key, value in echo["headers"] if key.lower() == name.lower()]
+    return ", ".join(values) if values else None
+
+
 def pattern_bytes(size: int):
     """The body /bytes/{size} sends, as chunks."""
     full, rest = divmod(size, len(CHUNK))
