@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import time
 
@@ -61,11 +62,13 @@ async def test_limits_on_a_redis_cluster_without_crossslot_errors(cluster):
     try:
         now = time.time()
 
+        run = secrets.token_hex(4)  # keys of this run alone, whatever else the cluster holds
+
         def checks(customer: int) -> list[Check]:
             tag = f"c:cust-{customer}"
             return [
-                Check(RATE, f"fg:{{{tag}}}:sustained:cust-{customer}", interval=60.0, burst=2, cost=1),
-                Check(QUOTA, f"fg:{{{tag}}}:daily:cust-{customer}:2026-11-21", limit=100, cost=1,
+                Check(RATE, f"fg{run}:{{{tag}}}:sustained:cust-{customer}", interval=60.0, burst=2, cost=1),
+                Check(QUOTA, f"fg{run}:{{{tag}}}:daily:cust-{customer}:2026-11-21", limit=100, cost=1,
                       expires_at=now + 3600),
             ]
 
