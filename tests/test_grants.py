@@ -98,6 +98,9 @@ async def test_bad_grants_are_explained(start_gateway, upstream, client):
         ({"limit": "sustained", "burst": 5, "until": "2001-01-01", "reason": "x"}, "in the past"),
         ({"limit": "sustained", "burst": 5, "for": "1h"}, "'reason' is required"),
         ({"exempt": "everything", "for": "1h", "reason": "x"}, "exempt: expected one of"),
+        # A calendar-month token bucket, or numbers a token bucket has no use for, are refused as in the file.
+        ({"limit": "sustained", "rate": "100/month", "for": "1h", "reason": "x"}, "rate:"),
+        ({"limit": "sustained", "max": 3, "for": "1h", "reason": "x"}, "max: does not apply to a rate limit"),
     ]
     for body, expected in cases:
         status, problem = await post(client, gateway, path, body)

@@ -159,12 +159,20 @@ class Override(Section):
     """An exception by agreement: new numbers for one limit of the customer's plan."""
 
     limit: LimitName = Field(description="Name of the plan's limit this replaces numbers of.")
-    rate: RateValue | None = None
+    rate: FixedRateValue | None = Field(None, description="A token bucket's new rate (calendar months not allowed).")
     burst: int | None = Field(None, ge=1)
     max: int | None = Field(None, ge=1)
     quota: float | None = Field(None, gt=0, description="New budget for a quota limit.")
     mode: Literal["enforce", "shadow"] | None = None
     until: dt.date | dt.datetime | None = Field(None, description="The exception ends at this date (exclusive).")
+
+    def misfits(self, kind: str) -> list[str]:
+        """The numbers given that a limit of this kind has no use for (`max` for a token bucket, ...)."""
+        return [key for key in OVERRIDE_NUMBERS if getattr(self, key) is not None and key not in _FITS[kind]]
+
+
+OVERRIDE_NUMBERS = ("rate", "burst", "max", "quota", "mode")
+_FITS = {"rate": {"rate", "burst", "mode"}, "concurrency": {"max", "mode"}, "quota": {"quota", "mode"}}
 
 
 class Customer(Section):

@@ -83,7 +83,6 @@ def _check_plans(config: GatewayConfig) -> Iterator[ConfigIssue]:
         yield ConfigIssue("limits.default_plan", "required when plans are defined (the plan of unknown callers)")
     if config.limits.default_plan is not None and config.limits.default_plan not in plans:
         yield ConfigIssue("limits.default_plan", f"unknown plan {config.limits.default_plan!r}")
-    fits = {"rate": {"rate", "burst", "mode"}, "concurrency": {"max", "mode"}, "quota": {"quota", "mode"}}
     for name, customer in config.customers.items():
         plan = plans.get(customer.plan)
         if plan is None:
@@ -96,11 +95,8 @@ def _check_plans(config: GatewayConfig) -> Iterator[ConfigIssue]:
             if limit is None:
                 yield ConfigIssue(f"{path}.limit", f"plan {customer.plan!r} has no limit {override.limit!r}")
                 continue
-            given = {key for key in ("rate", "burst", "max", "quota", "mode") if getattr(override, key) is not None}
-            for key in sorted(given - fits[limit.kind]):
+            for key in override.misfits(limit.kind):
                 yield ConfigIssue(f"{path}.{key}", f"does not apply to a {limit.kind} limit")
-            if override.rate is not None and override.rate.period_seconds is None:
-                yield ConfigIssue(f"{path}.rate", "a token bucket needs a fixed period")
 
 
 def _check_licenses(config: GatewayConfig) -> Iterator[ConfigIssue]:

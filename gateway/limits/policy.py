@@ -115,10 +115,8 @@ def per_unit(limit: CompiledLimit, quantity: int) -> CompiledLimit:
 
 def apply_override(limit: CompiledLimit, override: Override) -> CompiledLimit:
     changes: _Changes = {}
-    rate = override.rate
-    # Loading the config refuses a monthly rate here; one granted through the admin API changes no rate.
-    if rate is not None and rate.period_seconds is not None:
-        changes["interval"] = rate.period_seconds / rate.count
+    if override.rate is not None:
+        changes["interval"] = override.rate.period_seconds / override.rate.count
     if override.burst is not None:
         changes["burst"] = override.burst
     if override.max is not None:

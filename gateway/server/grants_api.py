@@ -10,14 +10,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.config.limits import Override
+from gateway.config.limits import OVERRIDE_NUMBERS, Override
 from gateway.config.units import parse_duration
 from gateway.fleet.grants import ALLOW_AGENT, ALLOW_USER, EXEMPT, EXEMPTABLE, OVERRIDE, Grant
 from gateway.problems import answer, problem_response
 from gateway.server.admin_requests import bad_request, json_object
 from gateway.server.reloader import RuntimeHolder
-
-_OVERRIDE_FIELDS = ("rate", "burst", "max", "quota", "mode")
 
 
 def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str) -> None:
@@ -66,21 +64,23 @@ def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str)
             if body["exempt"] not in EXEMPTABLE:
                 return bad_request(f"exempt: expected one of {', '.join(EXEMPTABLE)}")
             return await grant(body, EXEMPT, customer=customer, exempt=body["exempt"])
-        changes = {name: body[name] for name in _OVERRIDE_FIELDS if name in body}
+        changes = {name: body[name] for name in OVERRIDE_NUMBERS if name in body}
         limit = body.get("limit")
         config = runtimes.current.config
-        entry = config.customers.get(customer)
-        plan = config.plans.get(entry.plan if entry is not None else config.limits.default_plan or "")
-        if plan is None or limit not in {lim.name for lim in plan.limits}:
-            names = ", ".join(lim.name for lim in plan.limits) if plan is not None else "none (no plan)"
+        plan = config.plans.get(config.plan_of(customer) or "")
+        limits = {lim.name: lim for lim in plan.limits} if plan is not None else {}
+        if limit not in limits:
+            names = ", ".join(limits) if plan is not None else "none (no plan)"
             return bad_request(f"limit: {limit!r} is not a limit of this customer's plan; its limits: {names}")
         if not changes:
-            return bad_request(f"Give at least one of {', '.join(_OVERRIDE_FIELDS)} (or 'exempt').")
+            return bad_request(f"Give at least one of {', '.join(OVERRIDE_NUMBERS)} (or 'exempt').")
         try:
-            Override(limit=limit, **changes)
+            misfits = Override(limit=limit, **changes).misfits(limits[limit].kind)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             return bad_request(problems)
+        if misfits:
+            return bad_request(f"{', '.join(misfits)}: does not apply to a {limits[limit].kind} limit")
         return await grant(body, OVERRIDE, customer=customer, override={"limit": limit, **changes})
 
     async def list_grants(request: web.Request) -> web.Response:
