@@ -24,6 +24,24 @@ async def json_object(request: web.Request) -> dict[str, Any] | web.Response:
     return body
 
 
+def actor_and_note(body: dict[str, Any]) -> tuple[str, str | None] | web.Response:
+    """Who acts (`by`, default "admin") and an optional `note` of an admin action, or a 400 problem."""
+    by, note = body.get("by", "admin"), body.get("note")
+    if not isinstance(by, str) or (note is not None and not isinstance(note, str)):
+        return bad_request("'by' and 'note' must be strings.")
+    return by, note
+
+
+def actor_and_reason(body: dict[str, Any], why: str) -> tuple[str, str] | web.Response:
+    """Who acts and the `reason` an admin action must give (`why` says what it is for), or a 400 problem."""
+    by, reason = body.get("by", "admin"), body.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        return bad_request(f"'reason' is required: {why}.")
+    if not isinstance(by, str):
+        return bad_request("'by' must be a string.")
+    return by, reason
+
+
 def bad_request(detail: str) -> web.Response:
     return problem_response(400, "bad-request", "Bad Request", detail)
 

@@ -12,7 +12,7 @@ from gateway.config.units import parse_duration
 from gateway.enforce.ladder import OK, SEVERITY
 from gateway.fleet.topics import Change
 from gateway.problems import answer
-from gateway.server.admin_requests import bad_request, json_object, since_param
+from gateway.server.admin_requests import actor_and_note, actor_and_reason, bad_request, json_object, since_param
 from gateway.server.reloader import RuntimeHolder
 from gateway.usage.fees import as_fees_csv
 from gateway.usage.report import build_report
@@ -99,9 +99,10 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         if isinstance(body, web.Response):
             return body
         customer = request.match_info["id"]
-        by, note = body.get("by", "admin"), body.get("note")
-        if not isinstance(by, str) or (note is not None and not isinstance(note, str)):
-            return bad_request("'by' and 'note' must be strings.")
+        given = actor_and_note(body)
+        if isinstance(given, web.Response):
+            return given
+        by, note = given
         cleared = state.enforcement.reinstate(customer, by=by, note=note)
         failed = await publish(cleared)
         state.audit.record("admin_action", action="reinstate", customer=customer, by=by, note=note)
@@ -112,15 +113,16 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         if isinstance(body, web.Response):
             return body
         customer = request.match_info["id"]
-        by, reason = body.get("by", "admin"), body.get("reason")
-        if not isinstance(reason, str) or not reason.strip():
-            return bad_request("'reason' is required: it is shown to the customer.")
+        given = actor_and_reason(body, "it is shown to the customer")
+        if isinstance(given, web.Response):
+            return given
+        by, reason = given
         try:
             seconds = parse_duration(body.get("for", "24h"))
         except ValueError as exc:
             return bad_request(f"for: {exc}")
-        if not isinstance(by, str) or seconds <= 0:
-            return bad_request("'by' must be a string and 'for' a positive duration.")
+        if seconds <= 0:
+            return bad_request("'for' must be a positive duration.")
         suspended = state.enforcement.suspend(customer, seconds, reason, by=by)
         failed = await publish([suspended])
         state.audit.record("admin_action", action="suspend", customer=customer, by=by, reason=reason,

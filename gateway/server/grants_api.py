@@ -14,7 +14,7 @@ from gateway.config.limits import OVERRIDE_NUMBERS, Override
 from gateway.config.units import parse_duration
 from gateway.fleet.grants import ALLOW_AGENT, ALLOW_USER, EXEMPT, EXEMPTABLE, OVERRIDE, Grant
 from gateway.problems import answer, problem_response
-from gateway.server.admin_requests import bad_request, json_object
+from gateway.server.admin_requests import actor_and_note, actor_and_reason, bad_request, json_object
 from gateway.server.reloader import RuntimeHolder
 
 
@@ -46,9 +46,10 @@ def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str)
             return bad_request(until)
         if until <= now:
             return bad_request("The grant would end in the past.")
-        reason, by = body.get("reason"), body.get("by", "admin")
-        if not isinstance(reason, str) or not reason.strip() or not isinstance(by, str):
-            return bad_request("'reason' is required (what was agreed, and with whom); 'by' must be a string.")
+        given = actor_and_reason(body, "what was agreed, and with whom")
+        if isinstance(given, web.Response):
+            return given
+        by, reason = given
         made = Grant(state.grants.new_id(origin), kind, until, by, reason, now, **fields)
         failed = await state.granting.grant(made)
         if failed is not None:
@@ -92,9 +93,10 @@ def add_grant_routes(app: web.Application, runtimes: RuntimeHolder, origin: str)
         body = await json_object(request)
         if isinstance(body, web.Response):
             return body
-        by, note = body.get("by", "admin"), body.get("note")
-        if not isinstance(by, str) or (note is not None and not isinstance(note, str)):
-            return bad_request("'by' and 'note' must be strings.")
+        given = actor_and_note(body)
+        if isinstance(given, web.Response):
+            return given
+        by, note = given
         grant_id = request.match_info["grant"]
         ended, failed = await state.granting.revoke(grant_id, by, note)
         if ended is None:
