@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from loadtest.eval import report  # noqa: E402
 from loadtest.eval.gateway_run import HarnessError  # noqa: E402
 from loadtest.eval.runner import evaluate, pick  # noqa: E402
-from loadtest.eval.scoring import acceptance, accuracy  # noqa: E402
+from loadtest.eval.scoring import acceptance, accuracy, row_from_json  # noqa: E402
 
 PORTS = range(50000, 51000)
 
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="how logged-in browser personas carry their login on portal pages: header "
                              "(Authorization; Chromium personas then stay anonymous) or cookie")
     parser.add_argument("--session-cookie", default="fairgate_session", help="cookie name for --portal-login cookie")
-    parser.add_argument("--json", type=Path, help="also write the rows and verdicts here")
+    parser.add_argument("--json", type=Path, help="also write the rows and verdicts here (JSON)")
+    parser.add_argument("--rerender", type=Path, metavar="JSON", help="print the report of an earlier --json run")
     parser.add_argument("--ports", default="50000-50999", help="ports for the gateway and upstream (LOW-HIGH)")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else args.seeds
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         actors = pick(names, args.portal_login)
         rows = []
-        for seed in seeds:
+        if args.rerender:
+            rows = [row_from_json(row) for row in json.loads(args.rerender.read_text())["rows"]]
+            seeds = sorted({row.seed for row in rows})
+        for seed in [] if args.rerender else seeds:
             began = time.monotonic()
             rows += asyncio.run(evaluate(seed, args.seconds, names, args.portal_login, args.session_cookie,
                                          ports=ports))
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = acceptance(rows)
     scores = accuracy(rows)
     print(f"## Personas\n\n{report.personas(actors)}\n")
+    print(f"## Summary per actor\n\n{report.summary(rows)}\n")
     print(f"## Actors (seeds {', '.join(map(str, seeds))}, {args.seconds:.0f} s each)\n\n{report.actors(rows)}\n")
     print(f"## Precision and recall per detector\n\n{report.accuracy(scores)}\n")
     print(f"## Acceptance (issue 13)\n\n{report.acceptance(lines)}")

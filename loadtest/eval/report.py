@@ -50,3 +50,29 @@ def acceptance(lines: list[Line]) -> str:
         out.append(f"- {'met' if line.met else 'NOT MET'}: {line.text}")
         out.extend(f"    - {failing}" for failing in line.failing)
     return "\n".join(out)
+
+
+def summary(rows: list[Row]) -> str:
+    """One row per actor over every seed: in how many runs it was flagged or stopped, and why."""
+    seeds = sorted({r.seed for r in rows})
+    by_actor: dict[str, list[Row]] = {}
+    for r in rows:
+        by_actor.setdefault(r.actor, []).append(r)
+    lines = [f"| actor | truth | requests ({'/'.join(map(str, seeds))}) | flagged | first flagged | "
+             "challenged or blocked | signals | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for name, runs in by_actor.items():
+        first = runs[0]
+        flagged = [r for r in runs if r.flagged]
+        stopped = [r for r in runs if r.challenged or r.blocked]
+        earliest = min((r.flagged for r in flagged), key=lambda m: m.seconds, default=None)
+        stop = min(((r.challenged or r.blocked) for r in stopped), key=lambda m: m.seconds, default=None)
+        if first.abusive:
+            verdict = "caught" if len(flagged) == len(runs) else ("missed" if not flagged else "sometimes missed")
+        else:
+            verdict = "ok" if not any(r.touched for r in runs) else "**false positive**"
+        signals = sorted({s for r in runs for s in r.signals})
+        lines.append(f"| {name} | {first.truth} | {'/'.join(str(r.requests) for r in runs)} | "
+                     f"{len(flagged)}/{len(runs)} | {_when(earliest)} | "
+                     f"{f'{len(stopped)}/{len(runs)}, {stop}' if stop else '-'} | {', '.join(signals) or '-'} | "
+                     f"{verdict} |")
+    return "\n".join(lines)

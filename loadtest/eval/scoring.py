@@ -151,3 +151,10 @@ def acceptance(rows: list[Row]) -> list[Line]:
         Line(f"a shared login flagged within {SHARING_DEADLINE:.0f} s of the second person's first request",
              not shared, tuple(shared)),
     ]
+
+
+def row_from_json(data: dict) -> Row:
+    """A row as `--json` wrote it."""
+    moments = {key: None if data[key] is None else Moment(**data[key]) for key in ("flagged", "challenged", "blocked")}
+    return Row(**{**data, **moments, "catch": tuple(data["catch"]), "detectors": tuple(data["detectors"]),
+                  "signals": tuple(data["signals"]), "statuses": {int(k): v for k, v in data["statuses"].items()}})
