@@ -76,6 +76,13 @@ class Run:
         self.rng = random.Random(f"{settings.seed}:{actor.name}")
         self.customer = actor.customer(settings.seed)
 
+    def child(self, label: str) -> Run:
+        """The same actor's run with a random stream of its own, for one of its several clients,
+        so clients running at once do not interleave draws (and schedules stay fixed per seed)."""
+        made = Run(self.settings, self.actor, self._networks, self.end)
+        made.rng = random.Random(f"{self.settings.seed}:{self.actor.name}:{label}")
+        return made
+
     @property
     def running(self) -> bool:
         return time.time() < self.end

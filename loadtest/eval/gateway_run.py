@@ -53,6 +53,13 @@ def free_port(ports: range | None) -> int:
     raise HarnessError(f"no free port in {ports}")
 
 
+def _tail(logs: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(logs.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def _executable(name: str) -> str:
     beside = Path(sys.executable).with_name(name)
     return str(beside) if beside.exists() else name
@@ -65,13 +72,13 @@ async def _wait_ready(url: str, processes: list[subprocess.Popen], logs: Path, t
         while loop.time() < deadline:
             for process in processes:
                 if process.poll() is not None:
-                    raise HarnessError(f"{process.args[0]} exited with {process.returncode}; see {logs}")
+                    raise HarnessError(f"{process.args[0]} exited with {process.returncode}:\n{_tail(logs)}")
             with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
                 async with session.get(url) as response:
                     if response.status == 200:
                         return
             await asyncio.sleep(0.1)  # polling a server we started for its readiness, not a stand-in for sync
-    raise HarnessError(f"{url} not ready within {timeout:.0f} s; see {logs}")
+    raise HarnessError(f"{url} not ready within {timeout:.0f} s:\n{_tail(logs)}")
 
 
 @contextlib.asynccontextmanager

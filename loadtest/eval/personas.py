@@ -155,12 +155,12 @@ async def laptop_and_phone(actor: Actor, run: Run) -> None:
                      name="laptop")
     phone = browser(run, IPHONE_UA, run.address(run.network()), run.token(user, "pat-phone"), name="phone")
 
-    async def phone_later() -> None:
-        await run.think(5, 15)
-        await read_for(run, phone, 6, 15)
+    async def phone_later(own: Run) -> None:
+        await own.think(5, 15)
+        await read_for(own, phone, 6, 15)
 
     try:
-        await asyncio.gather(read_for(run, laptop, 4, 10), phone_later())
+        await asyncio.gather(read_for(run.child("laptop"), laptop, 4, 10), phone_later(run.child("phone")))
     finally:
         await laptop.close()
         await phone.close()
@@ -187,12 +187,12 @@ async def office(actor: Actor, run: Run) -> None:
     people = [browser(run, agents[n % len(agents)], address, run.token(run.user(f"staff{n}"), f"office-{n}"),
                       name=f"staff{n}") for n in range(8)]
 
-    async def one(person: HttpBrowser) -> None:
-        await run.think(0, 8)
-        await read_for(run, person, 8, 20)
+    async def one(person: HttpBrowser, own: Run) -> None:
+        await own.think(0, 8)
+        await read_for(own, person, 8, 20)
 
     try:
-        await asyncio.gather(*(one(person) for person in people))
+        await asyncio.gather(*(one(person, run.child(person.name)) for person in people))
     finally:
         for person in people:
             await person.close()
@@ -309,16 +309,14 @@ async def _chromium_scraper(actor: Actor, run: Run, agent: str | None) -> None:
         await relay.close()
 
 
-async def page_scraper(actor: Actor, run: Run, *, agent: str, low: float, high: float, assets: str = "never",
-                       walk: bool = False) -> None:
+async def page_scraper(actor: Actor, run: Run, *, agent: str, low: float, high: float, assets: str = "never") -> None:
     """Ticket pages with browser headers; assets never, or once (to look like a browser), or always."""
     person = browser(run, agent, run.address(run.network()), run.token(run.user("bot"), f"{actor.name}-1"),
                      fetch_assets=assets != "never")
-    ticket = run.rng.randint(1, 100)
     try:
         first = True
         while run.running:
-            ticket = ticket + 1 if walk else run.rng.randint(1, TICKETS)
+            ticket = run.rng.randint(1, TICKETS)
             await person.page(f"/portal/tickets/{ticket}")
             if first and assets == "once":
                 person.fetch_assets = False
@@ -358,17 +356,16 @@ async def rotating_anonymous(actor: Actor, run: Run) -> None:
                 if not run.running:
                     return
             host = host % 250 + 1
-            person = _moved(person, run.address(network, host))
+            person = await _moved(person, run.address(network, host))
     finally:
         await person.close()
 
 
-def _moved(person: HttpBrowser, address: str) -> HttpBrowser:
+async def _moved(person: HttpBrowser, address: str) -> HttpBrowser:
     """A fresh client (no cookies, no cache) from another address."""
-    fresh = HttpBrowser(person.base_url, person.agent, person.log, person.name, address, None,
-                        fetch_assets=person.fetch_assets)
-    asyncio.get_running_loop().create_task(person.close())
-    return fresh
+    await person.close()
+    return HttpBrowser(person.base_url, person.agent, person.log, person.name, address, None,
+                       fetch_assets=person.fetch_assets)
 
 
 async def enumerator(actor: Actor, run: Run) -> None:
@@ -404,16 +401,16 @@ async def copied_token(actor: Actor, run: Run) -> None:
     clients = [api_client(run, agent, run.address(run.network()), token, name=f"copy{n}")
                for n, agent in enumerate(agents)]
 
-    async def one(n: int, client: HttpBrowser) -> None:
-        await run.think(2, 3)
+    async def one(n: int, client: HttpBrowser, own: Run) -> None:
+        await own.think(2, 3)
         if n:
-            run.second_person()
-        while run.running:
-            await api_get(client, f"/api/v1/tickets/{run.rng.randint(1, TICKETS)}")
-            await run.think(3, 5)
+            own.second_person()
+        while own.running:
+            await api_get(client, f"/api/v1/tickets/{own.rng.randint(1, TICKETS)}")
+            await own.think(3, 5)
 
     try:
-        await asyncio.gather(*(one(n, client) for n, client in enumerate(clients)))
+        await asyncio.gather(*(one(n, client, run.child(client.name)) for n, client in enumerate(clients)))
     finally:
         for client in clients:
             await client.close()
@@ -426,14 +423,14 @@ async def passed_around(actor: Actor, run: Run) -> None:
     people = [browser(run, agent, run.address(run.network()), run.token(user, f"team-{n}"), name=f"person{n}")
               for n, agent in enumerate(agents)]
 
-    async def one(n: int, person: HttpBrowser) -> None:
+    async def one(n: int, person: HttpBrowser, own: Run) -> None:
         await asyncio.sleep(min(run.settings.seconds / 3, 1 + 6 * n))
         if n:
-            run.second_person()
-        await read_for(run, person, 4, 10)
+            own.second_person()
+        await read_for(own, person, 4, 10)
 
     try:
-        await asyncio.gather(*(one(n, person) for n, person in enumerate(people)))
+        await asyncio.gather(*(one(n, person, run.child(person.name)) for n, person in enumerate(people)))
     finally:
         for person in people:
             await person.close()
@@ -446,12 +443,12 @@ async def bureau(actor: Actor, run: Run) -> None:
                for n in range(30)]
     spread = run.settings.seconds * 0.8
 
-    async def one(client: HttpBrowser) -> None:
-        await run.think(0, spread)
-        await api_get(client, f"/api/v1/tickets/{run.rng.randint(1, TICKETS)}")
+    async def one(client: HttpBrowser, own: Run) -> None:
+        await own.think(0, spread)
+        await api_get(client, f"/api/v1/tickets/{own.rng.randint(1, TICKETS)}")
 
     try:
-        await asyncio.gather(*(one(client) for client in clients))
+        await asyncio.gather(*(one(client, run.child(client.name)) for client in clients))
     finally:
         for client in clients:
             await client.close()
