@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.auth.dev_tokens import mint_token
 from gateway.config.auth import Issuer
@@ -94,7 +95,7 @@ class Run:
         self.actor.subjects.add("address:" + self.settings.hasher.hash(f"{network}.{host}"))
         return f"{network}.{host}"
 
-    def token(self, user: str, session: str, customer: str | None = None, **claims) -> str:
+    def token(self, user: str, session: str, customer: str | None = None, **claims: Any) -> str:
         customer = customer or self.customer
         self.actor.subjects.update({f"user:{customer}/{user}", f"customer:{customer}"})
         return mint_token(self.settings.issuer, customer=customer, user=user, session=session, ttl=TOKEN_TTL,

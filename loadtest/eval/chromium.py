@@ -94,7 +94,7 @@ class Chromium:
             self.log.error(self.name, "GET", path)
         self._record()
 
-    def script(self, source: str, *args):
+    def script(self, source: str, *args: object) -> object:
         from selenium.common.exceptions import WebDriverException
 
         try:

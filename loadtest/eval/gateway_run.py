@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -49,7 +50,8 @@ def free_port(ports: range | None) -> int:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return probe.getsockname()[1]
+            found: int = probe.getsockname()[1]
+            return found
     raise HarnessError(f"no free port in {ports}")
 
 
@@ -65,14 +67,14 @@ def _executable(name: str) -> str:
     return str(beside) if beside.exists() else name
 
 
-async def _wait_ready(url: str, processes: list[subprocess.Popen], logs: Path, timeout: float = 30.0) -> None:
+async def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], logs: Path, timeout: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while loop.time() < deadline:
             for process in processes:
                 if process.poll() is not None:
-                    raise HarnessError(f"{process.args[0]} exited with {process.returncode}:\n{_tail(logs)}")
+                    raise HarnessError(f"{process.args!r} exited with {process.returncode}:\n{_tail(logs)}")
             with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
                 async with session.get(url) as response:
                     if response.status == 200:
@@ -92,7 +94,7 @@ async def running_gateway(config: Path = CONFIG, ports: range | None = None,
     env = {**os.environ, **ENV, "FAIRGATE_UPSTREAM_URL": upstream_url, "FAIRGATE_STATE": "memory://"}
     with tempfile.TemporaryDirectory(prefix="fairgate-eval-") as scratch:
         logs = keep_logs or Path(scratch) / "gateway.log"
-        processes: list[subprocess.Popen] = []
+        processes: list[subprocess.Popen[bytes]] = []
         with open(logs, "ab") as log:
             try:
                 processes.append(subprocess.Popen(
@@ -118,11 +120,12 @@ async def running_gateway(config: Path = CONFIG, ports: range | None = None,
                         process.wait()
 
 
-async def findings(gateway: RunningGateway) -> list[dict]:
+async def findings(gateway: RunningGateway) -> list[dict[str, Any]]:
     """Every finding the gateway recorded, from its admin API."""
     auth = {"Authorization": f"Bearer {gateway.admin_token}"}
     async with aiohttp.ClientSession() as session, \
             session.get(f"{gateway.admin_url}/admin/findings", headers=auth) as response:
         if response.status != 200:
             raise HarnessError(f"/admin/findings answered {response.status}")
-        return (await response.json())["findings"]
+        found: list[dict[str, Any]] = (await response.json())["findings"]
+        return found

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
@@ -46,7 +47,7 @@ class Cached:
     last_modified: str | None
 
 
-def freshness(headers, now: float) -> float:
+def freshness(headers: Mapping[str, str], now: float) -> float:
     """Until when a response may be reused without asking (RFC 9111 4.2, with the heuristic)."""
     control = headers.get("Cache-Control", "")
     if "no-store" in control or "no-cache" in control:
@@ -122,7 +123,7 @@ class HttpBrowser:
         self.log.add(self.name, method, target, status, content_type, body)
         return status, content_type, body
 
-    def _store(self, target: str, headers) -> None:
+    def _store(self, target: str, headers: Mapping[str, str]) -> None:
         if "ETag" in headers or "Last-Modified" in headers or "Cache-Control" in headers:
             now = time.time()
             fresh = freshness(headers, now)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from yarl import URL
@@ -47,7 +48,7 @@ def reading(run: Run) -> Iterator[str]:
             yield f"/portal/tickets/{rng.randint(TICKETS + 1, TICKETS * 2)}"  # a stale bookmark: 404
 
 
-def browser(run: Run, agent: str, address: str, token: str | None, **options) -> HttpBrowser:
+def browser(run: Run, agent: str, address: str, token: str | None, **options: Any) -> HttpBrowser:
     settings = run.settings
     cookie = settings.portal_login == "cookie"
     made = HttpBrowser(settings.base_url, agent, run.actor.log, options.pop("name", run.actor.name), address,
@@ -461,7 +462,8 @@ def roster(portal_login: str) -> list[Actor]:
     chromium_login = "cookie" if portal_login == "cookie" else "anonymous"
     http_login = portal_login
 
-    def act(name, abusive, catch, driver, what, behave, **kw) -> Actor:
+    def act(name: str, abusive: bool, catch: tuple[str, ...], driver: str, what: str,
+            behave: Callable[[Actor, Run], Awaitable[None]], **kw: Any) -> Actor:
         return Actor(name, abusive, frozenset(catch), driver, what, behave, **kw)
 
     return [

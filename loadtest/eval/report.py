@@ -4,7 +4,7 @@ recall per detector, and the acceptance lines met or not."""
 from __future__ import annotations
 
 from loadtest.eval.actors import Actor
-from loadtest.eval.scoring import Accuracy, Line, Row
+from loadtest.eval.scoring import Accuracy, Line, Moment, Row
 
 
 def personas(actors: list[Actor]) -> str:
@@ -15,7 +15,7 @@ def personas(actors: list[Actor]) -> str:
     return "\n".join(lines)
 
 
-def _when(moment) -> str:
+def _when(moment: Moment | None) -> str:
     return "-" if moment is None else str(moment)
 
 
@@ -64,8 +64,8 @@ def summary(rows: list[Row]) -> str:
         first = runs[0]
         flagged = [r for r in runs if r.flagged]
         stopped = [r for r in runs if r.challenged or r.blocked]
-        earliest = min((r.flagged for r in flagged), key=lambda m: m.seconds, default=None)
-        stop = min(((r.challenged or r.blocked) for r in stopped), key=lambda m: m.seconds, default=None)
+        earliest = min((r.flagged for r in runs if r.flagged), key=lambda m: m.seconds, default=None)
+        stop = min((m for r in runs for m in (r.challenged, r.blocked) if m), key=lambda m: m.seconds, default=None)
         if first.abusive:
             verdict = "caught" if len(flagged) == len(runs) else ("missed" if not flagged else "sometimes missed")
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from loadtest.eval.actors import DETECTORS, Actor
 
@@ -37,7 +38,7 @@ class Row:
     blocked: Moment | None
     detectors: tuple[str, ...]
     signals: tuple[str, ...]
-    pages_before_stopped: int | None  # portal pages sent before the first challenge/block
+    pages_before_stopped: int | None  # portal pages by the first challenge or block (seen or decided)
     sharing_after_second: float | None  # seconds from the second person's first request to a sharing finding
     second_person: bool
     portal_scraper: bool
@@ -56,7 +57,7 @@ def _is_page(path: str) -> bool:
     return path.startswith("/portal") and not path.startswith("/portal/static/") and path != "/favicon.ico"
 
 
-def score(seed: int, actor: Actor, findings: list[dict]) -> Row:
+def score(seed: int, actor: Actor, findings: list[dict[str, Any]]) -> Row:
     sent = sorted(actor.log.sent, key=lambda s: s.at)
     start = sent[0].at if sent else 0.0
     mine = sorted((f for f in findings if f["subject"] in actor.subjects), key=lambda f: f["at"])
@@ -74,7 +75,12 @@ def score(seed: int, actor: Actor, findings: list[dict]) -> Row:
 
     challenged, pages_challenged = first({"challenged"})
     blocked, pages_blocked = first({"blocked", "reauth"})
-    stops = [p for p in (pages_challenged, pages_blocked) if p is not None]
+    # A block or challenge the gateway decided counts from the page that tipped it, even when
+    # the actor sent no further page to meet it.
+    sanctioned = next((f["at"] for f in mine if f["action"] in ("block", "challenge") and not f["shadow"]), None)
+    pages_sanctioned = (None if sanctioned is None
+                        else sum(_is_page(s.path) for s in sent if s.at <= sanctioned + 1e-6))
+    stops = [p for p in (pages_challenged, pages_blocked, pages_sanctioned) if p is not None]
     sharing_at = next((f["at"] for f in mine if f["detector"] == "sharing"
                        and (actor.second_person_at is None or f["at"] >= actor.second_person_at - 1)), None)
     return Row(
@@ -153,7 +159,7 @@ def acceptance(rows: list[Row]) -> list[Line]:
     ]
 
 
-def row_from_json(data: dict) -> Row:
+def row_from_json(data: dict[str, Any]) -> Row:
     """A row as `--json` wrote it."""
     moments = {key: None if data[key] is None else Moment(**data[key]) for key in ("flagged", "challenged", "blocked")}
     return Row(**{**data, **moments, "catch": tuple(data["catch"]), "detectors": tuple(data["detectors"]),
