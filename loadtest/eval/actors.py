@@ -32,7 +32,6 @@ class Settings:
     seconds: float
     portal_login: str  # header: Authorization on portal pages (all today's gateway reads) | cookie
     session_cookie: str  # the cookie a cookie login sends
-    chromium: bool  # Chromium personas really run Chromium
 
 
 class Networks:

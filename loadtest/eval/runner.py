@@ -46,7 +46,7 @@ async def evaluate(seed: int, seconds: float, names: list[str] | None = None, po
     async with running_gateway(config, ports) as gateway:
         settings = Settings(gateway.url, gateway.upstream_url, issuers[0],
                             Hasher(ENV["FAIRGATE_HASH_SALT"].encode()), seed, seconds, portal_login,
-                            session_cookie, wants_chromium)
+                            session_cookie)
         networks, end = Networks(), time.time() + seconds
         runs = [Run(settings, actor, networks, end) for actor in actors]
         outcomes = await asyncio.gather(*(run.actor.behave(run.actor, run) for run in runs), return_exceptions=True)
