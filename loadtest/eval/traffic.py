@@ -1,0 +1,65 @@
+"""What each actor sent and saw: one record per request, and the outcome the gateway's answer
+means for the actor (served, rate-limited, challenged, blocked, refused otherwise)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+
+# Problem types (the last path segment of `type`) of the detectors' refusals.
+BLOCK_TYPES = frozenset({"automation-blocked", "session-blocked"})
+CHALLENGE_TYPES = frozenset({"automation-challenge"})
+REAUTH_TYPES = frozenset({"reauthentication-required"})
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    at: float  # wall time (the gateway's clock) when the request went out
+    client: str  # which of the actor's clients (person, device, address) sent it
+    method: str
+    path: str
+    status: int
+    outcome: str  # served | not_modified | rate_limited | challenged | blocked | reauth | refused | error
+
+
+def outcome_of(status: int, content_type: str, body: bytes) -> str:
+    """What an answer means for the actor; a challenge is any detector refusal a browser can pass."""
+    if status == 304:
+        return "not_modified"
+    if status < 400:
+        return "served"
+    if status == 429:
+        return "rate_limited"
+    kind = ""
+    if "json" in content_type:
+        try:
+            kind = re.split(r"[/#:]", str(json.loads(body).get("type", "")).rstrip("/"))[-1]
+        except (ValueError, AttributeError):
+            kind = ""
+    elif "html" in content_type and b"challenge" in body.lower():
+        return "challenged"
+    if kind in BLOCK_TYPES:
+        return "blocked"
+    if kind in CHALLENGE_TYPES:
+        return "challenged"
+    if kind in REAUTH_TYPES:
+        return "reauth"
+    return "refused"
+
+
+@dataclass
+class Log:
+    """One actor's requests, in the order they were answered."""
+
+    sent: list[Sent] = field(default_factory=list)
+
+    def add(self, client: str, method: str, path: str, status: int, content_type: str, body: bytes,
+            at: float | None = None) -> str:
+        outcome = outcome_of(status, content_type, body)
+        self.sent.append(Sent(time.time() if at is None else at, client, method, path, status, outcome))
+        return outcome
+
+    def error(self, client: str, method: str, path: str) -> None:
+        self.sent.append(Sent(time.time(), client, method, path, 0, "error"))
