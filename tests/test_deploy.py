@@ -135,6 +135,8 @@ def test_the_compose_fleet_of_two_is_ready_proxies_and_shares_one_limit(tmp_path
         env.update(FAIRGATE_STATE=redis_url, FAIRGATE_KEY_PREFIX=f"{key_prefix}:compose",
                    FAIRGATE_UPSTREAM_URL=f"http://127.0.0.1:{demo_port}",
                    PATH=os.environ["PATH"], HOME=str(tmp_path))
+        # A clock the test runs under (libfaketime, to check the suite a year ahead) is the gateways' too.
+        env.update({name: os.environ[name] for name in ("LD_PRELOAD", "FAKETIME") if name in os.environ})
         command = [*exec_form(instruction("ENTRYPOINT")), *exec_form(instruction("CMD"))]
         admin_ports = []
         for n in range(service["deploy"]["replicas"]):
