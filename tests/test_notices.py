@@ -83,6 +83,24 @@ async def test_a_throttle_recommends_the_throttled_rate(start_gateway, upstream,
                                                  "bursts of up to 1")
 
 
+async def test_the_warning_counts_refusals_judged_before_it_in_other_batches(start_gateway, upstream, client):
+    # The first 429 is judged alone (not enough to warn); the next one warns. The warning's count
+    # is every refusal of the window, not only those of the batch that decided it.
+    clock = ManualClock(T0)
+    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    enforcement = gateway.server.state.enforcement
+    token = hs_token(clock)
+    assert await statuses(client, gateway, token, 2) == [200, 429]
+    await enforcement.judge_queued()
+    assert enforcement.standings.latest("customer:acme") is None  # one violation: still ok
+    assert await statuses(client, gateway, token, 2) == [429, 429]
+    await enforcement.judge_queued()
+    async with client.get(f"{gateway.url}/echo/x", headers=bearer(token)) as response:
+        assert response.status == 429
+        (notice,) = (await response.json())["fair-use-warning"]["notices"]
+    assert notice["observed"] == "3 requests refused"
+
+
 async def test_a_sharing_finding_warns_to_use_one_login_per_person(start_gateway, upstream, client):
     clock = ManualClock(T0)
     config = enforcement_config(upstream)

@@ -29,6 +29,7 @@ from gateway.fleet.sharing import Fleet
 from gateway.fleet.topics import Change, Topic
 from gateway.limits.policy import CompiledLimit
 from gateway.problems import Problem
+from gateway.state.bounded import BoundedTable
 from gateway.state.sightings import Query, Sighting, Sightings
 
 log = logging.getLogger("fairgate.enforce")
@@ -66,6 +67,9 @@ class Violation:
     finding: Finding | None = None
 
 
+_REFUSALS_TRACKED = 100_000  # subjects whose recent refusals are remembered for their warning's text
+
+
 class Enforcement:
     def __init__(self, sightings: Sightings, audit: AuditTrail, clock: Clock, fleet: Fleet, grants: Grants,
                  transitions: Counter | None = None) -> None:
@@ -84,6 +88,9 @@ class Enforcement:
         self._ids = itertools.count()
         self._origin = f"{os.getpid()}-{os.urandom(3).hex()}"  # makes violation ids unique across a fleet
         self._published: dict[str, float] = {}  # subject -> the `until` last shared with the fleet
+        # subject -> (since, refusals by limit) over the ladder's window, so a warning counts every
+        # refusal that led to it, also those judged in earlier batches while the subject was ok
+        self._refusals: BoundedTable[str, tuple[float, dict[str, int]]] = BoundedTable(_REFUSALS_TRACKED)
         self._judging = asyncio.Lock()
 
     def configure(self, settings: EnforcementSettings, key_prefix: str) -> None:
@@ -251,6 +258,7 @@ class Enforcement:
             answers = {query: {} for query in queries}
         decided = []
         for subject, violations in by_subject.items():
+            self._count_refusals(subject, violations, now)
             weighed = sum(weights.get(v.severity, 1) for v in violations)
             mine = asked[subject]
             counts = Counts(max(len(answers[mine.violations]), weighed), len(answers[mine.throttles]),
@@ -272,9 +280,20 @@ class Enforcement:
         if marks:
             await self._sightings.exchange(marks, [])
 
+    def _count_refusals(self, subject: str, violations: list[Violation], now: float) -> None:
+        since, counts = self._refusals.get(subject, (now, {}))
+        current = self.standings.latest(subject)
+        if now - since > self.settings.ladder.window or (current is not None and current.counts_from > since):
+            since, counts = now, {}  # the window has passed, or the count started afresh (reinstated)
+        for violation in violations:
+            for limit in violation.limits:
+                counts[limit.name] = counts.get(limit.name, 0) + 1
+        self._refusals.put(subject, (since, counts))
+
     def _noticed(self, standing: Standing, violations: list[Violation], now: float) -> Standing:
-        """The standing with what its warning says: this batch's limits and findings, counted on
-        from the notices of the standing it follows while that is in force."""
+        """The standing with what its warning says: this batch's limits and findings, with every
+        refusal by each limit within the window, here or (by the notices of the standing it
+        follows, while that is in force) on other gateways."""
         if self._notices is None:
             return standing
         previous = self.standings.latest(standing.subject)
@@ -283,6 +302,8 @@ class Enforcement:
         for violation in violations:
             for limit in violation.limits:
                 counts[limit.name] = counts.get(limit.name, 0) + 1
+        for name, here in self._refusals.get(standing.subject, (now, {}))[1].items():
+            counts[name] = max(counts.get(name, 0), here)
         # A new throttle scales the rates the violations were refused under.
         throttle = self.settings.ladder.throttle_factor if standing.state == THROTTLED else 1.0
         latest: dict[str, dict[str, Any]] = {}
