@@ -6,6 +6,9 @@ from tests.support.tokens import bearer
 
 HEADLESS = {"User-Agent": "Mozilla/5.0 HeadlessChrome/126.0", "Accept": "text/html", "Accept-Language": "en",
             "Sec-Fetch-Mode": "navigate"}
+# A person's browser opening a page: nothing a detector holds against it on one request.
+BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+           "Accept": "text/html", "Accept-Language": "en", "Sec-Fetch-Mode": "navigate"}
 
 
 async def statuses_at(client, url, token, count) -> list[int]:
