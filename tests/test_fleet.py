@@ -112,7 +112,7 @@ async def test_a_fleet_change_is_audited_once_shared_once_and_taken_by_another_g
     kind = KINDS[name]
     clock = ManualClock(T0)
     config = kind.config(upstream)
-    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}-fleet-{name.replace(' ', '-')}"}
+    config["state"] = {"url": redis_url, "key_prefix": f"{key_prefix}:fleet-{name.replace(' ', '-')}"}
     first = await start_gateway(config, clock=clock)
     second = await start_gateway(config, clock=clock)
     await kind.act(client, first, second, clock)
