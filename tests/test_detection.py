@@ -231,47 +231,108 @@ async def test_anonymous_clients_are_scored_per_address_and_only_hashed(sighting
 SHARING = {"sharing": {"action": "flag"}}
 
 
-async def test_second_concurrent_session_is_a_finding(sightings):
+IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Version/17.5 Mobile Safari/604.1"
+SAFARI_MAC = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Version/17.5 Safari/605.1.15"
+ANDROID = "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 Chrome/126.0 Mobile Safari/537.36"
+
+
+def on(agent: str) -> dict:
+    return {**BROWSER, "User-Agent": agent}
+
+
+async def test_a_laptop_and_a_phone_at_once_on_two_networks_are_one_person(sightings):
     engine = make_detection(sightings, SHARING, ManualClock())
-    await feed(engine, [obs(T0, session="s1"), obs(T0 + 30, session="s1")])
+    # Laptop on Wi-Fi, phone on cellular, both in use for ten minutes, a session each.
+    await feed(engine, [item for n in range(60) for item in (
+        obs(T0 + n * 10, session="laptop", ip="192.0.2.10", headers=on(CHROME)),
+        obs(T0 + n * 10 + 3, session="phone", ip="198.51.100.7", headers=on(IPHONE)))])
     assert not engine.findings.recent()
-    await feed(engine, [obs(T0 + 45, session="s2", ip="10.0.7.1")])
+
+
+async def test_a_laptop_roaming_wifi_home_hotspot_is_one_person(sightings):
+    engine = make_detection(sightings, SHARING, ManualClock())
+    # One session: a request every 5 s, 40 s on each network in turn (Wi-Fi -> home -> hotspot).
+    await feed(engine, [obs(T0 + n * 5, session="s1", ip=("192.0.2.10", "198.51.100.7", "203.0.113.9")[n // 8])
+                        for n in range(24)])
+    # A new login at home right after leaving the office is still one computer at a time.
+    await feed(engine, [obs(T0 + 400 + n * 5, session="s2", ip="198.51.100.7") for n in range(10)])
+    assert not engine.findings.recent()
+
+
+async def test_an_office_of_many_logins_behind_one_nat_address_is_not_sharing(sightings):
+    engine = make_detection(sightings, SHARING, ManualClock())
+    agents = (FIREFOX, CHROME, SAFARI_MAC, IPHONE)
+    await feed(engine, [obs(T0 + n, user=f"staff{n % 12}", session=f"s{n % 12}", ip="192.0.2.200",
+                            headers=on(agents[n % 4])) for n in range(240)])
+    assert not engine.findings.recent()
+
+
+async def test_two_computers_at_once_from_two_networks_are_a_finding_with_evidence(sightings):
+    engine = make_detection(sightings, SHARING, ManualClock())
+    await feed(engine, [obs(T0, session="s1", ip="10.0.0.1"), obs(T0 + 30, session="s1", ip="10.0.0.1")])
+    assert not engine.findings.recent()
+    await feed(engine, [obs(T0 + 45, session="s2", ip="10.0.7.1", headers=on(CHROME))])
     (finding,) = engine.findings.recent(detector="sharing")
-    assert finding.signals == ("sessions",) and finding.evidence["sessions"] == ["s1", "s2"]
-    assert finding.evidence["newest_session"] == "s2"
-    # A session idle past the window no longer counts: a new one later is fine.
+    assert finding.signals == ("computers",) and finding.evidence["newest_session"] == "s2"
+    computers = finding.evidence["computers"]
+    assert computers["allowed_networks"] == 1 and computers["within"] == 120.0
+    assert [seen["computer"] for seen in computers["seen"]] == ["Chrome/Windows (s2)", "Firefox/Linux (s1)"]
+    assert len({seen["network"] for seen in computers["seen"]}) == 2
+    assert "10.0.7.0/24" not in str(finding.evidence)  # networks only hashed
+    # Idle past windows.concurrent, the first computer is no longer in use: a second later is fine.
     later = make_detection(sightings, SHARING, ManualClock())
-    await feed(later, [obs(T0, session="s1"), obs(T0 + 601, session="s2")])
+    await feed(later, [obs(T0, session="s1"), obs(T0 + 121, session="s2", ip="10.0.7.1")])
     assert not later.findings.recent()
 
 
-async def test_networks_count_once_per_24_and_only_hashed(sightings):
-    engine = make_detection(sightings, {"sharing": {"allowance": {"sessions": 10}}}, ManualClock())
-    # One office behind NAT: many addresses, one /24.
-    await feed(engine, [obs(T0 + n, ip=f"10.1.1.{n}") for n in range(1, 30)])
-    assert not engine.findings.recent()
-    await feed(engine, [obs(T0 + 100 + n, ip=f"10.{n}.0.1", session=f"s{n}") for n in range(2, 5)])
+async def test_one_session_from_three_networks_within_a_minute_is_a_copied_token(sightings):
+    engine = make_detection(sightings, SHARING, ManualClock())
+    networks = ("192.0.2.10", "198.51.100.7", "203.0.113.9")
+    # The same token on three machines, each calling every 3 s: programs, so only the session says it.
+    await feed(engine, [obs(T0 + n, session="copied", ip=networks[n % 3], headers={"User-Agent": "curl/8.5.0"},
+                            route_class="api") for n in range(5)])
     (finding,) = engine.findings.recent(detector="sharing")
-    assert finding.signals == ("networks",) and len(finding.evidence["networks"]) == 4
-    assert "10.1.1.0/24" not in str(finding.evidence)
+    assert finding.signals == ("session_networks",) and finding.at <= T0 + 60
+    copied = finding.evidence["session_networks"]
+    assert copied["session"] == "copied" and copied["switches"] == 4 and copied["allowed_switches"] == 3
+    assert len(copied["networks"]) == 3 and finding.evidence["newest_session"] == "copied"
 
 
-async def test_devices_are_learned_not_recounted(sightings):
-    engine = make_detection(sightings, {"sharing": {"allowance": {"sessions": 10, "networks": 10}}}, ManualClock())
-    agents = [FIREFOX, CHROME, "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5) Version/17.5 Mobile Safari/604.1"]
-    # The same three devices all day, browser updates included: never a fourth.
-    await feed(engine, [obs(T0 + n * 600, headers={"User-Agent": agents[n % 3].replace("126", str(120 + n))})
-                        for n in range(30)])
+async def test_more_devices_within_minutes_than_a_person_carries_is_a_finding(sightings):
+    engine = make_detection(sightings, SHARING, ManualClock())
+    agents = (FIREFOX, CHROME, IPHONE, ANDROID)
+    # All day a person's three devices, one at a time, browser updates included: never a fourth.
+    await feed(engine, [obs(T0 + n * 700, headers=on(agents[n % 3].replace("126", str(120 + n))))
+                        for n in range(20)])
     assert not engine.findings.recent()
-    await feed(engine, [obs(T0 + 20_000, headers={"User-Agent": "Mozilla/5.0 (Android 14) Firefox/128.0"})])
-    assert signals_of(engine, "sharing") == {"devices"}
+    # Four devices within minutes, one network (no computers in two places): too many for one person.
+    await feed(engine, [obs(T0 + 20_000 + n * 60, session=f"d{n}", headers=on(agents[n])) for n in range(4)])
+    (finding,) = engine.findings.recent(detector="sharing")
+    assert finding.signals == ("devices",)
+    assert finding.evidence["devices"] == {"within": 600.0, "allowed": 3, "seen": [
+        "Chrome/Android", "Chrome/Windows", "Firefox/Linux", "Safari/iOS"]}
 
 
 async def test_device_id_header_wins_over_user_agent(sightings):
-    engine = make_detection(sightings, {"sharing": {"device_header": "X-Device-Id",
-                                                    "allowance": {"sessions": 10, "networks": 10}}}, ManualClock())
+    engine = make_detection(sightings, {"sharing": {"device_header": "X-Device-Id"}}, ManualClock())
     await feed(engine, [obs(T0 + n, headers={**BROWSER, "X-Device-Id": f"dev-{n}"}) for n in range(4)])
     assert signals_of(engine, "sharing") == {"devices"}
+
+
+async def test_refused_requests_still_count_as_sharing_evidence(sightings):
+    clock = ManualClock(T0)
+    engine = make_detection(sightings, SHARING, clock)
+    first = Identity("acme", "ann", "s1", None, None, "test", None, frozenset(), T0, T0 + 3600)
+    second = Identity("acme", "ann", "s2", None, None, "test", None, frozenset(), T0, T0 + 3600)
+    engine.observe_refused("portal", first, "10.0.0.1", "GET", "/portal/x", BROWSER, 429)
+    await engine.drain()
+    clock.advance(20)
+    # The second person is rate limited too: only their refused requests show them.
+    engine.observe_refused("portal", second, "10.0.7.1", "GET", "/portal/x", on(CHROME), 429)
+    await engine.drain()
+    (finding,) = engine.findings.recent(detector="sharing")
+    assert finding.signals == ("computers",) and finding.evidence["sessions"] == ["s1", "s2"]
+    assert not engine.findings.recent(detector="scraping")
 
 
 async def test_block_newest_refuses_only_the_newest_session(sightings):
@@ -299,9 +360,9 @@ async def test_sharing_findings_have_a_cooldown(sightings):
 
 
 async def test_plan_allowance_overrides_the_default(sightings):
-    plans = {"basic": {"sharing": {"sessions": 3}}}
+    plans = {"basic": {"sharing": {"computer_networks": 3}}}
     engine = make_detection(sightings, SHARING, ManualClock(), plans=plans)
-    await feed(engine, [obs(T0 + n, session=f"s{n}") for n in range(3)])
+    await feed(engine, [obs(T0 + n, session=f"s{n}", ip=f"10.0.{n}.1") for n in range(3)])
     assert not engine.findings.recent()
 
 

@@ -49,6 +49,25 @@ async def test_simulator_people_pass_scrapers_and_the_shared_login_are_found(sim
     assert all(row["refused"] == 0 for row in shared)  # sharing: flag only
 
 
+async def test_requests_refused_by_the_rate_limit_still_count_as_sharing_evidence(start_gateway, upstream, client):
+    clock = ManualClock()
+    config = detection_config(upstream, sharing={"action": "flag", "device_header": "X-Device-Id"})
+    config["limits"] = {"default_plan": "standard"}
+    config["plans"] = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/min", "burst": 1}]}}
+    gateway = await start_gateway(config, clock=clock)
+    statuses = []
+    for n in range(4):  # four devices on one login within a minute; all but the first over the plan's rate
+        headers = {**bearer(hs_token(clock, sid=f"s{n}")), "X-Device-Id": f"device-{n}"}
+        async with client.get(f"{gateway.url}/echo/x", headers=headers) as response:
+            statuses.append(response.status)
+        await gateway.server.state.detection.drain()
+    assert statuses == [200, 429, 429, 429]
+    async with client.get(f"{gateway.admin_url}/admin/findings?detector=sharing",
+                          headers=bearer(ADMIN_TOKEN)) as response:
+        (finding,) = (await response.json())["findings"]
+    assert finding["signals"] == ["devices"] and len(finding["evidence"]["devices"]["seen"]) == 4
+
+
 async def test_blocked_client_gets_problem_json_and_the_finding_is_listed_and_counted(start_gateway, upstream, client):
     clock = ManualClock()
     gateway = await start_gateway(detection_config(upstream), clock=clock)

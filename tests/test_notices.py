@@ -107,11 +107,13 @@ async def test_a_sharing_finding_warns_to_use_one_login_per_person(start_gateway
     config["plans"] = {"standard": {"limits": []}}
     config["enforcement"]["ladder"] = {**LADDER, "warn_at": 1}
     config["detection"] = {"hash_salt": "test-salt",
-                           "sharing": {"action": "flag", "clause": "https://example.com/fair-use#logins"}}
+                           "sharing": {"action": "flag", "clause": "https://example.com/fair-use#logins",
+                                       "device_header": "X-Device-Id"}}
     gateway = await start_gateway(config, clock=clock)
     state = gateway.server.state
-    for session in ("s1", "s2"):
-        async with client.get(f"{gateway.url}/echo/x", headers=bearer(hs_token(clock, sid=session))) as response:
+    for n in range(4):  # four devices within minutes: more than one person carries
+        headers = {**bearer(hs_token(clock, sid=f"s{n}")), "X-Device-Id": f"device-{n}"}
+        async with client.get(f"{gateway.url}/echo/x", headers=headers) as response:
             assert response.status == 200
         await state.detection.drain()
     await state.enforcement.judge_queued()
@@ -123,8 +125,8 @@ async def test_a_sharing_finding_warns_to_use_one_login_per_person(start_gateway
     async with client.get(f"{gateway.admin_url}/admin/customers/acme", headers=ADMIN) as response:
         (standing,) = (await response.json())["standings"]
     (notice,) = standing["notices"]
-    assert notice["text"] == ("sharing: 2 sessions at once (allowed: 1 session at once, 3 networks within 1h, "
-                              "3 devices within 1d per login). Use one login per person: give everyone who uses it a "
+    assert notice["text"] == ("sharing: 4 devices within 10min (allowed: computers in use from 1 network at once, "
+                              "3 devices within 10min, 3 network changes of one session within 1min per login). Use one login per person: give everyone who uses it a "
                               "login of their own. Policy: https://example.com/fair-use#logins")
 
 

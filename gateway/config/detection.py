@@ -33,22 +33,26 @@ DEFAULT_SCANNERS = ("sqlmap", "nikto", "nmap", "masscan", "zgrab", "nuclei", "di
 
 
 class SharingAllowance(Section):
-    """What one login may use at once before it looks shared (a plan may set its own)."""
+    """What one login may do at once before it looks shared (a plan may set its own). One person
+    uses a computer and a phone at once on different networks, and roams in sequence."""
 
-    sessions: int = Field(1, ge=1, description="Distinct sessions (sid/jti) active within sharing.windows.sessions.")
-    networks: int = Field(3, ge=1, description="Distinct client networks (IPv4 /24, IPv6 /48) within windows.networks.")
+    computer_networks: int = Field(1, ge=1, description="Networks from which computers (desktop browsers) of one "
+                                                         "login are in use at once (within windows.concurrent).")
     devices: int = Field(3, ge=1, description="Distinct devices (browser family + platform, or device id) within "
                                               "windows.devices.")
+    session_switches: int = Field(3, ge=1, description="Network changes of one session within windows.session: "
+                                                       "a roaming device changes now and then, a copied token "
+                                                       "flips between networks.")
 
 
 class SharingWindows(Section):
-    sessions: Duration = Field(600.0, description="A session counts as active this long after its last request.")
-    networks: Duration = Field(3600.0, description="Window over which client networks are counted.")
-    devices: Duration = Field(86400.0, description="Window over which devices are counted.")
+    concurrent: Duration = Field(120.0, description="Computers seen within this long count as in use at once.")
+    devices: Duration = Field(600.0, description="Window over which devices are counted.")
+    session: Duration = Field(60.0, description="Window over which one session's network changes are counted.")
 
 
 class SharingDetector(Advice):
-    """One login used by several people: sessions, networks and devices per user."""
+    """One login used by several people: computers in several places at once, devices, copied sessions."""
 
     mode: Mode = Field("enforce", description="enforce: apply the action; shadow: record findings only; off.")
     action: Literal["flag", "reauth", "block_newest"] = Field(

@@ -43,6 +43,10 @@ SCRAPING_POLICY = "no screen-scraping or automated extraction outside the permit
 _MAX_ASSET_ADDRESSES = 100_000
 _SEAT_WINDOW = 32 * 86400.0
 _MAX_WRITTEN = 500_000
+# A login's session, address and device are written again after this long: a computer in
+# steady use stays "in use at once" (sharing.windows.concurrent) and a second person's first
+# request meets the first person's recent sighting.
+_SHARING_EVERY = 15.0
 # What was written to the sightings store, as `_due` remembers it (identity, path or address, agent, ...).
 Mark = tuple[str | None, ...]
 
@@ -147,6 +151,14 @@ class Detection:
                                  target, headers, status, body_digest,
                                  f"user:{customer}/{user}" if user is not None else f"address:{client_ip}"))
 
+    def observe_refused(self, route_class: str, identity: Identity, client_ip: str, method: str, target: str,
+                        headers: Mapping[str, str], status: int) -> None:
+        """Queue a request the gateway refused (sanction, suspension, limit): still one use of the
+        login, so sharing evidence keeps growing while its sharers are refused."""
+        self.observe(Observation(self._clock.time(), route_class, identity.customer, identity.user,
+                                 identity.session, client_ip, method, target, headers, status, None,
+                                 f"user:{identity.customer}/{identity.user}", True))
+
     def observe(self, obs: Observation) -> None:
         if len(self._queue) >= self._queue_size:
             self._queue.popleft()
@@ -205,7 +217,9 @@ class Detection:
             subject, agent = obs.subject, obs.headers.get("User-Agent", "")
             if grants.agents and grants.agent_allowed(agent, obs.at):
                 continue  # an integration allow-listed through the admin API
-            if scraper is not None and obs.route_class in self._watched and self._score(scraper, obs, subject, agent):
+            if obs.refused:
+                pass  # refused by the gateway: evidence of use for sharing only
+            elif scraper is not None and obs.route_class in self._watched and self._score(scraper, obs, subject, agent):
                 scored[subject] = scored.get(subject, 0) + 1
                 if self._due(("paths", subject, obs.target, agent, obs.session), obs.at, 6.0):
                     seen += self._scraping_sightings(obs)
@@ -218,9 +232,11 @@ class Detection:
                 travelled.add(subject)
                 shared[subject] = obs
             device = watch.device_mark(obs) if watch is not None else None
-            # One mark for the login's session, address and device: seen the same way within a
-            # minute, neither its sharing sightings nor its seat can have changed.
-            if not self._due((subject, obs.session, obs.client_ip, agent, device), obs.at, 60.0):
+            if watch is not None and watch.hop(obs, self._track(subject, "sharing")):
+                shared[subject] = obs  # a session changed networks: judged at once, written or not
+            # One mark for the login's session, address and device: seen the same way within
+            # _SHARING_EVERY, neither its sharing sightings nor its seat can have changed.
+            if not self._due((subject, obs.session, obs.client_ip, agent, device), obs.at, _SHARING_EVERY):
                 continue
             if watch is not None:
                 seen += watch.sightings(obs, self._track(subject, "sharing"))
@@ -228,7 +244,7 @@ class Detection:
             if self._seats_on and obs.customer is not None and self._seats_of(obs.customer):
                 seen.append(Sighting(self._seat_key(obs), obs.user, obs.at, _SEAT_WINDOW, 100_000))
                 seat_users[obs.customer] = obs
-        if not seen and not travelled:
+        if not seen and not travelled and not shared:
             return  # nothing new anywhere: every distinct count is as it was
 
         queries: list[Query] = []
@@ -383,7 +399,7 @@ class Detection:
                              extra: tuple[str, ...]) -> None:
         settings = self.settings.sharing
         track = self._track(obs.subject, "sharing")
-        verdict = sharing.verdict(asked, answers, self._allowance(obs.customer), track, obs.at, extra)
+        verdict = sharing.verdict(obs, asked, answers, self._allowance(obs.customer), track, extra)
         if verdict is None or self.grants.exempt(obs.customer, obs.user, SHARING, obs.at):
             return
         shadow = settings.mode == "shadow"

@@ -18,10 +18,11 @@ class Observation:
     method: str
     target: str  # path and query, as sent
     headers: Mapping[str, str]  # the request's (read off the path)
-    status: int  # the upstream's answer; the gateway's own refusals are never observed
+    status: int  # the upstream's answer, or the gateway's own when `refused`
     body_digest: bytes | None  # of a buffered request body; None for none or a streamed one
     # Whom scores and sightings are kept for: "user:CUSTOMER/USER", or "address:IP" when anonymous.
     subject: str = ""
+    refused: bool = False  # the gateway answered itself (sanction, suspension, limit): counts for sharing only
 
     def __post_init__(self) -> None:
         if not self.subject:

@@ -19,6 +19,9 @@ class RequestDetection(Protocol):
     def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
                         target: str, headers: Any, status: int, body_digest: bytes | None) -> None: ...
 
+    def observe_refused(self, route_class: str, identity: Identity, client_ip: str, method: str, target: str,
+                        headers: Any, status: int) -> None: ...
+
 
 class DetectionOff:
     """No sanctions, nothing observed."""
@@ -33,6 +36,10 @@ class DetectionOff:
 
     def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
                         target: str, headers: Any, status: int, body_digest: bytes | None) -> None:
+        return None
+
+    def observe_refused(self, route_class: str, identity: Identity, client_ip: str, method: str, target: str,
+                        headers: Any, status: int) -> None:
         return None
 
 

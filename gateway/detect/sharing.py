@@ -1,8 +1,11 @@
-"""Shared credentials: one login's sessions, client networks and devices over sliding windows,
-against the plan's allowance (one session, three networks an hour, three devices a day)."""
+"""Shared credentials: what one person cannot do with one login. A person carries a computer
+and a phone, uses both at once on different networks, and moves between networks in sequence;
+people sharing a login use computers in several places at once, more devices within minutes
+than one person carries, or one copied session token from several networks at the same time."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -15,6 +18,8 @@ from gateway.detect.observation import Observation
 from gateway.state.sightings import Answers, Query, Sighting
 
 _MAX_SESSIONS_KEPT = 32
+_MOBILE = ("/Android", "/iOS")
+COMPUTER, MOBILE, PROGRAM = "computer", "mobile", "program"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,19 +32,38 @@ class SharingVerdict:
 class SharingQueries(NamedTuple):
     """What one login's sharing verdict asks the sightings store."""
 
-    sessions: Query
-    networks: Query
+    uses: Query  # (device class, device, session, network) within windows.concurrent
     devices: Query
 
 
-class SharingTrack:
-    """When this process first saw each session of a user, to tell which one is newest."""
+class _Hops:
+    """One session's network changes, in the order this process saw its requests."""
 
-    __slots__ = ("first_seen", "reported")
+    __slots__ = ("network", "switches", "networks")
+
+    def __init__(self, network: str) -> None:
+        self.network = network
+        self.switches: deque[float] = deque()
+        self.networks: dict[str, float] = {network: 0.0}  # network hash -> last seen
+
+
+class SharingTrack:
+    """Per user in this process: when each session was first seen (to tell the newest) and how
+    often each session changed networks (a copied token flips between them)."""
+
+    __slots__ = ("first_seen", "hops", "reported")
 
     def __init__(self) -> None:
         self.first_seen: dict[str, float] = {}
+        self.hops: dict[str, _Hops] = {}
         self.reported: dict[str, float] = {}  # signal -> when last reported (cooldown)
+
+
+def device_class(device: str) -> str:
+    """computer, mobile or program, from device_of's 'Browser/Platform' (programs have no '/')."""
+    if "/" not in device:
+        return PROGRAM
+    return MOBILE if device.endswith(_MOBILE) else COMPUTER
 
 
 class SharingWatch:
@@ -51,21 +75,41 @@ class SharingWatch:
     def _key(self, obs_subject: str, what: str) -> str:
         return f"{self._prefix}:d:{{{obs_subject}}}:{what}"
 
+    def hop(self, obs: Observation, track: SharingTrack) -> bool:
+        """Note the session's network; True if it changed. Called for every observation, before
+        any deduplication, since a copied token shows in the alternation between networks."""
+        session, network = obs.session, network_of(obs.client_ip)
+        if not session or not network:
+            return False
+        network = self._hasher.hash(network)
+        hops, switched = track.hops.get(session), False
+        if hops is None:
+            if len(track.hops) >= _MAX_SESSIONS_KEPT:
+                del track.hops[next(iter(track.hops))]
+            hops = track.hops[session] = _Hops(network)
+        elif hops.network != network:
+            hops.network = network
+            hops.switches.append(obs.at)
+            switched = True
+        hops.networks[network] = obs.at
+        horizon = obs.at - self.settings.windows.session
+        while hops.switches and hops.switches[0] < horizon:
+            hops.switches.popleft()
+        if len(hops.networks) > 16:
+            hops.networks = {n: at for n, at in hops.networks.items() if at >= horizon}
+        return switched
+
     def sightings(self, obs: Observation, track: SharingTrack) -> list[Sighting]:
         subject, windows = obs.subject, self.settings.windows
-        seen = []
-        if obs.session:
-            if obs.session not in track.first_seen:
-                if len(track.first_seen) >= _MAX_SESSIONS_KEPT:
-                    del track.first_seen[min(track.first_seen, key=track.first_seen.__getitem__)]
-                track.first_seen[obs.session] = obs.at
-            seen.append(Sighting(self._key(subject, "sessions"), obs.session, obs.at, windows.sessions, 64))
+        if obs.session and obs.session not in track.first_seen:
+            if len(track.first_seen) >= _MAX_SESSIONS_KEPT:
+                del track.first_seen[min(track.first_seen, key=track.first_seen.__getitem__)]
+            track.first_seen[obs.session] = obs.at
+        device, kind = self._device(obs)
         network = network_of(obs.client_ip)
-        if network:
-            seen.append(Sighting(self._key(subject, "networks"), self._hasher.hash(network), obs.at,
-                                 windows.networks, 64))
-        seen.append(Sighting(self._key(subject, "devices"), self._device(obs), obs.at, windows.devices, 64))
-        return seen
+        use = f"{kind}|{device}|{obs.session or ''}|{self._hasher.hash(network) if network else ''}"
+        return [Sighting(self._key(subject, "uses"), use, obs.at, windows.concurrent, 64),
+                Sighting(self._key(subject, "devices"), device, obs.at, windows.devices, 64)]
 
     def device_mark(self, obs: Observation) -> str | None:
         """The raw device id the request carries, if the deployment sends one."""
@@ -76,32 +120,63 @@ class SharingWatch:
             return cookie_value((obs.headers.get("Cookie", ""),), settings.device_cookie)
         return None
 
-    def _device(self, obs: Observation) -> str:
+    def _device(self, obs: Observation) -> tuple[str, str]:
+        """The device and its class; a device id's class is still read off the user agent."""
+        named = device_of(obs.headers.get("User-Agent", ""))
         device = self.device_mark(obs)
-        return "id:" + self._hasher.hash(device) if device else device_of(obs.headers.get("User-Agent", ""))
+        return ("id:" + self._hasher.hash(device) if device else named), device_class(named)
 
     def queries(self, subject: str, now: float) -> SharingQueries:
         windows = self.settings.windows
-        return SharingQueries(Query(self._key(subject, "sessions"), now - windows.sessions),
-                              Query(self._key(subject, "networks"), now - windows.networks),
+        return SharingQueries(Query(self._key(subject, "uses"), now - windows.concurrent),
                               Query(self._key(subject, "devices"), now - windows.devices))
 
-    def verdict(self, asked: SharingQueries, answers: Answers, allowance: SharingAllowance, track: SharingTrack,
-                now: float, extra_signals: tuple[str, ...] = ()) -> SharingVerdict | None:
-        sessions, networks, devices = answers[asked.sessions], answers[asked.networks], answers[asked.devices]
-        over = [name for name, seen, allowed in (("sessions", sessions, allowance.sessions),
-                                                 ("networks", networks, allowance.networks),
-                                                 ("devices", devices, allowance.devices)) if len(seen) > allowed]
+    def verdict(self, obs: Observation, asked: SharingQueries, answers: Answers, allowance: SharingAllowance,
+                track: SharingTrack, extra_signals: tuple[str, ...] = ()) -> SharingVerdict | None:
+        now, windows = obs.at, self.settings.windows
+        over: list[str] = []
+        evidence: dict[str, Any] = {}
+        # Computers in use at once, each where it was last seen: one person's is in one place.
+        computers: dict[str, tuple[str, float]] = {}
+        for use, seen in answers[asked.uses].items():
+            kind, device, session, network = use.split("|", 3)
+            if kind != COMPUTER or not network:
+                continue
+            computer = device if device.startswith("id:") else f"{device} ({session})" if session else device
+            if computer not in computers or computers[computer][1] < seen:
+                computers[computer] = (network, seen)
+        places = {network for network, _ in computers.values()}
+        if len(places) > allowance.computer_networks:
+            over.append("computers")
+            evidence["computers"] = {
+                "within": windows.concurrent, "allowed_networks": allowance.computer_networks,
+                "seen": [{"computer": name, "network": network, "last_seen": round(at, 3)}
+                         for name, (network, at) in sorted(computers.items())]}
+        devices = answers[asked.devices]
+        if len(devices) > allowance.devices:
+            over.append("devices")
+            evidence["devices"] = {"within": windows.devices, "allowed": allowance.devices,
+                                   "seen": sorted(devices)}
+        hops = track.hops.get(obs.session or "")
+        if hops is not None and len(hops.switches) > allowance.session_switches:
+            over.append("session_networks")
+            horizon = now - windows.session
+            evidence["session_networks"] = {
+                "session": obs.session, "within": windows.session, "allowed_switches": allowance.session_switches,
+                "switches": len(hops.switches), "first_switch": round(hops.switches[0], 3),
+                "networks": sorted(n for n, at in hops.networks.items() if at >= horizon)}
         over += extra_signals
         fresh = [s for s in over if now - track.reported.get(s, float("-inf")) >= self.settings.cooldown]
         if not fresh:
             return None
         for signal in over:
             track.reported[signal] = now
-        newest = max((s for s in sessions if s in track.first_seen), key=track.first_seen.__getitem__,
-                     default=None) if len(sessions) > 1 else None
-        evidence = {
-            "sessions": sorted(sessions), "networks": sorted(networks), "devices": sorted(devices),
-            "allowance": allowance.model_dump(),
-        }
+        sessions = {use.split("|", 3)[2] for use in answers[asked.uses]} - {""}
+        if "session_networks" in over:
+            newest = obs.session  # the copied token itself: every copy asks again
+        else:
+            newest = max((s for s in sessions if s in track.first_seen), key=track.first_seen.__getitem__,
+                         default=None) if len(sessions) > 1 else None
+        evidence["sessions"] = sorted(sessions)
+        evidence["allowance"] = allowance.model_dump()
         return SharingVerdict(tuple(over), newest, evidence)

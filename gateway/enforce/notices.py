@@ -109,19 +109,28 @@ class NoticeBook:
             recommendation = advice.recommendation
         return Notice(limit.name, refused, allowed, recommendation, self._clause(advice), count)
 
+    def _shared(self, signal: str, evidence: Any) -> str:
+        """What a sharing signal measured, in words."""
+        if signal == "computers":
+            networks = {seen.get("network") for seen in evidence.get("seen", ())}
+            return f"computers in use from {_counted(len(networks), 'networks')} at once"
+        if signal == "devices":
+            return f"{_counted(len(evidence.get('seen', ())), 'devices')} within {_span(self._windows.devices)}"
+        if signal == "session_networks":
+            return (f"one session changing networks {evidence.get('switches', '?')} times within "
+                    f"{_span(self._windows.session)}")
+        return "travel faster than a person can" if signal == "travel" else signal
+
     def for_finding(self, finding: Finding) -> Notice:
         advice = self._detectors.get(finding.detector)
         evidence = finding.evidence
         if finding.detector == SHARING:
-            allowance = evidence.get("allowance", {})
-            seen = {"sessions": "at once", "networks": f"within {_span(self._windows.networks)}",
-                    "devices": f"within {_span(self._windows.devices)}"}
-            observed = ", ".join(
-                f"{_counted(len(evidence.get(signal, ())), signal)} {seen[signal]}" if signal in seen
-                else "travel faster than a person can" if signal == "travel" else signal
-                for signal in finding.signals)
-            allowed = ", ".join(f"{_counted(allowance.get(name, 0), name)} {when}" for name, when in seen.items())
-            allowed += " per login"
+            observed = ", ".join(self._shared(signal, evidence.get(signal, {})) for signal in finding.signals)
+            allowance, windows = evidence.get("allowance", {}), self._windows
+            allowed = (f"computers in use from {_counted(allowance.get('computer_networks', 0), 'networks')} at once, "
+                       f"{_counted(allowance.get('devices', 0), 'devices')} within {_span(windows.devices)}, "
+                       f"{_counted(allowance.get('session_switches', 0), 'network changes')} of one session "
+                       f"within {_span(windows.session)} per login")
             recommendation = "use one login per person: give everyone who uses it a login of their own"
         elif finding.detector == SCRAPING:
             signals = ", ".join(_SIGNALS.get(signal, signal) for signal in finding.signals)

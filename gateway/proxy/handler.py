@@ -15,7 +15,10 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from gateway.auth.errors import AuthError
+from gateway.auth.identity import Identity
 from gateway.auth.responses import auth_problem
+from gateway.config import Route
+from gateway.detect.off import RequestDetection
 from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.limits.shedding import network_key
 from gateway.metrics import Metrics
@@ -198,10 +201,12 @@ class ProxyHandler:
         if detection.sanctions:
             problem = detection.refusal(identity, client_ip, route.route_class)
             if problem is not None:
+                _observe_refused(detection, route, identity, client_ip, request, problem.status)
                 return self._refuse(request, enforcement.with_warning(problem, identity))
 
         standing = enforcement.admit(identity)
         if isinstance(standing, Problem):  # suspended
+            _observe_refused(detection, route, identity, client_ip, request, standing.status)
             return self._refuse(request, standing)
 
         admission = NO_LIMITS
@@ -219,6 +224,7 @@ class ProxyHandler:
             # Warned or throttled: every response says so, and what comes next.
             extra_headers = {**extra_headers, "Fair-Use-Warning": enforcement.warning(standing)}
         if admission.rejected:
+            _observe_refused(detection, route, identity, client_ip, request, 429)
             return self._limited(request, admission, extra_headers,
                                  enforcement.limited(identity, admission.plan, admission.rejected, standing))
 
@@ -454,3 +460,11 @@ async def _limited_body(request: BaseRequest, limit: int, meter: Meter, timeouts
         meter.bytes += len(chunk)
         meter.bytes_in += len(chunk)
         yield chunk
+
+
+def _observe_refused(detection: RequestDetection, route: Route, identity: Identity | None, client_ip: str,
+                     request: BaseRequest, status: int) -> None:
+    """A refused request still used the login: the sharing detector counts it (one append)."""
+    if identity is not None and detection.observes and route.detect and route.route_class != "asset":
+        detection.observe_refused(route.route_class, identity, client_ip, request.method, request.raw_path,
+                                  request.headers, status)
