@@ -365,7 +365,7 @@ class Detection:
                 obs.customer, obs.user, SCRAPING, obs.at):
             return  # already reported at this strength (a stronger case may still follow)
         track.acted = action
-        track.offences += 1
+        track.offences += convincing  # a flag is no offence: it must not lengthen a later block
         shadow = settings.mode == "shadow"
         until = None
         if convincing and self._refusing and not shadow:
