@@ -6,6 +6,8 @@ import secrets
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.audit.trail import AuditTrail
 from gateway.auth.identity import Identity
@@ -412,6 +414,23 @@ def test_templates_and_sequences():
     assert template_of("/api/v1/x2y") == ("/api/v1/x2y", ())
     assert in_sequence((16,), (17,)) and in_sequence((3, 9), (3, 8))
     assert not in_sequence((16,), (18,)) and not in_sequence((1, 1), (2, 2))
+
+
+_PAGING = st.sampled_from(["page", "cursor", "offset", "limit", "since", "Page", "LIMIT"])
+
+
+@given(st.lists(st.tuples(_PAGING, st.integers(0, 10**9)), max_size=4),
+       st.lists(st.tuples(st.sampled_from(["q", "sort", "id"]), st.text("ab12", max_size=4)), max_size=3),
+       st.integers(0, 10**6))
+def test_paging_parameters_never_reach_the_template(paging, other, record):
+    pairs = [f"{name}={value}" for name, value in paging + other]
+    target = f"/api/v1/records/{record}" + ("?" + "&".join(pairs) if pairs else "")
+    template, numbers = template_of(target)
+    assert template.startswith("/api/v1/records/#") and numbers[0] == record
+    assert not any(f"{name}=" in template for name, _ in paging)
+    # The same list at another page is the same template with the same numbers.
+    again = [f"{name}={value + 1}" for name, value in paging] + [f"{name}={value}" for name, value in other]
+    assert template_of(f"/api/v1/records/{record}" + ("?" + "&".join(again) if again else "")) == (template, numbers)
 
 
 async def test_memory_sightings_are_bounded():

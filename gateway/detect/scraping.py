@@ -22,7 +22,7 @@ from gateway.detect.agents import AgentClassifier
 from gateway.detect.observation import Observation
 
 PAGE_CLASSES = frozenset({"portal", "public"})
-_NUMBER = re.compile(r"(?<=[/=])\d+(?=$|[/&;])")
+_NUMBER = re.compile(r"(?<=[/=])\d+(?=$|[/&;?])")  # an id ends its segment, path or query value
 _MAX_TEMPLATES = 16
 _MAX_LOOP_KEYS = 512
 _ANSWERS_KEPT = 100
