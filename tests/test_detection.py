@@ -6,6 +6,8 @@ import secrets
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.audit.trail import AuditTrail
 from gateway.auth.identity import Identity
@@ -181,14 +183,97 @@ async def test_agent_rotation_within_one_session(sightings):
 
 
 async def test_looping_on_the_same_request(sightings):
+    # 5 requests a second for 40 s: a loop. (It said a loop at 1.1/s, a poller's own rate.)
     engine = make_detection(sightings, {"scraping": {}}, ManualClock())
-    await feed(engine, [obs(T0 + n * 0.9 + (n % 3) * 0.3, "/api/v1/tickets", route_class="api", method="POST",
-                            headers={"User-Agent": "loop/1"}, body=b"same") for n in range(30)])
+    await feed(engine, [obs(T0 + n * 0.2, "/api/v1/tickets", route_class="api", method="POST",
+                            headers={"User-Agent": "loop/1"}, body=b"same") for n in range(200)])
     assert signals_of(engine) == {"looping"}
     other = make_detection(sightings, {"scraping": {}}, ManualClock())
-    await feed(other, [obs(T0 + n * 0.9 + (n % 3) * 0.3, "/api/v1/tickets", route_class="api", method="POST",
-                           headers={"User-Agent": "loop/1"}, body=bytes([n])) for n in range(30)])
+    await feed(other, [obs(T0 + n * 0.2, "/api/v1/tickets", route_class="api", method="POST",
+                           headers={"User-Agent": "loop/1"}, body=bytes([n % 256])) for n in range(200)])
     assert not other.findings.recent()  # different bodies: a busy client, not a loop
+
+
+async def test_a_conditional_poller_at_one_a_second_is_not_looping(sightings):
+    engine = make_detection(sightings, SCRAPING, ManualClock())
+    poller = {"User-Agent": "python-requests/2.32", "If-None-Match": '"abc"'}
+    await feed(engine, [obs(T0 + n * 1.0, "/api/v1/tickets/7", route_class="api", headers=poller)
+                        for n in range(300)])
+    assert not engine.findings.recent()
+    # Unconditional, once a second or slower: still polling.
+    plain = make_detection(sightings, SCRAPING, ManualClock())
+    await feed(plain, [obs(T0 + n * 1.05, "/api/v1/tickets/7", route_class="api",
+                           headers={"User-Agent": "python-requests/2.32"}) for n in range(300)])
+    assert not plain.findings.recent()
+
+
+async def test_paging_a_list_is_not_enumeration_walking_ids_in_the_path_is(sightings):
+    agent = {"User-Agent": "Apache-HttpClient/4.5.14 (Java/17.0.9)"}
+    pager = make_detection(sightings, SCRAPING, ManualClock())
+    await feed(pager, [obs(T0 + n * 1.0, f"/api/v1/tickets?page={n % 25 + 1}&limit=50", route_class="api",
+                           headers=agent) for n in range(100)])
+    assert not pager.findings.recent()
+    walker = make_detection(sightings, SCRAPING, ManualClock())
+    await feed(walker, [obs(T0 + n * 1.0, f"/api/v1/tickets/{n}", route_class="api", headers=agent)
+                        for n in range(1, 30)])
+    assert signals_of(walker) == {"enumeration"}
+
+
+async def test_ids_probed_at_random_with_many_misses_are_enumeration(sightings):
+    engine = make_detection(sightings, SCRAPING, ManualClock())
+    await feed(engine, [obs(T0 + n * 1.3, f"/api/v1/tickets/{n * 7919 % 100_000}", route_class="api",
+                            headers={"User-Agent": "prober/1"}, status=404 if n % 3 else 200) for n in range(60)])
+    (finding, *_) = engine.findings.recent()
+    assert "enumeration" in finding.signals
+    assert "missing" in finding.evidence["signals"]["enumeration"]["value"]
+
+
+async def test_libraries_and_crawlers_count_on_portal_routes_not_api_routes(sightings):
+    for agent in ("python-requests/2.32", "Apache-HttpClient/4.5.14 (Java/17.0.9)", "curl/8.5", "Go-http-client/2.0",
+                  "okhttp/4.12", "Scrapy/2.11"):
+        api = make_detection(sightings, SCRAPING, ManualClock())
+        await feed(api, [obs(T0 + n * 2.0, f"/api/v1/tickets/{n * 37 % 500}", route_class="api",
+                             headers={"User-Agent": agent}) for n in range(40)])
+        assert not api.findings.recent(), agent
+        portal = make_detection(sightings, SCRAPING, ManualClock())
+        await feed(portal, [obs(T0 + n * 2.0, f"/portal/tickets/{n * 37 % 500}", headers={"User-Agent": agent})
+                            for n in range(2)])
+        (finding,) = portal.findings.recent()
+        assert finding.action == "block" and finding.evidence["signals"]["automation_agent"]["definitive"], agent
+
+
+async def test_a_headless_browser_still_counts_on_the_api(sightings):
+    engine = make_detection(sightings, SCRAPING, ManualClock())
+    await feed(engine, [obs(T0 + n * 2.0, f"/api/v1/tickets/{n * 37 % 500}", route_class="api",
+                            headers={"User-Agent": "Mozilla/5.0 HeadlessChrome/126.0"}) for n in range(3)])
+    (finding,) = engine.findings.recent()
+    assert finding.signals == ("automation_agent",) and finding.action == "flag"
+
+
+async def test_a_single_signal_only_flags_two_independent_ones_block(sightings):
+    # no_assets alone, on a portal set to block: a flag and nothing refused, however long it goes on.
+    clock = ManualClock()
+    alone = make_detection(sightings, {"scraping": {**SCRAPING["scraping"], "weights": {"enumeration": 0}}}, clock)
+    await feed(alone, [obs(T0 + n * 5.0 + (n * 7 % 11) * 0.4, f"/portal/tickets/{n * 37 % 500}") for n in range(40)])
+    assert signals_of(alone) == {"no_assets"}
+    assert {finding.action for finding in alone.findings.recent()} == {"flag"}
+    assert not alone.sanctions and refuse(alone, "acme", "ann", "s1", "portal") is None
+    # no_assets and a machine-regular cadence: two independent signals, a block.
+    both = make_detection(sightings, {"scraping": {**SCRAPING["scraping"], "weights": {"enumeration": 0}}}, clock)
+    await feed(both, [obs(T0 + n * 4.0, f"/portal/tickets/{n * 37 % 500}") for n in range(20)])
+    last = both.findings.recent()[-1]
+    assert last.action == "block" and set(last.signals) == {"no_assets", "regular_cadence"}
+    assert refuse(both, "acme", "ann", "s1", "portal").status == 403
+
+
+async def test_a_finding_lists_each_signal_with_its_value_and_threshold(sightings):
+    engine = make_detection(sightings, {"scraping": {**SCRAPING["scraping"], "weights": {"enumeration": 0}}},
+                            ManualClock())
+    await feed(engine, [obs(T0 + n * 4.0, f"/portal/tickets/{n * 37 % 500}") for n in range(20)])
+    evidence = engine.findings.recent()[-1].evidence["signals"]
+    assert evidence["no_assets"]["threshold"] == 3 and evidence["no_assets"]["value"] > 3
+    assert evidence["regular_cadence"]["threshold"] == 0.1 and evidence["regular_cadence"]["value"] == 0.0
+    assert all({"value", "threshold"} <= set(item) for item in evidence.values())
 
 
 async def test_scores_decay_and_repeat_offenders_are_blocked_longer(sightings):
@@ -384,10 +469,29 @@ async def test_seats_over_the_plan_are_a_finding_listing_the_users(sightings):
 
 def test_templates_and_sequences():
     assert template_of("/api/v1/tickets/17") == ("/api/v1/tickets/#", (17,))
-    assert template_of("/portal/tickets?page=3&sort=asc") == ("/portal/tickets?page=#&sort=asc", (3,))
+    # Paging parameters are not ids (this said ?page=# was a template with a number).
+    assert template_of("/portal/tickets?page=3&sort=asc") == ("/portal/tickets?sort=asc", ())
+    assert template_of("/api/v1/tickets?cursor=9&id=4") == ("/api/v1/tickets?id=#", (4,))
     assert template_of("/api/v1/x2y") == ("/api/v1/x2y", ())
     assert in_sequence((16,), (17,)) and in_sequence((3, 9), (3, 8))
     assert not in_sequence((16,), (18,)) and not in_sequence((1, 1), (2, 2))
+
+
+_PAGING = st.sampled_from(["page", "cursor", "offset", "limit", "since", "Page", "LIMIT"])
+
+
+@given(st.lists(st.tuples(_PAGING, st.integers(0, 10**9)), max_size=4),
+       st.lists(st.tuples(st.sampled_from(["q", "sort", "id"]), st.text("ab12", max_size=4)), max_size=3),
+       st.integers(0, 10**6))
+def test_paging_parameters_never_reach_the_template(paging, other, record):
+    pairs = [f"{name}={value}" for name, value in paging + other]
+    target = f"/api/v1/records/{record}" + ("?" + "&".join(pairs) if pairs else "")
+    template, numbers = template_of(target)
+    assert template.startswith("/api/v1/records/#") and numbers[0] == record
+    assert not any(f"{name}=" in template for name, _ in paging)
+    # The same list at another page is the same template with the same numbers.
+    again = [f"{name}={value + 1}" for name, value in paging] + [f"{name}={value}" for name, value in other]
+    assert template_of(f"/api/v1/records/{record}" + ("?" + "&".join(again) if again else "")) == (template, numbers)
 
 
 async def test_memory_sightings_are_bounded():

@@ -20,14 +20,17 @@ RouteClass = Literal["portal", "api", "asset", "public"]
 Mode = Literal["enforce", "shadow", "off"]
 ScrapingAction = Literal["flag", "challenge", "block"]
 
-# Automation user agents by family, matched case-insensitively as substrings. HTTP libraries
-# are normal on API routes (integrations), so by default they only count on portal pages.
+# Automation user agents by family, matched case-insensitively as substrings. HTTP libraries and
+# crawlers are normal on API routes (integrations), so by default they only count on portal pages;
+# headless browsers and scanners count everywhere.
 DEFAULT_HEADLESS = ("headlesschrome", "phantomjs", "puppeteer", "playwright", "selenium", "webdriver",
                     "electron/", "splash", "slimerjs")
 DEFAULT_LIBRARIES = ("python-requests", "python-urllib", "aiohttp", "httpx", "curl/", "wget/", "go-http-client",
-                     "java/", "okhttp", "libwww-perl", "node-fetch", "axios/", "guzzlehttp", "ruby", "powershell")
-DEFAULT_CRAWLERS = ("scrapy", "crawler", "spider", "bot/", "bot;", "httrack", "colly", "nutch", "heritrix",
-                    "apache-httpclient")
+                     "java/", "apache-httpclient", "okhttp", "libwww-perl", "node-fetch", "axios/", "guzzlehttp",
+                     "ruby", "powershell")
+DEFAULT_CRAWLERS = ("scrapy", "crawler", "spider", "bot/", "bot;", "httrack", "colly", "nutch", "heritrix")
+# Query parameters that page through a list: walking them is how integrations sync, not enumeration.
+DEFAULT_PAGINATION = ("page", "cursor", "offset", "limit", "since", "per_page", "page_size")
 DEFAULT_SCANNERS = ("sqlmap", "nikto", "nmap", "masscan", "zgrab", "nuclei", "dirbuster", "gobuster", "wpscan",
                     "acunetix", "burp")
 
@@ -79,12 +82,14 @@ class SignalWeights(Section):
                                                              "Sec-Fetch-* and an HTML Accept.")
     no_assets: float = Field(2.0, ge=0, description="Portal pages loaded, never any of their assets.")
     regular_cadence: float = Field(3.0, ge=0, description="Inter-arrival times too regular for a person.")
-    enumeration: float = Field(2.0, ge=0, description="Numeric ids or page numbers walked in sequence.")
+    enumeration: float = Field(2.0, ge=0, description="Numeric ids in path segments walked in sequence, or "
+                                                      "probed at random with many misses.")
     crawl_breadth: float = Field(3.0, ge=0, description="Far more distinct paths per minute than "
                                                         "crawl_paths_per_minute.")
     invalid_destinations: float = Field(2.0, ge=0, description="A high share of upstream 404/4xx answers.")
     agent_rotation: float = Field(3.0, ge=0, description="Many user agents under one identity.")
-    looping: float = Field(3.0, ge=0, description="The same request repeated many times in a short window.")
+    looping: float = Field(3.0, ge=0, description="The same request repeated several times a second for "
+                                                  "loop_duration.")
 
 
 class UserAgentLists(Section):
@@ -97,7 +102,8 @@ class UserAgentLists(Section):
     allow: tuple[str, ...] = Field((), description="User agents never counted as automation (a customer's own "
                                                    "integration, e.g. 'acme-sync/').")
     libraries_on: tuple[RouteClass, ...] = Field(("portal", "public"), description="Route classes on which HTTP "
-                                                                                    "libraries count as automation.")
+                                                                                    "libraries and crawlers count "
+                                                                                    "as automation.")
 
 
 _DEFAULT_ACTIONS: Mapping[RouteClass, ScrapingAction] = frozen_mapping(
@@ -122,16 +128,30 @@ class ScrapingDetector(Advice):
     cadence_samples: int = Field(12, ge=4, le=200, description="Inter-arrival times the cadence signal looks at.")
     cadence_max_cv: float = Field(0.1, gt=0, description="Coefficient of variation below which cadence is "
                                                           "machine-regular.")
-    enumeration_run: int = Field(5, ge=2, description="Consecutive ids or pages in sequence that count as walking.")
+    enumeration_run: int = Field(5, ge=2, description="Consecutive ids in sequence (in path segments) that count "
+                                                      "as walking.")
+    enumeration_probes: int = Field(20, ge=2, description="Requests on one id template before its miss ratio "
+                                                          "counts.")
+    enumeration_miss_ratio: float = Field(0.5, gt=0, le=1, description="Share of 404s on one id template that "
+                                                                       "is probing at random.")
+    pagination_params: tuple[str, ...] = Field(DEFAULT_PAGINATION, description="Query parameters that page through "
+                                                                               "a list; never enumeration.")
     crawl_paths_per_minute: int = Field(60, ge=1, description="Distinct paths per minute beyond a person's norm.")
     invalid_min_requests: int = Field(20, ge=1, description="Requests seen before the invalid-destination "
                                                             "ratio counts.")
     invalid_ratio: float = Field(0.5, gt=0, le=1, description="Share of upstream 4xx answers that is suspicious.")
     agents_per_hour: int = Field(4, ge=2, description="Distinct user agents per hour under one identity.")
-    loop_repeats: int = Field(20, ge=2, description="Identical requests (method, path, query, body) within "
-                                                    "loop_window.")
-    loop_window: Duration = Field(60.0, description="Window of the looping signal.")
+    poll_rate: float = Field(1.0, gt=0, description="Requests/s at which one request (method, path, query, body) "
+                                                    "may repeat and still be polling: the policies' sustained rate. "
+                                                    "Looping is more than twice this.")
+    loop_duration: Duration = Field(30.0, description="How long a request must repeat faster than polling to be "
+                                                      "looping.")
     asset_grace_pages: int = Field(3, ge=1, description="Portal pages loaded before missing assets count.")
+    evidence_window: Duration = Field(600.0, description="Signals seen within this window are the evidence of a "
+                                                         "finding.")
+    min_signals: int = Field(2, ge=1, description="Independent signals within evidence_window a challenge or block "
+                                                  "needs, unless one is definitive (an automation agent on a page); "
+                                                  "fewer only flag.")
 
 
 class SeatsDetector(Advice):

@@ -26,7 +26,7 @@ from gateway.detect.addresses import Hasher
 from gateway.detect.findings import SCRAPING, SEATS, SHARING, Action, Finding, FindingLog
 from gateway.detect.observation import Observation
 from gateway.detect.sanctions import AUTOMATION, BLOCK, REAUTH, Sanction, Sanctions, session_key, user_key
-from gateway.detect.scraping import ScrapingSignals, ScrapingTrack
+from gateway.detect.scraping import ScrapingSignals, ScrapingTrack, Signal
 from gateway.detect.sharing import SharingQueries, SharingTrack, SharingWatch
 from gateway.detect.travel import TravelCheck
 from gateway.fleet.grants import Grants
@@ -354,37 +354,49 @@ class Detection:
         settings = self.settings.scraping
         fired = []
         if settings.weights.crawl_breadth and paths > settings.crawl_paths_per_minute:
-            fired.append("crawl_breadth")
+            fired.append(Signal("crawl_breadth", paths, settings.crawl_paths_per_minute))
         if settings.weights.agent_rotation and agents >= settings.agents_per_hour:
-            fired.append("agent_rotation")
+            fired.append(Signal("agent_rotation", agents, settings.agents_per_hour))
         if fired:
             self._add_score(scraping, obs, self._track(obs.subject, "scraping"), fired, requests)
 
-    def _add_score(self, scraping: ScrapingSignals, obs: Observation, track: ScrapingTrack, fired: list[str],
+    def _add_score(self, scraping: ScrapingSignals, obs: Observation, track: ScrapingTrack, fired: list[Signal],
                    times: int) -> None:
         settings = self.settings.scraping
         weights = scraping.weights
+        track.note(obs.at, fired)
         if track.decayed(obs.at, settings.half_life) < settings.threshold / 2:
-            track.flagged = False  # calmed down since the last finding: a new one may fire
-        score = track.score = track.score + times * sum(weights[name] for name in fired)
+            track.acted = None  # calmed down since the last finding: a new one may fire
+        score = track.score = track.score + times * sum(weights[signal.name] for signal in fired)
         if score < settings.threshold:
             return
-        if track.flagged or self.grants.exempt(obs.customer, obs.user, SCRAPING, obs.at):
-            return
-        track.flagged = True
-        track.offences += 1
+        evidence = track.evidence(obs.at, settings.evidence_window)
+        # Evidence, not a single signal: a challenge or block needs a definitive signal or
+        # min_signals independent ones; anything less only flags, whatever the class says.
+        convincing = (any(signal.definitive for signal in evidence)
+                      or _independent(evidence) >= settings.min_signals)
+        configured = Action(self._scraping_actions[obs.route_class])
+        action = configured if convincing else Action.FLAG
+        if (track.acted is not None and _STRENGTH[action] <= _STRENGTH[Action(track.acted)]) or self.grants.exempt(
+                obs.customer, obs.user, SCRAPING, obs.at):
+            return  # already reported at this strength (a stronger case may still follow)
+        track.acted = action
+        track.offences += convincing  # a flag is no offence: it must not lengthen a later block
         shadow = settings.mode == "shadow"
-        action = Action(self._scraping_actions[obs.route_class])
         until = None
-        if self._refusing and not shadow:
+        if convincing and self._refusing and not shadow:
             until = obs.at + min(settings.block_for * 2 ** (track.offences - 1), settings.max_block)
             self._sanction(Sanction(self._public(obs.subject), AUTOMATION, until, SCRAPING_POLICY))
         self.findings.record(Finding(
-            SCRAPING, self._public(obs.subject), obs.customer, obs.user, action, shadow, obs.at, tuple(fired),
-            score=round(score, 2), until=until,
+            SCRAPING, self._public(obs.subject), obs.customer, obs.user, action, shadow, obs.at,
+            tuple(signal.name for signal in evidence), score=round(score, 2), until=until,
             evidence={"route_class": obs.route_class, "method": obs.method, "path": obs.target.partition("?")[0],
                       "user_agent": obs.headers.get("User-Agent", ""), "offences": track.offences,
-                      "client": self.hasher.hash(obs.client_ip)},
+                      "client": self.hasher.hash(obs.client_ip),
+                      "signals": {signal.name: {"value": signal.value, "threshold": signal.threshold,
+                                                "definitive": signal.definitive} for signal in evidence},
+                      "threshold": settings.threshold, "needs": "a definitive signal or "
+                                                                f"{settings.min_signals} independent signals"},
         ))
 
     def _public(self, subject: str) -> str:
@@ -464,6 +476,15 @@ class Detection:
     def _sanction(self, sanction: Sanction) -> None:
         self.sanctions.add(sanction)
         self._fleet.publish_soon(sanction.as_change())
+
+
+_STRENGTH = {Action.FLAG: 0, Action.CHALLENGE: 1, Action.BLOCK: 2}
+
+
+def _independent(evidence: list[Signal]) -> int:
+    """Distinct signals, those measuring what another one already does counted once."""
+    names = {signal.name for signal in evidence}
+    return len(names) - sum(1 for signal in evidence if signal.overlaps in names)
 
 
 def _problem(sanction: Sanction, now: float, scraping_action: str) -> Problem:

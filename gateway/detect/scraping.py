@@ -13,22 +13,46 @@ import re
 import statistics
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 
+from gateway.config.detection import DEFAULT_PAGINATION
 from gateway.config.detection import ScrapingDetector as ScrapingSettings
 from gateway.detect.agents import AgentClassifier
 from gateway.detect.observation import Observation
 
 PAGE_CLASSES = frozenset({"portal", "public"})
-_NUMBER = re.compile(r"(?<=[/=])\d+(?=$|[/&;])")
+_NUMBER = re.compile(r"(?<=[/=])\d+(?=$|[/&;?])")  # an id ends its segment, path or query value
 _MAX_TEMPLATES = 16
 _MAX_LOOP_KEYS = 512
 _ANSWERS_KEPT = 100
+# Looping is the same request at more than this many times the polling rate ("several a second").
+_LOOP_OVER_POLL = 2.0
+_CONDITIONAL = ("If-None-Match", "If-Modified-Since")
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One signal as it fired: what was measured against which threshold (a finding's evidence).
+    `definitive` signals may challenge or block alone; the others need company, and one that
+    `overlaps` another signal seen with it is not independent of it."""
+
+    name: str
+    value: float | str
+    threshold: float | str
+    definitive: bool = False
+    overlaps: str | None = None
 
 
 @lru_cache(maxsize=16384)
-def template_of(target: str) -> tuple[str, tuple[int, ...]]:
-    """'/tickets/17?page=3' -> ('/tickets/#?page=#', (17, 3)): the route template and its numbers."""
+def template_of(target: str, pagination: frozenset[str] = frozenset(DEFAULT_PAGINATION)
+                ) -> tuple[str, tuple[int, ...]]:
+    """'/tickets/17?page=3' -> ('/tickets/#', (17,)): the route template and its numbers. Paging
+    parameters are dropped: walking pages of a list is how a sync reads it, not enumeration."""
+    path, _, query = target.partition("?")
+    if query:
+        kept = [pair for pair in query.split("&") if pair.partition("=")[0].lower() not in pagination]
+        target = f"{path}?{'&'.join(kept)}" if kept else path
     numbers = tuple(int(match) for match in _NUMBER.findall(target))
     return (_NUMBER.sub("#", target), numbers) if numbers else (target, ())
 
@@ -41,26 +65,52 @@ def in_sequence(previous: tuple[int, ...], current: tuple[int, ...]) -> bool:
     return moved == [1]
 
 
+class _Walk:
+    """One id template of one identity: the last numbers, the run in sequence, probes and misses."""
+
+    __slots__ = ("numbers", "run", "probes", "misses")
+
+    def __init__(self, numbers: tuple[int, ...]) -> None:
+        self.numbers, self.run, self.probes, self.misses = numbers, 1, 0, 0
+
+
+class _Repeat:
+    """One request repeated: since when, how often, and the last time."""
+
+    __slots__ = ("since", "count", "last")
+
+    def __init__(self, at: float) -> None:
+        self.since, self.count, self.last = at, 0, at
+
+
 class ScrapingTrack:
     """What one identity did lately, as far as scraping is concerned; a few hundred bytes."""
 
-    __slots__ = ("score", "scored_at", "offences", "flagged", "last_page_at", "intervals", "templates",
-                 "loops", "loops_since", "answers", "invalid", "pages", "assets")
+    __slots__ = ("score", "scored_at", "offences", "acted", "last_page_at", "intervals", "templates",
+                 "loops", "answers", "invalid", "pages", "assets", "seen")
 
     def __init__(self, samples: int) -> None:
         self.score = 0.0
         self.scored_at = 0.0
         self.offences = 0
-        self.flagged = False  # over the threshold and already reported
+        self.acted: str | None = None  # the action of the last finding, while the score stays up
         self.last_page_at: float | None = None
         self.intervals: deque[float] = deque(maxlen=samples)
-        self.templates: dict[str, tuple[tuple[int, ...], int]] = {}
-        self.loops: dict[tuple[str, str, bytes | None], int] = {}
-        self.loops_since = 0.0
+        self.templates: dict[str, _Walk] = {}
+        self.loops: dict[tuple[str, str, bytes | None], _Repeat] = {}
         self.answers: deque[bool] = deque(maxlen=_ANSWERS_KEPT)
         self.invalid = 0
         self.pages = 0
         self.assets = 0
+        self.seen: dict[str, tuple[float, Signal]] = {}  # each signal's last firing: the evidence
+
+    def note(self, at: float, fired: list[Signal]) -> None:
+        for signal in fired:
+            self.seen[signal.name] = (at, signal)
+
+    def evidence(self, now: float, window: float) -> list[Signal]:
+        """The signals seen within `window`, in name order."""
+        return [signal for name, (at, signal) in sorted(self.seen.items()) if now - at <= window]
 
     def decayed(self, now: float, half_life: float) -> float:
         if now > self.scored_at:
@@ -69,60 +119,85 @@ class ScrapingTrack:
         return self.score
 
 
+# Families that count on every route class: nobody integrates through a headless browser or a scanner.
+_EVERYWHERE = frozenset({"headless", "scanner"})
+
+
 class ScrapingSignals:
-    """The per-request signals. `signals` returns the names that fired for one observation."""
+    """The per-request signals. `signals` returns those that fired for one observation."""
 
     def __init__(self, settings: ScrapingSettings) -> None:
         self.settings = settings
         self.agents = AgentClassifier(settings.user_agents)
         self.weights = settings.weights.model_dump()
+        self.pagination = frozenset(name.lower() for name in settings.pagination_params)
 
-    def signals(self, obs: Observation, agent: str, track: ScrapingTrack, assets_from_address: bool) -> list[str]:
+    def signals(self, obs: Observation, agent: str, track: ScrapingTrack, assets_from_address: bool) -> list[Signal]:
         settings, weights, fired = self.settings, self.weights, []
+        page = obs.route_class in PAGE_CLASSES
         family = self.agents.family(agent)
         if family is not None and weights["automation_agent"] and (
-                family != "library" or obs.route_class in settings.user_agents.libraries_on):
-            fired.append("automation_agent")
-        page = obs.route_class in PAGE_CLASSES and obs.method == "GET"
-        if page:
+                family in _EVERYWHERE or obs.route_class in settings.user_agents.libraries_on):
+            # A program that says so on a page people read is the one definitive signal.
+            fired.append(Signal("automation_agent", f"{family}: {agent[:80]}", f"user_agents.{family}", page))
+        if page and obs.method == "GET":
             track.pages += 1
-            if weights["no_browser_signals"] and _missing_browser_signals(obs.headers) >= 2:
-                fired.append("no_browser_signals")
+            missing = _missing_browser_signals(obs.headers)
+            if weights["no_browser_signals"] and missing >= 2:
+                fired.append(Signal("no_browser_signals", missing, 2))
             if (weights["no_assets"] and track.pages > settings.asset_grace_pages and not track.assets
                     and not assets_from_address):
-                fired.append("no_assets")
-            if weights["regular_cadence"] and self._regular(track, obs.at):
-                fired.append("regular_cadence")
-        if weights["enumeration"] and self._walking(track, obs.target):
-            fired.append("enumeration")
+                fired.append(Signal("no_assets", track.pages, settings.asset_grace_pages))
+            if weights["regular_cadence"]:
+                cv = self._cadence(track, obs.at)
+                if cv is not None and cv < settings.cadence_max_cv:
+                    fired.append(Signal("regular_cadence", round(cv, 3), settings.cadence_max_cv))
+        if weights["enumeration"]:
+            fired += self._walking(track, obs.target, obs.status)
         if weights["invalid_destinations"] and self._invalid(track, obs.status):
-            fired.append("invalid_destinations")
-        if weights["looping"] and self._looping(track, obs):
-            fired.append("looping")
+            fired.append(Signal("invalid_destinations", round(track.invalid / len(track.answers), 2),
+                                settings.invalid_ratio))
+        if weights["looping"]:
+            fired += self._looping(track, obs)
         return fired
 
-    def _regular(self, track: ScrapingTrack, now: float) -> bool:
+    def _cadence(self, track: ScrapingTrack, now: float) -> float | None:
+        """The coefficient of variation of the last page intervals, once there are enough."""
         if track.last_page_at is not None and now > track.last_page_at:
             track.intervals.append(now - track.last_page_at)
         track.last_page_at = now
         if len(track.intervals) < (track.intervals.maxlen or 0):  # the track's own sample count (always set)
-            return False
+            return None
         mean = statistics.fmean(track.intervals)
-        return mean > 0 and statistics.pstdev(track.intervals, mean) / mean < self.settings.cadence_max_cv
+        return statistics.pstdev(track.intervals, mean) / mean if mean > 0 else None
 
-    def _walking(self, track: ScrapingTrack, target: str) -> bool:
-        template, numbers = template_of(target)
+    def _walking(self, track: ScrapingTrack, target: str, status: int) -> list[Signal]:
+        settings = self.settings
+        template, numbers = template_of(target, self.pagination)
         if not numbers:
-            return False
-        previous = track.templates.pop(template, None)
-        run = previous[1] + 1 if previous is not None and in_sequence(previous[0], numbers) else 1
+            return []
+        walk = track.templates.pop(template, None)
+        if walk is None:
+            walk = _Walk(numbers)
+        else:
+            walk.run = walk.run + 1 if in_sequence(walk.numbers, numbers) else 1
+            walk.numbers = numbers
+        walk.probes += 1
+        walk.misses += status == 404
         if len(track.templates) >= _MAX_TEMPLATES:
             # A dict this small is compacted every few dozen writes, so its first key is a few
             # slots away at most (a big table is not: state/bounded.py); an OrderedDict per
             # identity would cost more memory than it saves time.
             del track.templates[next(iter(track.templates))]
-        track.templates[template] = (numbers, run)
-        return run >= self.settings.enumeration_run
+        track.templates[template] = walk
+        if walk.run >= settings.enumeration_run:
+            return [Signal("enumeration", f"{walk.run} ids in sequence", settings.enumeration_run)]
+        ratio = walk.misses / walk.probes
+        if walk.probes >= settings.enumeration_probes and status == 404 and ratio >= settings.enumeration_miss_ratio:
+            # Many misses are also a high share of 4xx: not a second piece of evidence.
+            return [Signal("enumeration", f"{ratio:.2f} of {walk.probes} ids missing",
+                           settings.enumeration_miss_ratio, overlaps="invalid_destinations")]
+        return []
 
     def _invalid(self, track: ScrapingTrack, status: int) -> bool:
         invalid = 400 <= status < 500
@@ -133,13 +208,29 @@ class ScrapingSignals:
         return (invalid and len(track.answers) >= self.settings.invalid_min_requests
                 and track.invalid / len(track.answers) >= self.settings.invalid_ratio)
 
-    def _looping(self, track: ScrapingTrack, obs: Observation) -> bool:
-        if obs.at - track.loops_since > self.settings.loop_window or len(track.loops) >= _MAX_LOOP_KEYS:
-            track.loops.clear()
-            track.loops_since = obs.at
+    def _looping(self, track: ScrapingTrack, obs: Observation) -> list[Signal]:
+        """The same request faster than a poller would send it, for loop_duration or longer.
+        A conditional request is polling by definition: it asks whether anything changed."""
+        if any(obs.headers.get(name) for name in _CONDITIONAL):
+            return []
+        settings = self.settings
         key = (obs.method, obs.target, obs.body_digest)
-        count = track.loops[key] = track.loops.get(key, 0) + 1
-        return count >= self.settings.loop_repeats
+        repeat = track.loops.get(key)
+        limit = settings.poll_rate * _LOOP_OVER_POLL
+        if repeat is None or obs.at - repeat.last > 1.0 / settings.poll_rate:
+            # New, or a pause a poller would make: the run starts again.
+            if repeat is None and len(track.loops) >= _MAX_LOOP_KEYS:
+                track.loops.clear()
+            repeat = track.loops[key] = _Repeat(obs.at)
+        repeat.count += 1
+        repeat.last = obs.at
+        lasted = obs.at - repeat.since
+        if lasted < settings.loop_duration:
+            return []
+        rate = (repeat.count - 1) / lasted
+        if rate <= limit:
+            return []
+        return [Signal("looping", f"{rate:.1f}/s for {lasted:.0f}s", f"{limit:g}/s for {settings.loop_duration:g}s")]
 
 
 def _missing_browser_signals(headers: Mapping[str, str]) -> int:
