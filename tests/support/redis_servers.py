@@ -105,9 +105,16 @@ class RedisCluster:
         info: object = None
 
         def ok() -> bool:
+            # Every node, not only the first: a node that has not yet heard of all slots answers
+            # CLUSTERDOWN, and the first requests routed to it fail.
             nonlocal info
-            info = redis.Redis(port=self.nodes[0].port).cluster("info")
-            return isinstance(info, dict) and info.get("cluster_state") == "ok"
+            for node in self.nodes:
+                info = redis.Redis(port=node.port).cluster("info")
+                if not (isinstance(info, dict) and info.get("cluster_state") == "ok"
+                        and int(info.get("cluster_slots_ok", 0)) == 16384
+                        and int(info.get("cluster_known_nodes", 0)) == len(self.nodes)):
+                    return False
+            return True
 
         block_until(ok, 15, lambda: f"cluster did not become ok: {info}")
         return self
