@@ -44,17 +44,23 @@ def problem_response(
     type_uri: str | None = None,
 ) -> web.Response:
     """A problem+json response whose `type` is `type_uri` or the stable `urn:fairgate:problem:<slug>`."""
-    body: dict[str, Any] = {"type": type_uri or _TYPE_PREFIX + slug, "title": title, "status": status,
-                            "detail": detail}
-    if extra:
-        body.update(extra)
     response = web.Response(
         status=status,
-        body=json.dumps(body).encode(),
+        body=problem_body(status, slug, title, detail, extra=extra, type_uri=type_uri),
         headers={"Server": SERVER_NAME, **(headers or {})},
     )
     response.content_type = PROBLEM_CONTENT_TYPE
     return response
+
+
+def problem_body(status: int, slug: str, title: str, detail: str, *, extra: Mapping[str, Any] | None = None,
+                 type_uri: str | None = None) -> bytes:
+    """The problem+json document itself (also for answers written straight to a transport)."""
+    body: dict[str, Any] = {"type": type_uri or _TYPE_PREFIX + slug, "title": title, "status": status,
+                            "detail": detail}
+    if extra:
+        body.update(extra)
+    return json.dumps(body).encode()
 
 
 def answer(problem: Problem) -> web.Response:

@@ -10,7 +10,6 @@ client trickling a header in holds the connection; the handler here answers 408 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -20,7 +19,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.problems import PROBLEM_CONTENT_TYPE, SERVER_NAME, problem_response
+from gateway.problems import PROBLEM_CONTENT_TYPE, SERVER_NAME, problem_body, problem_response
 from gateway.server.logs import JsonAccessLogger
 
 log = logging.getLogger("fairgate.server")
@@ -28,8 +27,7 @@ log = logging.getLogger("fairgate.server")
 
 def _raw_problem(status: int, reason: str, slug: str, detail: str) -> bytes:
     """A whole problem+json response, for answering where aiohttp has no request to answer."""
-    body = json.dumps({"type": f"urn:fairgate:problem:{slug}", "title": reason, "status": status,
-                       "detail": detail}).encode()
+    body = problem_body(status, slug, reason, detail)
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {PROBLEM_CONTENT_TYPE}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\nServer: {SERVER_NAME}\r\n\r\n")
     return head.encode() + body
@@ -99,19 +97,11 @@ class _ProblemRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; closing the connection")
-        if isinstance(exc, LineTooLong):
-            response = problem_response(
-                431, "headers-too-large", "Request Header Fields Too Large",
-                "A request line or header field is longer than the gateway accepts.",
-            )
-            log.info("rejected request with an oversized line from %s", request.remote)
-        elif isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
-            # aiohttp's parser says 400; RFC 6585 has the precise answer.
-            response = problem_response(
-                431, "headers-too-large", "Request Header Fields Too Large",
-                "The request has more header fields than the gateway accepts.",
-            )
-            log.info("rejected request with too many headers from %s", request.remote)
+        too_large = _headers_too_large(exc)
+        if too_large is not None:
+            response = problem_response(431, "headers-too-large", "Request Header Fields Too Large",
+                                        f"{too_large} than the gateway accepts.")
+            log.info("rejected request with headers too large from %s", request.remote)
         elif isinstance(exc, BadHttpMessage):
             response = problem_response(400, "bad-request", "Bad Request", "The request is not valid HTTP/1.1.")
             if not isinstance(exc, BadHttpMethod):
@@ -125,6 +115,15 @@ class _ProblemRequestHandler(RequestHandler):
             )
         response.force_close()
         return response
+
+
+def _headers_too_large(exc: BaseException | None) -> str | None:
+    """What was too large, when aiohttp refused the head for its size (431, not 400)."""
+    if isinstance(exc, LineTooLong):
+        return "A request line or header field is longer"
+    if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:  # aiohttp says 400
+        return "The request has more header fields"
+    return None
 
 
 class ProxyServer(web.Server):
