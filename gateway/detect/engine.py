@@ -24,7 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.config.detection import ScrapingAction, SharingAllowance
 from gateway.detect.addresses import Hasher
 from gateway.detect.findings import SCRAPING, SEATS, SHARING, Action, Finding, FindingLog
-from gateway.detect.observation import Observation
+from gateway.detect.observation import PROOF, Observation
 from gateway.detect.sanctions import AUTOMATION, BLOCK, REAUTH, Sanction, Sanctions, session_key, user_key
 from gateway.detect.scraping import ScrapingSignals, ScrapingTrack, Signal
 from gateway.detect.sharing import SharingQueries, SharingTrack, SharingWatch
@@ -159,6 +159,11 @@ class Detection:
                                  identity.session, client_ip, method, target, headers, status, None,
                                  f"user:{identity.customer}/{identity.user}", True))
 
+    def observe_proof(self, subject: str) -> None:
+        """Queue a browser proof (a link token or a passed challenge) for `subject`."""
+        self.observe(Observation(self._clock.time(), PROOF, None, None, None, "", "GET", "", {}, 200, None,
+                                 subject))
+
     def observe(self, obs: Observation) -> None:
         if len(self._queue) >= self._queue_size:
             self._queue.popleft()
@@ -212,6 +217,8 @@ class Detection:
         grants = self.grants
         scraper, watch = self._scraping, self._sharing
         for obs in batch:
+            if obs.route_class == PROOF:
+                continue  # credited by the scraping detector once it reads proofs (issue 13, item 1)
             if obs.route_class == "asset":
                 self._asset_fetched(obs)
             subject, agent = obs.subject, obs.headers.get("User-Agent", "")

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# The route class of a browser proof: not a request of the upstream's, a credit for `subject`.
+PROOF = "proof"
+
 
 @dataclass(slots=True)  # not frozen: its __init__ is on the request path, and frozen costs a setattr per field
 class Observation:
@@ -26,4 +29,9 @@ class Observation:
 
     def __post_init__(self) -> None:
         if not self.subject:
-            self.subject = f"user:{self.customer}/{self.user}" if self.user is not None else f"address:{self.client_ip}"
+            self.subject = subject_of(self.customer, self.user, self.client_ip, self.headers)
+
+
+def subject_of(customer: str | None, user: str | None, client_ip: str, headers: Mapping[str, str]) -> str:
+    """Whom detection keeps scores, sightings and browser proofs for."""
+    return f"user:{customer}/{user}" if user is not None else f"address:{client_ip}"

@@ -22,6 +22,9 @@ class RequestDetection(Protocol):
     def observe_refused(self, route_class: str, identity: Identity, client_ip: str, method: str, target: str,
                         headers: Any, status: int) -> None: ...
 
+    def observe_proof(self, subject: str) -> None:
+        """Credit `subject` (see `observation.subject_of`) with proof that a browser loads its pages."""
+
 
 class DetectionOff:
     """No sanctions, nothing observed."""
@@ -40,6 +43,9 @@ class DetectionOff:
 
     def observe_refused(self, route_class: str, identity: Identity, client_ip: str, method: str, target: str,
                         headers: Any, status: int) -> None:
+        return None
+
+    def observe_proof(self, subject: str) -> None:
         return None
 
 
