@@ -24,7 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.config.detection import ScrapingAction, SharingAllowance
 from gateway.detect.addresses import Hasher
 from gateway.detect.findings import SCRAPING, SEATS, SHARING, Action, Finding, FindingLog
-from gateway.detect.observation import PROOF, Observation
+from gateway.detect.observation import PROOF, Observation, subject_of
 from gateway.detect.sanctions import AUTOMATION, BLOCK, REAUTH, Sanction, Sanctions, session_key, user_key
 from gateway.detect.scraping import ScrapingSignals, ScrapingTrack, Signal
 from gateway.detect.sharing import SharingQueries, SharingTrack, SharingWatch
@@ -141,7 +141,8 @@ class Detection:
     # -- the request path ---------------------------------------------------------------
 
     def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
-                        target: str, headers: Mapping[str, str], status: int, body_digest: bytes | None) -> None:
+                        target: str, headers: Mapping[str, str], status: int, body_digest: bytes | None,
+                        offered_proof: bool = False) -> None:
         """Queue a forwarded request for analysis (`status` is the upstream's)."""
         if identity is None:
             customer = user = session = None
@@ -149,7 +150,7 @@ class Detection:
             customer, user, session = identity.customer, identity.user, identity.session
         self.observe(Observation(self._clock.time(), route_class, customer, user, session, client_ip, method,
                                  target, headers, status, body_digest,
-                                 f"user:{customer}/{user}" if user is not None else f"address:{client_ip}"))
+                                 subject_of(customer, user, client_ip, headers), offered_proof=offered_proof))
 
     def observe_refused(self, route_class: str, identity: Identity, client_ip: str, method: str, target: str,
                         headers: Mapping[str, str], status: int) -> None:

@@ -26,6 +26,7 @@ class Observation:
     # Whom scores and sightings are kept for: "user:CUSTOMER/USER", or "address:IP" when anonymous.
     subject: str = ""
     refused: bool = False  # the gateway answered itself (sanction, suspension, limit): counts for sharing only
+    offered_proof: bool = False  # an HTML answer into which the gateway put a browser-proof link
 
     def __post_init__(self) -> None:
         if not self.subject:

@@ -17,7 +17,8 @@ class RequestDetection(Protocol):
     def refusal(self, identity: Identity | None, client_ip: str, route_class: str) -> Problem | None: ...
 
     def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
-                        target: str, headers: Any, status: int, body_digest: bytes | None) -> None: ...
+                        target: str, headers: Any, status: int, body_digest: bytes | None,
+                        offered_proof: bool = False) -> None: ...
 
     def observe_refused(self, route_class: str, identity: Identity, client_ip: str, method: str, target: str,
                         headers: Any, status: int) -> None: ...
@@ -38,7 +39,8 @@ class DetectionOff:
         return None
 
     def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
-                        target: str, headers: Any, status: int, body_digest: bytes | None) -> None:
+                        target: str, headers: Any, status: int, body_digest: bytes | None,
+                        offered_proof: bool = False) -> None:
         return None
 
     def observe_refused(self, route_class: str, identity: Identity, client_ip: str, method: str, target: str,
