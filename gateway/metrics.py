@@ -73,6 +73,22 @@ class UpstreamGauges(Protocol):
     def gates(self) -> Mapping[str, GateGauges]: ...
 
 
+class TableCounts(Protocol):
+    """One bounded per-key table, as the scrape reads it."""
+
+    @property
+    def limit(self) -> int: ...
+    @property
+    def evictions(self) -> int: ...
+    @property
+    def expirations(self) -> int: ...
+    def __len__(self) -> int: ...
+
+
+class TableSource(Protocol):
+    def counts(self) -> Iterator[tuple[str, TableCounts]]: ...
+
+
 class CurrentRuntime(Protocol):
     @property
     def current(self) -> UpstreamGauges: ...
@@ -85,6 +101,8 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 _CODES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # A probe wakes every 100 ms (gateway/server/loop_lag.py); anything past 100 ms stalled every request.
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Background batches are meant to hold the loop for under 2 ms at a time.
+_BATCH_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5)
 
 
 def _code_class(status: int) -> int:
@@ -136,6 +154,11 @@ class Metrics:
             "fairgate_event_loop_lag_seconds",
             "How late the event loop woke a probe due every 100 ms: time the loop was blocked.",
             registry=self.registry, buckets=_LAG_BUCKETS,
+        )
+        self.batch_seconds = Histogram(
+            "fairgate_background_batch_seconds",
+            "How long one step of a background batch held the event loop, by batch (table_sweep, ...).",
+            ["batch"], registry=self.registry, buckets=_BATCH_BUCKETS,
         )
         self.upstream_errors = Counter(
             "fairgate_upstream_errors", "Failed upstream exchanges, by upstream and kind.", ["upstream", "kind"],
@@ -202,6 +225,10 @@ class Metrics:
     def watch_token_cache(self, counts: LookupCounts) -> None:
         """Export the verified-token cache's hits and misses (read at scrape time)."""
         self.registry.register(_TokenCacheCollector(counts))
+
+    def watch_tables(self, tables: TableSource) -> None:
+        """Export each per-key table's entries, bound, evictions and expirations (read at scrape time)."""
+        self.registry.register(_TableCollector(tables))
 
     def watch_upstreams(self, runtimes: CurrentRuntime) -> None:
         """Export each upstream's pooled connections and requests in flight (read at scrape time)."""
@@ -304,6 +331,32 @@ class _DetectionCollector(Collector):
                                 value=detection.backlog)
         yield GaugeMetricFamily("fairgate_sanctions", "Blocks and re-logins in force in this process.",
                                 value=len(detection.sanctions))
+
+
+class _TableCollector(Collector):
+    def __init__(self, tables: TableSource) -> None:
+        self._tables = tables
+
+    def collect(self) -> Iterator[Metric]:
+        entries = GaugeMetricFamily("fairgate_table_entries", "Entries a per-key table holds now, by table.",
+                                    labels=["table"])
+        limits = GaugeMetricFamily("fairgate_table_limit", "Entries a per-key table holds at most, by table.",
+                                   labels=["table"])
+        evictions = CounterMetricFamily(
+            "fairgate_table_evictions", "Entries pushed out of a full table by newer ones (the bound is too small "
+            "for the load when this grows), by table.", labels=["table"])
+        expirations = CounterMetricFamily(
+            "fairgate_table_expirations", "Entries the background sweep forgot as idle or ended, by table.",
+            labels=["table"])
+        for name, table in self._tables.counts():
+            entries.add_metric([name], len(table))
+            limits.add_metric([name], table.limit)
+            evictions.add_metric([name], table.evictions)
+            expirations.add_metric([name], table.expirations)
+        yield entries
+        yield limits
+        yield evictions
+        yield expirations
 
 
 class _TokenCacheCollector(Collector):

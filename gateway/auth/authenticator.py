@@ -52,7 +52,7 @@ class Authenticator:
         self._failed_logins = failed_logins
         self._metrics = metrics
         self._clock = clock
-        self._cache = TokenCache(settings.token_cache_size, cache_counts)
+        self.cache = TokenCache(settings.token_cache_size, cache_counts)
         self._email_action = settings.corporate_email.action
         self._free_mail = FreeMailDomains(settings.corporate_email.free_mail_domains)
         # Leeway per issuer, for the cache's own expiry check.
@@ -86,7 +86,7 @@ class Authenticator:
             self._count("blocked")
             raise TooManyFailures(retry_after)
         now = self._clock.time()
-        identity = self._cache.get(token, now)
+        identity = self.cache.get(token, now)
         if identity is None:
             identity = await self._verify(token, client_ip, now)
         if self._revocations.is_revoked(identity):
@@ -122,7 +122,7 @@ class Authenticator:
                 "login with a free-mail address",
                 extra={"customer": identity.customer, "user": identity.user, "action": self._email_action},
             )
-        self._cache.put(token, identity, identity.expires_at + self._leeway[identity.issuer])
+        self.cache.put(token, identity, identity.expires_at + self._leeway[identity.issuer])
         return identity
 
     def _fail(self, client_ip: str, result: str) -> None:

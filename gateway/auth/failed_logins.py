@@ -7,14 +7,23 @@ from collections import deque
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.auth import FailedLoginLimit
 from gateway.state.bounded import BoundedTable
+from gateway.state.tables import Tables
 
 
 class FailedLogins:
     def __init__(self, settings: FailedLoginLimit, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
-        self._failures: BoundedTable[str, deque[float]] = BoundedTable(0)
-        self._blocked_until: BoundedTable[str, float] = BoundedTable(0)
+        self._failures: BoundedTable[str, deque[float]] = BoundedTable(0, self._failures_ended)
+        self._blocked_until: BoundedTable[str, float] = BoundedTable(0, _block_ended)
         self.settings = settings  # sets both tables' limits
+
+    def watch(self, tables: Tables) -> None:
+        """Show both tables on /metrics and let the sweep forget failures and blocks that ended."""
+        tables.add("failed_logins", self._failures, self._clock.monotonic)
+        tables.add("blocked_addresses", self._blocked_until, self._clock.monotonic)
+
+    def _failures_ended(self, times: deque[float], now: float) -> bool:
+        return not times or now - times[-1] > self.settings.window
 
     @property
     def settings(self) -> FailedLoginLimit:
@@ -53,3 +62,7 @@ class FailedLogins:
             times.clear()
             return True
         return False
+
+
+def _block_ended(until: float, now: float) -> bool:
+    return until <= now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from hashlib import blake2b
 
 from gateway.auth.identity import Identity
 
@@ -35,18 +36,31 @@ class TokenCache:
     rotation that fits in the capacity hits on every pass after the first. 2Q would do as well
     (CLOCK alone is no more scan-resistant than LRU); this is two OrderedDicts, O(1) per
     operation, and a hit costs what an LRU hit costs (one lookup, one move).
+
+    Entries are keyed by a 16-byte digest of the token, not the token (a JWT is 200-1,000
+    characters; the digest is a 49-byte object), and forgotten by `sweep` once expired.
     """
 
-    __slots__ = ("_probation", "_protected", "_capacity", "_protected_capacity", "counts")
+    __slots__ = ("_probation", "_protected", "_capacity", "_protected_capacity", "counts", "evictions",
+                 "expirations")
 
     def __init__(self, capacity: int, counts: CacheCounts | None = None) -> None:
-        self._probation: OrderedDict[str, _Entry] = OrderedDict()
-        self._protected: OrderedDict[str, _Entry] = OrderedDict()
+        self._probation: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._protected: OrderedDict[bytes, _Entry] = OrderedDict()
         self._capacity = capacity
         self._protected_capacity = int(capacity * _PROTECTED_SHARE)
         self.counts = counts if counts is not None else CacheCounts()
+        self.evictions = 0
+        self.expirations = 0
+
+    @property
+    def limit(self) -> int:
+        return self._capacity
 
     def get(self, token: str, now: float) -> Identity | None:
+        return self._get(_digest(token), now)
+
+    def _get(self, token: bytes, now: float) -> Identity | None:
         entry = self._protected.get(token)
         if entry is not None:
             if now >= entry[1]:
@@ -67,7 +81,9 @@ class TokenCache:
     def put(self, token: str, identity: Identity, valid_until: float) -> None:
         if self._capacity == 0:
             return
-        entry = (identity, valid_until)
+        self._put(_digest(token), (identity, valid_until))
+
+    def _put(self, token: bytes, entry: _Entry) -> None:
         if token in self._protected:
             self._protected[token] = entry
             self._protected.move_to_end(token)
@@ -76,8 +92,9 @@ class TokenCache:
         self._probation.move_to_end(token)
         if len(self._probation) + len(self._protected) > self._capacity:
             self._probation.popitem(last=False)  # never empty here: protected holds less than the capacity
+            self.evictions += 1
 
-    def _protect(self, token: str, entry: _Entry) -> None:
+    def _protect(self, token: bytes, entry: _Entry) -> None:
         self._protected[token] = entry
         if len(self._protected) > self._protected_capacity:
             demoted, demoted_entry = self._protected.popitem(last=False)
@@ -85,3 +102,29 @@ class TokenCache:
 
     def __len__(self) -> int:
         return len(self._probation) + len(self._protected)
+
+    def sweep(self, now: float, budget: int) -> int:
+        """Forget expired entries among up to `budget` of each segment's least recent; the
+        others keep their place (a segment's order is its recency, which eviction reads)."""
+        forgotten = 0
+        for segment in (self._probation, self._protected):
+            gone = [token for token, (_, valid_until) in _first(segment, budget) if now >= valid_until]
+            for token in gone:
+                del segment[token]
+            forgotten += len(gone)
+        self.expirations += forgotten
+        return forgotten
+
+
+def _digest(token: str) -> bytes:
+    # 128 bits: two tokens with the same key would share an identity, so not Python's hash.
+    return blake2b(token.encode(), digest_size=16).digest()
+
+
+def _first(segment: OrderedDict[bytes, _Entry], count: int) -> list[tuple[bytes, _Entry]]:
+    items: list[tuple[bytes, _Entry]] = []
+    for item in segment.items():
+        if len(items) == count:
+            break
+        items.append(item)
+    return items

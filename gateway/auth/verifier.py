@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,7 +94,9 @@ class IssuerVerifier:
         email = claims.get(names.email)
         plan = claims.get(names.plan) if names.plan else None
         return Identity(
-            customer=customer,
+            # Interned: the customer id keys a table in limits, usage, detection and enforcement,
+            # and one string object serves them all.
+            customer=sys.intern(customer),
             user=user,
             session=session,
             email=email if isinstance(email, str) else None,
@@ -172,10 +175,17 @@ def _optional_identifier(claims: Mapping[str, Any], name: str) -> str | None:
 
 def _scopes(value: object) -> frozenset[str]:
     if isinstance(value, str):
-        return frozenset(value.split())
-    if isinstance(value, list):
-        return frozenset(item for item in value if isinstance(item, str))
-    return frozenset()
+        scopes = frozenset(value.split())
+    elif isinstance(value, list):
+        scopes = frozenset(item for item in value if isinstance(item, str))
+    else:
+        return _NO_SCOPES
+    return scopes or _NO_SCOPES
+
+
+# Most tokens carry no scopes; one empty set serves every cached identity (CPython makes a
+# new empty frozenset per call, 216 bytes each).
+_NO_SCOPES: frozenset[str] = frozenset()
 
 
 def _licenses(claims: Mapping[str, Any], names: Mapping[str, str]) -> tuple[tuple[str, int], ...]:

@@ -197,6 +197,10 @@ class StateSettings(Section):
     breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit.")
     breaker_cooldown: Duration = Field(2.0, description="How long the circuit stays open before a trial.")
     max_memory_keys: int = Field(1_000_000, ge=1000, description="Memory store bound; idle keys go first.")
+    idle_ttl: Duration = Field(3600.0, ge=60.0, description="A memory-store rate bucket unused this long (and "
+                                                            "full again) is forgotten by the sweep.")
+    max_sighting_keys: int = Field(200_000, ge=1000, description="Memory store: detection sightings kept at "
+                                                                 "most (keys); the least recently written go first.")
 
     @model_validator(mode="after")
     def _scheme(self) -> StateSettings:
@@ -216,6 +220,8 @@ class LimitSettings(Section):
     time_zone: str = Field("UTC", description="IANA zone that days and months of quotas follow.")
     ratelimit_headers: bool = Field(True, description="Send RateLimit-Policy and RateLimit on every response.")
     legacy_headers: bool = Field(False, description="Also send X-RateLimit-Limit/-Remaining/-Reset.")
+    max_templates: int = Field(100_000, ge=100, description="Request templates (the checks of one customer, "
+                                                            "user or address and route) kept at most.")
 
     @model_validator(mode="after")
     def _zone(self) -> LimitSettings:

@@ -31,6 +31,7 @@ from gateway.limits.policy import CompiledLimit
 from gateway.problems import Problem
 from gateway.state.bounded import BoundedTable
 from gateway.state.sightings import Query, Sighting, Sightings
+from gateway.state.tables import Tables
 
 log = logging.getLogger("fairgate.enforce")
 
@@ -90,8 +91,16 @@ class Enforcement:
         self._published: dict[str, float] = {}  # subject -> the `until` last shared with the fleet
         # subject -> (since, refusals by limit) over the ladder's window, so a warning counts every
         # refusal that led to it, also those judged in earlier batches while the subject was ok
-        self._refusals: BoundedTable[str, tuple[float, dict[str, int]]] = BoundedTable(_REFUSALS_TRACKED)
+        self._refusals: BoundedTable[str, tuple[float, dict[str, int]]] = BoundedTable(
+            _REFUSALS_TRACKED, self._refusals_ended)
         self._judging = asyncio.Lock()
+
+    def watch(self, tables: Tables) -> None:
+        """Show the per-subject tables on /metrics and let the sweep forget what passed its window."""
+        tables.add("enforcement_refusals", self._refusals, self._clock.time)
+
+    def _refusals_ended(self, entry: tuple[float, dict[str, int]], now: float) -> bool:
+        return now - entry[0] > self.settings.ladder.window  # a new refusal starts a new count then
 
     def configure(self, settings: EnforcementSettings, key_prefix: str) -> None:
         self.settings = settings

@@ -16,14 +16,16 @@ from gateway.clock import Clock
 from gateway.config import Route
 from gateway.limits.policy import CompiledLimit, EffectiveLimits, PlanBook
 from gateway.limits.stats import LimitStats
+from gateway.state.bounded import BoundedTable
 from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StateStore
 
 log = logging.getLogger("fairgate.limits")
 
 # A lost gateway's concurrency slot frees itself after this long (Redis only).
 _SLOT_LEASE = 600.0
-# Request templates kept at most; a churn of anonymous addresses cannot grow it further.
-_MAX_TEMPLATES = 100_000
+# A template is rebuilt at least this often, so one an idle customer left behind expires
+# (`sweep`) and a customer in steady use pays a rebuild (a few µs) every few minutes.
+_TEMPLATE_TTL = 300.0
 # Unknown plan names logged once each, at most this many (a broken issuer could send any).
 _MAX_LOGGED_PLANS = 100
 
@@ -79,6 +81,7 @@ class Limiter:
         key_prefix: str,
         ratelimit_headers: bool,
         legacy_headers: bool,
+        max_templates: int = 100_000,
     ) -> None:
         self.book = book
         self.store = store
@@ -88,7 +91,9 @@ class Limiter:
         self._ratelimit_headers = ratelimit_headers
         self._legacy_headers = legacy_headers
         self._calendar = Calendar(book.zone)
-        self._templates: dict[tuple[str | None, str | None, str | None, str], Template] = {}
+        # Least recently built first; past the bound (a churn of anonymous addresses) the oldest go.
+        self.templates: BoundedTable[tuple[str | None, str | None, str | None, str], Template] = BoundedTable(
+            max_templates, _template_expired)
         self._pending_slots: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._pending_usage: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
         self._flush_scheduled = False
@@ -112,12 +117,10 @@ class Limiter:
         user = f"{identity.issuer}:{identity.user}" if identity is not None and effective.uses_user else None
         address = client_ip if effective.uses_client_ip or customer is None else None
         cache_key = (customer, user, address, route.name)
-        template = self._templates.get(cache_key)
+        template = self.templates.get(cache_key)
         if template is None or template.effective is not effective or now >= template.valid_until:
             template = self._template(effective, customer, user, client_ip, route, now)
-            if len(self._templates) >= _MAX_TEMPLATES:
-                self._templates.clear()
-            self._templates[cache_key] = template
+            self.templates.put(cache_key, template)
         admission = Admission(effective.plan, effective.priority, template.subject)
         checks = template.checks
         if not checks:
@@ -149,7 +152,7 @@ class Limiter:
         limits: list[CompiledLimit] = []
         checks: list[Check] = []
         metered: list[Metered] = []
-        valid_until = float("inf")
+        valid_until = now + _TEMPLATE_TTL
         for limit in effective.limits:
             parts = [value for part in limit.key_parts if (value := values[part]) is not None]
             if len(parts) < len(limit.key_parts):
@@ -259,6 +262,10 @@ class Limiter:
             self._flush()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _template_expired(template: Template, now: float) -> bool:
+    return now >= template.valid_until
 
 
 def _ratelimit_item(limit: CompiledLimit, outcome: Outcome) -> str:

@@ -39,6 +39,7 @@ from gateway.proxy.request_body import BodyTimeouts
 from gateway.proxy.routing import Router
 from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
 from gateway.state.store import StateStore
+from gateway.state.tables import Tables
 from gateway.upstream import UpstreamPool
 from gateway.upstream.rate_cap import RateCap
 from gateway.usage.meter import UsageMeter
@@ -64,6 +65,7 @@ class GatewayState:
     enforcement: Enforcement
     granting: Granting
     usage: UsageMeter
+    tables: Tables  # every per-key table, for /metrics and the idle sweep
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,7 @@ class Runtime:
                 PlanBook(config.limits, config.plans, config.customers, state.grants), state.store, state.limit_stats,
                 state.clock,
                 key_prefix=config.state.key_prefix, ratelimit_headers=config.limits.ratelimit_headers,
-                legacy_headers=config.limits.legacy_headers,
+                legacy_headers=config.limits.legacy_headers, max_templates=config.limits.max_templates,
             )
         # Detection state outlives reloads; a config without detectors simply stops consulting it.
         self.detection: RequestDetection = state.detection if config.detection.enabled else DETECTION_OFF

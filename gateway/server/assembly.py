@@ -31,6 +31,7 @@ from gateway.limits.stats import LimitStats
 from gateway.metrics import Metrics
 from gateway.proxy.runtime import GatewayState, Runtime
 from gateway.state.store import StateStore
+from gateway.state.tables import Tables
 from gateway.usage.meter import UsageMeter
 
 
@@ -57,12 +58,19 @@ def assemble_state(store: StateStore, metrics: Metrics, clock: Clock, audit_suff
             usage.finding(finding.customer, finding.detector)
 
     findings.listeners.append(meter_finding)
+    tables = Tables()
+    for name, table in store.tables().items():
+        tables.add(name, table, clock.time)
+    failed_logins = FailedLogins(FailedLoginLimit(), clock)
+    failed_logins.watch(tables)
+    enforcement.watch(tables)
     return GatewayState(
         clock=clock, store=store, fleet=fleet,
         auth_metrics=AuthMetrics(metrics.auth_results, metrics.findings),
-        revocations=revocations, failed_logins=FailedLogins(FailedLoginLimit(), clock),
+        revocations=revocations, failed_logins=failed_logins,
         token_cache_counts=CacheCounts(), limit_stats=LimitStats(), findings=findings, audit=audit, alerts=alerts,
         grants=grants, detection=detection, enforcement=enforcement, granting=granting, usage=usage,
+        tables=tables,
     )
 
 

@@ -22,6 +22,7 @@ from gateway.server.loop_lag import probe_loop_lag
 from gateway.server.reloader import ConfigTransform, ReloadResult, RuntimeHolder
 from gateway.server.workers import announce_ready
 from gateway.state.factory import open_store
+from gateway.state.tables import Sweeper, Swept
 
 log = logging.getLogger("fairgate.server")
 
@@ -54,6 +55,8 @@ class GatewayServer:
             options.transform,
         )
         self.metrics.watch_upstreams(self.runtimes)
+        self._watch_tables(options.clock)
+        self.sweeper = Sweeper(self.state.tables, observe=self.metrics.batch_seconds.labels("table_sweep").observe)
         self._options = options
         self._ready = False
         self._draining = False
@@ -68,6 +71,22 @@ class GatewayServer:
         self._proxy = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.server.drain_timeout)
         admin_app = build_admin_app(self.metrics, self._readiness, self.runtimes, options.admin_token)
         self._admin = web.AppRunner(admin_app, handle_signals=False, access_log=None)
+
+    def _watch_tables(self, clock: Clock) -> None:
+        """The tables a reload replaces are reached through the current Runtime."""
+        tables, runtimes = self.state.tables, self.runtimes
+
+        def templates() -> Swept | None:
+            limiter = runtimes.current.limiter
+            return limiter.templates if limiter is not None else None
+
+        tables.follow("token_cache", lambda: runtimes.current.authenticator.cache, clock.time)
+        tables.follow("limit_templates", templates, clock.time)
+        # Shown, not swept (the detectors own their tracks and how long they keep them).
+        tracks = getattr(self.state.detection, "_tracks", None)
+        if tracks is not None:
+            tables.add("detection_tracks", tracks, clock.time)
+        self.metrics.watch_tables(tables)
 
     def _readiness(self) -> str | None:
         if self._draining:
@@ -104,7 +123,7 @@ class GatewayServer:
         self._background = [loop.create_task(task) for task in (
             self.state.fleet.run(), self.state.detection.run(),
             self.state.enforcement.run(), self.state.audit.run(), self.state.usage.run(),
-            probe_loop_lag(self.metrics.loop_lag))]
+            self.sweeper.run(), probe_loop_lag(self.metrics.loop_lag))]
         host, port = self.proxy_address
         admin_host, admin_port = self.admin_address
         log.info("fairgate listening", extra={

@@ -1,4 +1,5 @@
-"""A table of at most `limit` entries that forgets the least recently written first, in O(1).
+"""A table of at most `limit` entries that forgets the least recently written first, in O(1),
+and forgets idle entries by itself when swept.
 
 Why not a plain dict and `del d[next(iter(d))]`: CPython leaves a deleted entry's slot in
 place until the dict is next resized, and iteration skips those slots from the start, so
@@ -11,22 +12,53 @@ about 53 bytes per entry more than a dict.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
 
+Expired = Callable[[V, float], bool]  # (entry, now) -> whether it may be forgotten
+
 
 class BoundedTable(OrderedDict[K, V]):
     """Reads are a dict's. `put` writes an entry as the newest; past `limit` the oldest go.
-    A caller that counts reads as use too calls `move_to_end(key)` on a hit."""
+    A caller that counts reads as use too calls `move_to_end(key)` on a hit.
 
-    def __init__(self, limit: int) -> None:
+    `evictions` counts entries pushed out by the bound (a table too small for its load shows
+    here), `expirations` those `sweep` forgot because `expired` said so."""
+
+    def __init__(self, limit: int, expired: Expired[V] | None = None) -> None:
         super().__init__()
         self.limit = limit  # may be changed (a reload); the table shrinks at the next put
+        self.evictions = 0
+        self.expirations = 0
+        self._expired = expired
 
     def put(self, key: K, value: V) -> None:
         self[key] = value
         self.move_to_end(key)
         while len(self) > self.limit:
             self.popitem(last=False)
+            self.evictions += 1
+
+    def sweep(self, now: float, budget: int) -> int:
+        """Look at up to `budget` entries from the oldest end: forget the expired ones, move the
+        others to the newest end. Returns how many were forgotten.
+
+        Moving what is still in use round makes each call O(budget) whatever the table holds and
+        whatever mix of lifetimes it has (an entry kept for a month does not stop the sweep from
+        reaching the idle ones behind it); a sweep pass reaches every entry once in len/budget
+        calls. The price: an entry the sweep moved looks newer than it is to the size bound."""
+        expired = self._expired
+        if expired is None:
+            return 0
+        forgotten = 0
+        for _ in range(min(budget, len(self))):
+            key, value = self.popitem(last=False)
+            if expired(value, now):
+                forgotten += 1
+            else:
+                self[key] = value
+        self.expirations += forgotten
+        return forgotten

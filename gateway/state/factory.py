@@ -12,7 +12,7 @@ from gateway.state.store import StateStore
 
 def open_store(settings: StateSettings, clock: Clock = SYSTEM_CLOCK, metrics: Metrics | None = None) -> StateStore:
     if settings.parsed_url.backend is Backend.MEMORY:
-        return MemoryStore(settings.max_memory_keys)
+        return MemoryStore(settings.max_memory_keys, settings.idle_ttl, settings.max_sighting_keys)
     from gateway.state.redis_guard import StoreMetrics
     from gateway.state.redis_store import RedisStore
 

@@ -5,18 +5,48 @@ from __future__ import annotations
 import math
 
 from gateway.state.bounded import BoundedTable
+from gateway.state.sightings import MemorySightings
 from gateway.state.store import CONCURRENCY, RATE, Check, Outcome, StateStore
+from gateway.state.tables import Swept
 
 
 class MemoryStore(StateStore):
     """One table per kind of state. Each entry lives only as long as what it describes; past
-    `max_keys` entries per table the least recently written go first."""
+    `max_keys` entries per table the least recently written go first.
 
-    def __init__(self, max_keys: int = 1_000_000) -> None:
-        self._buckets: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys)  # rate: units taken, when (gcra)
-        self._slots: BoundedTable[str, tuple[dict[str, bool], float]] = BoundedTable(max_keys)  # tokens, lease end
-        self._used: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys)  # quota: used, period end
+    A sweep (state/tables.py) forgets what no longer matters: a quota's count once its period
+    ended, a concurrency lease once it ran out, and a rate bucket idle for `idle_ttl` and full
+    again. Full again is what makes forgetting a bucket safe: a forgotten bucket reads as full,
+    so one forgotten while still owed units would hand its customer a fresh burst beyond the
+    plan. The sweep cannot know the rate of a bucket's next check (a throttle slows it), so it
+    waits for the bucket to drain at the slowest rate this store has seen, and at least
+    `idle_ttl`. The size bound alone evicts without asking: it is sized (`state.max_memory_keys`)
+    well above the customers in use, and `fairgate_table_evictions_total` says when it is not.
+    """
+
+    def __init__(self, max_keys: int = 1_000_000, idle_ttl: float = 3600.0, max_sighting_keys: int = 200_000) -> None:
+        self.idle_ttl = idle_ttl
+        self._slowest = 0.0  # the longest seconds-per-unit of any rate check so far
+        # rate: units taken, when (gcra)
+        self._buckets: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys, self._bucket_drained)
+        # concurrency: tokens, lease end
+        self._slots: BoundedTable[str, tuple[dict[str, bool], float]] = BoundedTable(max_keys, _ended)
+        self._used: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys, _ended)  # quota: used, period end
         self._counters: dict[str, tuple[dict[str, dict[str, float]], float]] = {}  # index -> (sets, expiry)
+        self._sightings = MemorySightings(max_sighting_keys)
+
+    def sightings(self) -> MemorySightings:
+        """One table for every detector and the enforcement (their keys never meet)."""
+        return self._sightings
+
+    def tables(self) -> dict[str, Swept]:
+        return {"rate_buckets": self._buckets, "concurrency_slots": self._slots, "quota_counts": self._used,
+                "sightings": self._sightings.table}
+
+    def _bucket_drained(self, bucket: tuple[float, float], now: float) -> bool:
+        units, at = bucket
+        idle = now - at
+        return idle >= self.idle_ttl and idle >= units * self._slowest
 
     def __len__(self) -> int:
         return len(self._buckets) + len(self._slots) + len(self._used)
@@ -29,6 +59,8 @@ class MemoryStore(StateStore):
             # One token bucket, the commonest plan: decide and consume in one step (measured:
             # about twice the decisions per second of the general path; same rules).
             check = checks[0]
+            if check.interval > self._slowest:
+                self._slowest = check.interval
             outcome, taken = gcra(self._buckets.get(check.key), now, check.interval, check.burst, check.cost,
                                   check.max_delay)
             if outcome.allowed:
@@ -48,6 +80,8 @@ class MemoryStore(StateStore):
         """The check's outcome, and for a rate check the units its bucket holds once it counts."""
         kind = check.kind
         if kind == RATE:
+            if check.interval > self._slowest:
+                self._slowest = check.interval
             return gcra(self._buckets.get(check.key), now, check.interval, check.burst, check.cost, check.max_delay)
         if kind == CONCURRENCY:
             entry = self._slots.get(check.key)
@@ -103,6 +137,10 @@ class MemoryStore(StateStore):
     async def read_counters(self, index: str) -> dict[str, dict[str, float]]:
         entry = self._counters.get(index)
         return {name: dict(fields) for name, fields in entry[0].items()} if entry is not None else {}
+
+
+def _ended(entry: tuple[object, float], now: float) -> bool:
+    return entry[1] <= now
 
 
 # Counter sets whose period ended this long before a new one starts are dropped.

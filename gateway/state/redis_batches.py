@@ -53,7 +53,7 @@ class LimitBatches:
         self._pending: list[Pending] = []
         self._flush_scheduled = False
         self.tasks: set[asyncio.Task[None]] = set()
-        self.local = MemoryStore(self._settings.max_memory_keys)
+        self.local = MemoryStore(self._settings.max_memory_keys, self._settings.idle_ttl)
         # (key, cost, limit) -> wall time until which a request of that cost is known to be over
         # that limit (a rate or budget changed by a throttle, an exception or a reload is asked anew)
         self._over_limit: dict[KnownKey, float] = {}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from gateway.state.sightings import Sightings
+    from gateway.state.tables import Swept
 
 
 
@@ -126,6 +127,10 @@ class StateStore(ABC):
         of it in milliseconds, not at the next periodic sync); returns at once for a store of one
         process."""
         return None
+
+    def tables(self) -> dict[str, Swept]:
+        """The per-key tables this store keeps in this process, by name (none for a server's store)."""
+        return {}
 
     def sightings(self) -> Sightings:
         """Where the detectors keep what they saw: in this store's memory or server."""

@@ -6,7 +6,9 @@ on Redis meters together. What the store could not take is kept and sent again."
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import sys
 from collections import defaultdict
 
 from gateway.calendar import Calendar, month_bounds
@@ -40,21 +42,22 @@ class UsageMeter:
         """A request the upstream answered; `units` is its route's cost (what request quotas count);
         `licenses` the quantities its token claimed, so the report knows a customer's per-unit quotas."""
         amounts, day = self._amounts(customer)
-        amounts[f"{day}:requests"] += 1
-        amounts[f"{day}:units"] += units
-        amounts[f"{day}:bytes_in"] += bytes_in
-        amounts[f"{day}:bytes_out"] += bytes_out
-        amounts[f"{day}:upstream_seconds"] += upstream_seconds
+        requests, units_field, bytes_in_field, bytes_out_field, seconds_field = _day_fields(day)
+        amounts[requests] += 1
+        amounts[units_field] += units
+        amounts[bytes_in_field] += bytes_in
+        amounts[bytes_out_field] += bytes_out
+        amounts[seconds_field] += upstream_seconds
         for unit, quantity in licenses:
-            amounts[f"{day}:licenses:{unit}:{quantity}"] += 1
+            amounts[sys.intern(f"{day}:licenses:{unit}:{quantity}")] += 1
 
     def rejected(self, customer: str, reason: str) -> None:
         amounts, day = self._amounts(customer)
-        amounts[f"{day}:rejected:{reason}"] += 1
+        amounts[sys.intern(f"{day}:rejected:{reason}")] += 1
 
     def finding(self, customer: str, detector: str) -> None:
         amounts, day = self._amounts(customer)
-        amounts[f"{day}:findings:{detector}"] += 1
+        amounts[sys.intern(f"{day}:findings:{detector}")] += 1
 
     def _amounts(self, customer: str) -> tuple[Amounts, str]:
         bucket, _ = self.calendar.period("day", self._clock.time())
@@ -91,3 +94,11 @@ class UsageMeter:
     async def month(self, month: str) -> dict[str, Amounts]:
         """Every customer's usage in `month` ("2026-11") as stored (flush first for the latest)."""
         return await self._store.read_counters(self.index(month))
+
+
+@functools.cache
+def _day_fields(day: str) -> tuple[str, str, str, str, str]:
+    """One string object per field name and day, shared by every customer's counters (a month's
+    counters held 5-8 copies of each name per customer)."""
+    return (sys.intern(f"{day}:requests"), sys.intern(f"{day}:units"), sys.intern(f"{day}:bytes_in"),
+            sys.intern(f"{day}:bytes_out"), sys.intern(f"{day}:upstream_seconds"))

@@ -1,0 +1,233 @@
+"""Bytes per customer, per component: the real gateway state built in-process (the bench's
+every-policy config), N customers fed once each through the request path's stages (auth,
+enforcement, limits, usage, detection), their background batches run, then measured.
+
+    python bench/memory_per_customer.py --customers 20000,200000
+    python bench/memory_per_customer.py --customers 200000 --tracemalloc   # by component (slower)
+
+RSS is read from /proc (the number an SRE sees); with --tracemalloc the live Python
+allocations are grouped by gateway package (auth, limits, state, usage, detect, enforce, ...).
+After feeding, the clock is moved past every idle TTL, the background sweeps run, and RSS is
+read again: "released" is what came back to the OS.
+
+Each customer count runs in its own child process, so one count's heap does not skew the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gateway.state.tables import SWEEP_INTERVAL, SWEEP_PASS  # noqa: E402  # after the path is set
+
+if TYPE_CHECKING:
+    from gateway.server.lifecycle import GatewayServer
+
+SECRET = "bench-memory-secret-0123456789abcdef"
+ISSUER = "https://issuer.bench"
+# Moved forward after feeding: past every idle TTL, the tokens' expiry and the day's quota period.
+IDLE = 25 * 3600.0
+
+CONFIG = """
+server: {{listen: "127.0.0.1:0", access_log: false}}
+admin: {{listen: "127.0.0.1:0"}}
+logging: {{level: warning}}
+auth:
+  issuers:
+    - {{name: bench, issuer: "{issuer}", audiences: [bench], algorithms: [HS256], hmac_secret: "{secret}"}}
+upstreams:
+  bench: {{url: "http://127.0.0.1:9"}}
+limits: {{default_plan: bench}}
+plans:
+  bench:
+    limits:
+      - {{name: sustained, kind: rate, rate: 100000/s, burst: 100000}}
+      - {{name: daily, kind: quota, metric: requests, period: day, limit: 1000000000000}}
+detection:
+  hash_salt: bench-salt
+  sharing: {{action: flag}}
+  scraping: {{actions: {{api: flag}}}}
+  seats: {{}}
+enforcement: {{mode: enforce, policy: "https://example.com/fair-use"}}
+routes:
+  - {{name: detect, path_prefix: /, upstream: bench}}
+"""
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def component(filename: str) -> str:
+    """gateway/auth/token_cache.py -> auth; anything outside gateway/ by its top package."""
+    path = Path(filename)
+    parts = path.parts
+    if "gateway" in parts:
+        rest = parts[parts.index("gateway") + 1:]
+        return "gateway/" + (rest[0] if len(rest) > 1 else rest[0].removesuffix(".py"))
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].split(".")[0]
+    return path.name
+
+
+def by_component(snapshot: tracemalloc.Snapshot) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for stat in snapshot.statistics("filename"):
+        name = component(stat.traceback[0].filename)
+        sizes[name] = sizes.get(name, 0) + stat.size
+    return sizes
+
+
+def tokens(count: int) -> list[str]:
+    import jwt
+
+    now = int(time.time())
+    return [jwt.encode({"iss": ISSUER, "aud": "bench", "sub": f"user-{n}@m-{n}", "org_id": f"m-{n}",
+                        "sid": f"s-{n}", "iat": now, "exp": now + 6 * 3600}, SECRET, algorithm="HS256")
+            for n in range(count)]
+
+
+async def measure(count: int, trace: bool) -> dict[str, object]:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from gateway.config.loader import load_config
+    from gateway.server.lifecycle import GatewayServer, ServeOptions
+    from tests.support.clock import ManualClock
+
+    clock = ManualClock(time.time())
+    with tempfile.TemporaryDirectory() as workdir:
+        path = Path(workdir) / "gateway.yaml"
+        path.write_text(CONFIG.format(issuer=ISSUER, secret=SECRET))
+        config = load_config(path)
+        server = GatewayServer(config, ServeOptions(str(path), clock=clock))
+        state = server.state
+        runtime = server.runtimes.current
+        target = runtime.router.match(None, "/api/items")
+        assert target is not None
+        bearer = [f"Bearer {token}" for token in tokens(count)]
+        headers = CIMultiDictProxy(CIMultiDict({"User-Agent": "bench/1.0", "Accept": "application/json"}))
+
+        gc.collect()
+        before_rss = rss_bytes()
+        if trace:
+            tracemalloc.start(1)
+            before = tracemalloc.take_snapshot()
+        start = time.perf_counter()
+        for n, authorization in enumerate(bearer):
+            client_ip = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+            identity = await runtime.authenticator.authenticate(authorization, client_ip, required=True, scopes=())
+            standing = runtime.enforcement.admit(identity)
+            assert identity is not None and runtime.limiter is not None and runtime.usage is not None
+            admission = await runtime.limiter.admit(identity, target.route, client_ip, f"r{n}",
+                                                    throttle=1.0 if standing is None else 0.5)
+            runtime.limiter.finish(admission, 100, 0.001)
+            runtime.usage.forwarded(identity.customer, 1, 100, 67, 0.001, identity.licenses)
+            runtime.detection.observe_request("api", identity, client_ip, "GET", f"/api/items/{n}", headers, 200,
+                                              None)
+            if n % 1000 == 999:
+                await state.detection.drain()
+                await asyncio.sleep(0)
+        await state.detection.drain()
+        await state.enforcement.drain()
+        if runtime.limiter is not None:
+            await runtime.limiter.drain()
+        await state.usage.flush()
+        fed = time.perf_counter() - start
+        del bearer
+        fed_entries = entries(server)
+        gc.collect()
+        after_rss = rss_bytes()
+        result: dict[str, object] = {
+            "customers": count, "feed_seconds": round(fed, 1),
+            "rss_before_mb": round(before_rss / 2**20, 1), "rss_after_mb": round(after_rss / 2**20, 1),
+            "rss_bytes_per_customer": round((after_rss - before_rss) / count),
+        }
+        if trace:
+            after = tracemalloc.take_snapshot()
+            grown = by_component(after)
+            base = by_component(before)
+            result["traced_bytes_per_customer"] = {
+                name: round((size - base.get(name, 0)) / count)
+                for name, size in sorted(grown.items(), key=lambda item: -(item[1] - base.get(item[0], 0)))
+                if abs(size - base.get(name, 0)) / count >= 5
+            }
+            result["traced_total_per_customer"] = round(
+                (sum(grown.values()) - sum(base.values())) / count)
+        # Idle: every entry's last use is now long ago; the background sweeps get their ticks.
+        clock.advance(IDLE)
+        swept = await sweep_all(server)
+        gc.collect()
+        result["sweep"] = swept
+        result["entries_before_idle"] = fed_entries
+        result["rss_after_idle_mb"] = round(rss_bytes() / 2**20, 1)
+        # glibc's malloc_trim, measured (not adopted: see docs/performance.md).
+        started = time.perf_counter()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        result["malloc_trim_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        result["rss_after_trim_mb"] = round(rss_bytes() / 2**20, 1)
+        result["entries_after_idle"] = entries(server)
+        return result
+
+
+async def sweep_all(server: GatewayServer) -> dict[str, float]:
+    """Two full passes of the background sweep, tick by tick as the running gateway does them;
+    how long ticks held the loop, apart from those a garbage collection ran in."""
+    collected = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collected.append(info["generation"])
+
+    gc.callbacks.append(on_gc)
+    ticks = 2 * round(SWEEP_PASS / SWEEP_INTERVAL) + 1
+    clean: list[float] = []
+    with_gc: list[float] = []
+    for _ in range(ticks):
+        collected.clear()
+        started = time.perf_counter()
+        server.sweeper.tick()
+        (with_gc if collected else clean).append(time.perf_counter() - started)
+        await asyncio.sleep(0)
+    gc.callbacks.remove(on_gc)
+    clean.sort()
+    return {"ticks": ticks, "p50_tick_ms": round(clean[len(clean) // 2] * 1000, 3),
+            "max_tick_ms": round(clean[-1] * 1000, 2), "ticks_with_gc": len(with_gc),
+            "max_tick_with_gc_ms": round(max(with_gc, default=0.0) * 1000, 2)}
+
+
+def entries(server: GatewayServer) -> dict[str, int]:
+    return {name: len(table) for name, table in server.state.tables.counts()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", default="20000,200000", help="customer counts, comma-separated")
+    parser.add_argument("--tracemalloc", action="store_true", help="also group live allocations by component")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process's count
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(asyncio.run(measure(args.one, args.tracemalloc))))
+        return
+    for count in (int(part) for part in args.customers.split(",") if part.strip()):
+        command = [sys.executable, __file__, "--one", str(count)] + (["--tracemalloc"] if args.tracemalloc else [])
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        print(json.dumps(json.loads(output.splitlines()[-1]), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The per-customer tables of one process, by name: what /metrics shows of them (entries,
+bound, evictions, expirations) and the sweep that forgets idle entries a little at a time.
+
+Each table is reached through a function, so a table a reload replaces (the token cache lives
+in the Runtime) is always the current one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+log = logging.getLogger("fairgate.state")
+
+
+class Swept(Protocol):
+    @property
+    def limit(self) -> int: ...
+    @property
+    def evictions(self) -> int: ...
+    @property
+    def expirations(self) -> int: ...
+    def __len__(self) -> int: ...
+    def sweep(self, now: float, budget: int) -> int: ...
+
+
+class Tables:
+    """Named sources of tables; `now` is the clock each table's entries are stamped with."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, tuple[Callable[[], Swept | None], Callable[[], float]]] = {}
+
+    def add(self, name: str, table: Swept, now: Callable[[], float]) -> None:
+        self._sources[name] = ((lambda: table), now)
+
+    def follow(self, name: str, source: Callable[[], Swept | None], now: Callable[[], float]) -> None:
+        """A table some part replaces (a reload): `source` says which one is current, if any."""
+        self._sources[name] = (source, now)
+
+    def counts(self) -> Iterator[tuple[str, Swept]]:
+        for name, table, _ in self:
+            yield name, table
+
+    def __iter__(self) -> Iterator[tuple[str, Swept, Callable[[], float]]]:
+        for name, (source, now) in list(self._sources.items()):
+            table = source()
+            if table is not None:
+                yield name, table, now
+
+
+# One tick looks at this many entries per table at most, and at least SWEEP_MIN (so the end of a
+# pass over a table that is emptying does not crawl).
+SWEEP_BUDGET = 1000
+SWEEP_MIN = 64
+# A tick is due this often; each table is looked at through once per PASS seconds at most.
+SWEEP_INTERVAL = 0.1
+SWEEP_PASS = 60.0
+
+
+class Sweeper:
+    """Ticks through every table: per tick at most SWEEP_BUDGET entries each, paced so a table
+    is looked at through once per SWEEP_PASS seconds. Never a full scan at once: the event loop
+    is held for one tick at a time."""
+
+    def __init__(self, tables: Tables, budget: int = SWEEP_BUDGET, interval: float = SWEEP_INTERVAL,
+                 full_pass: float = SWEEP_PASS, observe: Callable[[float], None] | None = None) -> None:
+        self.tables = tables
+        self._budget = budget
+        self._interval = interval
+        self._per_pass = max(1, round(full_pass / interval))  # ticks per pass
+        self._observe = observe  # how long each tick held the loop
+
+    def tick(self) -> int:
+        """One bounded step over every table; how many entries were forgotten."""
+        started = time.perf_counter()
+        forgotten = 0
+        for _, table, now in self.tables:
+            size = len(table)
+            if size:
+                forgotten += table.sweep(now(), min(self._budget, max(SWEEP_MIN, -(-size // self._per_pass))))
+        if self._observe is not None:
+            self._observe(time.perf_counter() - started)
+        return forgotten
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                self.tick()
+            except Exception:  # a bug here must not stop the sweep for good
+                log.exception("table sweep failed")
+
