@@ -102,7 +102,38 @@ def tokens(count: int) -> list[str]:
             for n in range(count)]
 
 
-async def measure(count: int, trace: bool) -> dict[str, object]:
+class LongestHold:
+    """The longest the event loop went without running a probe that only yields: how long the
+    batch awaited inside this block held the loop at a time. In CPU time of this thread, so a
+    busy machine that takes the core away (load 12 on 2 cores while this was written) does
+    not count as holding."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _probe(self) -> None:
+        while True:
+            started = time.thread_time()
+            await asyncio.sleep(0)
+            self.longest = max(self.longest, time.thread_time() - started)
+
+    async def __aenter__(self) -> LongestHold:
+        self._task = asyncio.get_running_loop().create_task(self._probe())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(0)
+        assert self._task is not None
+        self._task.cancel()
+
+    @property
+    def ms(self) -> float:
+        return round(self.longest * 1000, 1)
+
+
+async def measure(count: int, trace: bool, unchunked: bool = False) -> dict[str, object]:
     from multidict import CIMultiDict, CIMultiDictProxy
 
     from gateway.config.loader import load_config
@@ -122,6 +153,7 @@ async def measure(count: int, trace: bool) -> dict[str, object]:
         bearer = [f"Bearer {token}" for token in tokens(count)]
         headers = CIMultiDictProxy(CIMultiDict({"User-Agent": "bench/1.0", "Accept": "application/json"}))
 
+        holds: dict[str, float] = {}
         gc.collect()
         before_rss = rss_bytes()
         if trace:
@@ -140,13 +172,22 @@ async def measure(count: int, trace: bool) -> dict[str, object]:
             runtime.detection.observe_request("api", identity, client_ip, "GET", f"/api/items/{n}", headers, 200,
                                               None)
             if n % 1000 == 999:
-                await state.detection.drain()
-                await asyncio.sleep(0)
+                async with LongestHold() as held:
+                    await state.detection.drain()
+                holds["detection_drain_1000"] = max(holds.get("detection_drain_1000", 0.0), held.ms)
         await state.detection.drain()
-        await state.enforcement.drain()
+        async with LongestHold() as held:
+            await state.enforcement.drain()
+        holds["enforcement_drain"] = held.ms
         if runtime.limiter is not None:
             await runtime.limiter.drain()
-        await state.usage.flush()
+        if unchunked:
+            import gateway.usage.meter
+
+            gateway.usage.meter._CHUNK = 10**9  # what the flush held before it was chunked
+        async with LongestHold() as held:
+            await state.usage.flush()
+        holds["usage_flush_all_customers"] = held.ms
         fed = time.perf_counter() - start
         del bearer
         fed_entries = entries(server)
@@ -156,6 +197,7 @@ async def measure(count: int, trace: bool) -> dict[str, object]:
             "customers": count, "feed_seconds": round(fed, 1),
             "rss_before_mb": round(before_rss / 2**20, 1), "rss_after_mb": round(after_rss / 2**20, 1),
             "rss_bytes_per_customer": round((after_rss - before_rss) / count),
+            "longest_loop_hold_ms": holds,
         }
         if trace:
             after = tracemalloc.take_snapshot()
@@ -199,9 +241,9 @@ async def sweep_all(server: GatewayServer) -> dict[str, float]:
     with_gc: list[float] = []
     for _ in range(ticks):
         collected.clear()
-        started = time.perf_counter()
+        started = time.thread_time()  # CPU time: see LongestHold
         server.sweeper.tick()
-        (with_gc if collected else clean).append(time.perf_counter() - started)
+        (with_gc if collected else clean).append(time.thread_time() - started)
         await asyncio.sleep(0)
     gc.callbacks.remove(on_gc)
     clean.sort()
@@ -218,13 +260,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", default="20000,200000", help="customer counts, comma-separated")
     parser.add_argument("--tracemalloc", action="store_true", help="also group live allocations by component")
+    parser.add_argument("--unchunked", action="store_true", help="measure the usage flush in one piece")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process's count
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(asyncio.run(measure(args.one, args.tracemalloc))))
+        print(json.dumps(asyncio.run(measure(args.one, args.tracemalloc, args.unchunked))))
         return
     for count in (int(part) for part in args.customers.split(",") if part.strip()):
-        command = [sys.executable, __file__, "--one", str(count)] + (["--tracemalloc"] if args.tracemalloc else [])
+        command = [sys.executable, __file__, "--one", str(count), *(["--tracemalloc"] if args.tracemalloc else []),
+                   *(["--unchunked"] if args.unchunked else [])]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         print(json.dumps(json.loads(output.splitlines()[-1]), indent=2))
 

@@ -98,6 +98,8 @@ class Enforcement:
     def watch(self, tables: Tables) -> None:
         """Show the per-subject tables on /metrics and let the sweep forget what passed its window."""
         tables.add("enforcement_refusals", self._refusals, self._clock.time)
+        tables.add("standings", self.standings.latest_table, self._clock.time)
+        tables.add("standings_in_force", self.standings.active_table, self._clock.time)
 
     def _refusals_ended(self, entry: tuple[float, dict[str, int]], now: float) -> bool:
         return now - entry[0] > self.settings.ladder.window  # a new refusal starts a new count then

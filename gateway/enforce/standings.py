@@ -6,8 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.enforce.ladder import BY_LADDER, OK, SEVERITY, Standing
+from gateway.state.bounded import BoundedTable
 from gateway.state.store import shared_entries
 
+# Latest decisions kept at most; past it the least recently decided go (the sweep forgets ended
+# ones first). A standing in force is kept in `_active` whatever this bound: forgetting one
+# would lift a suspension, and only subjects the ladder acted on are there.
 _MAX_REMEMBERED = 100_000
 
 
@@ -21,8 +25,12 @@ def user_subject(customer: str, user: str) -> str:
 
 class Standings:
     def __init__(self) -> None:
-        self._latest: dict[str, Standing] = {}  # every subject's latest decision, ok included
-        self._active: dict[str, Standing] = {}  # the ones that change what a request gets
+        # every subject's latest decision, ok included
+        self.latest_table: BoundedTable[str, Standing] = BoundedTable(_MAX_REMEMBERED, _long_ended)
+        self._latest = self.latest_table
+        # the ones that change what a request gets; swept once ended, never evicted
+        self.active_table: BoundedTable[str, Standing] = BoundedTable(2**62, _ended)
+        self._active = self.active_table
 
     def __bool__(self) -> bool:
         return bool(self._active)
@@ -32,9 +40,7 @@ class Standings:
         latest = self._latest.get(standing.subject)
         if latest is not None and _order(latest) > _order(standing):
             return False
-        if len(self._latest) >= _MAX_REMEMBERED and latest is None:
-            self._forget_ended(standing.since)
-        self._latest[standing.subject] = standing
+        self._latest.put(standing.subject, standing)
         if standing.state == OK:
             self._active.pop(standing.subject, None)
         else:
@@ -71,10 +77,18 @@ class Standings:
         for standing in shared_entries(Standing, entries):
             self.apply(standing)
 
-    def _forget_ended(self, now: float) -> None:
-        for subject in [s for s, standing in self._latest.items() if standing.until <= now]:
-            del self._latest[subject]
-            self._active.pop(subject, None)
+
+def _ended(standing: Standing, now: float) -> bool:
+    return standing.until <= now
+
+
+# A decision is remembered this long after it ended: the fleet keeps sharing an entry until
+# its ladder window has passed too, and an older decision synced again must still lose to it.
+_KEEP_ENDED = 7 * 86400.0
+
+
+def _long_ended(standing: Standing, now: float) -> bool:
+    return standing.until + _KEEP_ENDED <= now
 
 
 def _order(standing: Standing) -> tuple[float, bool, int]:

@@ -27,6 +27,7 @@ from gateway.state.redis_guard import Guard, StoreMetrics, ttl_ms
 from gateway.state.redis_sightings import RedisSightings
 from gateway.state.redis_streams import RedisStreams
 from gateway.state.store import Check, Outcome, StateStore
+from gateway.state.tables import Swept
 
 
 class RedisStore(StateStore):
@@ -111,6 +112,10 @@ class RedisStore(StateStore):
 
     async def watch_shared(self, changed: Callable[[], None]) -> None:
         await self._fleet.watch(changed)
+
+    def tables(self) -> dict[str, Swept]:
+        """The `local` fallback's limit tables (its sightings table is never used: Redis keeps those)."""
+        return {f"local_{name}": table for name, table in self._limits.local.tables().items() if name != "sightings"}
 
     def sightings(self) -> RedisSightings:
         # Off the request path, so it may wait longer than a limit decision.

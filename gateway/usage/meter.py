@@ -20,6 +20,11 @@ log = logging.getLogger("fairgate.usage")
 
 Amounts = dict[str, float]  # "21:requests" -> 12.0: day of the month, then the metric
 
+# A flush hands the store this many customers at a time and lets the loop run in between.
+# Measured on the memory store, 200,000 customers (CPU time, a loaded 2-vCPU VM): 1.1 s in one
+# piece; in chunks of 1,000 a median of 2.5 ms each, so half that.
+_CHUNK = 500
+
 
 class UsageMeter:
     def __init__(self, store: StateStore, clock: Clock, calendar: Calendar) -> None:
@@ -78,18 +83,29 @@ class UsageMeter:
                 return
             pending, self._pending = self._pending, defaultdict(lambda: defaultdict(float))
             by_month: dict[str, dict[str, Amounts]] = defaultdict(dict)
-            for (month, customer), amounts in pending.items():
+            for n, ((month, customer), amounts) in enumerate(pending.items()):
                 by_month[month][customer] = amounts
+                if n % _CHUNK == _CHUNK - 1:
+                    await asyncio.sleep(0)
             for month, counters in by_month.items():
                 expires_at = month_bounds(self.calendar.zone, month)[1] + self.settings.retention
-                try:
-                    await self._store.add_counters(self.index(month), counters, expires_at)
-                except StoreUnavailable as exc:
-                    log.warning("usage kept for the next flush: state store unavailable", extra={"error": str(exc)})
-                    for customer, amounts in counters.items():
-                        kept = self._pending[(month, customer)]
-                        for field, amount in amounts.items():
-                            kept[field] += amount
+                customers = list(counters)
+                for start in range(0, len(customers), _CHUNK):
+                    chunk = {customer: counters[customer] for customer in customers[start:start + _CHUNK]}
+                    try:
+                        await self._store.add_counters(self.index(month), chunk, expires_at)
+                    except StoreUnavailable as exc:
+                        log.warning("usage kept for the next flush: state store unavailable",
+                                    extra={"error": str(exc)})
+                        self._keep(month, {customer: counters[customer] for customer in customers[start:]})
+                        break
+                    await asyncio.sleep(0)  # the memory store adds without yielding
+
+    def _keep(self, month: str, counters: dict[str, Amounts]) -> None:
+        for customer, amounts in counters.items():
+            kept = self._pending[(month, customer)]
+            for field, amount in amounts.items():
+                kept[field] += amount
 
     async def month(self, month: str) -> dict[str, Amounts]:
         """Every customer's usage in `month` ("2026-11") as stored (flush first for the latest)."""
