@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import hmac
 import re
 import time
 from dataclasses import dataclass, field
@@ -100,6 +101,14 @@ def test_every_gateway_of_a_deployment_verifies_the_others_and_no_one_else():
     unsalted.configure(None, 300)
     assert unsalted.verify(token, ALICE) == ALICE
     assert "salt" not in repr(minting) and "key" not in repr(minting)
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=300))
+def test_the_precomputed_mac_is_hmac_sha256(key, message):
+    from gateway.detect.proof import _Hmac
+
+    mac = _Hmac(key)
+    assert mac(message) == hmac.digest(key, message, "sha256") == mac(message)  # the states are not used up
 
 
 @pytest.mark.parametrize("at", range(24))  # expiry and nonce bytes: any change is a forgery
