@@ -386,6 +386,26 @@ async def test_the_stylesheet_uses_no_rate_limit_and_no_usage(start_gateway, sit
     assert statuses == [200, 429]  # the burst of 2: one page before, one now; the stylesheets took none
 
 
+@pytest.mark.parametrize("proof, key", [
+    ({"classes": ["api"]}, "detection.proof.classes"),
+    ({"ttl": "0s"}, "detection.proof.ttl"),
+    ({"ttl": "2d"}, "detection.proof.ttl"),
+    ({"head_within": "2MiB"}, "detection.proof.head_within"),
+    ({"head_within": "lots"}, "detection.proof.head_within"),
+    ({"salt": "x"}, "detection.proof.salt"),
+])
+def test_config_errors_name_the_key(tmp_path, proof, key):
+    import yaml
+
+    from gateway.config import ConfigError, load_config
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(proof_config("http://127.0.0.1:9", **proof)))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert key in str(error.value)
+
+
 # -- a real browser ----------------------------------------------------------------------------
 
 async def test_a_real_browser_with_the_session_cookie_is_credited_on_each_load(browser, start_gateway, site):
