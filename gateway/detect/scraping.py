@@ -115,9 +115,9 @@ class ScrapingTrack:
         return [signal for name, (at, signal) in sorted(self.seen.items()) if now - at <= window]
 
     def proven(self) -> None:
-        """A passed challenge: the browser is proven, its case starts over."""
+        """A passed challenge: the browser is proven, its proof count starts over. The score and
+        the last action stay: other signals may still make a case for a block."""
         self.offered = self.proofs = 0
-        self.score, self.acted = 0.0, None
         self.seen.pop("no_browser_proof", None)
 
     def decayed(self, now: float, half_life: float) -> float:
