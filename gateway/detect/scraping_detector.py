@@ -195,6 +195,7 @@ class ScrapingDetector:
             evidence={"route_class": obs.route_class, "method": obs.method, "path": obs.target.partition("?")[0],
                       "user_agent": obs.headers.get("User-Agent", ""), "offences": track.offences,
                       "client": ctx.hasher.hash(obs.client_ip),
+                      **({"network": ctx.hasher.hash(network)} if network is not None else {}),
                       "signals": {signal.name: {"value": signal.value, "threshold": signal.threshold,
                                                 "definitive": signal.definitive} for signal in evidence},
                       "threshold": settings.threshold, "needs": "a definitive signal or "
