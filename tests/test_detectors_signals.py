@@ -207,10 +207,12 @@ async def test_office_colleagues_behind_one_nat_are_each_their_own_login(sightin
 
 # -- bulk extraction -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("records", "fires"), [(45, False), (46, True)])
+# bulk_over_baseline = bulk_min_records: every login's records are counted from its first read.
+EXACT_BULK = {"bulk_min_records": 10, "bulk_over_baseline": 10, "weights": {"bulk_extraction": 12}}
+
+@pytest.mark.parametrize(("records", "fires"), [(90, False), (91, True)])
 async def test_bulk_extraction_is_judged_against_the_customers_other_users(sightings, records, fires):
-    engine = make_detection(sightings, scraping(bulk_min_records=10, bulk_over_baseline=5,
-                                                weights={"bulk_extraction": 12}), ManualClock())
+    engine = make_detection(sightings, scraping(**EXACT_BULK), ManualClock())
     for n, user in enumerate(("bea", "cal", "dan")):  # the customer's baseline: a median of 9 records today
         await feed(engine, [obs(T0 + k * 9.1, f"/api/v1/tickets/{k * 7}", route_class="api", user=user)
                             for k in range(8 + n)])
@@ -219,24 +221,24 @@ async def test_bulk_extraction_is_judged_against_the_customers_other_users(sight
     assert ("bulk_extraction" in signals_of(engine)) is fires
     if fires:
         (finding,) = engine.findings.recent()
-        assert finding.evidence["signals"]["bulk_extraction"]["threshold"] == 45  # 5 x the median of 9
+        assert finding.evidence["signals"]["bulk_extraction"]["threshold"] == 90  # 10 x the median of 9
 
 
 @pytest.mark.parametrize(("records", "fires"), [(10, False), (11, True)])
 async def test_a_customer_of_one_user_is_held_to_the_floor(sightings, records, fires):
-    engine = make_detection(sightings, scraping(bulk_min_records=10, weights={"bulk_extraction": 12}), ManualClock())
+    engine = make_detection(sightings, scraping(**EXACT_BULK), ManualClock())
     await feed(engine, [obs(T0 + n * 9.1, f"/api/v1/tickets/{n}", route_class="api") for n in range(records)])
     assert ("bulk_extraction" in signals_of(engine)) is fires
 
 
 async def test_the_same_records_again_are_not_more_records(sightings):
-    engine = make_detection(sightings, scraping(bulk_min_records=10, weights={"bulk_extraction": 12}), ManualClock())
+    engine = make_detection(sightings, scraping(**EXACT_BULK), ManualClock())
     await feed(engine, [obs(T0 + n * 9.1, f"/api/v1/tickets/{n % 10}", route_class="api") for n in range(100)])
     assert not engine.findings.recent()
 
 
 async def test_a_new_day_starts_the_count_again(sightings):
-    engine = make_detection(sightings, scraping(bulk_min_records=10, weights={"bulk_extraction": 12}), ManualClock())
+    engine = make_detection(sightings, scraping(**EXACT_BULK), ManualClock())
     day = T0 - T0 % 86400 + 86400
     await feed(engine, [obs(day - 100 + n, f"/api/v1/tickets/{n}", route_class="api") for n in range(8)])
     await feed(engine, [obs(day + 1 + n, f"/api/v1/tickets/{100 + n}", route_class="api") for n in range(8)])
@@ -280,3 +282,10 @@ async def test_detection_adds_no_round_trip_to_a_request_and_one_per_batch():
     counter.cancel()
     assert store.exchanges == 1  # the whole batch of 2000 in one exchange
     assert yielded >= 2000 // 256 - 1  # the loop ran between its chunks (the first starts the counter)
+
+
+async def test_reads_below_the_mark_are_not_records_and_people_stay_under_it(sightings):
+    # Defaults: the floor 500, the mark 100 reads; a person reading 300 records in a day is fine.
+    engine = make_detection(sightings, scraping(weights={"bulk_extraction": 12}), ManualClock())
+    await feed(engine, [obs(T0 + n * 20.3, f"/api/v1/tickets/{n}", route_class="api") for n in range(300)])
+    assert not engine.findings.recent()

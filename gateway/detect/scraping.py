@@ -88,7 +88,7 @@ class ScrapingTrack:
     """What one identity did lately, as far as scraping is concerned; a few hundred bytes."""
 
     __slots__ = ("score", "scored_at", "offences", "acted", "last_page_at", "intervals", "templates",
-                 "loops", "answers", "invalid", "offered", "proofs", "noted_block", "seen")
+                 "loops", "answers", "invalid", "offered", "proofs", "noted_block", "reads", "seen")
 
     def __init__(self, samples: int) -> None:
         self.score = 0.0
@@ -104,6 +104,7 @@ class ScrapingTrack:
         self.offered = 0  # portal pages into which the gateway put a browser-proof link
         self.proofs = 0  # proofs credited (a link fetched, a challenge passed)
         self.noted_block = 0.0  # the end of the block last named in a finding on a flag class
+        self.reads = 0  # records read today, packed with the day (bulk.py)
         self.seen: dict[str, tuple[float, Signal]] = {}  # each signal's last firing: the evidence
 
     def note(self, at: float, fired: list[Signal]) -> None:

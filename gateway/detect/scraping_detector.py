@@ -87,7 +87,8 @@ class ScrapingDetector:
         fired = []
         if obs.user is not None:
             if weights["bulk_extraction"]:
-                over = self._bulk.read(obs.customer or "", obs.user, hash((template, numbers)), obs.at)
+                track.reads, over = self._bulk.read(track.reads, obs.customer or "", obs.user,
+                                                    hash((template, numbers)), obs.at)
                 if over is not None:
                     fired.append(Signal("bulk_extraction", f"{over[0]} records today", over[1]))
         elif weights["crowd_enumeration"] and track.proofs == 0:
