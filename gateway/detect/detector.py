@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from gateway.detect.observation import Observation
@@ -19,5 +20,6 @@ class Detector(Protocol):
     def queries(self) -> list[Query]:
         """What this batch's judgement needs from the store."""
 
-    def judge(self, answers: Answers | None) -> None:
-        """Judge this batch's subjects (`answers` None: the store was unavailable) and start over."""
+    def judge(self, answers: Answers | None) -> Iterator[None]:
+        """Judge this batch's subjects (`answers` None: the store was unavailable) and start over,
+        yielding after each subject: the engine lets the event loop run every few of them."""

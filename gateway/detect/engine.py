@@ -37,7 +37,7 @@ from gateway.fleet.grants import Grants
 from gateway.fleet.sharing import Fleet
 from gateway.fleet.topics import Topic
 from gateway.problems import Problem
-from gateway.state.sightings import Sighting, Sightings
+from gateway.state.sightings import Answers, Sighting, Sightings
 
 log = logging.getLogger("fairgate.detect")
 
@@ -45,6 +45,8 @@ __all__ = ["SCRAPING_POLICY", "SHARING_POLICY", "Detection", "DetectionSetup"]
 
 # Observations analysed between two yields to the event loop: a batch holds it ~1 ms at a time.
 _CHUNK = 256
+# Subjects judged between two yields: a verdict reads the store's answers (a few dozen members).
+_JUDGED_CHUNK = 64
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -225,13 +227,17 @@ class Detection:
             if n % _CHUNK == 0:
                 await asyncio.sleep(0)  # other requests run between chunks
         queries = [query for detector in detectors for query in detector.queries()]
-        if not seen and not queries:
-            return  # nothing new anywhere: every distinct count is as it was
-        answers = await self.sightings.exchange(seen, queries)
-        if answers is None:
-            self._ctx.forget_written()  # per-request signals above still counted; distinct counts wait
+        answers: Answers | None = {}  # nothing new anywhere: every distinct count is as it was
+        if seen or queries:
+            answers = await self.sightings.exchange(seen, queries)
+            if answers is None:
+                self._ctx.forget_written()  # per-request signals above still counted; distinct counts wait
+        judged = 0
         for detector in detectors:
-            detector.judge(answers)
+            for _ in detector.judge(answers):  # every detector judges, and starts its next batch afresh
+                judged += 1
+                if judged % _JUDGED_CHUNK == 0:
+                    await asyncio.sleep(0)
 
     # -- sanctions ------------------------------------------------------------------------
 

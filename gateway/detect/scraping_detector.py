@@ -6,6 +6,8 @@ route class's action; one signal challenges on pages (never the API) or only fla
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from gateway.detect.bulk import BulkReads
 from gateway.detect.context import Context
 from gateway.detect.crowd import CrowdWalks
@@ -140,7 +142,7 @@ class ScrapingDetector:
                        for subject, obs in self._scraped.items()}
         return [query for asked in self._asked.values() for query in asked]
 
-    def judge(self, answers: Answers | None) -> None:
+    def judge(self, answers: Answers | None) -> Iterator[None]:
         scraped, scored, asked = self._scraped, self._scored, self._asked
         self._scraped, self._scored, self._asked = {}, {}, {}
         if answers is None:
@@ -156,6 +158,7 @@ class ScrapingDetector:
                 fired.append(Signal("agent_rotation", agents, settings.agents_per_hour))
             if fired:
                 self._add_score(obs, self._ctx.scraping_track(subject), fired, scored.get(subject, 1))
+            yield
 
     # -- the finding ------------------------------------------------------------------------
 

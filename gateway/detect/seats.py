@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import zoneinfo
+from collections.abc import Iterator
 
 from gateway.detect.context import Context
 from gateway.detect.findings import SEATS, Action, Finding
@@ -36,12 +37,13 @@ class SeatsDetector:
     def queries(self) -> list[Query]:
         return [query for _, query in self._pending.values()]
 
-    def judge(self, answers: Answers | None) -> None:
+    def judge(self, answers: Answers | None) -> Iterator[None]:
         pending, self._pending = self._pending, {}
         if answers is None:
             return
         for customer, (obs, query) in pending.items():
             self._judge(customer, obs, answers[query])
+            yield
 
     def _seats_of(self, customer: str) -> int | None:
         config = self._ctx.config

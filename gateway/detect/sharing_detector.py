@@ -3,6 +3,8 @@ against the plan's allowance once the batch's distinct counts are back (see shar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from gateway.config.detection import SharingAllowance
 from gateway.detect.context import Context
 from gateway.detect.findings import SHARING, Action, Finding
@@ -50,13 +52,14 @@ class SharingDetector:
         self._asked = {subject: watch.queries(subject, obs.at) for subject, obs in self._shared.items()}
         return [query for asked in self._asked.values() for query in asked]
 
-    def judge(self, answers: Answers | None) -> None:
+    def judge(self, answers: Answers | None) -> Iterator[None]:
         shared, travelled, asked = self._shared, self._travelled, self._asked
         self._shared, self._travelled, self._asked = {}, set(), {}
         if answers is None:
             return
         for subject, obs in shared.items():
             self._judge(obs, asked[subject], answers, ("travel",) if subject in travelled else ())
+            yield
 
     def _judge(self, obs: Observation, asked: SharingQueries, answers: Answers, extra: tuple[str, ...]) -> None:
         ctx = self._ctx
