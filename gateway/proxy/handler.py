@@ -207,7 +207,7 @@ class ProxyHandler:
 
         detection, enforcement = runtime.detection, runtime.enforcement
         if detection.sanctions:
-            problem = detection.refusal(identity, client_ip, route.route_class)
+            problem = detection.refusal(identity, client_ip, route.route_class, request.headers)
             if problem is not None:
                 _observe_refused(detection, route, identity, client_ip, request, problem.status)
                 return self._refuse(request, enforcement.with_warning(problem, identity))
