@@ -25,7 +25,7 @@ from gateway.config.detection import ScrapingAction, SharingAllowance
 from gateway.detect.addresses import Hasher
 from gateway.detect.findings import SCRAPING, SEATS, SHARING, Action, Finding, FindingLog
 from gateway.detect.observation import PROOF, Observation, subject_of
-from gateway.detect.sanctions import AUTOMATION, BLOCK, REAUTH, Sanction, Sanctions, session_key, user_key
+from gateway.detect.sanctions import AUTOMATION, BLOCK, REAUTH, Sanction, SanctionKind, Sanctions, session_key, user_key
 from gateway.detect.scraping import ScrapingSignals, ScrapingTrack, Signal
 from gateway.detect.sharing import SharingQueries, SharingTrack, SharingWatch
 from gateway.detect.travel import TravelCheck
@@ -508,7 +508,7 @@ def _problem(sanction: Sanction, now: float, scraping_action: str) -> Problem:
         return Problem(403, "session-blocked", "Forbidden",
                        f"This session is blocked until {until} ({sanction.policy}).",
                        {"Retry-After": retry_after}, {"policy": sanction.policy, "until": until})
-    if scraping_action == Action.CHALLENGE:
+    if scraping_action == Action.CHALLENGE or sanction.kind == SanctionKind.CHALLENGE:
         return Problem(403, "automation-challenge", "Forbidden",
                        f"This traffic looks automated ({sanction.policy}). Use the API under your plan, or "
                        "contact support if this is a mistake.", {}, {"policy": sanction.policy})

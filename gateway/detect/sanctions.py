@@ -21,6 +21,7 @@ class SanctionKind(StrEnum):
     BLOCK = "block"  # the session is refused
     # The subject's requests on the route classes the scraping detector refuses (challenge or block).
     AUTOMATION = "scraping"
+    CHALLENGE = "challenge"  # the subject must prove it is a browser (the challenge interstitial) first
 
 
 REAUTH, BLOCK, AUTOMATION = SanctionKind.REAUTH, SanctionKind.BLOCK, SanctionKind.AUTOMATION
