@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 BLOCK_TYPES = frozenset({"automation-blocked", "session-blocked"})
 CHALLENGE_TYPES = frozenset({"automation-challenge"})
 REAUTH_TYPES = frozenset({"reauthentication-required"})
+# The gateway's HTML refusal pages say what they are on <body data-fairgate-outcome="...">.
+_PAGE_OUTCOME = re.compile(rb'data-fairgate-outcome="([a-z]+)"')
+PAGE_OUTCOMES = {"challenge": "challenged", "block": "blocked", "reauth": "reauth"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +41,12 @@ def outcome_of(status: int, content_type: str, body: bytes) -> str:
             kind = re.split(r"[/#:]", str(json.loads(body).get("type", "")).rstrip("/"))[-1]
         except (ValueError, AttributeError):
             kind = ""
-    elif "html" in content_type and b"challenge" in body.lower():
-        return "challenged"
+    elif "html" in content_type:
+        page = _PAGE_OUTCOME.search(body)
+        if page is not None:
+            return PAGE_OUTCOMES.get(page.group(1).decode(), "refused")
+        if b"challenge" in body.lower():
+            return "challenged"
     if kind in BLOCK_TYPES:
         return "blocked"
     if kind in CHALLENGE_TYPES:
