@@ -162,6 +162,7 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
     assert status == 403 and headers["content-type"].startswith("text/html")
     assert 'data-fairgate-outcome="challenge"' in page and headers["cache-control"] == "no-store"
     assert outcome_of(status, headers["content-type"], page.encode()) == "challenged"  # the evaluation's reading
+    assert outcome_of(status, headers["content-type"], b"", headers["fairgate-outcome"]) == "challenged"
     script_source = re.search(r"script-src ('sha256-[^']+')", headers["content-security-policy"]).group(1)
     assert headers["content-security-policy"].startswith("default-src 'none'") and script_source
     good = solve(page)
@@ -225,6 +226,7 @@ async def test_a_blocked_browser_gets_a_page_that_says_until_when_and_how_to_app
     assert status == 403 and headers["content-type"] == "text/html; charset=utf-8"
     assert 'data-fairgate-outcome="block"' in page and "<script" not in page
     assert outcome_of(status, headers["content-type"], page.encode()) == "blocked"
+    assert headers["fairgate-outcome"] == "block"
     assert "script-src 'none'" in headers["content-security-policy"]
     assert f'href="{APPEAL}"' in page and headers["x-request-id"] in page
     assert "2027-01-16T08:00:00+00:00" in page and 800 < int(headers["retry-after"]) <= 86400

@@ -145,7 +145,7 @@ class Chromium:
             headers = {k.lower(): v for k, v in response.get("headers", {}).items()}
             at = entry["timestamp"] / 1000.0
             self.log.add(self.name, "GET", target, status, headers.get("content-type", response.get("mimeType", "")),
-                         body, at=at)
+                         body, at=at, page_outcome=headers.get("fairgate-outcome"))
 
     def quit(self) -> None:
         with contextlib.suppress(Exception):

@@ -29,5 +29,5 @@ def challenge_page(issued: Issued, cookie: str, secure: bool, detail: str, heade
             f"<noscript><p>{e(detail)}</p><p>This check needs JavaScript and cookies: enable them and reload "
             "the page. Programs should use the API under their plan instead.</p></noscript></main>"
             + appeal.footer(request_id, policy if policy != appeal.policy else None))
-    return page_response(403, document("Checking your browser", "challenge", body, SCRIPT), headers,
+    return page_response(403, "challenge", document("Checking your browser", "challenge", body, SCRIPT), headers,
                          _SCRIPT_SOURCE)

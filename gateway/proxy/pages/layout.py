@@ -63,8 +63,11 @@ def document(title: str, outcome: str, body: str, script: str | None = None) -> 
             f'</head><body data-fairgate-outcome="{html.escape(outcome)}">{body}{script_tag}</body></html>')
 
 
-def page_response(status: int, text: str, headers: Mapping[str, str], script_source: str | None = None) -> web.Response:
-    """`text` as the answer, with the refusal's own headers (Retry-After, X-Request-Id, ...)."""
+def page_response(status: int, outcome: str, text: str, headers: Mapping[str, str],
+                  script_source: str | None = None) -> web.Response:
+    """`text` as the answer, with the refusal's own headers (Retry-After, X-Request-Id, ...).
+    `Fairgate-Outcome` repeats the page's outcome for clients that keep headers, not bodies (a
+    browser's network log once the challenge page has reloaded)."""
     scripts = script_source if script_source is not None else "'none'"
     response = web.Response(status=status, body=text.encode(), headers={
         "Server": SERVER_NAME,
@@ -75,6 +78,7 @@ def page_response(status: int, text: str, headers: Mapping[str, str], script_sou
         "Vary": "Accept",
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
+        "Fairgate-Outcome": outcome,
     })
     response.content_type = "text/html"
     response.charset = "utf-8"

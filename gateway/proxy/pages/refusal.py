@@ -30,4 +30,4 @@ def refusal_page(status: int, slug: str, detail: str, headers: Mapping[str, str]
     body.append("</main>")
     policy = extra.get("policy")
     body.append(appeal.footer(request_id, policy if isinstance(policy, str) and policy != appeal.policy else None))
-    return page_response(status, document(heading, outcome, "".join(body)), headers)
+    return page_response(status, outcome, document(heading, outcome, "".join(body)), headers)
