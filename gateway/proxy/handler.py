@@ -210,21 +210,10 @@ class ProxyHandler:
 
         detection, enforcement = runtime.detection, runtime.enforcement
         if detection.sanctions:
-            problem = detection.refusal(identity, client_ip, route.route_class)
-            subject = ""
-            if problem is not None and problem.slug == _CHALLENGE:
-                subject = subject_of(None if identity is None else identity.customer,
-                                     None if identity is None else identity.user, client_ip, request.headers)
-                if self._passes(runtime, request, subject):
-                    problem = None  # a browser proved itself: spared challenges (never a block) until the pass expires
-            if problem is not None:
-                _observe_refused(detection, route, identity, client_ip, request, problem.status)
-                problem = enforcement.with_warning(problem, identity)
-                if (subject and route.route_class in _INTERSTITIAL_CLASSES and request.method in _SAFE_METHODS
-                        and wants_html(request.headers)):
-                    secure = self._scheme == b"https" or (trusted and (found.proto or b"").lower() == b"https")
-                    return self._challenge(runtime, request, problem, subject, secure)
-                return self._refuse(request, problem)
+            sanctioned = self._sanctioned(runtime, route, identity, client_ip, request,
+                                          trusted and (found.proto or b"").lower() == b"https")
+            if sanctioned is not None:
+                return sanctioned
 
         standing = enforcement.admit(identity)
         if isinstance(standing, Problem):  # suspended
@@ -285,6 +274,26 @@ class ProxyHandler:
                 detection.observe_request(route.route_class, identity, client_ip,
                                           request.method, request.raw_path,
                                           request.headers, meter.status, meter.body_digest)
+
+    def _sanctioned(self, runtime: Runtime, route: Route, identity: Identity | None, client_ip: str,
+                    request: BaseRequest, forwarded_https: bool) -> web.Response | None:
+        """The answer to a request a sanction refuses (a page for a person's browser), or None."""
+        detection = runtime.detection
+        problem = detection.refusal(identity, client_ip, route.route_class)
+        if problem is None:
+            return None
+        subject = ""
+        if problem.slug == _CHALLENGE:
+            subject = subject_of(None if identity is None else identity.customer,
+                                 None if identity is None else identity.user, client_ip, request.headers)
+            if self._passes(runtime, request, subject):
+                return None  # a browser proved itself: spared challenges (never a block) until the pass expires
+        _observe_refused(detection, route, identity, client_ip, request, problem.status)
+        problem = runtime.enforcement.with_warning(problem, identity)
+        if (subject and route.route_class in _INTERSTITIAL_CLASSES and request.method in _SAFE_METHODS
+                and wants_html(request.headers)):
+            return self._challenge(runtime, request, problem, subject, self._scheme == b"https" or forwarded_https)
+        return self._refuse(request, problem)
 
     def _passes(self, runtime: Runtime, request: BaseRequest, subject: str) -> bool:
         """Whether the request carries a valid challenge pass for `subject`; credits the proof."""
