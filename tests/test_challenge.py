@@ -296,3 +296,16 @@ def test_any_accept_and_fetch_metadata_is_an_answer(headers):
 ])
 def test_what_counts_as_a_browser_opening_a_page(headers, html):
     assert wants_html(headers) is html
+
+
+async def test_behind_a_tls_proxy_the_pass_is_a_secure_host_only_cookie(start_gateway, pages_upstream):
+    config = challenge_config(pages_upstream)
+    config["server"]["trusted_proxies"] = ["127.0.0.1/32"]
+    gateway = await start_gateway(config)
+    sanction(gateway, "address:127.0.0.1")
+    _, _, plain = await fetch(f"{gateway.url}/portal/a", NAVIGATION)
+    assert f'data-cookie="{COOKIE}"' in plain and 'data-secure="0"' in plain
+    status, _, page = await fetch(f"{gateway.url}/portal/a", {**NAVIGATION, "X-Forwarded-Proto": "https"})
+    assert status == 403 and 'data-cookie="__Host-fairgate_pass"' in page and 'data-secure="1"' in page
+    passing = {**NAVIGATION, "X-Forwarded-Proto": "https", "Cookie": f"__Host-fairgate_pass={solve(page)}"}
+    assert (await fetch(f"{gateway.url}/portal/a", passing))[0] == 200
