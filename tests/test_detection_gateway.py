@@ -75,6 +75,10 @@ async def test_blocked_client_gets_problem_json_and_the_finding_is_listed_and_co
     assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
 
     async with client.get(f"{gateway.url}/echo/portal/next", headers={**token, **HEADLESS}) as response:
+        assert response.status == 403  # a page navigation: the HTML block page (tests/test_challenge.py)
+        assert 'data-fairgate-outcome="block"' in await response.text()
+    json_accept = {**token, **HEADLESS, "Accept": "application/json"}
+    async with client.get(f"{gateway.url}/echo/portal/next", headers=json_accept) as response:
         assert response.status == 403
         assert response.headers["Content-Type"].startswith("application/problem+json")
         assert int(response.headers["Retry-After"]) > 800

@@ -120,6 +120,17 @@ class UserAgentLists(Section):
                                                                                     "as automation.")
 
 
+class ChallengeSettings(Section):
+    """The `challenge` action's interstitial: a proof-of-work a browser solves by itself, then a
+    signed pass cookie that spares its subject further challenges (never a block)."""
+
+    difficulty: int = Field(12, ge=1, le=24, description="Leading zero bits the page's SHA-256 must find: about "
+                                                         "2^difficulty hashes (12: a few thousand, well under a "
+                                                         "second in a browser).")
+    pass_ttl: Duration = Field(3600.0, ge=60.0, le=7 * 86400.0,
+                               description="How long a solved challenge spares its subject further challenges.")
+
+
 _DEFAULT_ACTIONS: Mapping[RouteClass, ScrapingAction] = frozen_mapping(
     {"portal": "flag", "api": "flag", "public": "flag"}
 )
@@ -138,6 +149,7 @@ class ScrapingDetector(Advice):
     block_for: Duration = Field(900.0, description="First block; it doubles for each repeat offence.")
     max_block: Duration = Field(86400.0, description="Longest block for a repeat offender.")
     weights: SignalWeights = SignalWeights()
+    challenge: ChallengeSettings = ChallengeSettings()
     user_agents: UserAgentLists = UserAgentLists()
     cadence_samples: int = Field(12, ge=4, le=200, description="Inter-arrival times the cadence signal looks at.")
     cadence_max_cv: float = Field(0.1, gt=0, description="Coefficient of variation below which cadence is "
