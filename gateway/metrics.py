@@ -194,9 +194,22 @@ class Metrics:
             "fairgate_state_store_fallbacks", "Decisions made without the shared store, by failure mode.", ["mode"],
             registry=self.registry,
         )
+        self.challenges = Counter(
+            "fairgate_challenges", "Challenge interstitials issued, passes accepted (first use) and passes refused.",
+            ["result"], registry=self.registry,
+        )
         self.findings = Counter(
             "fairgate_findings", "Policy findings, by detector and action.", ["detector", "action"],
             registry=self.registry,
+        )
+
+        self.browser_proofs = Counter(
+            "fairgate_browser_proofs", "Browser-proof links fetched, by result (credited, expired, forged, "
+            "wrong_identity, replayed).", ["result"], registry=self.registry,
+        )
+        self.proof_pages = Counter(
+            "fairgate_proof_pages", "HTML pages offered a browser-proof link, by result (injected, no_head, "
+            "compressed, no_transform).", ["result"], registry=self.registry,
         )
 
         self.transitions = Counter(

@@ -25,6 +25,7 @@ from gateway.config import GatewayConfig, Route, Upstream
 from gateway.detect.engine import Detection
 from gateway.detect.findings import FindingLog
 from gateway.detect.off import DETECTION_OFF, RequestDetection
+from gateway.detect.proof import BrowserProofs
 from gateway.enforce.enforcer import Enforcement
 from gateway.enforce.granting import Granting
 from gateway.enforce.off import ENFORCEMENT_OFF, RequestEnforcement
@@ -34,7 +35,10 @@ from gateway.limits.limiter import Limiter
 from gateway.limits.policy import PlanBook
 from gateway.limits.shedding import InFlightGate
 from gateway.limits.stats import LimitStats
+from gateway.proxy.browser_proof import ProofLinks
+from gateway.proxy.challenge import Challenges, challenge_key
 from gateway.proxy.client_address import ClientAddressResolver
+from gateway.proxy.pages.layout import Appeal
 from gateway.proxy.request_body import BodyTimeouts
 from gateway.proxy.routing import Router
 from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
@@ -65,6 +69,7 @@ class GatewayState:
     enforcement: Enforcement
     granting: Granting
     usage: UsageMeter
+    proofs: BrowserProofs
     tables: Tables  # every per-key table, for /metrics and the idle sweep
 
 
@@ -84,6 +89,8 @@ class RouteTarget:
     rate_cap: RateCap | None = None
     # How the route reads the login cookie; None (most routes) costs nothing per request.
     session_cookie: SessionCookieReader | None = None
+    # The browser-proof links its HTML pages carry; None on routes without (API routes cost nothing).
+    proof_links: ProofLinks | None = None
 
 
 class Runtime:
@@ -128,6 +135,11 @@ class Runtime:
         # Consulted by the request path only when it enforces; shadow mode records, off does nothing.
         self.enforcement: RequestEnforcement = state.enforcement if config.enforcement.enabled else ENFORCEMENT_OFF
         self.usage: UsageMeter | None = state.usage if config.usage.enabled else None
+        self.proof_links = ProofLinks(config, state.proofs, self.detection, self.authenticator, self.client_addresses)
+        # What a person's browser meets when refused: the challenge's signed proof-of-work, the appeal link.
+        self.challenges = Challenges(challenge_key(config.detection.salt()), config.detection.scraping.challenge,
+                                     state.clock)
+        self.appeal = Appeal.of(config.enforcement)
         self.router: Router[RouteTarget] = Router(
             [(route.host, route.path_prefix, self._target(route)) for route in config.routes]
         )
@@ -151,6 +163,7 @@ class Runtime:
             gate=self.gates.get(route.upstream),
             rate_cap=self.rate_caps.get(route.upstream),
             session_cookie=session,
+            proof_links=self.proof_links if self.proof_links.plants_on(route) else None,
         )
 
     def _session_cookie(self, route: Route) -> SessionCookieReader | None:
