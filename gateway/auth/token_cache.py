@@ -118,7 +118,9 @@ class TokenCache:
 
 def _digest(token: str) -> bytes:
     # 128 bits: two tokens with the same key would share an identity, so not Python's hash.
-    return blake2b(token.encode(), digest_size=16).digest()
+    # surrogatepass: a header decoded with surrogates (bytes that are not UTF-8) is still a key,
+    # one to one with the string; the verifier, not the cache, rejects such a token.
+    return blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _first(segment: OrderedDict[bytes, _Entry], count: int) -> list[tuple[bytes, _Entry]]:
