@@ -184,3 +184,22 @@ def _sample(text: str, series: str) -> float:
     match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
     assert match is not None, f"{series} not in /metrics"
     return float(match.group(1))
+
+
+def test_standings_forget_ended_decisions_a_week_later_and_never_evict_one_in_force():
+    from gateway.enforce.ladder import OK, SUSPENDED, Standing
+    from gateway.enforce.standings import Standings
+
+    standings = Standings()
+    standings.latest_table.limit = 100
+    suspended = Standing("customer:bad", SUSPENDED, T0, T0 + 3600, "test")
+    standings.apply(suspended)
+    for n in range(300):  # past the bound of latest decisions
+        standings.apply(Standing(f"customer:c{n}", OK, T0 + 1, T0 + 60, "test"))
+    assert len(standings.latest_table) == 100 and standings.latest_table.evictions == 201
+    assert standings.in_force("customer:bad", T0 + 10) == suspended  # still suspended
+    while standings.latest_table.sweep(T0 + 7 * 86400, 100) or standings.active_table.sweep(T0 + 7 * 86400, 100):
+        pass
+    assert len(standings.latest_table) == 100  # ended, but not a week ago yet
+    assert not standings  # the suspension ended: nothing in force
+    assert standings.latest_table.sweep(T0 + 60 + 7 * 86400, 100) == 100
