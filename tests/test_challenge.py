@@ -11,11 +11,12 @@ import re
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config.detection import ChallengeSettings
-from gateway.detect.observation import PROOF
+from gateway.detect.observation import PROOF, subject_of
 from gateway.detect.sanctions import AUTOMATION, Sanction, SanctionKind
 from gateway.proxy.challenge import COOKIE, Challenges, Check, challenge_key, meets, pass_values
 from gateway.proxy.pages.navigation import wants_html
@@ -32,6 +33,8 @@ NAVIGATION = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/201
               "Accept-Language": "en", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
 CURL = {"User-Agent": "curl/8.5.0", "Accept": "*/*"}
 APPEAL = "https://example.com/appeal"
+# What fetch() sends unless told otherwise, so an anonymous client's fingerprint is known.
+DEFAULTS = {"Accept-Encoding": "gzip, deflate", "User-Agent": SERVER_SOFTWARE}
 UPSTREAM_PAGE = "<!doctype html><title>Records</title><h1 id='upstream'>Your records</h1>"
 
 
@@ -66,8 +69,21 @@ def challenge_config(upstream_url: str, difficulty: int = 10) -> dict:
     return config
 
 
+def anonymous(address: str, headers: dict) -> str:
+    """Whom the gateway scores fetch()'s anonymous request as: its network and header fingerprint."""
+    return subject_of(None, None, address, {**DEFAULTS, **headers})
+
+
+async def browser_subject(browser, gateway, url: str) -> str:
+    """The browser's anonymous subject, from a first page load the detectors observed."""
+    queue = gateway.server.state.detection._queue  # drained only every hour in these tests
+    await run(lambda: browser.get(url))
+    await wait_until(lambda: any(obs.route_class == "portal" for obs in queue), message="the page was not observed")
+    return next(obs.subject for obs in queue if obs.route_class == "portal")
+
+
 def sanction(gateway, subject: str, kind: SanctionKind = SanctionKind.CHALLENGE, until: float = T0 + 86400) -> None:
-    """Put `subject` ("address:IP" or "user:C/U") under a sanction, as a finding would."""
+    """Put `subject` (`anonymous(...)` or "user:C/U") under a sanction, as a finding would."""
     detection = gateway.server.state.detection
     if subject.startswith("address:"):
         subject = "address:" + detection.hasher.hash(subject.removeprefix("address:"))
@@ -103,7 +119,7 @@ async def fetch(url: str, headers: dict, source: str = "127.0.0.1") -> tuple[int
     """One request from loopback address `source` (no cookie jar: each test says what it sends)."""
     connector = aiohttp.TCPConnector(local_addr=(source, 0))
     async with (aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session,
-                session.get(url, headers=headers) as response):
+                session.get(url, headers={**DEFAULTS, **headers}) as response):
         return response.status, {k.lower(): v for k, v in response.headers.items()}, await response.text()
 
 
@@ -115,8 +131,9 @@ async def test_a_real_browser_passes_the_challenge_by_itself_and_is_credited(bro
     from selenium.webdriver.common.by import By
 
     gateway = await start_gateway(challenge_config(pages_upstream, difficulty=12))
-    sanction(gateway, "address:127.0.0.1")
     browser.delete_all_cookies()
+    subject = await browser_subject(browser, gateway, f"{gateway.url}/portal/records/6")
+    sanction(gateway, subject)
 
     await run(lambda: browser.get(f"{gateway.url}/portal/records/7"))
     heading = await run(lambda: wait_for(browser, lambda d: d.find_elements(By.ID, "upstream"), timeout=20))
@@ -124,7 +141,7 @@ async def test_a_real_browser_passes_the_challenge_by_itself_and_is_credited(bro
     cookie = await run(lambda: browser.get_cookie(COOKIE))
     assert cookie is not None and cookie["sameSite"] == "Lax" and not cookie["secure"]
     assert challenges_counted(gateway, "issued") == 1 and challenges_counted(gateway, "passed") == 1
-    await wait_until(lambda: proofs(gateway, "address:127.0.0.1") >= 1, message="the browser was not credited")
+    await wait_until(lambda: proofs(gateway, subject) >= 1, message="the browser was not credited")
 
     # The pass holds for the next pages: no second interstitial.
     await run(lambda: browser.get(f"{gateway.url}/portal/records/8"))
@@ -138,8 +155,8 @@ async def test_the_browser_without_web_crypto_passes_with_the_scripts_own_digest
     from selenium.webdriver.common.by import By
 
     gateway = await start_gateway(challenge_config(pages_upstream, difficulty=8))
-    sanction(gateway, "address:127.0.0.1")
     browser.delete_all_cookies()
+    sanction(gateway, await browser_subject(browser, gateway, f"{gateway.url}/portal/records/0"))
     hidden = await run(lambda: browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {
         "source": "Object.defineProperty(window.crypto, 'subtle', {get: () => undefined});"}))
     try:
@@ -155,8 +172,8 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
     clock = ManualClock()
     gateway = await start_gateway(challenge_config(pages_upstream), clock=clock)
     url = f"{gateway.url}/portal/records/1"
-    for address in ("127.0.0.1", "127.0.0.2"):
-        sanction(gateway, f"address:{address}")
+    for address in ("127.0.0.1", "127.0.1.2"):  # two networks (an address's /24 is its anonymous identity)
+        sanction(gateway, anonymous(address, NAVIGATION))
 
     status, headers, page = await fetch(url, NAVIGATION)
     assert status == 403 and headers["content-type"].startswith("text/html")
@@ -178,8 +195,8 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
         assert status == 403 and 'data-fairgate-outcome="challenge"' in page_again, value
     assert challenges_counted(gateway, "failed") == len(forged)
 
-    # Replayed by another identity: another address, and a logged-in user on the first one.
-    status, _, _ = await fetch(url, {**NAVIGATION, "Cookie": f"{COOKIE}={good}"}, source="127.0.0.2")
+    # Replayed by another identity: another network, and a logged-in user on the first one.
+    status, _, _ = await fetch(url, {**NAVIGATION, "Cookie": f"{COOKIE}={good}"}, source="127.0.1.2")
     assert status == 403
     sanction(gateway, "user:acme/alice")
     status, _, _ = await fetch(url, {**NAVIGATION, **bearer(hs_token(clock)), "Cookie": f"{COOKIE}={good}"})
@@ -187,7 +204,7 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
 
     status, _, body = await failed_with(good)
     assert (status, body) == (200, UPSTREAM_PAGE)
-    assert challenges_counted(gateway, "passed") == 1 and proofs(gateway, "address:127.0.0.1") == 1
+    assert challenges_counted(gateway, "passed") == 1 and proofs(gateway, anonymous("127.0.0.1", NAVIGATION)) == 1
 
     clock.advance(3601)  # the pass expired (the sanction did not)
     status, _, _ = await failed_with(good)
@@ -196,31 +213,35 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
 
 async def test_a_pass_spares_a_challenge_never_a_block(start_gateway, pages_upstream):
     gateway = await start_gateway(challenge_config(pages_upstream))
-    sanction(gateway, "address:127.0.0.1")
+    sanction(gateway, anonymous("127.0.0.1", NAVIGATION))
     _, _, page = await fetch(f"{gateway.url}/portal/a", NAVIGATION)
     passing = {**NAVIGATION, "Cookie": f"{COOKIE}={solve(page)}"}
     assert (await fetch(f"{gateway.url}/portal/a", passing))[0] == 200
 
-    sanction(gateway, "address:127.0.0.1", AUTOMATION, until=T0 + 2 * 86400)  # the finding grew into a block
+    sanction(gateway, anonymous("127.0.0.1", NAVIGATION), AUTOMATION, until=T0 + 2 * 86400)  # the finding grew into a block
     status, headers, body = await fetch(f"{gateway.url}/api/a", passing)
     assert status == 403 and 'data-fairgate-outcome="block"' in body and "retry-after" in headers
 
 
 async def test_programs_under_a_challenge_get_problem_json_never_html(start_gateway, pages_upstream):
     gateway = await start_gateway(challenge_config(pages_upstream))
-    sanction(gateway, "address:127.0.0.1")
-    for path, headers in (("/portal/a", CURL), ("/portal/a", {"Accept": "application/json"}),
-                          ("/portal/a", {**NAVIGATION, "Sec-Fetch-Dest": "empty"}),  # a page's own fetch()
-                          ("/api/a", NAVIGATION)):  # API routes are never challenged with HTML
+    programs = (("/portal/a", CURL), ("/portal/a", {"Accept": "application/json"}),
+                ("/portal/a", {**NAVIGATION, "Sec-Fetch-Dest": "empty"}))  # a page's own fetch()
+    for _, headers in (*programs, ("/api/a", NAVIGATION)):
+        sanction(gateway, anonymous("127.0.0.1", headers))
+    for path, headers in programs:
         status, answer_headers, body = await fetch(f"{gateway.url}{path}", headers)
         assert status == 403 and answer_headers["content-type"].startswith("application/problem+json"), (path, body)
         assert "automation-challenge" in body
+    # The API is never challenged at all: one signal on it flags, its programs are served.
+    assert (await fetch(f"{gateway.url}/api/a", NAVIGATION))[0] == 200
     assert challenges_counted(gateway, "issued") == 0
 
 
 async def test_a_blocked_browser_gets_a_page_that_says_until_when_and_how_to_appeal(start_gateway, pages_upstream):
     gateway = await start_gateway(challenge_config(pages_upstream), clock=ManualClock())
-    sanction(gateway, "address:127.0.0.1", AUTOMATION)
+    for headers in (NAVIGATION, CURL):  # a person's browser and a program on one network: two clients
+        sanction(gateway, anonymous("127.0.0.1", headers), AUTOMATION)
 
     status, headers, page = await fetch(f"{gateway.url}/api/a", NAVIGATION)
     assert status == 403 and headers["content-type"] == "text/html; charset=utf-8"
@@ -302,7 +323,7 @@ async def test_behind_a_tls_proxy_the_pass_is_a_secure_host_only_cookie(start_ga
     config = challenge_config(pages_upstream)
     config["server"]["trusted_proxies"] = ["127.0.0.1/32"]
     gateway = await start_gateway(config)
-    sanction(gateway, "address:127.0.0.1")
+    sanction(gateway, anonymous("127.0.0.1", NAVIGATION))
     _, _, plain = await fetch(f"{gateway.url}/portal/a", NAVIGATION)
     assert f'data-cookie="{COOKIE}"' in plain and 'data-secure="0"' in plain
     status, _, page = await fetch(f"{gateway.url}/portal/a", {**NAVIGATION, "X-Forwarded-Proto": "https"})
