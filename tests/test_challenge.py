@@ -11,7 +11,6 @@ import re
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,18 +29,26 @@ from tests.support.waiting import wait_until
 # A person's browser opening a page, and a program.
 NAVIGATION = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
               "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-              "Accept-Language": "en", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
-CURL = {"User-Agent": "curl/8.5.0", "Accept": "*/*"}
+              "Accept-Language": "en", "Accept-Encoding": "gzip, deflate, br", "Sec-Fetch-Mode": "navigate",
+              "Sec-Fetch-Dest": "document"}
+CURL = {"User-Agent": "curl/8.5.0", "Accept": "*/*", "Accept-Encoding": "gzip"}
 APPEAL = "https://example.com/appeal"
-# What fetch() sends unless told otherwise, so an anonymous client's fingerprint is known.
-DEFAULTS = {"Accept-Encoding": "gzip, deflate", "User-Agent": SERVER_SOFTWARE}
 UPSTREAM_PAGE = "<!doctype html><title>Records</title><h1 id='upstream'>Your records</h1>"
+
+
+class PagesUpstream(str):
+    """The upstream's URL, and the request headers it was sent."""
+
+    seen: list[dict[str, str]]
 
 
 @pytest.fixture
 async def pages_upstream():
     """The vendor's portal: an HTML page for every path."""
+    seen: list[dict[str, str]] = []
+
     async def page(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
         return web.Response(text=UPSTREAM_PAGE, content_type="text/html")
 
     app = web.Application()
@@ -49,13 +56,15 @@ async def pages_upstream():
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    url = PagesUpstream(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    url.seen = seen
+    yield url
     await runner.cleanup()
 
 
 def challenge_config(upstream_url: str, difficulty: int = 10) -> dict:
     config = gateway_config(
-        upstream_url,
+        str(upstream_url),  # a plain str for the YAML file
         routes=[{"name": "portal", "path_prefix": "/portal/", "upstream": "app", "auth": "optional",
                  "class": "portal"},
                 {"name": "api", "path_prefix": "/api/", "upstream": "app", "auth": "optional", "class": "api"}],
@@ -70,24 +79,14 @@ def challenge_config(upstream_url: str, difficulty: int = 10) -> dict:
 
 
 def anonymous(address: str, headers: dict) -> str:
-    """Whom the gateway scores fetch()'s anonymous request as: its network and header fingerprint."""
-    return subject_of(None, None, address, {**DEFAULTS, **headers})
-
-
-async def browser_subject(browser, gateway, url: str) -> str:
-    """The browser's anonymous subject, from a first page load the detectors observed."""
-    queue = gateway.server.state.detection._queue  # drained only every hour in these tests
-    await run(lambda: browser.get(url))
-    await wait_until(lambda: any(obs.route_class == "portal" for obs in queue), message="the page was not observed")
-    return next(obs.subject for obs in queue if obs.route_class == "portal")
+    """Whom detection takes an anonymous client for: its network and header fingerprint."""
+    return subject_of(None, None, address, headers)
 
 
 def sanction(gateway, subject: str, kind: SanctionKind = SanctionKind.CHALLENGE, until: float = T0 + 86400) -> None:
     """Put `subject` (`anonymous(...)` or "user:C/U") under a sanction, as a finding would."""
     detection = gateway.server.state.detection
-    if subject.startswith("address:"):
-        subject = "address:" + detection.hasher.hash(subject.removeprefix("address:"))
-    detection.sanctions.add(Sanction(subject, kind, until, "no screen-scraping"))
+    detection.sanctions.add(Sanction(detection.public(subject), kind, until, "no screen-scraping"))
 
 
 def challenges_counted(gateway, result: str) -> float:
@@ -119,7 +118,7 @@ async def fetch(url: str, headers: dict, source: str = "127.0.0.1") -> tuple[int
     """One request from loopback address `source` (no cookie jar: each test says what it sends)."""
     connector = aiohttp.TCPConnector(local_addr=(source, 0))
     async with (aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session,
-                session.get(url, headers={**DEFAULTS, **headers}) as response):
+                session.get(url, headers=headers) as response):
         return response.status, {k.lower(): v for k, v in response.headers.items()}, await response.text()
 
 
@@ -127,12 +126,19 @@ def run(step):
     return asyncio.to_thread(step)
 
 
+async def chromium_subject(browser, gateway, upstream: PagesUpstream) -> str:
+    """Who Chromium is to the detectors: one page before any sanction shows its headers."""
+    browser.delete_all_cookies()
+    await run(lambda: browser.get(f"{gateway.url}/portal/first"))
+    await wait_until(lambda: upstream.seen, message="the first page did not reach the upstream")
+    return anonymous("127.0.0.1", upstream.seen[-1])
+
+
 async def test_a_real_browser_passes_the_challenge_by_itself_and_is_credited(browser, start_gateway, pages_upstream):
     from selenium.webdriver.common.by import By
 
     gateway = await start_gateway(challenge_config(pages_upstream, difficulty=12))
-    browser.delete_all_cookies()
-    subject = await browser_subject(browser, gateway, f"{gateway.url}/portal/records/6")
+    subject = await chromium_subject(browser, gateway, pages_upstream)
     sanction(gateway, subject)
 
     await run(lambda: browser.get(f"{gateway.url}/portal/records/7"))
@@ -155,8 +161,7 @@ async def test_the_browser_without_web_crypto_passes_with_the_scripts_own_digest
     from selenium.webdriver.common.by import By
 
     gateway = await start_gateway(challenge_config(pages_upstream, difficulty=8))
-    browser.delete_all_cookies()
-    sanction(gateway, await browser_subject(browser, gateway, f"{gateway.url}/portal/records/0"))
+    sanction(gateway, await chromium_subject(browser, gateway, pages_upstream))
     hidden = await run(lambda: browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {
         "source": "Object.defineProperty(window.crypto, 'subtle', {get: () => undefined});"}))
     try:
@@ -172,8 +177,9 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
     clock = ManualClock()
     gateway = await start_gateway(challenge_config(pages_upstream), clock=clock)
     url = f"{gateway.url}/portal/records/1"
-    for address in ("127.0.0.1", "127.0.1.2"):  # two networks (an address's /24 is its anonymous identity)
-        sanction(gateway, anonymous(address, NAVIGATION))
+    other_browser = {**NAVIGATION, "User-Agent": NAVIGATION["User-Agent"].replace("128.0", "129.0")}
+    for address, headers in (("127.0.0.1", NAVIGATION), ("127.0.1.1", NAVIGATION), ("127.0.0.1", other_browser)):
+        sanction(gateway, anonymous(address, headers))
 
     status, headers, page = await fetch(url, NAVIGATION)
     assert status == 403 and headers["content-type"].startswith("text/html")
@@ -195,8 +201,10 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
         assert status == 403 and 'data-fairgate-outcome="challenge"' in page_again, value
     assert challenges_counted(gateway, "failed") == len(forged)
 
-    # Replayed by another identity: another network, and a logged-in user on the first one.
-    status, _, _ = await fetch(url, {**NAVIGATION, "Cookie": f"{COOKIE}={good}"}, source="127.0.1.2")
+    # Replayed by another identity: another network, another browser on the same address, a logged-in user.
+    status, _, _ = await fetch(url, {**NAVIGATION, "Cookie": f"{COOKIE}={good}"}, source="127.0.1.1")
+    assert status == 403
+    status, _, _ = await fetch(url, {**other_browser, "Cookie": f"{COOKIE}={good}"})
     assert status == 403
     sanction(gateway, "user:acme/alice")
     status, _, _ = await fetch(url, {**NAVIGATION, **bearer(hs_token(clock)), "Cookie": f"{COOKIE}={good}"})
@@ -218,29 +226,29 @@ async def test_a_pass_spares_a_challenge_never_a_block(start_gateway, pages_upst
     passing = {**NAVIGATION, "Cookie": f"{COOKIE}={solve(page)}"}
     assert (await fetch(f"{gateway.url}/portal/a", passing))[0] == 200
 
-    sanction(gateway, anonymous("127.0.0.1", NAVIGATION), AUTOMATION, until=T0 + 2 * 86400)  # the finding grew into a block
+    sanction(gateway, anonymous("127.0.0.1", NAVIGATION), AUTOMATION, until=T0 + 2 * 86400)  # grew into a block
     status, headers, body = await fetch(f"{gateway.url}/api/a", passing)
     assert status == 403 and 'data-fairgate-outcome="block"' in body and "retry-after" in headers
 
 
 async def test_programs_under_a_challenge_get_problem_json_never_html(start_gateway, pages_upstream):
     gateway = await start_gateway(challenge_config(pages_upstream))
-    programs = (("/portal/a", CURL), ("/portal/a", {"Accept": "application/json"}),
-                ("/portal/a", {**NAVIGATION, "Sec-Fetch-Dest": "empty"}))  # a page's own fetch()
-    for _, headers in (*programs, ("/api/a", NAVIGATION)):
+    for headers in (NAVIGATION, CURL):
         sanction(gateway, anonymous("127.0.0.1", headers))
-    for path, headers in programs:
-        status, answer_headers, body = await fetch(f"{gateway.url}{path}", headers)
-        assert status == 403 and answer_headers["content-type"].startswith("application/problem+json"), (path, body)
+    for headers in (CURL, {**CURL, "Accept": "application/json"},
+                    {**NAVIGATION, "Sec-Fetch-Dest": "empty"}):  # a page's own fetch()
+        status, answer_headers, body = await fetch(f"{gateway.url}/portal/a", headers)
+        assert status == 403 and answer_headers["content-type"].startswith("application/problem+json"), body
         assert "automation-challenge" in body
-    # The API is never challenged at all: one signal on it flags, its programs are served.
-    assert (await fetch(f"{gateway.url}/api/a", NAVIGATION))[0] == 200
+    # API routes are never challenged (with HTML or otherwise): a challenge is for pages.
+    status, answer_headers, _ = await fetch(f"{gateway.url}/api/a", NAVIGATION)
+    assert status == 200
     assert challenges_counted(gateway, "issued") == 0
 
 
 async def test_a_blocked_browser_gets_a_page_that_says_until_when_and_how_to_appeal(start_gateway, pages_upstream):
     gateway = await start_gateway(challenge_config(pages_upstream), clock=ManualClock())
-    for headers in (NAVIGATION, CURL):  # a person's browser and a program on one network: two clients
+    for headers in (NAVIGATION, CURL):
         sanction(gateway, anonymous("127.0.0.1", headers), AUTOMATION)
 
     status, headers, page = await fetch(f"{gateway.url}/api/a", NAVIGATION)
