@@ -36,7 +36,11 @@ def read(admin_port: int | None) -> Histogram | None:
             text = response.read().decode()
     except OSError:
         return None
-    return {float(bound): float(count) for bound, count in _BUCKET.findall(text)}
+    return parse(text)
+
+
+def parse(metrics_text: str) -> Histogram:
+    return {float(bound): float(count) for bound, count in _BUCKET.findall(metrics_text)}
 
 
 def during(before: Histogram | None, after: Histogram | None) -> Lag | None:

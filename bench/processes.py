@@ -180,11 +180,12 @@ state: {{url: "{state_url}", timeout: 200ms}}
 
 
 def start_fairgate(config: Path, upstream_port: int, state_url: str, core: int | None = SERVER_CORE,
-                   workers: int = 1) -> Gateway:
-    """`core=None` leaves the process (or the workers) to the scheduler."""
+                   workers: int = 1, extra: Path | None = None) -> Gateway:
+    """`core=None` leaves the process (or the workers) to the scheduler; `extra` is YAML merged
+    over the bench's config (e.g. short idle TTLs, so the idle RSS is read after they pass)."""
     port, admin_port = bench_port(), bench_port()
     customers = "\n".join(f"  free-{n}: {{plan: unlimited}}" for n in range(TOKEN_CUSTOMERS))
-    config.write_text(BENCH_LIMITS.format(customers=customers, state_url=state_url) + f"""
+    text = BENCH_LIMITS.format(customers=customers, state_url=state_url) + f"""
 server: {{listen: "127.0.0.1:{port}", access_log: false}}
 admin: {{listen: "127.0.0.1:{admin_port}"}}
 logging: {{level: warning}}
@@ -203,6 +204,20 @@ routes:
   - {{name: open, path_prefix: /open/, upstream: bench, auth: none, detect: false}}
   - {{name: detect, path_prefix: /detect/, upstream: bench}}
   - {{name: api, path_prefix: /, upstream: bench, detect: false}}
-""")
+"""
+    config.write_text(text if extra is None else merged_yaml(text, extra.read_text()))
     process = pinned([sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", str(workers)], core)
     return Gateway(process, port, admin_port)
+
+
+def merged_yaml(base: str, extra: str) -> str:
+    """`extra`'s mappings merged key by key into `base`'s; any other value replaces."""
+    import yaml
+
+    def merge(into: dict[str, object], over: dict[str, object]) -> dict[str, object]:
+        for key, value in over.items():
+            current = into.get(key)
+            into[key] = merge(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+        return into
+
+    return yaml.safe_dump(merge(yaml.safe_load(base), yaml.safe_load(extra) or {}), sort_keys=False)

@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="customer counts of the many-customer targets (default 2000,20000,200000; 0 for none)")
     parser.add_argument("--idle", type=float, default=60.0, metavar="SECONDS",
                         help="idle time of the memory-store gateway before its RSS is read again (default 60)")
+    parser.add_argument("--gateway-config", type=Path, metavar="FILE",
+                        help="YAML merged over every bench gateway's config (e.g. shorter idle TTLs for --idle)")
     parser.add_argument("--skip", type=_extras, default=(), metavar="NAME,NAME",
                         help=f"leave out some of the runs after the rounds: {','.join(EXTRAS)}")
     parser.add_argument("--quick", action="store_true",
@@ -140,7 +142,7 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         targets_.append(Target(names.NAIVE, naive_port, naive.pid))
     # Each fairgate process serves every variant, so a comparison is never between two
     # processes (which alone differ by several microseconds per request here).
-    memory = start_fairgate(workdir / "memory.yaml", upstream_port, "memory://")
+    memory = start_fairgate(workdir / "memory.yaml", upstream_port, "memory://", extra=args.gateway_config)
     processes.append(memory.process)
     on_memory = {"pid": memory.process.pid, "admin_port": memory.admin_port}
     targets_ += [
@@ -159,7 +161,8 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         not {"fleet", "workers"} <= set(args.skip)
     if redis_wanted and (redis := start_redis(workdir)) is not None:
         processes.append(redis.process)
-        shared = start_fairgate(workdir / "redis.yaml", upstream_port, f"redis://127.0.0.1:{redis.port}/0")
+        shared = start_fairgate(workdir / "redis.yaml", upstream_port, f"redis://127.0.0.1:{redis.port}/0",
+                                extra=args.gateway_config)
         processes.append(shared.process)
         on_redis = {"pid": shared.process.pid, "admin_port": shared.admin_port, "redis_port": redis.port}
         targets_ += [
@@ -174,7 +177,8 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
     twenty = many_tokens.get(20_000) or (many_tokens[min(many_tokens)] if many_tokens else None)
     if redis is not None and "fleet" not in args.skip and twenty is not None:
         # The second member of the fleet: the same config on the same Redis, on the same core.
-        second = start_fairgate(workdir / "redis-b.yaml", upstream_port, f"redis://127.0.0.1:{redis.port}/0")
+        second = start_fairgate(workdir / "redis-b.yaml", upstream_port, f"redis://127.0.0.1:{redis.port}/0",
+                                extra=args.gateway_config)
         processes.append(second.process)
         fleet_targets = [Target(f"fleet member {n + 1}", g.port, g.process.pid, rotation(twenty), redis.port,
                                 "/detect/bench", twenty, g.admin_port) for n, g in enumerate((shared, second))]
@@ -182,7 +186,8 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         for count in (1, 2):
             # Left to the scheduler: on 2 cores, 2 workers need both (wrk and the upstream share them).
             supervised = start_fairgate(workdir / f"workers-{count}.yaml", upstream_port,
-                                        f"redis://127.0.0.1:{redis.port}/0", core=None, workers=count)
+                                        f"redis://127.0.0.1:{redis.port}/0", core=None, workers=count,
+                                        extra=args.gateway_config)
             processes.append(supervised.process)
             workers[count] = (Target(f"--workers {count}", supervised.port, supervised.process.pid,
                                      bearer(limited_tokens), redis.port, "/detect/bench"), [])
