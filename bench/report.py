@@ -54,7 +54,19 @@ def table(results: list[Result], rounds: dict[str, list[Result]], cold: dict[int
             extra = statistics.median(a.cpu_us_per_request - b.cpu_us_per_request for a, b in pairs)
             lines.append(f"{label}: {statistics.median(ratios):.2f}x req/s (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}), "
                          f"{extra:+.1f} us CPU per request (median of {len(pairs)} paired rounds).")
+    for count in args.many_customers:
+        runs = rounds.get(names.many_customers(count), [])
+        if runs:
+            lines.append(f"{count:,} customers, over {len(runs)} rounds: "
+                         f"{_spread([r.requests_per_second for r in runs], '{:,.0f}')} req/s, "
+                         f"p50 {_spread([r.p50_ms for r in runs], '{:.2f}')} ms, "
+                         f"p99 {_spread([r.p99_ms for r in runs], '{:.2f}')} ms.")
     for count, rate in cold.items():
         lines.append(f"Warm-up of \"{names.many_customers(count)}\": each token sent once, first sight: "
                      f"{rate:,.0f} req/s ({args.connections} connections, bench/openloop at full speed).")
     return "\n".join(lines)
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return fmt.format(min(values)) if min(values) == max(values) else \
+        f"{fmt.format(min(values))}-{fmt.format(max(values))}"

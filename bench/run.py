@@ -226,8 +226,10 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         target = next(t for t in targets_ if t.name == open_loop_name)
         m.open_loop_customers = 20_000 if 20_000 in many_tokens else max(many_tokens)
         for _ in range(extra_rounds):
+            before = looplag.read(target.admin_port)
             m.open_loop.append(openloop.run(target.port, target.path, rate, args.duration, args.connections,
                                             target.warm_up))
+            m.open_loop_lags.append(looplag.during(before, looplag.read(target.admin_port)))
     idle_since = time.monotonic()  # the memory-store gateway gets no more requests
 
     if fleet_targets and redis is not None:
@@ -237,7 +239,7 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
             _first_sight(target, target.warm_up, args.connections)
         m.fleet = [fleet.measure_fleet(fleet_targets, redis.port, redis.process.pid, args)
                    for _ in range(extra_rounds)]
-        m.fleet_reference = names.many_customers(20_000) if 20_000 in many_tokens else None
+        m.fleet_reference = names.many_customers(next(c for c, t in many_tokens.items() if t == twenty))
     if workers and redis is not None:
         for count, (target, pids) in workers.items():
             wait_http(f"http://127.0.0.1:{target.port}/healthz")
@@ -272,7 +274,11 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
 def _first_sight(target: Target, tokens: Path, connections: int) -> float:
     """Each token sent once (the rounds then see warm tokens); the req/s of that pass."""
     if openloop.build() is not None:
-        return openloop.each_token_once(target.port, target.path, connections, tokens).rate_done
+        result = openloop.each_token_once(target.port, target.path, connections, tokens)
+        if result.errors or result.unfinished:
+            print(f"bench: first sight of {tokens.name}: {result.errors} errors, {result.unfinished} unanswered",
+                  file=sys.stderr)
+        return result.rate_done
     print("bench: no gcc, the first-sight pass uses a Python client (which may be its limit)", file=sys.stderr)
     return send_each_token_once(f"http://127.0.0.1:{target.port}{target.path}", tokens, connections, LOAD_CORE)
 
