@@ -91,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = time.monotonic()
     for tool in ("wrk", "nginx"):
         if not find(tool):
             print(f"bench: {tool} is not installed (nginx serves as upstream and reference proxy).\n"
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for process in reversed(processes):
                 stop(process)
+    output += f"\n\nbench/run.py took {time.monotonic() - started:.0f} s of wall time."
     print(output)
     if args.markdown:
         Path(args.markdown).write_text(output + "\n")
