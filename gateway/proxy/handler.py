@@ -258,7 +258,7 @@ class ProxyHandler:
                 runtime.limiter.finish(admission, meter.bytes, meter.upstream_seconds)
             if meter.status and identity is not None and runtime.usage is not None:
                 runtime.usage.forwarded(identity.customer, route.cost, meter.bytes_in, meter.bytes - meter.bytes_in,
-                                        meter.upstream_seconds, identity.licenses)
+                                        meter.upstream_seconds, identity.licenses, admission.plan)
             if observed and meter.status:
                 detection.observe_request(route.route_class, identity, client_ip,
                                           request.method, request.raw_path,
