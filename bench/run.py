@@ -38,6 +38,7 @@ from bench import compare, fleet, looplag, names, openloop, report, targets  # n
 from bench.processes import (  # noqa: E402
     LOAD_CORE,
     SERVER_CORE,
+    RedisServer,
     bench_port,
     find,
     pinned,
@@ -158,9 +159,7 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
     targets_ += [Target(names.many_customers(count), memory.port, script=rotation(tokens), path="/detect/bench",
                         warm_up=tokens, **on_memory)
                  for count, tokens in many_tokens.items()]
-    redis = None
-    redis_wanted = any(wanted(n) for n in (names.AUTH_ON_REDIS, names.LIMITS_REDIS, names.DETECT_REDIS)) or \
-        not {"fleet", "workers"} <= set(args.skip)
+    redis_wanted = any(wanted(n) for n in (names.AUTH_ON_REDIS, names.LIMITS_REDIS, names.DETECT_REDIS))
     if redis_wanted and (redis := start_redis(workdir)) is not None:
         processes.append(redis.process)
         shared = start_fairgate(workdir / "redis.yaml", upstream_port, f"redis://127.0.0.1:{redis.port}/0",
@@ -175,24 +174,33 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         ]
     targets_ = [t for t in targets_ if wanted(t.name)]
     fleet_targets: list[Target] = []
-    workers: dict[int, tuple[Target, list[int]]] = {}
+    workers: dict[int, tuple[Target, list[int], RedisServer]] = {}
     twenty = many_tokens.get(20_000) or (many_tokens[min(many_tokens)] if many_tokens else None)
-    if redis is not None and "fleet" not in args.skip and twenty is not None:
-        # The second member of the fleet: the same config on the same Redis, on the same core.
-        second = start_fairgate(workdir / "redis-b.yaml", upstream_port, f"redis://127.0.0.1:{redis.port}/0",
-                                extra=args.gateway_config)
-        processes.append(second.process)
-        fleet_targets = [Target(f"fleet member {n + 1}", g.port, g.process.pid, rotation(twenty), redis.port,
-                                "/detect/bench", twenty, g.admin_port) for n, g in enumerate((shared, second))]
-    if redis is not None and "workers" not in args.skip:
-        for count in (1, 2):
-            # Left to the scheduler: on 2 cores, 2 workers need both (wrk and the upstream share them).
-            supervised = start_fairgate(workdir / f"workers-{count}.yaml", upstream_port,
-                                        f"redis://127.0.0.1:{redis.port}/0", core=None, workers=count,
-                                        extra=args.gateway_config)
-            processes.append(supervised.process)
-            workers[count] = (Target(f"--workers {count}", supervised.port, supervised.process.pid,
-                                     bearer(limited_tokens), redis.port, "/detect/bench"), [])
+    # The fleet and the workers each get a Redis of their own: INFO commandstats counts a whole
+    # server, and idle gateways on it (fleet merges, notices) would add to another run's counts.
+    fleet_redis = start_redis(workdir) if "fleet" not in args.skip and twenty is not None else None
+    if fleet_redis is not None and twenty is not None:
+        processes.append(fleet_redis.process)
+        members = []
+        for n in range(2):
+            # Both on the server core: the fleet's total is what one core gives.
+            member = start_fairgate(workdir / f"fleet-{n}.yaml", upstream_port,
+                                    f"redis://127.0.0.1:{fleet_redis.port}/0", extra=args.gateway_config)
+            processes.append(member.process)
+            members.append(member)
+        fleet_targets = [Target(f"fleet member {n + 1}", g.port, g.process.pid, rotation(twenty), fleet_redis.port,
+                                "/detect/bench", twenty, g.admin_port) for n, g in enumerate(members)]
+    for count in (1, 2) if "workers" not in args.skip else ():
+        if (own := start_redis(workdir)) is None:
+            break
+        processes.append(own.process)
+        # Left to the scheduler: on 2 cores, 2 workers need both (wrk and the upstream share them).
+        supervised = start_fairgate(workdir / f"workers-{count}.yaml", upstream_port,
+                                    f"redis://127.0.0.1:{own.port}/0", core=None, workers=count,
+                                    extra=args.gateway_config)
+        processes.append(supervised.process)
+        workers[count] = (Target(f"--workers {count}", supervised.port, supervised.process.pid,
+                                 bearer(limited_tokens), own.port, "/detect/bench"), [], own)
 
     # Warm-up: pools and token caches, the 400-user targets first so the RSS before the
     # many-customer pass is that of a gateway that has served a little of everything.
@@ -234,24 +242,24 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
             m.open_loop_lags.append(looplag.during(before, looplag.read(target.admin_port)))
     idle_since = time.monotonic()  # the memory-store gateway gets no more requests
 
-    if fleet_targets and redis is not None:
+    if fleet_targets and fleet_redis is not None:
         for target in fleet_targets:
             wait_http(f"http://127.0.0.1:{target.port}/healthz")
             assert target.warm_up is not None
             _first_sight(target, target.warm_up, args.connections)
-        m.fleet = [fleet.measure_fleet(fleet_targets, redis.port, redis.process.pid, args)
+        m.fleet = [fleet.measure_fleet(fleet_targets, fleet_redis.port, fleet_redis.process.pid, args)
                    for _ in range(extra_rounds)]
         m.fleet_reference = names.many_customers(next(c for c, t in many_tokens.items() if t == twenty))
-    if workers and redis is not None:
-        for count, (target, pids) in workers.items():
+    if len(workers) == 2:
+        for count, (target, pids, _) in workers.items():
             wait_http(f"http://127.0.0.1:{target.port}/healthz")
             pids += fleet.worker_pids(target.pid, count)
             run_wrk(target, 1, args)
         for number in range(extra_rounds):
             for count in (1, 2) if number % 2 == 0 else (2, 1):
-                target, pids = workers[count]
+                target, pids, own = workers[count]
                 m.workers.setdefault(count, []).append(
-                    fleet.measure_workers(target, pids, redis.port, redis.process.pid, args))
+                    fleet.measure_workers(target, pids, own.port, own.process.pid, args))
 
     largest = max(many_tokens, default=0)
     if "memory" not in args.skip and largest in cold:
