@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="also write each target's medians as JSON (for --baseline)")
     parser.add_argument("--baseline", metavar="FILE", help="print the deltas against an earlier --json FILE")
     parser.add_argument("--only", metavar="TEXT", action="append",
-                        help="measure only targets whose name contains TEXT (repeatable; for quick A/B runs)")
+                        help="measure only targets whose name contains TEXT (repeatable; for quick A/B runs); "
+                             "the fleet and workers runs only when TEXT names them (--only fleet)")
     parser.add_argument("--many-customers", metavar="N,N", type=_counts, default=MANY_CUSTOMERS,
                         help="customer counts of the many-customer targets (default 2000,20000,200000; 0 for none)")
     parser.add_argument("--idle", type=float, default=60.0, metavar="SECONDS",
@@ -87,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick and not args.only:
         args.only = [names.BARE, names.PLAIN, *(names.many_customers(count) for count in args.many_customers)]
+    if args.only:
+        # A focused run leaves out the fleet and the workers unless an --only names them.
+        args.skip = (*args.skip, *(extra for extra in ("fleet", "workers")
+                                   if extra not in args.skip and not any(extra in text for text in args.only)))
     return args
 
 

@@ -54,6 +54,11 @@ def test_quick_measures_the_three_before_after_targets_and_its_defaults_can_be_o
     assert parse_args(["--quick", "--rounds", "1"]).rounds == 1
 
 
+def test_a_focused_run_leaves_out_the_fleet_and_the_workers_unless_it_names_them():
+    assert set(parse_args(["--only", "HS256 auth"]).skip) == {"fleet", "workers"}
+    assert parse_args(["--only", "HS256 auth", "--only", "fleet"]).skip == ("workers",)
+
+
 def test_an_unknown_skip_is_refused():
     with pytest.raises(SystemExit):
         parse_args(["--skip", "open-loop,lunch"])
