@@ -28,23 +28,40 @@ class Lag:
         return f"max {self.max_lower_ms:g}-{self.max_upper_ms:g} ms, p99 <= {self.p99_upper_ms:g} ms"
 
 
-def read(admin_port: int | None) -> Histogram | None:
+_BATCH_BUCKET = re.compile(
+    r'^fairgate_background_batch_seconds_bucket\{batch="([^"]+)",le="([^"]+)"\} ([\d.e+]+)$', re.MULTILINE)
+
+
+def scrape(admin_port: int | None) -> str | None:
     if admin_port is None:
         return None
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
+            return str(response.read().decode())
     except OSError:
         return None
-    return parse(text)
+
+
+def read(admin_port: int | None) -> Histogram | None:
+    text = scrape(admin_port)
+    return None if text is None else parse(text)
 
 
 def parse(metrics_text: str) -> Histogram:
     return {float(bound): float(count) for bound, count in _BUCKET.findall(metrics_text)}
 
 
+def parse_batches(metrics_text: str) -> dict[str, Histogram]:
+    """`fairgate_background_batch_seconds` by batch, when the gateway exports it: how long each
+    step of a background batch (a table sweep, a detection batch...) held the loop."""
+    batches: dict[str, Histogram] = {}
+    for batch, bound, count in _BATCH_BUCKET.findall(metrics_text):
+        batches.setdefault(batch, {})[float(bound)] = float(count)
+    return batches
+
+
 def during(before: Histogram | None, after: Histogram | None) -> Lag | None:
-    if not before or not after:
+    if before is None or not after:
         return None
     bounds = sorted(after)
     counts = [after[b] - before.get(b, 0.0) for b in bounds]  # cumulative

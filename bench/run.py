@@ -224,6 +224,7 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
     full_rss = rss_bytes(memory.process.pid)
     jwt_rate = _pinned_here(lambda: jwt_verifications_per_second(limited_tokens)) if cold else None
 
+    batches_before = looplag.parse_batches(looplag.scrape(memory.admin_port) or "")
     rounds: dict[str, list[Result]] = {target.name: [] for target in targets_}
     for number in range(args.rounds):
         # Every other round runs backwards, so a drift of the machine during a round
@@ -246,6 +247,8 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
                                             target.warm_up))
             m.open_loop_lags.append(looplag.during(before, looplag.read(target.admin_port)))
     idle_since = time.monotonic()  # the memory-store gateway gets no more requests
+    batches_after = looplag.parse_batches(looplag.scrape(memory.admin_port) or "")
+    m.batches = {batch: looplag.during(batches_before.get(batch, {}), after) for batch, after in batches_after.items()}
 
     if fleet_targets and fleet_redis is not None:
         for target in fleet_targets:

@@ -85,6 +85,15 @@ def test_the_loop_lag_during_a_run_is_the_difference_of_two_scrapes():
     assert (lag.max_lower_ms, lag.max_upper_ms, lag.p99_upper_ms) == (2.5, 5.0, 1.0)
 
 
+def test_background_batch_steps_are_read_by_batch_when_the_gateway_exports_them():
+    text = "".join(f'fairgate_background_batch_seconds_bucket{{batch="table_sweep",le="{le}"}} {n}\n'
+                   for le, n in (("0.001", 10.0), ("0.002", 12.0), ("0.005", 12.0), ("+Inf", 12.0)))
+    after = looplag.parse_batches(text)
+    lag = looplag.during({}, after["table_sweep"])
+    assert lag is not None and (lag.samples, lag.max_lower_ms, lag.max_upper_ms) == (12, 1.0, 2.0)
+    assert looplag.parse_batches("fairgate_event_loop_lag_seconds_count 3.0\n") == {}
+
+
 @pytest.fixture
 def hello_port():
     port = free_port()
@@ -131,6 +140,7 @@ def test_targets_are_judged_on_the_median_with_the_range_shown():
         many[200_000]: [_result(many[200_000], 9_500)] * 3,
     }
     m = targets.Measurements(rounds, names.BARE, names.PLAIN, names.EVERY_POLICY, many, cold={})
+    m.batches = {"table_sweep": looplag.Lag(12, 2.0, 1.0, 2.0), "usage_flush": looplag.Lag(3, 5.0, 2.0, 5.0)}
     m.memory = targets.Memory(200_000, base_rss=100 * 2**20, full_rss=100 * 2**20 + 200_000 * 1024, idle_rss=None,
                               idle_seconds=60)
     rows = targets.rows(m)
@@ -144,6 +154,7 @@ def test_targets_are_judged_on_the_median_with_the_range_shown():
     assert no_policies.status == "met in some rounds, NOT MET (median)"
     assert no_policies.measured == "0.38x (rounds 0.37-0.43)"
     assert row("3. saturation").status == "NOT MET"  # p99 6x p50
+    assert row("3. longest background batch step").status == "NOT MET (usage_flush)"
     memory = row("4. RSS per tracked customer at 200,000")
     assert memory.status == "met" and memory.measured.startswith("1.00 KB")
 
