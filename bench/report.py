@@ -15,8 +15,11 @@ from bench.wrk import Result
 def table(results: list[Result], rounds: dict[str, list[Result]], cold: dict[int, float],
           args: argparse.Namespace) -> str:
     by_name = {result.name: result for result in results}
-    direct = by_name.get(names.DIRECT, results[0])
-    nginx = by_name.get(names.NGINX, results[0])
+    direct, nginx = by_name.get(names.DIRECT), by_name.get(names.NGINX)
+
+    def versus(result: Result, reference: Result | None) -> str:
+        return f"{result.requests_per_second / reference.requests_per_second:.2f}x" if reference else ""
+
     pinning = f"server on core {SERVER_CORE}, wrk and upstream on core {LOAD_CORE}" if taskset(0) else "unpinned"
     lines = [
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, median of {args.rounds} interleaved rounds, "
@@ -33,8 +36,7 @@ def table(results: list[Result], rounds: dict[str, list[Result]], cold: dict[int
         lines.append(
             f"| {result.name} | {result.requests_per_second:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
             f"| {result.errors} | {result.cpu_us_per_request:.1f} | {lag} | {evalsha} | {other} "
-            f"| {result.requests_per_second / nginx.requests_per_second:.2f}x "
-            f"| {result.requests_per_second / direct.requests_per_second:.2f}x |"
+            f"| {versus(result, nginx)} | {versus(result, direct)} |"
         )
     lines.append("")
     for label, numerator, denominator in (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import compare, looplag, names, openloop, targets
+from bench import compare, looplag, names, openloop, report, targets
 from bench.run import EXTRAS, parse_args
 from bench.wrk import Result, parse
 from gateway.metrics import Metrics
@@ -167,3 +167,14 @@ def test_a_baseline_file_gives_the_deltas_of_cpu_and_rate(tmp_path):
     text = compare.deltas(before, {names.PLAIN: [now], names.BARE: [_result(names.BARE, 1)]})
     assert "| fairgate, no policies | 100.0 -> 90.0 (-10.0) | 10,000 -> 11,000 (+10.0%)" in text
     assert "| aiohttp server alone (no upstream) | (not in the baseline)" in text
+
+
+def test_the_main_table_has_a_row_per_target_and_the_paired_comparisons_under_it():
+    args = parse_args(["--rounds", "2", "--many-customers", "20000"])
+    plain = [_result(names.AUTH_OFF, 10_000), _result(names.AUTH_OFF, 8_000)]
+    auth = [_result(names.AUTH_ON, 9_000), _result(names.AUTH_ON, 8_000)]
+    auth[0].lag = looplag.Lag(50, 1.0, 1.0, 2.5)
+    text = report.table([plain[0], auth[0]], {names.AUTH_OFF: plain, names.AUTH_ON: auth}, {20_000: 1_500.0}, args)
+    assert f"| {names.AUTH_ON} | 9,000 | 1.00 | 3.00 | 0 | 100.0 | <= 2.5 |" in text
+    assert "Authentication on / off (same process, same requests): 0.95x req/s (rounds 0.90-1.00)" in text
+    assert "first sight: 1,500 req/s" in text
