@@ -18,7 +18,8 @@ def table(results: list[Result], rounds: dict[str, list[Result]], cold: dict[int
     direct, nginx = by_name.get(names.DIRECT), by_name.get(names.NGINX)
 
     def versus(result: Result, reference: Result | None) -> str:
-        return f"{result.requests_per_second / reference.requests_per_second:.2f}x" if reference else ""
+        return f"{result.requests_per_second / reference.requests_per_second:.2f}x" \
+            if reference and reference.requests_per_second else ""
 
     pinning = f"server on core {SERVER_CORE}, wrk and upstream on core {LOAD_CORE}" if taskset(0) else "unpinned"
     lines = [
@@ -51,7 +52,10 @@ def table(results: list[Result], rounds: dict[str, list[Result]], cold: dict[int
         if numerator in rounds and denominator in rounds:
             # Paired per round (the two ran back to back), then the median: steadier than a
             # ratio of two medians taken from different moments.
-            pairs = list(zip(rounds[numerator], rounds[denominator], strict=True))  # one result per round each
+            pairs = [(a, b) for a, b in zip(rounds[numerator], rounds[denominator], strict=True)
+                     if b.requests_per_second]  # one result per round each; a round that served nothing has no ratio
+            if not pairs:
+                continue
             ratios = sorted(a.requests_per_second / b.requests_per_second for a, b in pairs)
             extra = statistics.median(a.cpu_us_per_request - b.cpu_us_per_request for a, b in pairs)
             lines.append(f"{label}: {statistics.median(ratios):.2f}x req/s (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}), "

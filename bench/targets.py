@@ -95,7 +95,7 @@ def rows(m: Measurements) -> list[Row]:
                        ">= 0.9x", _at_least(flat, 0.9)))
     for count in sorted(m.cold):
         warm = [r.requests_per_second for r in m.rounds.get(m.many[count], [])]
-        if m.jwt_per_second and warm:
+        if m.jwt_per_second and warm and statistics.median(warm):
             # A first sight costs a warm request plus one verification: this is the best it can do.
             bound = 1 / (1 / m.jwt_per_second + 1 / statistics.median(warm))
             out.append(Row(f"1. cold (first sight), {count:,} customers, vs warm + one PyJWT verify",
@@ -149,8 +149,9 @@ def rows(m: Measurements) -> list[Row]:
             out.append(Row(f"4. released after {mem.idle_seconds:.0f} s idle",
                            f"RSS {mem.idle_rss / 2**20:,.0f} MB: {kept:.0%} of the growth kept", "<= 25% kept",
                            "met" if kept <= 0.25 else "NOT MET"))
-    if m.fleet and m.fleet_reference in m.rounds:
-        reference = statistics.median(r.requests_per_second for r in m.rounds[m.fleet_reference or ""])
+    reference = statistics.median(r.requests_per_second for r in m.rounds[m.fleet_reference]) \
+        if m.fleet_reference in m.rounds else 0.0
+    if m.fleet and m.fleet_reference and reference:
         # Both fleet members share the server core, so the fleet's total is what one core gives.
         per_core = [f.requests_per_second / reference for f in m.fleet]
         trips = [f.evalsha_per_request for f in m.fleet]
@@ -160,7 +161,7 @@ def rows(m: Measurements) -> list[Row]:
                        _range(per_core, unit="x"), ">= 0.8x", _at_least(per_core, 0.8)))
         out.append(Row("5. synchronous Redis round trips per request (EVALSHA)",
                        f"{_range(trips)}; batched {_range(batched)}", "<= 0.2", _at_most(trips, 0.2)))
-    if 1 in m.workers and 2 in m.workers:
+    if m.workers.get(1) and m.workers.get(2) and statistics.median(r.requests_per_second for r in m.workers[1]):
         out.append(_workers_row(m.workers[1], m.workers[2]))
     return out
 
