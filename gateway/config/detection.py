@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from gateway.config.enforcement import Advice
-from gateway.config.types import Duration, Section, frozen_mapping
+from gateway.config.types import Duration, Section, Size, frozen_mapping
 
 ROUTE_CLASSES = ("portal", "api", "asset", "public")
 RouteClass = Literal["portal", "api", "asset", "public"]
@@ -80,7 +80,9 @@ class SignalWeights(Section):
     automation_agent: float = Field(6.0, ge=0, description="A deny-listed automation user agent (not allow-listed).")
     no_browser_signals: float = Field(2.0, ge=0, description="A portal page load without Accept-Language, "
                                                              "Sec-Fetch-* and an HTML Accept.")
-    no_assets: float = Field(2.0, ge=0, description="Portal pages loaded, never any of their assets.")
+    no_browser_proof: float = Field(2.0, ge=0, description="Past asset_grace_pages portal pages offered a browser "
+                                                           "proof, fewer proofs credited than proof_min_share of "
+                                                           "them.")
     regular_cadence: float = Field(3.0, ge=0, description="Inter-arrival times too regular for a person.")
     enumeration: float = Field(2.0, ge=0, description="Numeric ids in path segments walked in sequence, or "
                                                       "probed at random with many misses.")
@@ -90,6 +92,18 @@ class SignalWeights(Section):
     agent_rotation: float = Field(3.0, ge=0, description="Many user agents under one identity.")
     looping: float = Field(3.0, ge=0, description="The same request repeated several times a second for "
                                                   "loop_duration.")
+    bulk_extraction: float = Field(3.0, ge=0, description="More distinct records read by one login in a day than "
+                                                          "its customer's baseline allows.")
+    crowd_enumeration: float = Field(6.0, ge=0, description="Ids walked in order on one path template by several "
+                                                            "anonymous clients without browser proof.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "no_assets" in data:
+            raise ValueError("no_assets was replaced by no_browser_proof (issue 13): the signal now counts "
+                             "browser proofs credited per identity, not asset fetches; rename the key")
+        return data
 
 
 class UserAgentLists(Section):
@@ -146,7 +160,24 @@ class ScrapingDetector(Advice):
                                                     "Looping is more than twice this.")
     loop_duration: Duration = Field(30.0, description="How long a request must repeat faster than polling to be "
                                                       "looping.")
-    asset_grace_pages: int = Field(3, ge=1, description="Portal pages loaded before missing assets count.")
+    asset_grace_pages: int = Field(3, ge=1, description="Portal pages offered a browser proof before missing "
+                                                        "proofs count (no_browser_proof).")
+    proof_min_share: float = Field(0.5, gt=0, le=1, description="no_browser_proof fires while proofs credited are "
+                                                                "fewer than this share of the pages offered one.")
+    challenge_for: Duration = Field(900.0, description="How long a challenge stands (a passed one lifts it for "
+                                                       "the browser that passed).")
+    bulk_min_records: int = Field(500, ge=1, description="Distinct records (path templates with ids) one login may "
+                                                         "read in a day whatever its customer's baseline.")
+    bulk_over_baseline: float = Field(5.0, ge=1, description="bulk_extraction fires past this many times the median "
+                                                             "of the customer's other users (at least "
+                                                             "bulk_min_records).")
+    crowd_run: int = Field(8, ge=2, description="Ids in sequence on one template, across anonymous clients, that "
+                                                "are one enumeration (crowd_enumeration).")
+    crowd_clients: int = Field(3, ge=2, description="Distinct anonymous clients without browser proof a "
+                                                    "crowd_enumeration needs.")
+    crowd_gap: Duration = Field(120.0, description="Longest pause between two ids of one crowd walk.")
+    network_memory: Duration = Field(21600.0, description="How long an anonymous network's challenges and blocks "
+                                                          "are remembered (repeat offences lengthen blocks).")
     evidence_window: Duration = Field(600.0, description="Signals seen within this window are the evidence of a "
                                                          "finding.")
     min_signals: int = Field(2, ge=1, description="Independent signals within evidence_window a challenge or block "
@@ -159,6 +190,18 @@ class SeatsDetector(Advice):
 
     mode: Mode = Field("enforce", description="enforce | shadow | off.")
     action: Literal["flag"] = Field("flag", description="Seat overage is for the account manager: flag.")
+
+
+class BrowserProof(Section):
+    """The link token the gateway plants in HTML pages and credits when the page's browser fetches it."""
+
+    classes: tuple[Literal["portal", "public"], ...] = Field(
+        ("portal",), description="Route classes whose HTML answers get a proof link, where scraping watches them.")
+    ttl: Duration = Field(600.0, ge=1.0, le=86400.0, description="How long a planted link credits its page's "
+                                                                 "identity; also its stylesheet's max-age.")
+    head_within: Size = Field(32768, ge=16, le=1048576, description="The `</head>` the link goes before must be "
+                                                                    "within this many bytes of the body; a page "
+                                                                    "without one there is left unchanged.")
 
 
 class DetectionSettings(Section):
@@ -177,6 +220,7 @@ class DetectionSettings(Section):
     sharing: SharingDetector = Field(default_factory=lambda: SharingDetector(mode="off"))
     scraping: ScrapingDetector = Field(default_factory=lambda: ScrapingDetector(mode="off"))
     seats: SeatsDetector = Field(default_factory=lambda: SeatsDetector(mode="off"))
+    proof: BrowserProof = BrowserProof()
 
     @model_validator(mode="after")
     def _one_salt(self) -> DetectionSettings:
