@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config.detection import ChallengeSettings
-from gateway.detect.observation import PROOF
+from gateway.detect.observation import PROOF, subject_of
 from gateway.detect.sanctions import AUTOMATION, Sanction, SanctionKind
 from gateway.proxy.challenge import COOKIE, Challenges, Check, challenge_key, meets, pass_values
 from gateway.proxy.pages.navigation import wants_html
@@ -29,16 +29,26 @@ from tests.support.waiting import wait_until
 # A person's browser opening a page, and a program.
 NAVIGATION = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
               "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-              "Accept-Language": "en", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
-CURL = {"User-Agent": "curl/8.5.0", "Accept": "*/*"}
+              "Accept-Language": "en", "Accept-Encoding": "gzip, deflate, br", "Sec-Fetch-Mode": "navigate",
+              "Sec-Fetch-Dest": "document"}
+CURL = {"User-Agent": "curl/8.5.0", "Accept": "*/*", "Accept-Encoding": "gzip"}
 APPEAL = "https://example.com/appeal"
 UPSTREAM_PAGE = "<!doctype html><title>Records</title><h1 id='upstream'>Your records</h1>"
+
+
+class PagesUpstream(str):
+    """The upstream's URL, and the request headers it was sent."""
+
+    seen: list[dict[str, str]]
 
 
 @pytest.fixture
 async def pages_upstream():
     """The vendor's portal: an HTML page for every path."""
+    seen: list[dict[str, str]] = []
+
     async def page(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
         return web.Response(text=UPSTREAM_PAGE, content_type="text/html")
 
     app = web.Application()
@@ -46,13 +56,15 @@ async def pages_upstream():
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    url = PagesUpstream(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    url.seen = seen
+    yield url
     await runner.cleanup()
 
 
 def challenge_config(upstream_url: str, difficulty: int = 10) -> dict:
     config = gateway_config(
-        upstream_url,
+        str(upstream_url),  # a plain str for the YAML file
         routes=[{"name": "portal", "path_prefix": "/portal/", "upstream": "app", "auth": "optional",
                  "class": "portal"},
                 {"name": "api", "path_prefix": "/api/", "upstream": "app", "auth": "optional", "class": "api"}],
@@ -66,12 +78,15 @@ def challenge_config(upstream_url: str, difficulty: int = 10) -> dict:
     return config
 
 
+def anonymous(address: str, headers: dict) -> str:
+    """Whom detection takes an anonymous client for: its network and header fingerprint."""
+    return subject_of(None, None, address, headers)
+
+
 def sanction(gateway, subject: str, kind: SanctionKind = SanctionKind.CHALLENGE, until: float = T0 + 86400) -> None:
-    """Put `subject` ("address:IP" or "user:C/U") under a sanction, as a finding would."""
+    """Put `subject` (`anonymous(...)` or "user:C/U") under a sanction, as a finding would."""
     detection = gateway.server.state.detection
-    if subject.startswith("address:"):
-        subject = "address:" + detection.hasher.hash(subject.removeprefix("address:"))
-    detection.sanctions.add(Sanction(subject, kind, until, "no screen-scraping"))
+    detection.sanctions.add(Sanction(detection.public(subject), kind, until, "no screen-scraping"))
 
 
 def challenges_counted(gateway, result: str) -> float:
@@ -111,12 +126,20 @@ def run(step):
     return asyncio.to_thread(step)
 
 
+async def chromium_subject(browser, gateway, upstream: PagesUpstream) -> str:
+    """Who Chromium is to the detectors: one page before any sanction shows its headers."""
+    browser.delete_all_cookies()
+    await run(lambda: browser.get(f"{gateway.url}/portal/first"))
+    await wait_until(lambda: upstream.seen, message="the first page did not reach the upstream")
+    return anonymous("127.0.0.1", upstream.seen[-1])
+
+
 async def test_a_real_browser_passes_the_challenge_by_itself_and_is_credited(browser, start_gateway, pages_upstream):
     from selenium.webdriver.common.by import By
 
     gateway = await start_gateway(challenge_config(pages_upstream, difficulty=12))
-    sanction(gateway, "address:127.0.0.1")
-    browser.delete_all_cookies()
+    subject = await chromium_subject(browser, gateway, pages_upstream)
+    sanction(gateway, subject)
 
     await run(lambda: browser.get(f"{gateway.url}/portal/records/7"))
     heading = await run(lambda: wait_for(browser, lambda d: d.find_elements(By.ID, "upstream"), timeout=20))
@@ -124,7 +147,7 @@ async def test_a_real_browser_passes_the_challenge_by_itself_and_is_credited(bro
     cookie = await run(lambda: browser.get_cookie(COOKIE))
     assert cookie is not None and cookie["sameSite"] == "Lax" and not cookie["secure"]
     assert challenges_counted(gateway, "issued") == 1 and challenges_counted(gateway, "passed") == 1
-    await wait_until(lambda: proofs(gateway, "address:127.0.0.1") >= 1, message="the browser was not credited")
+    await wait_until(lambda: proofs(gateway, subject) >= 1, message="the browser was not credited")
 
     # The pass holds for the next pages: no second interstitial.
     await run(lambda: browser.get(f"{gateway.url}/portal/records/8"))
@@ -138,8 +161,7 @@ async def test_the_browser_without_web_crypto_passes_with_the_scripts_own_digest
     from selenium.webdriver.common.by import By
 
     gateway = await start_gateway(challenge_config(pages_upstream, difficulty=8))
-    sanction(gateway, "address:127.0.0.1")
-    browser.delete_all_cookies()
+    sanction(gateway, await chromium_subject(browser, gateway, pages_upstream))
     hidden = await run(lambda: browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {
         "source": "Object.defineProperty(window.crypto, 'subtle', {get: () => undefined});"}))
     try:
@@ -155,8 +177,9 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
     clock = ManualClock()
     gateway = await start_gateway(challenge_config(pages_upstream), clock=clock)
     url = f"{gateway.url}/portal/records/1"
-    for address in ("127.0.0.1", "127.0.0.2"):
-        sanction(gateway, f"address:{address}")
+    other_browser = {**NAVIGATION, "User-Agent": NAVIGATION["User-Agent"].replace("128.0", "129.0")}
+    for address, headers in (("127.0.0.1", NAVIGATION), ("127.0.1.1", NAVIGATION), ("127.0.0.1", other_browser)):
+        sanction(gateway, anonymous(address, headers))
 
     status, headers, page = await fetch(url, NAVIGATION)
     assert status == 403 and headers["content-type"].startswith("text/html")
@@ -178,8 +201,10 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
         assert status == 403 and 'data-fairgate-outcome="challenge"' in page_again, value
     assert challenges_counted(gateway, "failed") == len(forged)
 
-    # Replayed by another identity: another address, and a logged-in user on the first one.
-    status, _, _ = await fetch(url, {**NAVIGATION, "Cookie": f"{COOKIE}={good}"}, source="127.0.0.2")
+    # Replayed by another identity: another network, another browser on the same address, a logged-in user.
+    status, _, _ = await fetch(url, {**NAVIGATION, "Cookie": f"{COOKIE}={good}"}, source="127.0.1.1")
+    assert status == 403
+    status, _, _ = await fetch(url, {**other_browser, "Cookie": f"{COOKIE}={good}"})
     assert status == 403
     sanction(gateway, "user:acme/alice")
     status, _, _ = await fetch(url, {**NAVIGATION, **bearer(hs_token(clock)), "Cookie": f"{COOKIE}={good}"})
@@ -187,7 +212,7 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
 
     status, _, body = await failed_with(good)
     assert (status, body) == (200, UPSTREAM_PAGE)
-    assert challenges_counted(gateway, "passed") == 1 and proofs(gateway, "address:127.0.0.1") == 1
+    assert challenges_counted(gateway, "passed") == 1 and proofs(gateway, anonymous("127.0.0.1", NAVIGATION)) == 1
 
     clock.advance(3601)  # the pass expired (the sanction did not)
     status, _, _ = await failed_with(good)
@@ -196,31 +221,35 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
 
 async def test_a_pass_spares_a_challenge_never_a_block(start_gateway, pages_upstream):
     gateway = await start_gateway(challenge_config(pages_upstream))
-    sanction(gateway, "address:127.0.0.1")
+    sanction(gateway, anonymous("127.0.0.1", NAVIGATION))
     _, _, page = await fetch(f"{gateway.url}/portal/a", NAVIGATION)
     passing = {**NAVIGATION, "Cookie": f"{COOKIE}={solve(page)}"}
     assert (await fetch(f"{gateway.url}/portal/a", passing))[0] == 200
 
-    sanction(gateway, "address:127.0.0.1", AUTOMATION, until=T0 + 2 * 86400)  # the finding grew into a block
+    sanction(gateway, anonymous("127.0.0.1", NAVIGATION), AUTOMATION, until=T0 + 2 * 86400)  # grew into a block
     status, headers, body = await fetch(f"{gateway.url}/api/a", passing)
     assert status == 403 and 'data-fairgate-outcome="block"' in body and "retry-after" in headers
 
 
 async def test_programs_under_a_challenge_get_problem_json_never_html(start_gateway, pages_upstream):
     gateway = await start_gateway(challenge_config(pages_upstream))
-    sanction(gateway, "address:127.0.0.1")
-    for path, headers in (("/portal/a", CURL), ("/portal/a", {"Accept": "application/json"}),
-                          ("/portal/a", {**NAVIGATION, "Sec-Fetch-Dest": "empty"}),  # a page's own fetch()
-                          ("/api/a", NAVIGATION)):  # API routes are never challenged with HTML
-        status, answer_headers, body = await fetch(f"{gateway.url}{path}", headers)
-        assert status == 403 and answer_headers["content-type"].startswith("application/problem+json"), (path, body)
+    for headers in (NAVIGATION, CURL):
+        sanction(gateway, anonymous("127.0.0.1", headers))
+    for headers in (CURL, {**CURL, "Accept": "application/json"},
+                    {**NAVIGATION, "Sec-Fetch-Dest": "empty"}):  # a page's own fetch()
+        status, answer_headers, body = await fetch(f"{gateway.url}/portal/a", headers)
+        assert status == 403 and answer_headers["content-type"].startswith("application/problem+json"), body
         assert "automation-challenge" in body
+    # API routes are never challenged (with HTML or otherwise): a challenge is for pages.
+    status, answer_headers, _ = await fetch(f"{gateway.url}/api/a", NAVIGATION)
+    assert status == 200
     assert challenges_counted(gateway, "issued") == 0
 
 
 async def test_a_blocked_browser_gets_a_page_that_says_until_when_and_how_to_appeal(start_gateway, pages_upstream):
     gateway = await start_gateway(challenge_config(pages_upstream), clock=ManualClock())
-    sanction(gateway, "address:127.0.0.1", AUTOMATION)
+    for headers in (NAVIGATION, CURL):
+        sanction(gateway, anonymous("127.0.0.1", headers), AUTOMATION)
 
     status, headers, page = await fetch(f"{gateway.url}/api/a", NAVIGATION)
     assert status == 403 and headers["content-type"] == "text/html; charset=utf-8"
@@ -302,7 +331,7 @@ async def test_behind_a_tls_proxy_the_pass_is_a_secure_host_only_cookie(start_ga
     config = challenge_config(pages_upstream)
     config["server"]["trusted_proxies"] = ["127.0.0.1/32"]
     gateway = await start_gateway(config)
-    sanction(gateway, "address:127.0.0.1")
+    sanction(gateway, anonymous("127.0.0.1", NAVIGATION))
     _, _, plain = await fetch(f"{gateway.url}/portal/a", NAVIGATION)
     assert f'data-cookie="{COOKIE}"' in plain and 'data-secure="0"' in plain
     status, _, page = await fetch(f"{gateway.url}/portal/a", {**NAVIGATION, "X-Forwarded-Proto": "https"})

@@ -80,7 +80,7 @@ class SignalWeights(Section):
     automation_agent: float = Field(6.0, ge=0, description="A deny-listed automation user agent (not allow-listed).")
     no_browser_signals: float = Field(2.0, ge=0, description="A portal page load without Accept-Language, "
                                                              "Sec-Fetch-* and an HTML Accept.")
-    no_browser_proof: float = Field(2.0, ge=0, description="Past asset_grace_pages portal pages offered a browser "
+    no_browser_proof: float = Field(3.0, ge=0, description="Past asset_grace_pages portal pages offered a browser "
                                                            "proof, fewer proofs credited than proof_min_share of "
                                                            "them.")
     regular_cadence: float = Field(3.0, ge=0, description="Inter-arrival times too regular for a person.")
