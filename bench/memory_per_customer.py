@@ -133,7 +133,7 @@ class LongestHold:
         return round(self.longest * 1000, 1)
 
 
-async def measure(count: int, trace: bool, unchunked: bool = False) -> dict[str, object]:
+async def measure(count: int, trace: bool, unchunked: bool = False, gc_variant: str = "default") -> dict[str, object]:
     from multidict import CIMultiDict, CIMultiDictProxy
 
     from gateway.config.loader import load_config
@@ -155,7 +155,12 @@ async def measure(count: int, trace: bool, unchunked: bool = False) -> dict[str,
 
         holds: dict[str, float] = {}
         gc.collect()
+        tune_gc(gc_variant)
+        frozen = gc.get_freeze_count()
+        collections = Collections()
+        gc.callbacks.append(collections)
         before_rss = rss_bytes()
+        cpu_start = time.thread_time()
         if trace:
             tracemalloc.start(1)
             before = tracemalloc.take_snapshot()
@@ -189,6 +194,8 @@ async def measure(count: int, trace: bool, unchunked: bool = False) -> dict[str,
             await state.usage.flush()
         holds["usage_flush_all_customers"] = held.ms
         fed = time.perf_counter() - start
+        fed_cpu = time.thread_time() - cpu_start
+        gc.callbacks.remove(collections)
         del bearer
         fed_entries = entries(server)
         gc.collect()
@@ -197,7 +204,10 @@ async def measure(count: int, trace: bool, unchunked: bool = False) -> dict[str,
             "customers": count, "feed_seconds": round(fed, 1),
             "rss_before_mb": round(before_rss / 2**20, 1), "rss_after_mb": round(after_rss / 2**20, 1),
             "rss_bytes_per_customer": round((after_rss - before_rss) / count),
-            "longest_loop_hold_ms": holds,
+            "longest_loop_hold_ms": holds, "gc_variant": gc_variant, "frozen_objects": frozen,
+            "gc_during_feed": collections.report(),
+            "feed_cpu_us_per_customer": round(fed_cpu / count * 1e6, 1),
+            "objects_after_feed": len(gc.get_objects()),
         }
         if trace:
             after = tracemalloc.take_snapshot()
@@ -252,6 +262,47 @@ async def sweep_all(server: GatewayServer) -> dict[str, float]:
             "max_tick_with_gc_ms": round(max(with_gc, default=0.0) * 1000, 2)}
 
 
+class Collections:
+    """Every garbage collection while installed, by generation: how many, the longest and the
+    total pause (CPU time of this thread, as LongestHold; wall time beside it)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.total = [0.0, 0.0, 0.0]
+        self.wall_total = 0.0
+        self._started = (0.0, 0.0)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = (time.thread_time(), time.perf_counter())
+            return
+        cpu, wall = time.thread_time() - self._started[0], time.perf_counter() - self._started[1]
+        generation = info["generation"]
+        self.count[generation] += 1
+        self.longest[generation] = max(self.longest[generation], cpu)
+        self.total[generation] += cpu
+        self.wall_total += wall
+
+    def report(self) -> dict[str, object]:
+        return {f"gen{n}": {"count": self.count[n], "max_ms": round(self.longest[n] * 1000, 1),
+                            "total_ms": round(self.total[n] * 1000, 1)} for n in range(3)} | {
+            "all_total_wall_ms": round(self.wall_total * 1000, 1)}
+
+
+def tune_gc(variant: str) -> None:
+    """The variants measured for issue 14 (docs/performance.md, "Garbage collection"): default,
+    freeze, thresholds (50000,50,100), freeze+thresholds, or thresholds=A,B,C and
+    freeze+thresholds=A,B,C for others."""
+    if "thresholds" in variant:
+        _, _, given = variant.partition("=")
+        first, second, third = (int(part) for part in given.split(",")) if given else (50_000, 50, 100)
+        gc.set_threshold(first, second, third)
+    if "freeze" in variant:
+        gc.collect()
+        gc.freeze()
+
+
 def entries(server: GatewayServer) -> dict[str, int]:
     return {name: len(table) for name, table in server.state.tables.counts()}
 
@@ -261,14 +312,15 @@ def main() -> None:
     parser.add_argument("--customers", default="20000,200000", help="customer counts, comma-separated")
     parser.add_argument("--tracemalloc", action="store_true", help="also group live allocations by component")
     parser.add_argument("--unchunked", action="store_true", help="measure the usage flush in one piece")
+    parser.add_argument("--gc", default="default", help=tune_gc.__doc__)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process's count
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(asyncio.run(measure(args.one, args.tracemalloc, args.unchunked))))
+        print(json.dumps(asyncio.run(measure(args.one, args.tracemalloc, args.unchunked, args.gc))))
         return
     for count in (int(part) for part in args.customers.split(",") if part.strip()):
         command = [sys.executable, __file__, "--one", str(count), *(["--tracemalloc"] if args.tracemalloc else []),
-                   *(["--unchunked"] if args.unchunked else [])]
+                   *(["--unchunked"] if args.unchunked else []), "--gc", args.gc]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         print(json.dumps(json.loads(output.splitlines()[-1]), indent=2))
 

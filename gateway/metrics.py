@@ -6,6 +6,7 @@ Per-request numbers are kept as plain integers and turned into metric families o
 
 from __future__ import annotations
 
+import gc
 import platform
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sized
@@ -103,6 +104,8 @@ _CODES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Background batches are meant to hold the loop for under 2 ms at a time.
 _BATCH_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5)
+# A young collection takes well under a millisecond; a full one on a big heap 100 ms and more.
+_GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def _code_class(status: int) -> int:
@@ -155,6 +158,8 @@ class Metrics:
             "How late the event loop woke a probe due every 100 ms: time the loop was blocked.",
             registry=self.registry, buckets=_LAG_BUCKETS,
         )
+        self.gc_pauses = GcPauses()
+        self.registry.register(_GcCollector(self.gc_pauses))
         self.batch_seconds = Histogram(
             "fairgate_background_batch_seconds",
             "How long one step of a background batch held the event loop, by batch (table_sweep, ...).",
@@ -293,6 +298,52 @@ class _RequestCollector(Collector):
         yield upstream
         yield GaugeMetricFamily("fairgate_in_flight_requests", "Requests being proxied now.",
                                 value=self._metrics.in_flight)
+
+
+class GcPauses:
+    """Garbage-collection pauses as plain counts by generation. Not a prometheus Histogram: its
+    lock is not reentrant, and a collection can start while a scrape holds it."""
+
+    __slots__ = ("bucket_counts", "duration_sums")
+
+    def __init__(self) -> None:
+        self.bucket_counts = [[0] * (len(_GC_BUCKETS) + 1) for _ in range(3)]  # the last one is +Inf
+        self.duration_sums = [0.0, 0.0, 0.0]
+
+    def observe(self, generation: int, seconds: float) -> None:
+        self.bucket_counts[generation][bisect_left(_GC_BUCKETS, seconds)] += 1
+        self.duration_sums[generation] += seconds
+
+    def cumulative(self, generation: int) -> list[tuple[str, int]]:
+        total, buckets = 0, []
+        for bound, count in zip((*_GC_BUCKETS, float("inf")), self.bucket_counts[generation], strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return buckets
+
+
+class _GcCollector(Collector):
+    """Pauses, and the collector's tuning as the process has it now (server.gc applies it after start-up)."""
+
+    def __init__(self, pauses: GcPauses) -> None:
+        self._pauses = pauses
+
+    def collect(self) -> Iterator[Metric]:
+        pauses = HistogramMetricFamily("fairgate_gc_pause_seconds",
+                                       "How long one garbage collection held the process, by generation.",
+                                       labels=["generation"])
+        for generation in range(3):
+            pauses.add_metric([str(generation)], self._pauses.cumulative(generation),
+                              self._pauses.duration_sums[generation])
+        yield pauses
+        yield GaugeMetricFamily("fairgate_gc_frozen_objects",
+                                "Objects moved out of the collector's view by gc.freeze() (server.gc).",
+                                value=gc.get_freeze_count())
+        thresholds = GaugeMetricFamily("fairgate_gc_threshold", "The collector's thresholds, by generation.",
+                                       labels=["generation"])
+        for generation, threshold in enumerate(gc.get_threshold()):
+            thresholds.add_metric([str(generation)], threshold)
+        yield thresholds
 
 
 class _BuildInfo(Collector):

@@ -21,6 +21,29 @@ from gateway.config.types import Duration, HostPort, Network, Section, Size, fro
 from gateway.config.usage import UsageSettings
 
 
+def _check_thresholds(value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if len(value) != 3:
+        raise ValueError(f"expected three numbers [gen0, gen1, gen2] as gc.set_threshold takes, got {list(value)}")
+    if min(value) < 0:
+        raise ValueError(f"thresholds are 0 or more, got {list(value)}")
+    if value[0] < 1:
+        # gc.set_threshold(0, ...) switches automatic collection off: cycles would never be freed.
+        raise ValueError("the first threshold is at least 1 (0 turns the collector off)")
+    return value
+
+
+class GcSettings(Section):
+    """The garbage collector of each gateway process, tuned once it has started."""
+
+    freeze_after_start: bool = Field(
+        True, description="After start-up, move every object then alive (modules, config, compiled policies) "
+                          "out of the collector's view, so no collection scans them again.")
+    thresholds: Annotated[tuple[int, ...] | None, AfterValidator(_check_thresholds)] = Field(
+        None, description="gc.set_threshold(gen0, gen1, gen2) after start-up; unset keeps Python's (700, 10, 10).")
+
+
 class ServerSettings(Section):
     """The proxy listener."""
 
@@ -50,6 +73,7 @@ class ServerSettings(Section):
         60.0, gt=0, description="Longest wait for a client to take the next part of a response; beyond it "
                                 "the connection is closed and the upstream exchange aborted."
     )
+    gc: GcSettings = GcSettings()
 
 
 class AdminSettings(Section):

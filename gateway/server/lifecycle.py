@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from gateway.metrics import Metrics
 from gateway.proxy.handler import ProxyHandler
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.assembly import Assembly, assemble_state
+from gateway.server.garbage import PauseTimer, tune_collector
 from gateway.server.listener import make_proxy_server
 from gateway.server.loop_lag import probe_loop_lag
 from gateway.server.reloader import ConfigTransform, ReloadResult, RuntimeHolder
@@ -61,6 +63,7 @@ class GatewayServer:
         self._ready = False
         self._draining = False
         self._background: list[asyncio.Task[None]] = []
+        self._gc_pauses = PauseTimer(self.metrics.gc_pauses)
         server = make_proxy_server(
             ProxyHandler(self.runtimes, self.metrics, sleep=options.sleep),
             max_line=config.server.max_header_line,
@@ -120,6 +123,7 @@ class GatewayServer:
             await self._admin.cleanup()
             raise
         self._ready = True
+        self._gc_pauses.install()
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(task) for task in (
             self.state.fleet.run(), self.state.detection.run(),
@@ -151,6 +155,7 @@ class GatewayServer:
         await self.state.alerts.close(grace=min(5.0, self.state.alerts.settings.timeout))
         await self.state.store.close()
         await self._admin.cleanup()
+        self._gc_pauses.remove()
         log.info("stopped")
 
 
@@ -175,6 +180,9 @@ async def serve(config: GatewayConfig, options: ServeOptions) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    # The process's own, not GatewayServer's: tests run several gateways in one interpreter.
+    frozen = tune_collector(config.server.gc)
+    log.info("garbage collector tuned", extra={"frozen_objects": frozen, "thresholds": list(gc.get_threshold())})
     announce_ready()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[ReloadResult]] = set()
