@@ -60,6 +60,27 @@ def parse_batches(metrics_text: str) -> dict[str, Histogram]:
     return batches
 
 
+_GC_BUCKET = re.compile(
+    r'^fairgate_gc_pause_seconds_bucket\{generation="(\d)",le="([^"]+)"\} ([\d.e+]+)$', re.MULTILINE)
+_GC_SUM = re.compile(r'^fairgate_gc_pause_seconds_sum\{generation="(\d)"\} ([\d.e+-]+)$', re.MULTILINE)
+
+
+def gc_pauses(metrics_text: str) -> str | None:
+    """`fairgate_gc_pause_seconds` since the gateway started, by generation: how many
+    collections, their total and the bucket of the longest."""
+    histograms: dict[str, Histogram] = {}
+    for generation, bound, count in _GC_BUCKET.findall(metrics_text):
+        histograms.setdefault(generation, {})[float(bound)] = float(count)
+    sums = dict(_GC_SUM.findall(metrics_text))
+    parts = []
+    for generation, histogram in sorted(histograms.items()):
+        pauses = during({}, histogram)
+        if pauses is not None and pauses.samples:
+            parts.append(f"gen{generation}: {pauses.samples} collections, {float(sums[generation]) * 1000:.0f} ms "
+                         f"in all, longest {pauses.max_lower_ms:g}-{pauses.max_upper_ms:g} ms")
+    return "; ".join(parts) or None
+
+
 def during(before: Histogram | None, after: Histogram | None) -> Lag | None:
     if before is None or not after:
         return None

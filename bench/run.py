@@ -247,7 +247,9 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
                                             target.warm_up))
             m.open_loop_lags.append(looplag.during(before, looplag.read(target.admin_port)))
     idle_since = time.monotonic()  # the memory-store gateway gets no more requests
-    batches_after = looplag.parse_batches(looplag.scrape(memory.admin_port) or "")
+    memory_metrics = looplag.scrape(memory.admin_port) or ""
+    batches_after = looplag.parse_batches(memory_metrics)
+    collections = looplag.gc_pauses(memory_metrics)
     m.batches = {batch: looplag.during(batches_before.get(batch, {}), after) for batch, after in batches_after.items()}
 
     if fleet_targets and fleet_redis is not None:
@@ -288,6 +290,9 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
     lag = looplag.worst([r.lag for r in results])
     if lag is not None:
         parts.append(f"Event-loop lag (fairgate_event_loop_lag_seconds, median rounds): worst {lag.text()}.")
+    if collections is not None:
+        parts.append(f"Garbage collection (fairgate_gc_pause_seconds, memory-store gateway, since its start, "
+                     f"warm-ups included): {collections}.")
     if args.json:
         compare.save(Path(args.json), rounds)
     if args.baseline:
