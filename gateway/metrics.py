@@ -176,6 +176,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.browser_proofs = Counter(
+            "fairgate_browser_proofs", "Browser-proof links fetched, by result (credited, expired, forged, "
+            "wrong_identity, replayed).", ["result"], registry=self.registry,
+        )
+        self.proof_pages = Counter(
+            "fairgate_proof_pages", "HTML pages offered a browser-proof link, by result (injected, no_head, "
+            "compressed, no_transform).", ["result"], registry=self.registry,
+        )
+
         self.transitions = Counter(
             "fairgate_enforcement_transitions", "Fair-use standings decided, by the state entered.", ["state"],
             registry=self.registry,

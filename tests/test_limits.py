@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.clock import ManualClock
 from tests.support.configs import limits_config
-from tests.support.tokens import bearer, hs_issuer, hs_token
+from tests.support.tokens import ADMIN_TOKEN, bearer, hs_issuer, hs_token
 from tests.support.traffic import statuses_at as statuses
 from tests.support.waiting import wait_until
 
@@ -309,6 +309,20 @@ async def test_the_token_plan_claim_picks_the_plan_of_an_unlisted_customer(start
     assert await statuses(client, f"{gw.url}/echo", gold, 20) == [200] * 19 + [429]
     clock.advance(0.5)
     assert await statuses(client, f"{gw.url}/echo", gold, 6) == [200] * 5 + [429]  # 10/s
+
+
+async def test_the_usage_report_and_customer_list_show_the_plan_a_token_claimed(start_gateway, upstream, client,
+                                                                                 clock):
+    gw = await start_gateway(plan_claim_config(upstream), clock=clock)
+    gold = hs_token(clock, org_id="claimed-co", plan="gold", exp=int(clock.time()) + 3600)
+    listed = hs_token(clock, org_id="listed-co", plan="gold", exp=int(clock.time()) + 3600)
+    for token in (gold, listed):
+        assert await statuses(client, f"{gw.url}/echo", token, 2) == [200, 200]
+    async with client.get(f"{gw.admin_url}/admin/usage", headers=bearer(ADMIN_TOKEN)) as response:
+        report = {row["customer"]: row["plan"] for row in (await response.json())["customers"]}
+    async with client.get(f"{gw.admin_url}/admin/customers", headers=bearer(ADMIN_TOKEN)) as response:
+        customers = {row["id"]: row["plan"] for row in (await response.json())["customers"]}
+    assert report == customers == {"claimed-co": "gold", "listed-co": "standard"}
 
 
 async def test_a_listed_customer_keeps_its_plan_whatever_the_token_says(start_gateway, upstream, client, clock):

@@ -85,6 +85,34 @@ async def test_limits_on_a_redis_cluster_without_crossslot_errors(cluster):
         await store.close()
 
 
+async def test_a_node_that_lost_its_scripts_does_not_charge_the_other_nodes_twice(cluster):
+    """A node restarted or flushed answers NOSCRIPT; only its calls are sent again, not the calls the
+    other nodes already ran (those took their units once: running them again would refuse paying
+    customers)."""
+    settings = StateSettings(url=cluster.url, timeout="2s")
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=True, use_redis_time=True)
+    try:
+        now = time.time()
+        run = secrets.token_hex(4)
+
+        def checks(customer: int) -> list[Check]:
+            return [Check(RATE, f"fg{run}:{{c:n-{customer}}}:sustained", interval=60.0, burst=2, cost=1)]
+
+        customers = range(30)
+        await store.evaluate("c:n-warm", [Check(RATE, f"fg{run}:{{c:n-warm}}:x", interval=60.0, burst=1)], now)
+        redis.Redis(port=cluster.nodes[1].port).script_flush()  # one node forgets the script
+        answers = await asyncio.gather(*(store.evaluate(f"c:n-{customer}", checks(customer), now)
+                                         for customer in customers))
+        assert all(answer[0].allowed for answer in answers)
+        for customer in customers:
+            # One unit taken each, whichever node holds the customer: one left.
+            second = await store.evaluate(f"c:n-{customer}", checks(customer), now)
+            assert second[0].allowed, customer
+    finally:
+        await store.close()
+
+
 async def test_gateway_on_a_redis_cluster(start_gateway, upstream, client, cluster):
     plans = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/min", "burst": 3}]}}
     config = limits_config(upstream, plans)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from gateway.config.enforcement import Advice
-from gateway.config.types import Duration, Section, frozen_mapping
+from gateway.config.types import Duration, Section, Size, frozen_mapping
 
 ROUTE_CLASSES = ("portal", "api", "asset", "public")
 RouteClass = Literal["portal", "api", "asset", "public"]
@@ -161,6 +161,18 @@ class SeatsDetector(Advice):
     action: Literal["flag"] = Field("flag", description="Seat overage is for the account manager: flag.")
 
 
+class BrowserProof(Section):
+    """The link token the gateway plants in HTML pages and credits when the page's browser fetches it."""
+
+    classes: tuple[Literal["portal", "public"], ...] = Field(
+        ("portal",), description="Route classes whose HTML answers get a proof link, where scraping watches them.")
+    ttl: Duration = Field(600.0, ge=1.0, le=86400.0, description="How long a planted link credits its page's "
+                                                                 "identity; also its stylesheet's max-age.")
+    head_within: Size = Field(32768, ge=16, le=1048576, description="The `</head>` the link goes before must be "
+                                                                    "within this many bytes of the body; a page "
+                                                                    "without one there is left unchanged.")
+
+
 class DetectionSettings(Section):
     """Detectors run off the request path; findings are counted, logged and listed by the admin API."""
 
@@ -177,6 +189,7 @@ class DetectionSettings(Section):
     sharing: SharingDetector = Field(default_factory=lambda: SharingDetector(mode="off"))
     scraping: ScrapingDetector = Field(default_factory=lambda: ScrapingDetector(mode="off"))
     seats: SeatsDetector = Field(default_factory=lambda: SeatsDetector(mode="off"))
+    proof: BrowserProof = BrowserProof()
 
     @model_validator(mode="after")
     def _one_salt(self) -> DetectionSettings:

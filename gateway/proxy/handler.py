@@ -24,6 +24,7 @@ from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.limits.shedding import network_key
 from gateway.metrics import Metrics
 from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
+from gateway.proxy.browser_proof import PROOF_PATH, PROOF_ROUTE
 from gateway.proxy.headers import (
     VIA_TOKEN,
     ForwardedFrom,
@@ -67,7 +68,8 @@ class ClientStalled(Exception):
 class Meter:
     """What one request used: body bytes each way and the upstream's time."""
 
-    __slots__ = ("bytes", "bytes_in", "upstream_started", "upstream_seconds", "status", "body_digest", "wants_digest")
+    __slots__ = ("bytes", "bytes_in", "upstream_started", "upstream_seconds", "status", "body_digest", "wants_digest",
+                 "offered_proof")
 
     def __init__(self, wants_digest: bool = False) -> None:
         self.bytes = 0  # both ways: what byte quotas count
@@ -77,6 +79,7 @@ class Meter:
         self.status = 0  # the upstream's answer, once it came
         self.wants_digest = wants_digest  # the detectors compare request bodies
         self.body_digest: bytes | None = None
+        self.offered_proof = False  # the answer carried a browser-proof link
 
 
 class ProxyHandler:
@@ -106,8 +109,13 @@ class ProxyHandler:
         status = 499  # stays so if the client goes away first
         metrics.in_flight += 1
         try:
-            target = self._match(runtime, request)
             response: web.StreamResponse
+            if request.raw_path.startswith(PROOF_PATH):  # the gateway's own, never routed
+                route_name = PROOF_ROUTE
+                response = await runtime.proof_links.answer(request)
+                status = response.status
+                return response
+            target = self._match(runtime, request)
             if isinstance(target, web.Response):
                 response = target
             else:
@@ -264,11 +272,11 @@ class ProxyHandler:
                 runtime.limiter.finish(admission, meter.bytes, meter.upstream_seconds)
             if meter.status and identity is not None and runtime.usage is not None:
                 runtime.usage.forwarded(identity.customer, route.cost, meter.bytes_in, meter.bytes - meter.bytes_in,
-                                        meter.upstream_seconds, identity.licenses)
+                                        meter.upstream_seconds, identity.licenses, admission.plan)
             if observed and meter.status:
                 detection.observe_request(route.route_class, identity, client_ip,
                                           request.method, request.raw_path,
-                                          request.headers, meter.status, meter.body_digest)
+                                          request.headers, meter.status, meter.body_digest, meter.offered_proof)
 
     def _refuse(self, request: BaseRequest, problem: Problem) -> web.Response:
         return self._reject(request, problem.status, problem.slug, problem.title, problem.detail,
@@ -391,6 +399,9 @@ class ProxyHandler:
         reason = upstream.reason.decode("utf-8", "replace") or None
         status = meter.status = upstream.status
         response: web.StreamResponse | None = None
+        links, tag = target.proof_links, None
+        if links is not None and status == 200 and request.method == "GET":
+            tag = links.tag_for(request, headers)
         try:
             if request.method == "HEAD" or status in _NO_BODY_STATUSES:
                 exchange.release()
@@ -406,12 +417,23 @@ class ProxyHandler:
                 exchange.release()
                 meter.upstream_seconds = time.perf_counter() - meter.upstream_started
                 meter.bytes += len(body)
+                if tag is not None and links is not None:
+                    body, meter.offered_proof = links.plant(headers, body, tag)
                 return web.Response(status=status, reason=reason, headers=headers, body=body)
+            first = b""
+            if tag is not None and links is not None:  # the page's head is held until its </head> shows
+                first, meter.offered_proof = await links.plant_streamed(headers, exchange.read_chunk, tag)
+                meter.bytes += len(first)
+                if meter.offered_proof:
+                    meter.bytes -= len(tag)  # the upstream's bytes are the customer's, not the gateway's link
+                    length = None if length is None else length + len(tag)
             response = web.StreamResponse(status=status, reason=reason, headers=headers)
             if length is not None:
                 response.content_length = length
             await response.prepare(request)
             transport = request.transport
+            if first:
+                await _send(response, first, send_timeout, transport)
             while chunk := await exchange.read_chunk():
                 meter.bytes += len(chunk)
                 await _send(response, chunk, send_timeout, transport)

@@ -25,6 +25,7 @@ from gateway.config import GatewayConfig, Route, Upstream
 from gateway.detect.engine import Detection
 from gateway.detect.findings import FindingLog
 from gateway.detect.off import DETECTION_OFF, RequestDetection
+from gateway.detect.proof import BrowserProofs
 from gateway.enforce.enforcer import Enforcement
 from gateway.enforce.granting import Granting
 from gateway.enforce.off import ENFORCEMENT_OFF, RequestEnforcement
@@ -34,6 +35,7 @@ from gateway.limits.limiter import Limiter
 from gateway.limits.policy import PlanBook
 from gateway.limits.shedding import InFlightGate
 from gateway.limits.stats import LimitStats
+from gateway.proxy.browser_proof import ProofLinks
 from gateway.proxy.client_address import ClientAddressResolver
 from gateway.proxy.request_body import BodyTimeouts
 from gateway.proxy.routing import Router
@@ -64,6 +66,7 @@ class GatewayState:
     enforcement: Enforcement
     granting: Granting
     usage: UsageMeter
+    proofs: BrowserProofs
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,8 @@ class RouteTarget:
     rate_cap: RateCap | None = None
     # How the route reads the login cookie; None (most routes) costs nothing per request.
     session_cookie: SessionCookieReader | None = None
+    # The browser-proof links its HTML pages carry; None on routes without (API routes cost nothing).
+    proof_links: ProofLinks | None = None
 
 
 class Runtime:
@@ -126,6 +131,7 @@ class Runtime:
         # Consulted by the request path only when it enforces; shadow mode records, off does nothing.
         self.enforcement: RequestEnforcement = state.enforcement if config.enforcement.enabled else ENFORCEMENT_OFF
         self.usage: UsageMeter | None = state.usage if config.usage.enabled else None
+        self.proof_links = ProofLinks(config, state.proofs, self.detection, self.authenticator, self.client_addresses)
         self.router: Router[RouteTarget] = Router(
             [(route.host, route.path_prefix, self._target(route)) for route in config.routes]
         )
@@ -149,6 +155,7 @@ class Runtime:
             gate=self.gates.get(route.upstream),
             rate_cap=self.rate_caps.get(route.upstream),
             session_cookie=session,
+            proof_links=self.proof_links if self.proof_links.plants_on(route) else None,
         )
 
     def _session_cookie(self, route: Route) -> SessionCookieReader | None:

@@ -21,6 +21,7 @@ from gateway.config import GatewayConfig
 from gateway.config.auth import FailedLoginLimit
 from gateway.detect.engine import Detection, DetectionSetup
 from gateway.detect.findings import Finding, FindingLog
+from gateway.detect.proof import BrowserProofs
 from gateway.enforce.enforcer import Enforcement
 from gateway.enforce.granting import Granting
 from gateway.enforce.notices import NoticeBook
@@ -63,6 +64,7 @@ def assemble_state(store: StateStore, metrics: Metrics, clock: Clock, audit_suff
         revocations=revocations, failed_logins=FailedLogins(FailedLoginLimit(), clock),
         token_cache_counts=CacheCounts(), limit_stats=LimitStats(), findings=findings, audit=audit, alerts=alerts,
         grants=grants, detection=detection, enforcement=enforcement, granting=granting, usage=usage,
+        proofs=BrowserProofs(clock, metrics.browser_proofs, metrics.proof_pages),
     )
 
 
@@ -93,6 +95,7 @@ class StateSettings:
         state.audit.apply(self.audit)
         state.failed_logins.settings = config.auth.failed_logins
         state.detection.apply(self.detection)
+        state.proofs.configure(self.detection.salt, config.detection.proof.ttl)
         state.enforcement.configure(config.enforcement, config.state.key_prefix)
         state.enforcement.configure_notices(self.notices)
         state.alerts.configure(config.alerts)

@@ -36,7 +36,7 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         strictest = max(in_force, key=lambda s: SEVERITY[s.state], default=None)
         data: dict[str, Any] = {
             "id": customer,
-            "plan": plan_of(customer),
+            "plan": usage["plan"] if usage else plan_of(customer),  # the plan this month's requests had
             "state": strictest.state if strictest is not None else OK,
             "until": strictest.until if strictest is not None else None,
             "reason": strictest.reason if strictest is not None else None,
@@ -67,7 +67,7 @@ def add_customer_routes(app: web.Application, runtimes: RuntimeHolder) -> None:
         customers = []
         for customer in sorted(known):
             row = usage.get(customer)
-            customers.append({**view(customer, full=False), "findings": findings.get(customer, 0),
+            customers.append({**view(customer, full=False, usage=row), "findings": findings.get(customer, 0),
                               "usage": {"month": month, "requests": row["requests"] if row else 0,
                                         "over": row["over"] if row else False}})
         return web.json_response({"customers": customers})

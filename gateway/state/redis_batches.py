@@ -139,9 +139,13 @@ class LimitBatches:
             if self._sha is None:
                 await self._load_script()
             replies = await self._evalsha_all(calls)
-            if any(isinstance(r, redis_errors.NoScriptError) for r in replies):
-                await self._load_script()  # Redis restarted or flushed its scripts
-                replies = await self._evalsha_all(calls)
+            lost = [i for i, reply in enumerate(replies) if isinstance(reply, redis_errors.NoScriptError)]
+            if lost:
+                # A node restarted or flushed its scripts. Only its calls are sent again: the
+                # others already ran, and running them twice would take their units twice.
+                await self._load_script()
+                for i, reply in zip(lost, await self._evalsha_all([calls[i] for i in lost]), strict=True):
+                    replies[i] = reply
         except REDIS_FAILURES as exc:
             for pending in batch:
                 _fail(pending.future, exc)

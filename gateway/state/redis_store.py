@@ -129,8 +129,13 @@ def connect(settings: StateSettings) -> tuple[Any, bool]:
                                     socket_connect_timeout=max(settings.timeout * 4, 0.2))
     if url.backend is Backend.CLUSTER:
         from redis.asyncio.cluster import RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        return RedisCluster.from_url(f"redis://{url.rest}", **timeouts), True
+        # redis-py's Cluster client sends a command again after a timeout or a dropped connection,
+        # when it may already have run: a limit script would take its units twice. A failure goes
+        # to the breaker instead (MOVED and ASK redirections are still followed).
+        return RedisCluster.from_url(f"redis://{url.rest}", retry=Retry(NoBackoff(), 0), **timeouts), True
     if url.backend is Backend.SENTINEL:
         from redis.asyncio.sentinel import Sentinel
 

@@ -36,10 +36,13 @@ class UsageMeter:
         self._prefix = key_prefix
 
     def forwarded(self, customer: str, units: int, bytes_in: int, bytes_out: int, upstream_seconds: float,
-                  licenses: tuple[tuple[str, int], ...] = ()) -> None:
+                  licenses: tuple[tuple[str, int], ...] = (), plan: str | None = None) -> None:
         """A request the upstream answered; `units` is its route's cost (what request quotas count);
-        `licenses` the quantities its token claimed, so the report knows a customer's per-unit quotas."""
+        `licenses` the quantities its token claimed, so the report knows a customer's per-unit quotas;
+        `plan` the plan its limits were checked under (a token's claim may choose it)."""
         amounts, day = self._amounts(customer)
+        if plan is not None:
+            amounts[f"{day}:plans:{plan}"] += 1
         amounts[f"{day}:requests"] += 1
         amounts[f"{day}:units"] += units
         amounts[f"{day}:bytes_in"] += bytes_in

@@ -26,12 +26,19 @@ def build_report(month: str, stored: dict[str, dict[str, float]], config: Gatewa
     return rows
 
 
+def month_plan(plans: dict[str, int]) -> str | None:
+    """The plan most of a month's requests were limited under (a token's plan claim may choose
+    it, so the config alone does not know); None when nothing was recorded."""
+    return max(sorted(plans), key=plans.__getitem__) if plans else None
+
+
 def _row(month: str, customer: str, amounts: dict[str, float], config: GatewayConfig) -> dict[str, Any]:
     days: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     totals: dict[str, float] = defaultdict(float)
     rejected: dict[str, int] = defaultdict(int)
     findings: dict[str, int] = defaultdict(int)
     claimed: dict[str, int] = {}
+    plans: dict[str, int] = defaultdict(int)  # requests per plan they were limited under
     for field, amount in amounts.items():
         day, _, metric = field.partition(":")
         if metric.startswith("licenses:"):
@@ -39,6 +46,8 @@ def _row(month: str, customer: str, amounts: dict[str, float], config: GatewayCo
             unit, _, count = metric.removeprefix("licenses:").rpartition(":")
             if count.isdigit():
                 claimed[unit] = max(claimed.get(unit, 0), int(count))
+        elif metric.startswith("plans:"):
+            plans[metric.removeprefix("plans:")] += int(amount)
         elif metric.startswith("rejected:"):
             rejected[metric.removeprefix("rejected:")] += int(amount)
         elif metric.startswith("findings:"):
@@ -47,7 +56,7 @@ def _row(month: str, customer: str, amounts: dict[str, float], config: GatewayCo
             days[day][metric] += amount
             totals[metric] += amount
     entry = config.customers.get(customer)
-    plan = config.plan_of(customer)  # the token's plan claim is not in the counters: listed or default
+    plan = month_plan(plans) or config.plan_of(customer)
     listed = entry.licenses if entry is not None else {}
     quotas, fees = [], []
     for limit in config.plans[plan].limits if plan in config.plans else ():
