@@ -1,7 +1,7 @@
 """The labelled detection evaluation (`make detection-eval`; docs/detection.md).
 
     python bench/detection_eval.py [--seeds 1,2,3 | --seed N] [--seconds 75] [--actors a,b]
-                                   [--portal-login header|cookie] [--session-cookie NAME]
+                                   [--portal-login cookie|header] [--session-cookie NAME]
 
 For each seed it starts the demo upstream and `fairgate run` on config/gateway.yaml (only the
 listen ports and the upstream URL changed), runs every compliant and abusive actor at once over
@@ -22,15 +22,24 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtest.eval import report  # noqa: E402
-from loadtest.eval.gateway_run import HarnessError  # noqa: E402
+from loadtest.eval.gateway_run import CONFIG, HarnessError  # noqa: E402
 from loadtest.eval.runner import evaluate, pick  # noqa: E402
 from loadtest.eval.scoring import acceptance, accuracy, row_from_json  # noqa: E402
 
 PORTS = range(50000, 51000)
+
+
+def _session_cookie_name(config: Path) -> str | None:
+    """The login cookie the evaluated config reads on portal routes, as the vendor's login sets it."""
+    auth = (yaml.safe_load(config.read_text()) or {}).get("auth") or {}
+    name = (auth.get("session_cookie") or {}).get("name")
+    return name if isinstance(name, str) else None
 
 
 def _seeds(raw: str) -> list[int]:
@@ -46,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=_seeds, default=[1, 2, 3], help="seeds, e.g. 1,2,3 (default)")
     parser.add_argument("--seconds", type=float, default=75.0, help="real seconds each seed's actors run")
     parser.add_argument("--actors", help="only these actors, comma-separated")
-    parser.add_argument("--portal-login", choices=("header", "cookie"), default="header",
-                        help="how logged-in browser personas carry their login on portal pages: header "
-                             "(Authorization; Chromium personas then stay anonymous) or cookie")
-    parser.add_argument("--session-cookie", default="fairgate_session", help="cookie name for --portal-login cookie")
+    parser.add_argument("--portal-login", choices=("header", "cookie"), default="cookie",
+                        help="how logged-in browser personas carry their login on portal pages: cookie (as "
+                             "browsers do, the default) or header (Authorization on page loads only; Chromium "
+                             "personas then stay anonymous)")
+    parser.add_argument("--session-cookie", help="cookie name for --portal-login cookie (default: the config's "
+                                                 "auth.session_cookie.name)")
     parser.add_argument("--json", type=Path, help="also write the rows and verdicts here (JSON)")
     parser.add_argument("--rerender", type=Path, metavar="JSON", help="print the report of an earlier --json run")
     parser.add_argument("--ports", default="50000-50999", help="ports for the gateway and upstream (LOW-HIGH)")
@@ -58,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     low, _, high = args.ports.partition("-")
     ports = range(int(low), int(high) + 1)
     names = [n.strip() for n in args.actors.split(",")] if args.actors else None
+    session_cookie = args.session_cookie or _session_cookie_name(CONFIG)
+    if args.portal_login == "cookie" and session_cookie is None:
+        print(f"detection-eval: {CONFIG} sets no auth.session_cookie.name; give --session-cookie", file=sys.stderr)
+        return 2
     try:
         actors = pick(names, args.portal_login)
         rows = []
@@ -66,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds = sorted({row.seed for row in rows})
         for seed in [] if args.rerender else seeds:
             began = time.monotonic()
-            rows += asyncio.run(evaluate(seed, args.seconds, names, args.portal_login, args.session_cookie,
+            rows += asyncio.run(evaluate(seed, args.seconds, names, args.portal_login, session_cookie or "",
                                          ports=ports))
             print(f"seed {seed}: {time.monotonic() - began:.0f} s", file=sys.stderr)
     except HarnessError as error:

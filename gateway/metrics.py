@@ -171,6 +171,10 @@ class Metrics:
             "fairgate_state_store_fallbacks", "Decisions made without the shared store, by failure mode.", ["mode"],
             registry=self.registry,
         )
+        self.challenges = Counter(
+            "fairgate_challenges", "Challenge interstitials issued, passes accepted (first use) and passes refused.",
+            ["result"], registry=self.registry,
+        )
         self.findings = Counter(
             "fairgate_findings", "Policy findings, by detector and action.", ["detector", "action"],
             registry=self.registry,

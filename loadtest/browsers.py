@@ -5,6 +5,8 @@ Shared by the locust suite and the detection simulator, so both look like the sa
 
 from __future__ import annotations
 
+import re
+
 BROWSER_UA = {
     "firefox": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
     "chrome": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -25,3 +27,13 @@ PAGE_ASSETS = (("/portal/static/app.css", "style", "text/css,*/*;q=0.1"), ("/por
 def asset_headers(agent: str, dest: str, accept: str = "*/*") -> dict[str, str]:
     return {"User-Agent": agent, "Accept": accept, "Accept-Language": PAGE_HEADERS["Accept-Language"],
             "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": dest}
+
+
+_STYLESHEET = re.compile(r'<link rel="stylesheet" href="(/[^"]+)"')
+
+
+def linked_stylesheets(html: str) -> list[str]:
+    """Stylesheets a page links besides its fixed assets (the gateway's per-page browser-proof
+    link among them): a browser fetches them with the page, whatever its cache holds."""
+    fixed = {asset for asset, _, _ in PAGE_ASSETS}
+    return [href for href in _STYLESHEET.findall(html) if href not in fixed]

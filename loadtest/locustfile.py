@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from browsers import BROWSER_UA, PAGE_ASSETS, PAGE_HEADERS, asset_headers
+from browsers import BROWSER_UA, PAGE_ASSETS, PAGE_HEADERS, asset_headers, linked_stylesheets
 from population import ROOT, Login, Population, demo_issuer, is_loopback, run_tag
 from verdicts import Tally
 
@@ -139,7 +139,10 @@ class Person(FairgateUser):
             path, name = f"/portal/tickets?page={random.randint(1, PAGES)}", "/portal/tickets?page"
         else:
             path = name = "/portal/"
-        self.call("GET", path, name, {**PAGE_HEADERS, "User-Agent": self.agent, **self.login.authorization})
+        page = self.call("GET", path, name, {**PAGE_HEADERS, "User-Agent": self.agent, **self.login.authorization})
+        for sheet in linked_stylesheets(page.text if "html" in page.headers.get("Content-Type", "") else ""):
+            self.call("GET", sheet, "/.well-known/fairgate/proof/*",
+                      {**asset_headers(self.agent, "style"), **self.login.authorization})
         if self.cached and random.random() < 0.7:
             return  # assets from the browser's cache
         self.cached = True

@@ -32,7 +32,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from browsers import BROWSER_UA, HEADLESS_UA, PAGE_ASSETS, PAGE_HEADERS, asset_headers  # noqa: E402
+from browsers import BROWSER_UA, HEADLESS_UA, PAGE_ASSETS, PAGE_HEADERS, asset_headers, linked_stylesheets  # noqa: E402
 from gateway.auth.dev_tokens import mint_token  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from tests.support.clock import T0, ManualClock  # noqa: E402
@@ -46,6 +46,7 @@ class Step:
     wait: float  # think time before this request
     path: str
     headers: dict[str, str] = field(default_factory=dict)
+    browser: bool = False  # a page load in a browser: it fetches the stylesheets the page links
 
 
 @dataclass
@@ -78,7 +79,7 @@ def person(rng: random.Random, agent: str) -> Iterator[Step]:
             path = f"/portal/tickets?page={rng.randint(1, 25)}"
         else:
             path = f"/portal/tickets/{rng.randint(1, TICKETS)}"
-        yield Step(rng.uniform(3.0, 25.0), path, {**PAGE_HEADERS, "User-Agent": agent})
+        yield Step(rng.uniform(3.0, 25.0), path, {**PAGE_HEADERS, "User-Agent": agent}, browser=True)
         for asset, dest, _ in PAGE_ASSETS:
             yield Step(rng.uniform(0.01, 0.1), asset, asset_headers(agent, dest))
 
@@ -95,7 +96,7 @@ def headless_scraper(rng: random.Random) -> Iterator[Step]:
     """A headless browser pulling ticket pages, assets and all."""
     while True:
         yield Step(rng.uniform(0.5, 2.0), f"/portal/tickets/{rng.randint(1, TICKETS)}",
-                   {**PAGE_HEADERS, "User-Agent": HEADLESS_UA})
+                   {**PAGE_HEADERS, "User-Agent": HEADLESS_UA}, browser=True)
         yield Step(0.02, "/portal/static/app.css", {"User-Agent": HEADLESS_UA, "Accept": "*/*"})
 
 
@@ -165,7 +166,13 @@ async def _send(base_url: str, session: aiohttp.ClientSession, client: Client, s
     client.sent.append(now)
     headers = {**step.headers, "Authorization": f"Bearer {client.token}"}
     async with session.get(base_url + step.path, headers=headers) as response:
-        await response.read()
+        body = await response.read()
+        if step.browser and response.content_type == "text/html":
+            sheet_headers = {**asset_headers(step.headers.get("User-Agent", ""), "style"),
+                             "Authorization": headers["Authorization"]}
+            for href in linked_stylesheets(body.decode("utf-8", "replace")):
+                async with session.get(base_url + href, headers=sheet_headers) as sheet:
+                    await sheet.read()
         if response.status in (401, 403) and client.first_refused is None:
             client.first_refused = len(client.sent)
         client.refused += response.status in (401, 403)

@@ -425,3 +425,15 @@ async def test_a_real_browser_with_the_session_cookie_is_credited_on_each_load(b
     await wait_until(lambda: proof_metric(gateway, "credited") == 2, 10, "a reload did not credit again")
     assert proof_metric(gateway, "wrong_identity") == 0  # the cookie came along: the login was credited
     assert page_metric(gateway, "injected") == 2
+
+    def alices_proofs() -> tuple[int, int] | None:
+        # The scraping detector's own count for the login (no API shows it): pages offered, proofs credited.
+        track = gateway.server.state.detection._ctx.tracks.get("user:acme/alice")
+        return None if track is None or track.scraping is None else (track.scraping.offered, track.scraping.proofs)
+
+    await wait_until(lambda: alices_proofs() == (2, 2), 5, lambda: f"alice's track: {alices_proofs()}")
+
+    # Signed out: the page and its stylesheet name the same anonymous client (network and headers).
+    await asyncio.to_thread(lambda: (browser.delete_all_cookies(), browser.get(f"{gateway.url}/portal/tickets")))
+    await wait_until(lambda: proof_metric(gateway, "credited") == 3, 10, "an anonymous browser was not credited")
+    assert proof_metric(gateway, "wrong_identity") == 0

@@ -60,9 +60,10 @@ def make_detection(sightings, detection: dict, clock: ManualClock, plans: dict |
 
 def obs(at: float, path: str = "/portal/tickets", *, route_class: str = "portal", user: str | None = "ann",
         customer: str = "acme", session: str | None = "s1", ip: str = "10.0.0.1", headers: dict | None = None,
-        status: int = 200, method: str = "GET", body: bytes | None = None) -> Observation:
+        status: int = 200, method: str = "GET", body: bytes | None = None, offered: bool = False) -> Observation:
     return Observation(at, route_class, customer if user else None, user, session if user else None, ip, method,
-                       path, MappingProxyType(BROWSER if headers is None else headers), status, body)
+                       path, MappingProxyType(BROWSER if headers is None else headers), status, body,
+                       offered_proof=offered)
 
 
 def refuse(engine: Detection, customer: str, user: str, session: str, route_class: str, issued_at: float = T0):
@@ -118,15 +119,16 @@ async def test_allow_listed_integration_is_never_scored(sightings):
 
 
 async def test_regular_cadence(sightings):
-    engine = make_detection(sightings, {"scraping": {"weights": {"enumeration": 0, "no_assets": 0}}}, ManualClock())
+    engine = make_detection(sightings, {"scraping": {"weights": {"enumeration": 0, "no_browser_proof": 0}}}, ManualClock())
     await feed(engine, [obs(T0 + n * 1.5, f"/portal/tickets/{n * 37 % 500}") for n in range(30)])
     assert signals_of(engine) == {"regular_cadence"}
 
 
-async def test_pages_without_their_assets(sightings):
+async def test_pages_offered_a_proof_and_never_proven(sightings):
     engine = make_detection(sightings, {"scraping": {"weights": {"enumeration": 0}}}, ManualClock())
-    await feed(engine, [obs(T0 + n * 4.1 + (n % 3) * 2.3, f"/portal/tickets/{n * 37 % 500}") for n in range(12)])
-    assert signals_of(engine) == {"no_assets"}
+    await feed(engine, [obs(T0 + n * 4.1 + (n % 3) * 2.3, f"/portal/tickets/{n * 37 % 500}", offered=True)
+                        for n in range(12)])
+    assert signals_of(engine) == {"no_browser_proof"}
 
 
 async def test_a_person_reading_the_portal_is_never_found(sightings):
@@ -250,28 +252,30 @@ async def test_a_headless_browser_still_counts_on_the_api(sightings):
     assert finding.signals == ("automation_agent",) and finding.action == "flag"
 
 
-async def test_a_single_signal_only_flags_two_independent_ones_block(sightings):
-    # no_assets alone, on a portal set to block: a flag and nothing refused, however long it goes on.
-    clock = ManualClock()
+async def test_a_single_signal_only_challenges_two_independent_ones_block(sightings):
+    # no_browser_proof alone, on a portal set to block: a challenge, however long it goes on.
+    clock = ManualClock(T0 + 100)
     alone = make_detection(sightings, {"scraping": {**SCRAPING["scraping"], "weights": {"enumeration": 0}}}, clock)
-    await feed(alone, [obs(T0 + n * 5.0 + (n * 7 % 11) * 0.4, f"/portal/tickets/{n * 37 % 500}") for n in range(40)])
-    assert signals_of(alone) == {"no_assets"}
-    assert {finding.action for finding in alone.findings.recent()} == {"flag"}
-    assert not alone.sanctions and refuse(alone, "acme", "ann", "s1", "portal") is None
-    # no_assets and a machine-regular cadence: two independent signals, a block.
+    await feed(alone, [obs(T0 + n * 5.0 + (n * 7 % 11) * 0.4, f"/portal/tickets/{n * 37 % 500}", offered=True)
+                       for n in range(40)])
+    assert signals_of(alone) == {"no_browser_proof"}
+    assert {finding.action for finding in alone.findings.recent()} == {"challenge"}
+    assert refuse(alone, "acme", "ann", "s1", "portal").slug == "automation-challenge"
+    assert refuse(alone, "acme", "ann", "s1", "api") is None  # programs are never challenged
+    # no_browser_proof and a machine-regular cadence: two independent signals, a block.
     both = make_detection(sightings, {"scraping": {**SCRAPING["scraping"], "weights": {"enumeration": 0}}}, clock)
-    await feed(both, [obs(T0 + n * 4.0, f"/portal/tickets/{n * 37 % 500}") for n in range(20)])
+    await feed(both, [obs(T0 + n * 4.0, f"/portal/tickets/{n * 37 % 500}", offered=True) for n in range(20)])
     last = both.findings.recent()[-1]
-    assert last.action == "block" and set(last.signals) == {"no_assets", "regular_cadence"}
+    assert last.action == "block" and set(last.signals) == {"no_browser_proof", "regular_cadence"}
     assert refuse(both, "acme", "ann", "s1", "portal").status == 403
 
 
 async def test_a_finding_lists_each_signal_with_its_value_and_threshold(sightings):
     engine = make_detection(sightings, {"scraping": {**SCRAPING["scraping"], "weights": {"enumeration": 0}}},
                             ManualClock())
-    await feed(engine, [obs(T0 + n * 4.0, f"/portal/tickets/{n * 37 % 500}") for n in range(20)])
+    await feed(engine, [obs(T0 + n * 4.0, f"/portal/tickets/{n * 37 % 500}", offered=True) for n in range(20)])
     evidence = engine.findings.recent()[-1].evidence["signals"]
-    assert evidence["no_assets"]["threshold"] == 3 and evidence["no_assets"]["value"] > 3
+    assert evidence["no_browser_proof"] == {"value": 0.0, "threshold": 0.5, "definitive": False}
     assert evidence["regular_cadence"]["threshold"] == 0.1 and evidence["regular_cadence"]["value"] == 0.0
     assert all({"value", "threshold"} <= set(item) for item in evidence.values())
 
@@ -305,9 +309,12 @@ async def test_anonymous_clients_are_scored_per_address_and_only_hashed(sighting
                             headers={"User-Agent": "Scrapy/2.11"}) for n in range(3)])
     (finding,) = engine.findings.recent()
     assert finding.subject.startswith("address:") and "192.0.2.7" not in str(finding.as_json())
-    problem = engine.refusal(None, "192.0.2.7", "public")
+    scrapy = {"User-Agent": "Scrapy/2.11"}
+    problem = engine.refusal(None, "192.0.2.7", "public", scrapy)
     assert problem.status == 403 and problem.slug == "automation-challenge"
-    assert engine.refusal(None, "192.0.2.8", "public") is None
+    assert engine.refusal(None, "192.0.2.99", "public", scrapy).slug == "automation-challenge"  # same /24
+    assert engine.refusal(None, "192.0.3.7", "public", scrapy) is None  # another network
+    assert engine.refusal(None, "192.0.2.7", "public", BROWSER) is None  # another client on it
 
 
 # -- shared credentials -------------------------------------------------------------------
@@ -508,4 +515,4 @@ async def test_memory_sightings_are_bounded():
 async def test_tracked_identities_are_bounded():
     engine = make_detection((MemorySightings(), "mem"), {"scraping": {}, "max_tracked": 100}, ManualClock())
     await feed(engine, [obs(T0 + n, user=f"u{n}") for n in range(1000)])
-    assert len(engine._tracks) == 100
+    assert engine.tracked == 100

@@ -75,6 +75,10 @@ async def test_blocked_client_gets_problem_json_and_the_finding_is_listed_and_co
     assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
 
     async with client.get(f"{gateway.url}/echo/portal/next", headers={**token, **HEADLESS}) as response:
+        assert response.status == 403  # a page navigation: the HTML block page (tests/test_challenge.py)
+        assert 'data-fairgate-outcome="block"' in await response.text()
+    json_accept = {**token, **HEADLESS, "Accept": "application/json"}
+    async with client.get(f"{gateway.url}/echo/portal/next", headers=json_accept) as response:
         assert response.status == 403
         assert response.headers["Content-Type"].startswith("application/problem+json")
         assert int(response.headers["Retry-After"]) > 800
@@ -84,15 +88,24 @@ async def test_blocked_client_gets_problem_json_and_the_finding_is_listed_and_co
         assert response.status == 200  # the API only flags
 
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    async with client.get(f"{gateway.admin_url}/admin/findings?detector=scraping", headers=admin) as response:
-        (finding,) = (await response.json())["findings"]
+
+    async def findings() -> list | None:
+        async with client.get(f"{gateway.admin_url}/admin/findings?detector=scraping", headers=admin) as response:
+            listed = (await response.json())["findings"]
+        return listed if len(listed) == 2 else None
+
+    # The block, and on the API (set to flag) one finding naming it: the block follows the login.
+    finding, elsewhere = await wait_until(findings, message="the block and the API's finding naming it")
     assert finding["subject"] == "user:acme/alice" and finding["action"] == "block"
     assert "automation_agent" in finding["signals"]
+    assert elsewhere["signals"] == ["blocked_elsewhere"] and elsewhere["action"] == "flag"
+    assert elsewhere["until"] == finding["until"] and elsewhere["evidence"]["route_class"] == "api"
     async with client.get(f"{gateway.admin_url}/admin/findings") as response:
         assert response.status == 401
     async with client.get(f"{gateway.admin_url}/metrics") as response:
         text = await response.text()
     assert 'fairgate_findings_total{action="block",detector="scraping"} 1.0' in text
+    assert 'fairgate_findings_total{action="flag",detector="scraping"} 1.0' in text
 
 
 async def test_the_gateways_own_refusals_are_never_observed(start_gateway, upstream, client):

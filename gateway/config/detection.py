@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
@@ -80,7 +80,9 @@ class SignalWeights(Section):
     automation_agent: float = Field(6.0, ge=0, description="A deny-listed automation user agent (not allow-listed).")
     no_browser_signals: float = Field(2.0, ge=0, description="A portal page load without Accept-Language, "
                                                              "Sec-Fetch-* and an HTML Accept.")
-    no_assets: float = Field(2.0, ge=0, description="Portal pages loaded, never any of their assets.")
+    no_browser_proof: float = Field(3.0, ge=0, description="Past asset_grace_pages portal pages offered a browser "
+                                                           "proof, fewer proofs credited than proof_min_share of "
+                                                           "them.")
     regular_cadence: float = Field(3.0, ge=0, description="Inter-arrival times too regular for a person.")
     enumeration: float = Field(2.0, ge=0, description="Numeric ids in path segments walked in sequence, or "
                                                       "probed at random with many misses.")
@@ -90,6 +92,18 @@ class SignalWeights(Section):
     agent_rotation: float = Field(3.0, ge=0, description="Many user agents under one identity.")
     looping: float = Field(3.0, ge=0, description="The same request repeated several times a second for "
                                                   "loop_duration.")
+    bulk_extraction: float = Field(3.0, ge=0, description="More distinct records read by one login in a day than "
+                                                          "its customer's baseline allows.")
+    crowd_enumeration: float = Field(6.0, ge=0, description="Ids walked in order on one path template by several "
+                                                            "anonymous clients without browser proof.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "no_assets" in data:
+            raise ValueError("no_assets was replaced by no_browser_proof (issue 13): the signal now counts "
+                             "browser proofs credited per identity, not asset fetches; rename the key")
+        return data
 
 
 class UserAgentLists(Section):
@@ -104,6 +118,17 @@ class UserAgentLists(Section):
     libraries_on: tuple[RouteClass, ...] = Field(("portal", "public"), description="Route classes on which HTTP "
                                                                                     "libraries and crawlers count "
                                                                                     "as automation.")
+
+
+class ChallengeSettings(Section):
+    """The `challenge` action's interstitial: a proof-of-work a browser solves by itself, then a
+    signed pass cookie that spares its subject further challenges (never a block)."""
+
+    difficulty: int = Field(12, ge=1, le=24, description="Leading zero bits the page's SHA-256 must find: about "
+                                                         "2^difficulty hashes (12: a few thousand, well under a "
+                                                         "second in a browser).")
+    pass_ttl: Duration = Field(3600.0, ge=60.0, le=7 * 86400.0,
+                               description="How long a solved challenge spares its subject further challenges.")
 
 
 _DEFAULT_ACTIONS: Mapping[RouteClass, ScrapingAction] = frozen_mapping(
@@ -124,6 +149,7 @@ class ScrapingDetector(Advice):
     block_for: Duration = Field(900.0, description="First block; it doubles for each repeat offence.")
     max_block: Duration = Field(86400.0, description="Longest block for a repeat offender.")
     weights: SignalWeights = SignalWeights()
+    challenge: ChallengeSettings = ChallengeSettings()
     user_agents: UserAgentLists = UserAgentLists()
     cadence_samples: int = Field(12, ge=4, le=200, description="Inter-arrival times the cadence signal looks at.")
     cadence_max_cv: float = Field(0.1, gt=0, description="Coefficient of variation below which cadence is "
@@ -146,7 +172,24 @@ class ScrapingDetector(Advice):
                                                     "Looping is more than twice this.")
     loop_duration: Duration = Field(30.0, description="How long a request must repeat faster than polling to be "
                                                       "looping.")
-    asset_grace_pages: int = Field(3, ge=1, description="Portal pages loaded before missing assets count.")
+    asset_grace_pages: int = Field(3, ge=1, description="Portal pages offered a browser proof before missing "
+                                                        "proofs count (no_browser_proof).")
+    proof_min_share: float = Field(0.5, gt=0, le=1, description="no_browser_proof fires while proofs credited are "
+                                                                "fewer than this share of the pages offered one.")
+    challenge_for: Duration = Field(900.0, description="How long a challenge stands (a passed one lifts it for "
+                                                       "the browser that passed).")
+    bulk_min_records: int = Field(500, ge=1, description="Distinct records (path templates with ids) one login may "
+                                                         "read in a day whatever its customer's baseline.")
+    bulk_over_baseline: float = Field(5.0, ge=1, description="bulk_extraction fires past this many times the median "
+                                                             "of the customer's other users (at least "
+                                                             "bulk_min_records).")
+    crowd_run: int = Field(8, ge=2, description="Ids in sequence on one template, across anonymous clients, that "
+                                                "are one enumeration (crowd_enumeration).")
+    crowd_clients: int = Field(3, ge=2, description="Distinct anonymous clients without browser proof a "
+                                                    "crowd_enumeration needs.")
+    crowd_gap: Duration = Field(120.0, description="Longest pause between two ids of one crowd walk.")
+    network_memory: Duration = Field(21600.0, description="How long an anonymous network's challenges and blocks "
+                                                          "are remembered (repeat offences lengthen blocks).")
     evidence_window: Duration = Field(600.0, description="Signals seen within this window are the evidence of a "
                                                          "finding.")
     min_signals: int = Field(2, ge=1, description="Independent signals within evidence_window a challenge or block "

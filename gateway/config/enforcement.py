@@ -128,7 +128,17 @@ class EnforcementSettings(Section):
         "off", description="enforce: warn, throttle, suspend; shadow: record decisions, apply none; off.")
     policy: str = Field("fair-use policy", description="The policy named in Fair-Use-Warning and refusals (a URL "
                                                        "or a title).")
+    appeal_url: str | None = Field(None, max_length=500, description="Where a person refused by the gateway "
+                                   "(block, suspension) appeals: linked from the HTML refusal pages with the request "
+                                   "id (default: enforcement.policy when it is a URL).")
     ladder: Ladder = Field(default_factory=Ladder)
+
+    @field_validator("appeal_url")
+    @classmethod
+    def _web_address(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("https://", "http://", "mailto:")):
+            raise ValueError(f"expected an https://, http:// or mailto: URL, got {url!r}")
+        return url
     audit: AuditSettings = AuditSettings()
 
     @property

@@ -3,8 +3,12 @@ few attribute reads; everything else is worked out later, off the path."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+
+from gateway.detect.addresses import network_of
 
 # The route class of a browser proof: not a request of the upstream's, a credit for `subject`.
 PROOF = "proof"
@@ -23,7 +27,7 @@ class Observation:
     headers: Mapping[str, str]  # the request's (read off the path)
     status: int  # the upstream's answer, or the gateway's own when `refused`
     body_digest: bytes | None  # of a buffered request body; None for none or a streamed one
-    # Whom scores and sightings are kept for: "user:CUSTOMER/USER", or "address:IP" when anonymous.
+    # Whom scores and sightings are kept for: "user:CUSTOMER/USER", or "address:NETWORK|PRINT" when anonymous.
     subject: str = ""
     refused: bool = False  # the gateway answered itself (sanction, suspension, limit): counts for sharing only
     offered_proof: bool = False  # an HTML answer into which the gateway put a browser-proof link
@@ -34,5 +38,25 @@ class Observation:
 
 
 def subject_of(customer: str | None, user: str | None, client_ip: str, headers: Mapping[str, str]) -> str:
-    """Whom detection keeps scores, sightings and browser proofs for."""
-    return f"user:{customer}/{user}" if user is not None else f"address:{client_ip}"
+    """Whom detection keeps scores, sightings and browser proofs for: a login, or an anonymous
+    client as its network (/24, /48: rotating addresses inside a provider's range add up) and a
+    short fingerprint of the headers a browser sends alike on every request. The network is in
+    clear here (this process only); findings and shared state name it hashed (`Detection.public`)."""
+    if user is not None:
+        return f"user:{customer}/{user}"
+    return _anonymous(client_ip, headers.get("User-Agent", ""), headers.get("Accept-Language", ""),
+                      headers.get("Accept-Encoding", ""))
+
+
+@lru_cache(maxsize=16384)
+def _anonymous(client_ip: str, agent: str, language: str, encoding: str) -> str:
+    # Cached: the request path pays a dictionary lookup for a client it saw lately.
+    printed = hashlib.blake2b(f"{agent}\n{language}\n{encoding}".encode(), digest_size=4).hexdigest()
+    return f"address:{network_of(client_ip) or client_ip}|{printed}"
+
+
+def network_part(subject: str) -> str | None:
+    """The network of an anonymous subject; None for a login."""
+    if not subject.startswith("address:"):
+        return None
+    return subject[len("address:"):].partition("|")[0]

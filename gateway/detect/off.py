@@ -14,7 +14,8 @@ class RequestDetection(Protocol):
     observes: bool  # whether forwarded requests are worth queuing (and their bodies hashing)
     sanctions: Sanctions  # empty (falsy) while none are in force: the lookup is skipped
 
-    def refusal(self, identity: Identity | None, client_ip: str, route_class: str) -> Problem | None: ...
+    def refusal(self, identity: Identity | None, client_ip: str, route_class: str,
+                headers: Any = ...) -> Problem | None: ...
 
     def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,
                         target: str, headers: Any, status: int, body_digest: bytes | None,
@@ -35,7 +36,8 @@ class DetectionOff:
     def __init__(self) -> None:
         self.sanctions = Sanctions()  # stays empty
 
-    def refusal(self, identity: Identity | None, client_ip: str, route_class: str) -> Problem | None:
+    def refusal(self, identity: Identity | None, client_ip: str, route_class: str,
+                headers: Any = None) -> Problem | None:
         return None
 
     def observe_request(self, route_class: str, identity: Identity | None, client_ip: str, method: str,

@@ -21,9 +21,13 @@ class SanctionKind(StrEnum):
     BLOCK = "block"  # the session is refused
     # The subject's requests on the route classes the scraping detector refuses (challenge or block).
     AUTOMATION = "scraping"
+    # One signal only: the subject's pages (portal, public) on a class that refuses answer with a
+    # challenge a browser passes by itself; the API is never challenged.
+    CHALLENGE = "challenge"
 
 
-REAUTH, BLOCK, AUTOMATION = SanctionKind.REAUTH, SanctionKind.BLOCK, SanctionKind.AUTOMATION
+REAUTH, BLOCK, AUTOMATION, CHALLENGE = (SanctionKind.REAUTH, SanctionKind.BLOCK, SanctionKind.AUTOMATION,
+                                        SanctionKind.CHALLENGE)
 
 
 @dataclass(frozen=True, slots=True)

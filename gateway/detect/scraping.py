@@ -3,8 +3,9 @@
 Which signals apply depends on the route's class: a portal page is read by people in browsers,
 an API by programs (so HTTP libraries and a steady cadence are normal there), assets only count
 as fetched. Signals that need the order of one identity's requests (cadence, enumeration,
-looping, invalid destinations, assets) are kept per process; distinct paths and user agents go
-through the shared sightings.
+looping, invalid destinations, browser proofs) are kept per process; distinct paths and user
+agents go through the shared sightings. Requests the gateway refused feed the signals of timing
+only (looping, cadence): their statuses are the gateway's, not the upstream's.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class ScrapingTrack:
     """What one identity did lately, as far as scraping is concerned; a few hundred bytes."""
 
     __slots__ = ("score", "scored_at", "offences", "acted", "last_page_at", "intervals", "templates",
-                 "loops", "answers", "invalid", "pages", "assets", "seen")
+                 "loops", "answers", "invalid", "offered", "proofs", "noted_block", "reads", "seen")
 
     def __init__(self, samples: int) -> None:
         self.score = 0.0
@@ -100,8 +101,10 @@ class ScrapingTrack:
         self.loops: dict[tuple[str, str, bytes | None], _Repeat] = {}
         self.answers: deque[bool] = deque(maxlen=_ANSWERS_KEPT)
         self.invalid = 0
-        self.pages = 0
-        self.assets = 0
+        self.offered = 0  # portal pages into which the gateway put a browser-proof link
+        self.proofs = 0  # proofs credited (a link fetched, a challenge passed)
+        self.noted_block = 0.0  # the end of the block last named in a finding on a flag class
+        self.reads = 0  # records read today, packed with the day (bulk.py)
         self.seen: dict[str, tuple[float, Signal]] = {}  # each signal's last firing: the evidence
 
     def note(self, at: float, fired: list[Signal]) -> None:
@@ -111,6 +114,12 @@ class ScrapingTrack:
     def evidence(self, now: float, window: float) -> list[Signal]:
         """The signals seen within `window`, in name order."""
         return [signal for name, (at, signal) in sorted(self.seen.items()) if now - at <= window]
+
+    def proven(self) -> None:
+        """A passed challenge: the browser is proven, its proof count starts over. The score and
+        the last action stay: other signals may still make a case for a block."""
+        self.offered = self.proofs = 0
+        self.seen.pop("no_browser_proof", None)
 
     def decayed(self, now: float, half_life: float) -> float:
         if now > self.scored_at:
@@ -132,26 +141,33 @@ class ScrapingSignals:
         self.weights = settings.weights.model_dump()
         self.pagination = frozenset(name.lower() for name in settings.pagination_params)
 
-    def signals(self, obs: Observation, agent: str, track: ScrapingTrack, assets_from_address: bool) -> list[Signal]:
+    def signals(self, obs: Observation, agent: str, track: ScrapingTrack) -> list[Signal]:
         settings, weights, fired = self.settings, self.weights, []
         page = obs.route_class in PAGE_CLASSES
+        if obs.refused:
+            # A tight loop mostly meets the rate limit: its timing is still its own.
+            if page and obs.method == "GET" and weights["regular_cadence"]:
+                fired += self._cadence_signal(track, obs.at)
+            if weights["looping"]:
+                fired += self._looping(track, obs)
+            return fired
         family = self.agents.family(agent)
         if family is not None and weights["automation_agent"] and (
                 family in _EVERYWHERE or obs.route_class in settings.user_agents.libraries_on):
             # A program that says so on a page people read is the one definitive signal.
             fired.append(Signal("automation_agent", f"{family}: {agent[:80]}", f"user_agents.{family}", page))
         if page and obs.method == "GET":
-            track.pages += 1
             missing = _missing_browser_signals(obs.headers)
             if weights["no_browser_signals"] and missing >= 2:
                 fired.append(Signal("no_browser_signals", missing, 2))
-            if (weights["no_assets"] and track.pages > settings.asset_grace_pages and not track.assets
-                    and not assets_from_address):
-                fired.append(Signal("no_assets", track.pages, settings.asset_grace_pages))
+            if obs.offered_proof:
+                track.offered += 1
+                if (weights["no_browser_proof"] and track.offered > settings.asset_grace_pages
+                        and track.proofs < track.offered * settings.proof_min_share):
+                    fired.append(Signal("no_browser_proof", round(track.proofs / track.offered, 2),
+                                        settings.proof_min_share))
             if weights["regular_cadence"]:
-                cv = self._cadence(track, obs.at)
-                if cv is not None and cv < settings.cadence_max_cv:
-                    fired.append(Signal("regular_cadence", round(cv, 3), settings.cadence_max_cv))
+                fired += self._cadence_signal(track, obs.at)
         if weights["enumeration"]:
             fired += self._walking(track, obs.target, obs.status)
         if weights["invalid_destinations"] and self._invalid(track, obs.status):
@@ -160,6 +176,12 @@ class ScrapingSignals:
         if weights["looping"]:
             fired += self._looping(track, obs)
         return fired
+
+    def _cadence_signal(self, track: ScrapingTrack, now: float) -> list[Signal]:
+        cv = self._cadence(track, now)
+        if cv is not None and cv < self.settings.cadence_max_cv:
+            return [Signal("regular_cadence", round(cv, 3), self.settings.cadence_max_cv)]
+        return []
 
     def _cadence(self, track: ScrapingTrack, now: float) -> float | None:
         """The coefficient of variation of the last page intervals, once there are enough."""

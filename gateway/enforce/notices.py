@@ -21,7 +21,7 @@ _HEADER_ADVICE = 120  # characters of the recommendation Fair-Use-Warning carrie
 
 _SIGNALS = {
     "automation_agent": "an automation user agent", "no_browser_signals": "no browser headers",
-    "no_assets": "pages loaded without their assets", "regular_cadence": "machine-regular timing",
+    "no_browser_proof": "pages loaded without proof of a browser", "regular_cadence": "machine-regular timing",
     "enumeration": "ids walked in sequence", "crawl_breadth": "many distinct pages a minute",
     "invalid_destinations": "many requests for missing pages", "agent_rotation": "rotating user agents",
     "looping": "the same request repeated",

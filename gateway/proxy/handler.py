@@ -19,12 +19,14 @@ from gateway.auth.errors import AuthError
 from gateway.auth.identity import Identity
 from gateway.auth.responses import auth_problem
 from gateway.config import Route
+from gateway.detect.observation import subject_of
 from gateway.detect.off import RequestDetection
 from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.limits.shedding import network_key
 from gateway.metrics import Metrics
 from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
 from gateway.proxy.browser_proof import PROOF_PATH, PROOF_ROUTE
+from gateway.proxy.challenge import COOKIE, SECURE_COOKIE, Check
 from gateway.proxy.headers import (
     VIA_TOKEN,
     ForwardedFrom,
@@ -32,6 +34,9 @@ from gateway.proxy.headers import (
     request_id_or_new,
     upstream_header_lines,
 )
+from gateway.proxy.pages.interstitial import challenge_page
+from gateway.proxy.pages.navigation import wants_html
+from gateway.proxy.pages.refusal import HEADINGS, refusal_page
 from gateway.proxy.request_body import BodyTimeout, BodyTimeouts, next_chunk, read_whole
 from gateway.proxy.request_keys import CLIENT_IP, IDENTITY, REQUEST_ID
 from gateway.proxy.request_path import ambiguity, routing_form
@@ -48,6 +53,10 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 # More than a chunk's chunked-encoding framing ("%x\r\n" ... "\r\n") can add.
 _FRAMING = 64
 _VIA = VIA_TOKEN.decode()
+_CHALLENGE = "automation-challenge"
+# Where a browser is shown the interstitial; anywhere else a challenge stays problem+json (APIs are for programs).
+_INTERSTITIAL_CLASSES = frozenset({"portal", "public"})
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
 # The Runtime a request started with: its answers follow that config even if a reload lands meanwhile.
 _RUNTIME = web.RequestKey("runtime", Runtime)
 
@@ -163,19 +172,21 @@ class ProxyHandler:
         self, request: BaseRequest, status: int, slug: str, title: str, detail: str,
         headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None, type_uri: str | None = None,
     ) -> web.Response:
+        self._count_rejection(request, slug)
+        request_id = request[REQUEST_ID]
+        headers = {**(headers or {}), "X-Request-Id": request_id}
+        extra = {**(extra or {}), "request_id": request_id}
+        if slug in HEADINGS and wants_html(request.headers):  # a person's browser: a page that explains
+            return refusal_page(status, slug, detail, headers, extra, request_id, request[_RUNTIME].appeal)
+        return problem_response(status, slug, title, detail, headers=headers, extra=extra, type_uri=type_uri)
+
+    def _count_rejection(self, request: BaseRequest, slug: str) -> None:
         self._metrics.rejections.labels(slug).inc()
         identity = request.get(IDENTITY)
         if identity is not None:
             usage = request[_RUNTIME].usage
             if usage is not None:
                 usage.rejected(identity.customer, slug)
-        request_id = request[REQUEST_ID]
-        return problem_response(
-            status, slug, title, detail,
-            headers={**(headers or {}), "X-Request-Id": request_id},
-            extra={**(extra or {}), "request_id": request_id},
-            type_uri=type_uri,
-        )
 
     async def _serve(
         self, runtime: Runtime, target: RouteTarget, request: BaseRequest, request_id: str
@@ -213,10 +224,10 @@ class ProxyHandler:
 
         detection, enforcement = runtime.detection, runtime.enforcement
         if detection.sanctions:
-            problem = detection.refusal(identity, client_ip, route.route_class)
-            if problem is not None:
-                _observe_refused(detection, route, identity, client_ip, request, problem.status)
-                return self._refuse(request, enforcement.with_warning(problem, identity))
+            sanctioned = self._sanctioned(runtime, route, identity, client_ip, request,
+                                          trusted and (found.proto or b"").lower() == b"https")
+            if sanctioned is not None:
+                return sanctioned
 
         standing = enforcement.admit(identity)
         if isinstance(standing, Problem):  # suspended
@@ -277,6 +288,50 @@ class ProxyHandler:
                 detection.observe_request(route.route_class, identity, client_ip,
                                           request.method, request.raw_path,
                                           request.headers, meter.status, meter.body_digest, meter.offered_proof)
+
+    def _sanctioned(self, runtime: Runtime, route: Route, identity: Identity | None, client_ip: str,
+                    request: BaseRequest, forwarded_https: bool) -> web.Response | None:
+        """The answer to a request a sanction refuses (a page for a person's browser), or None."""
+        detection = runtime.detection
+        problem = detection.refusal(identity, client_ip, route.route_class, request.headers)
+        if problem is None:
+            return None
+        subject = ""
+        if problem.slug == _CHALLENGE:
+            subject = subject_of(None if identity is None else identity.customer,
+                                 None if identity is None else identity.user, client_ip, request.headers)
+            if self._passes(runtime, request, subject):
+                return None  # a browser proved itself: spared challenges (never a block) until the pass expires
+        _observe_refused(detection, route, identity, client_ip, request, problem.status)
+        problem = runtime.enforcement.with_warning(problem, identity)
+        if (subject and route.route_class in _INTERSTITIAL_CLASSES and request.method in _SAFE_METHODS
+                and wants_html(request.headers)):
+            return self._challenge(runtime, request, problem, subject, self._scheme == b"https" or forwarded_https)
+        return self._refuse(request, problem)
+
+    def _passes(self, runtime: Runtime, request: BaseRequest, subject: str) -> bool:
+        """Whether the request carries a valid challenge pass for `subject`; credits the proof."""
+        verdict = runtime.challenges.check(request.headers.get("Cookie"), subject)
+        if verdict is Check.ABSENT:
+            return False
+        if verdict is Check.PASSED or verdict is Check.VALID:
+            if verdict is Check.PASSED:
+                self._metrics.challenges.labels("passed").inc()
+            runtime.detection.observe_proof(subject)
+            return True
+        self._metrics.challenges.labels("failed").inc()
+        return False
+
+    def _challenge(self, runtime: Runtime, request: BaseRequest, problem: Problem, subject: str,
+                   secure: bool) -> web.Response:
+        self._count_rejection(request, problem.slug)
+        self._metrics.challenges.labels("issued").inc()
+        request_id = request[REQUEST_ID]
+        policy = problem.extra.get("policy")
+        return challenge_page(runtime.challenges.issue(subject), SECURE_COOKIE if secure else COOKIE, secure,
+                              problem.detail,
+                              {**problem.headers, "X-Request-Id": request_id}, request_id, runtime.appeal,
+                              policy if isinstance(policy, str) else None)
 
     def _refuse(self, request: BaseRequest, problem: Problem) -> web.Response:
         return self._reject(request, problem.status, problem.slug, problem.title, problem.detail,

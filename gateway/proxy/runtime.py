@@ -36,7 +36,9 @@ from gateway.limits.policy import PlanBook
 from gateway.limits.shedding import InFlightGate
 from gateway.limits.stats import LimitStats
 from gateway.proxy.browser_proof import ProofLinks
+from gateway.proxy.challenge import Challenges, challenge_key
 from gateway.proxy.client_address import ClientAddressResolver
+from gateway.proxy.pages.layout import Appeal
 from gateway.proxy.request_body import BodyTimeouts
 from gateway.proxy.routing import Router
 from gateway.proxy.websocket import WEBSOCKET_HANDSHAKE
@@ -132,6 +134,10 @@ class Runtime:
         self.enforcement: RequestEnforcement = state.enforcement if config.enforcement.enabled else ENFORCEMENT_OFF
         self.usage: UsageMeter | None = state.usage if config.usage.enabled else None
         self.proof_links = ProofLinks(config, state.proofs, self.detection, self.authenticator, self.client_addresses)
+        # What a person's browser meets when refused: the challenge's signed proof-of-work, the appeal link.
+        self.challenges = Challenges(challenge_key(config.detection.salt()), config.detection.scraping.challenge,
+                                     state.clock)
+        self.appeal = Appeal.of(config.enforcement)
         self.router: Router[RouteTarget] = Router(
             [(route.host, route.path_prefix, self._target(route)) for route in config.routes]
         )

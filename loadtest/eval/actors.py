@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.auth.dev_tokens import mint_token
 from gateway.config.auth import Issuer
-from gateway.detect.addresses import Hasher
+from gateway.detect.addresses import Hasher, network_of
 from loadtest.eval.traffic import Log
 
 SHARING, SCRAPING, SEATS = "sharing", "scraping", "seats"
@@ -91,7 +91,9 @@ class Run:
         return self._networks.take()
 
     def address(self, network: str, host: int = 1) -> str:
-        self.actor.subjects.add("address:" + self.settings.hasher.hash(f"{network}.{host}"))
+        # Anonymous clients are named by network and a fingerprint of their headers, hashed
+        # together; their findings say the network (hashed alone) too: the actor owns its networks.
+        self.actor.subjects.add("network:" + self.settings.hasher.hash(network_of(f"{network}.{host}")))
         return f"{network}.{host}"
 
     def token(self, user: str, session: str, customer: str | None = None, **claims: Any) -> str:

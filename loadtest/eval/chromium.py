@@ -92,7 +92,25 @@ class Chromium:
             self.driver.get(self.base + path)
         except WebDriverException:
             self.log.error(self.name, "GET", path)
+        self._wait_out_challenge()
         self._record()
+
+    def _wait_out_challenge(self) -> None:
+        """A person waits while the gateway's challenge page checks the browser and reloads;
+        navigating on at once would cut its script off."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        def passed(driver: object) -> bool:
+            try:
+                return bool(self.driver.execute_script(
+                    "return document.readyState === 'complete' && "
+                    "!document.querySelector('body[data-fairgate-outcome=\"challenge\"]')"))
+            except Exception:  # the reload replaced the document mid-call: look again
+                return False
+
+        with contextlib.suppress(TimeoutException):
+            WebDriverWait(self.driver, 15).until(passed)
 
     def script(self, source: str, *args: object) -> object:
         from selenium.common.exceptions import WebDriverException
@@ -127,7 +145,7 @@ class Chromium:
             headers = {k.lower(): v for k, v in response.get("headers", {}).items()}
             at = entry["timestamp"] / 1000.0
             self.log.add(self.name, "GET", target, status, headers.get("content-type", response.get("mimeType", "")),
-                         body, at=at)
+                         body, at=at, page_outcome=headers.get("fairgate-outcome"))
 
     def quit(self) -> None:
         with contextlib.suppress(Exception):

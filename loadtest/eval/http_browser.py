@@ -145,6 +145,10 @@ class HttpBrowser:
         if entry is not None and entry.fresh_until > time.time():
             return  # served from the browser's cache: the gateway never sees it
         headers = asset_headers(self.agent, dest, "text/css,*/*;q=0.1" if dest == "style" else "*/*")
+        if self.portal_header:
+            # The login goes with every same-origin request, as a browser's session cookie does:
+            # the header stands in for that cookie on page loads, so it must on subresources too.
+            headers.update(self.auth())
         if entry is not None and entry.etag:
             headers["If-None-Match"] = entry.etag
         if entry is not None and entry.last_modified:

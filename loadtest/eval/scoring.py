@@ -60,7 +60,9 @@ def _is_page(path: str) -> bool:
 def score(seed: int, actor: Actor, findings: list[dict[str, Any]]) -> Row:
     sent = sorted(actor.log.sent, key=lambda s: s.at)
     start = sent[0].at if sent else 0.0
-    mine = sorted((f for f in findings if f["subject"] in actor.subjects), key=lambda f: f["at"])
+    mine = sorted((f for f in findings if f["subject"] in actor.subjects
+                   or "network:" + str(f.get("evidence", {}).get("network")) in actor.subjects),
+                  key=lambda f: f["at"])
 
     def moment(at: float) -> Moment:
         return Moment(sum(1 for s in sent if s.at <= at + 1e-6), max(0.0, at - start))

@@ -1,0 +1,32 @@
+"""Which Redis commands a gateway sent, from `INFO commandstats`.
+
+The request path's only Redis call is the limits' EVALSHA: a request waits for it (one call
+decides every request of an event-loop turn). Everything else the gateways send (the
+detectors' pipelines, usage flushes, fleet merges and notices) leaves from background tasks
+that no request waits for. So EVALSHA calls divided by requests are the synchronous round
+trips per request; the other commands per request are the batched ones. INFO commandstats
+also counts the commands a script runs inside Redis (GET, SET, ZADD...), which cost no round
+trip: they are left out while any EVALSHA ran."""
+
+from __future__ import annotations
+
+_INSIDE_SCRIPTS = ("cmdstat_get", "cmdstat_set", "cmdstat_time", "cmdstat_zremrangebyscore", "cmdstat_zcard",
+                   "cmdstat_zadd", "cmdstat_pexpire", "cmdstat_incrbyfloat", "cmdstat_pexpireat")
+
+
+def redis_commands(port: int | None, quiet: bool = False) -> tuple[int, int]:
+    """(EVALSHA calls, every other command except the bench's own INFO); (-1, -1) if unreachable."""
+    if port is None:
+        return 0, 0
+    import redis
+
+    try:
+        stats = redis.Redis(port=port, socket_timeout=2).info("commandstats")
+    except redis.RedisError:
+        if quiet:
+            return -1, -1
+        raise
+    evalsha = stats.get("cmdstat_evalsha", {}).get("calls", 0)
+    other = sum(value.get("calls", 0) for name, value in stats.items()
+                if name not in ("cmdstat_evalsha", "cmdstat_info") and not (evalsha and name in _INSIDE_SCRIPTS))
+    return evalsha, other

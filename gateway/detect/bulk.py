@@ -1,0 +1,92 @@
+"""Bulk extraction: distinct records (path templates with ids) one login reads in a day, held
+against what the customer's other users read that day. Catches the slow scraper that stays
+under every rate.
+
+Kept cheap, since every login that reads a record is a candidate: a login's day and count are
+one int in its scraping track (`ScrapingTrack.reads`); only a login past `bulk_min_records /
+bulk_over_baseline` reads gets a set of the day's record hashes (capped at twice its threshold),
+and only such logins are listed in their customer's day, next to a count of its readers. Users
+below that mark can only make the threshold the floor, so the median counts them as zero. Below
+the mark reads are counted, not distinct records: a person re-reading a few records reaches the
+set sooner; the reads before it are not counted as records (so a login's distinct records are
+undercounted by less than the mark, never overcounted)."""
+
+from __future__ import annotations
+
+import statistics
+
+from gateway.config.detection import ScrapingDetector as ScrapingSettings
+from gateway.state.bounded import BoundedTable
+
+_MAX_READERS = 20_000  # logins past the mark, in sets
+_MAX_CUSTOMERS = 100_000
+_READERS_PER_CUSTOMER = 64  # enough for a median; the most recent
+_RECHECK = 16  # distinct records between two looks at the customer's baseline
+_PACK = 1 << 24  # ScrapingTrack.reads = day * _PACK + reads
+DAY = 86400.0
+
+
+class _Reads:
+    __slots__ = ("day", "records", "threshold", "checked")
+
+    def __init__(self, day: int) -> None:
+        self.day, self.threshold, self.checked = day, 0, 0
+        self.records: set[int] = set()
+
+
+class _Day:
+    """One customer's readers today: how many logins read a record, and those past the mark."""
+
+    __slots__ = ("day", "users", "readers")
+
+    def __init__(self, day: int) -> None:
+        self.day, self.users = day, 0
+        self.readers: BoundedTable[str, int] = BoundedTable(_READERS_PER_CUSTOMER)
+
+
+class BulkReads:
+    def __init__(self, settings: ScrapingSettings) -> None:
+        self.settings = settings
+        self._readers: BoundedTable[str, _Reads] = BoundedTable(_MAX_READERS)
+        self._days: BoundedTable[str, _Day] = BoundedTable(_MAX_CUSTOMERS)
+
+    def read(self, reads: int, customer: str, user: str, record: int, at: float) -> tuple[int, tuple[int, int] | None]:
+        """Note one record read by a login whose track holds `reads`; the track's new value, and
+        (distinct records today, threshold) when over the threshold."""
+        settings, day = self.settings, int(at // DAY)
+        first = reads // _PACK != day
+        count = 1 if first else reads % _PACK + 1
+        packed = day * _PACK + min(count, _PACK - 1)
+        today = self._days.get(customer)
+        if today is None or today.day != day:
+            today = _Day(day)
+        if first:
+            today.users += 1
+            self._days.put(customer, today)
+        mark = settings.bulk_min_records / settings.bulk_over_baseline
+        if count < mark:
+            return packed, None
+        key = f"{customer}/{user}"
+        held = self._readers.get(key)
+        if held is None or held.day != day:
+            held = _Reads(day)
+        self._readers.put(key, held)
+        records = held.records
+        if record not in records and len(records) < max(held.threshold, settings.bulk_min_records) * 2:
+            records.add(record)
+        distinct = len(records)
+        today.readers.put(user, distinct)
+        self._days.put(customer, today)
+        if distinct < settings.bulk_min_records:
+            return packed, None
+        if not held.threshold or distinct - held.checked >= _RECHECK:
+            held.checked = distinct
+            held.threshold = self._threshold(today, user)
+        return packed, ((distinct, held.threshold) if distinct > held.threshold else None)
+
+    def _threshold(self, today: _Day, user: str) -> int:
+        counts = [count for name, count in today.readers.items() if name != user]
+        others = max(today.users - 1, len(counts))
+        counts += [0] * (others - len(counts))  # below the mark: at most the floor's business
+        median = statistics.median(counts) if counts else 0
+        return max(self.settings.bulk_min_records, round(median * self.settings.bulk_over_baseline))
