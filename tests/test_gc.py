@@ -39,8 +39,9 @@ def test_a_gateway_process_freezes_its_start_up_objects_and_sets_the_thresholds(
     assert [sample(text, "fairgate_gc_threshold", generation=str(n)) for n in range(3)] == [20_000, 20, 30]
 
 
-def test_a_gateway_process_told_not_to_freeze_keeps_every_object_in_view(tmp_path, upstream, gateway_process):
-    path, _url, admin_url = write_config(tmp_path, upstream.url, gc={"freeze_after_start": False})
+def test_a_gateway_process_told_not_to_tune_keeps_every_object_in_view_and_pythons_thresholds(
+        tmp_path, upstream, gateway_process):
+    path, _url, admin_url = write_config(tmp_path, upstream.url, gc={"freeze_after_start": False, "thresholds": None})
     process = gateway_process(path)
     process.wait_ready(admin_url)
     text = scrape_sync(admin_url)
@@ -56,6 +57,15 @@ async def test_a_full_collection_shows_as_a_generation_2_pause(gateway, client):
     before = await pauses()
     gc.collect()
     assert await pauses() >= before + 1
+
+
+def test_by_default_a_gateway_process_freezes_and_raises_the_thresholds(tmp_path, upstream, gateway_process):
+    path, _url, admin_url = write_config(tmp_path, upstream.url)
+    process = gateway_process(path)
+    process.wait_ready(admin_url)
+    text = scrape_sync(admin_url)
+    assert sample(text, "fairgate_gc_frozen_objects") > 10_000
+    assert [sample(text, "fairgate_gc_threshold", generation=str(n)) for n in range(3)] == [50_000, 50, 100]
 
 
 @pytest.mark.parametrize(("thresholds", "reason"), [
