@@ -4,11 +4,15 @@ enforcement, limits, usage, detection), their background batches run, then measu
 
     python bench/memory_per_customer.py --customers 20000,200000
     python bench/memory_per_customer.py --customers 200000 --tracemalloc   # by component (slower)
+    python bench/memory_per_customer.py --customers 20000 --gc freeze+thresholds=50000,50,100
 
 RSS is read from /proc (the number an SRE sees); with --tracemalloc the live Python
 allocations are grouped by gateway package (auth, limits, state, usage, detect, enforce, ...).
 After feeding, the clock is moved past every idle TTL, the background sweeps run, and RSS is
 read again: "released" is what came back to the OS.
+
+`gc_during_feed` counts the garbage collections from start-up to the end of the usage flush, by
+generation, with their longest and total pause; `--gc` applies a variant first.
 
 Each customer count runs in its own child process, so one count's heap does not skew the next.
 """

@@ -41,7 +41,7 @@ class GcSettings(Section):
         True, description="After start-up, move every object then alive (modules, config, compiled policies) "
                           "out of the collector's view, so no collection scans them again.")
     # Measured with 20k and 200k customers (docs/performance.md, "Garbage collection"): Python's
-    # (700, 10, 10) spends a third of the CPU collecting while customer state grows.
+    # (700, 10, 10) spent a quarter of the time collecting while customer state grew.
     thresholds: Annotated[tuple[int, ...] | None, AfterValidator(_check_thresholds)] = Field(
         (50_000, 50, 100), description="gc.set_threshold(gen0, gen1, gen2) after start-up; null keeps Python's "
                                        "(700, 10, 10).")
