@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from gateway.detect.proof import BrowserProofs, ProofResult
 from gateway.metrics import Metrics
+from gateway.proxy.browser_proof import styles_from_self
 from gateway.proxy.html_head import head_end, read_head, with_link
 from tests.support.clock import T0, ManualClock
 from tests.support.configs import gateway_config
@@ -495,3 +496,30 @@ async def test_a_page_a_script_fetches_or_prefetches_gets_no_link_and_counts_for
     async with client.get(f"{gw.url}/portal/swap", headers=navigation) as response:
         assert LINK.search(await response.read())  # the same page opened in the browser gets one
     assert page_metric(gw, "injected") == 1
+
+
+@pytest.mark.parametrize(("name", "headers", "result"), [
+    ("export", {"Content-Disposition": 'attachment; filename="tickets.html"'}, "download"),
+    ("cdn-styles", {"Content-Security-Policy": "default-src 'self'; style-src https://cdn.example"}, "styles_blocked"),
+    ("nonce-styles", {"Content-Security-Policy": "style-src 'nonce-abc'"}, "styles_blocked"),
+], ids=["attachment", "csp-cdn", "csp-nonce"])
+async def test_a_page_the_browser_would_not_load_the_link_of_is_left_alone(gw, site, client, name, headers, result):
+    site.pages[name] = Page(html(10), headers={"Content-Type": "text/html", **headers})
+    async with client.get(f"{gw.url}/portal/{name}") as response:
+        assert await response.read() == html(10)
+    assert page_metric(gw, result) == 1 and page_metric(gw, "injected") == 0
+
+
+async def test_a_planted_page_drops_what_described_the_upstreams_bytes(gw, site, client):
+    site.pages["ranged"] = Page(html(10), headers={"Content-Type": "text/html", "Accept-Ranges": "bytes",
+                                                   "Content-Security-Policy": "default-src 'self'",
+                                                   "Repr-Digest": "sha-256=:AAAA:"})
+    async with client.get(f"{gw.url}/portal/ranged") as response:
+        assert without_link(await response.read()) == html(10)
+        assert "Accept-Ranges" not in response.headers and "Repr-Digest" not in response.headers
+        assert response.headers["Content-Security-Policy"] == "default-src 'self'"
+
+
+@given(st.lists(st.text(max_size=60), max_size=3))
+def test_any_content_security_policy_is_read_without_an_error(policies):
+    assert styles_from_self(policies) in (True, False)

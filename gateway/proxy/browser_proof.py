@@ -8,7 +8,7 @@ browser sends with a same-origin stylesheet fetch)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -30,9 +30,10 @@ PROOF_PATH = "/.well-known/fairgate/proof/"
 PROOF_ROUTE = "(browser-proof)"
 _SUFFIX = ".css"
 _STYLESHEET = b"/* fairgate */\n"
-# Validators of the upstream's bytes: a page with a link is another representation, and a 304
-# would keep the browser on its cached page whose link was used up.
-_VALIDATORS = ("ETag", "Last-Modified")
+# Validators, ranges and digests of the upstream's bytes: a page with a link is another
+# representation (a 304 would keep the browser on its cached page whose link was used up, a
+# resumed range would mix both).
+_VALIDATORS = ("ETag", "Last-Modified", "Accept-Ranges", "Content-MD5", "Digest", "Content-Digest", "Repr-Digest")
 
 
 def page_load(headers: Mapping[str, str]) -> bool:
@@ -49,6 +50,20 @@ def page_load(headers: Mapping[str, str]) -> bool:
         return False
     mode = headers.get("Sec-Fetch-Mode")
     return mode is None or mode.lower() in ("navigate", "nested-navigate")
+
+
+def styles_from_self(policies: Iterable[str]) -> bool:
+    """Whether every Content-Security-Policy lets the page load a stylesheet from its own origin
+    (the link's): `style-src`, else `default-src`, must allow `'self'` (or `*`, or a scheme)."""
+    for policy in policies:
+        directives: dict[str, list[str]] = {}
+        for directive in policy.split(";"):
+            name, _, listed = directive.strip().partition(" ")
+            directives.setdefault(name.lower(), listed.lower().split())
+        allowed = directives.get("style-src-elem", directives.get("style-src", directives.get("default-src")))
+        if allowed is not None and not any(source in ("'self'", "*", "http:", "https:") for source in allowed):
+            return False
+    return True
 
 
 class ProofLinks:
@@ -93,6 +108,12 @@ class ProofLinks:
         if "no-transform" in headers.get("Cache-Control", "").lower():
             self._proofs.page(PageResult.NO_TRANSFORM)
             return None
+        if headers.get("Content-Disposition", "").strip().lower().startswith("attachment"):
+            self._proofs.page(PageResult.DOWNLOAD)
+            return None
+        if not styles_from_self(headers.getall("Content-Security-Policy", ())):
+            self._proofs.page(PageResult.STYLES_BLOCKED)
+            return None  # the browser would refuse the link: a page offered and never proven
         identity = request.get(IDENTITY)
         subject = subject_of(identity.customer if identity else None, identity.user if identity else None,
                              request[CLIENT_IP], request.headers)
