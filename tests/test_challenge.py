@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from gateway.config.detection import ChallengeSettings
 from gateway.detect.observation import PROOF, subject_of
@@ -217,6 +218,20 @@ async def test_forged_unsolved_expired_and_replayed_passes_are_challenged_again(
     clock.advance(3601)  # the pass expired (the sanction did not)
     status, _, _ = await failed_with(good)
     assert status == 403
+
+
+async def test_a_pass_in_a_second_cookie_header_is_read(start_gateway, pages_upstream):
+    """A front proxy may hand HTTP/2's cookie crumbs on as several Cookie headers."""
+    gateway = await start_gateway(challenge_config(pages_upstream))
+    sanction(gateway, anonymous("127.0.0.1", NAVIGATION))
+    _, _, page = await fetch(f"{gateway.url}/portal/a", NAVIGATION)
+    headers = CIMultiDict(NAVIGATION)
+    headers.add("Cookie", "theme=dark")
+    headers.add("Cookie", f"{COOKIE}={solve(page)}")
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.1", 0))
+    async with (aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session,
+                session.get(f"{gateway.url}/portal/a", headers=headers) as response):
+        assert response.status == 200 and await response.text() == UPSTREAM_PAGE
 
 
 async def test_a_pass_spares_a_challenge_never_a_block(start_gateway, pages_upstream):

@@ -113,6 +113,22 @@ async def test_two_independent_signals_block_and_the_block_follows_the_login(sig
     assert refuse(engine, "acme", "ann", "s1", "public") is None  # public only flags
 
 
+async def test_two_signals_challenge_an_anonymous_network_and_only_a_definitive_one_blocks_it(sightings):
+    """An anonymous client is a /24 and a browser's fingerprint, shared by everyone behind a
+    carrier NAT with that browser: two signals challenge it (their browsers pass), never block."""
+    clock = ManualClock(T0 + 60)
+    engine = make_detection(sightings, scraping(weights={"regular_cadence": 3}), clock)
+    await feed(engine, [page(T0 + n * 4.0, n, user=None, ip="198.51.100.9") for n in range(20)])
+    # The same pages that block a login (the test above) only challenge the network.
+    assert {finding.action for finding in engine.findings.recent()} == {"challenge"}
+    assert engine.refusal(None, "198.51.100.77", "portal", BROWSER).slug == "automation-challenge"
+
+    headless = {**BROWSER, "User-Agent": "HeadlessChrome/126"}
+    await feed(engine, [obs(T0 + 90 + n, f"/portal/p{n}", user=None, ip="198.51.100.9", headers=headless)
+                        for n in range(3)])
+    assert engine.refusal(None, "198.51.100.9", "portal", headless).slug == "automation-blocked"
+
+
 async def test_a_flag_class_gets_one_finding_naming_the_block(sightings):
     clock = ManualClock(T0 + 30)
     engine = make_detection(sightings, scraping(), clock)

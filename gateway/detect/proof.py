@@ -54,6 +54,8 @@ class PageResult(StrEnum):
     NO_HEAD = "no_head"  # no `</head>` within detection.proof.head_within
     COMPRESSED = "compressed"  # a Content-Encoding: the body is passed on as it is
     NO_TRANSFORM = "no_transform"  # Cache-Control: no-transform
+    DOWNLOAD = "download"  # Content-Disposition: attachment: a file saved, not a page rendered
+    STYLES_BLOCKED = "styles_blocked"  # the page's own CSP would not let the browser load the link
 
 
 class _Hmac:

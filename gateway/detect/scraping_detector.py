@@ -171,13 +171,14 @@ class ScrapingDetector:
         if score < settings.threshold:
             return
         evidence = track.evidence(obs.at, settings.evidence_window)
-        action = self._decide(obs.route_class, evidence)
+        network = network_part(obs.subject)
+        blocks = self._blocks(evidence, anonymous=network is not None)
+        action = self._decide(obs.route_class, blocks)
         if (track.acted is not None and _STRENGTH[action] <= _STRENGTH[Action(track.acted)]) or ctx.grants.exempt(
                 obs.customer, obs.user, SCRAPING, obs.at):
             return  # already reported at this strength (a stronger case may still follow)
         track.acted = action
-        network = network_part(obs.subject)
-        if action is Action.BLOCK or (action is Action.CHALLENGE and self._convincing(evidence)):
+        if action is Action.BLOCK or (action is Action.CHALLENGE and blocks):
             if network is not None and not track.offences:
                 track.offences = self._networks.offences(network, obs.at)  # a rotating client comes back
             track.offences += 1  # a flag or a one-signal challenge is no offence: it must not lengthen a block
@@ -185,7 +186,7 @@ class ScrapingDetector:
         until = None
         public = ctx.public(obs.subject)
         if action in _REFUSING and not shadow:
-            if self._convincing(evidence):
+            if blocks:
                 until = obs.at + min(settings.block_for * 2 ** (track.offences - 1), settings.max_block)
                 ctx.sanction(Sanction(public, AUTOMATION, until, SCRAPING_POLICY))
             else:
@@ -206,16 +207,20 @@ class ScrapingDetector:
                                                                 f"{settings.min_signals} independent signals"},
         ))
 
-    def _convincing(self, evidence: list[Signal]) -> bool:
-        """Evidence, not a single signal: a definitive signal or min_signals independent ones."""
-        return (any(signal.definitive for signal in evidence)
-                or _independent(evidence) >= self._signals.settings.min_signals)
+    def _blocks(self, evidence: list[Signal], *, anonymous: bool) -> bool:
+        """Evidence, not a single signal: a definitive signal or min_signals independent ones. An
+        anonymous client is a network and a browser's fingerprint, which other people behind a
+        carrier NAT or campus /24 with the same browser share: only a definitive signal blocks it
+        (the rest is a challenge, which their browsers pass by themselves)."""
+        if any(signal.definitive for signal in evidence):
+            return True
+        return not anonymous and _independent(evidence) >= self._signals.settings.min_signals
 
-    def _decide(self, route_class: str, evidence: list[Signal]) -> Action:
+    def _decide(self, route_class: str, blocks: bool) -> Action:
         """Block-level evidence takes the class's action; less challenges a page on a class that
         refuses (a browser passes by itself) and only flags the API (programs are not challenged)."""
         configured = self._actions[route_class]
-        if self._convincing(evidence):
+        if blocks:
             return configured
         if configured in _REFUSING and route_class in PAGE_CLASSES:
             return Action.CHALLENGE

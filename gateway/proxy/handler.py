@@ -311,7 +311,9 @@ class ProxyHandler:
 
     def _passes(self, runtime: Runtime, request: BaseRequest, subject: str) -> bool:
         """Whether the request carries a valid challenge pass for `subject`; credits the proof."""
-        verdict = runtime.challenges.check(request.headers.get("Cookie"), subject)
+        # Every Cookie header: a front proxy may split HTTP/2's cookie crumbs over several.
+        cookies = request.headers.getall("Cookie", ())
+        verdict = runtime.challenges.check("; ".join(cookies) if cookies else None, subject)
         if verdict is Check.ABSENT:
             return False
         if verdict is Check.PASSED or verdict is Check.VALID:
