@@ -38,6 +38,7 @@ from gateway.fleet.sharing import Fleet
 from gateway.fleet.topics import Topic
 from gateway.problems import Problem
 from gateway.state.sightings import Answers, Sighting, Sightings
+from gateway.state.tables import Swept, Tables
 
 log = logging.getLogger("fairgate.detect")
 
@@ -130,6 +131,17 @@ class Detection:
     def tracked(self) -> int:
         """Identities with state in this process (at most detection.max_tracked)."""
         return len(self._ctx.tracks)
+
+    def watch(self, tables: Tables) -> None:
+        """The per-identity tables: shown on /metrics, and swept once idle past every window."""
+        ctx, now = self._ctx, self._clock.time
+        tables.add("detection_tracks", ctx.tracks, now)
+        tables.add("detection_marks", ctx.written, now)
+        for name in ("detection_bulk_days", "detection_bulk_readers", "detection_networks"):
+            tables.follow(name, lambda name=name: self._scraping_table(name), now)  # type: ignore[misc]  # lambda default binds the name
+
+    def _scraping_table(self, name: str) -> Swept | None:
+        return self._scraping.tables()[name] if self._scraping is not None else None
 
     def public(self, subject: str) -> str:
         """A subject as findings and sanctions name it (anonymous networks hashed)."""

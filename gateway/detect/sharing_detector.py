@@ -37,7 +37,7 @@ class SharingDetector:
         if self._travel.enabled and self._travel.moved_too_fast(subject, obs.client_ip, obs.at):
             self._travelled.add(subject)
             self._shared[subject] = obs
-        track = ctx.sharing_track(subject)
+        track = ctx.sharing_track(subject, obs.at)
         if watch.hop(obs, track):
             self._shared[subject] = obs  # a session changed networks: judged at once, written or not
         # One mark for the login's session, address and device: seen the same way within
@@ -64,7 +64,7 @@ class SharingDetector:
     def _judge(self, obs: Observation, asked: SharingQueries, answers: Answers, extra: tuple[str, ...]) -> None:
         ctx = self._ctx
         settings = ctx.settings.sharing
-        track = ctx.sharing_track(obs.subject)
+        track = ctx.sharing_track(obs.subject, obs.at)
         verdict = self._watch.verdict(obs, asked, answers, self._allowance(obs.customer), track, extra)
         if verdict is None or ctx.grants.exempt(obs.customer, obs.user, SHARING, obs.at):
             return
