@@ -75,6 +75,9 @@ class ScrapingDetector:
         if ctx.due(("paths", subject, obs.target, agent, obs.session), obs.at, 6.0):
             seen += self._sightings(obs)
             self._scraped[subject] = obs
+            # Asked after the batch; made here, inside the observations' paced loop.
+            self._asked[subject] = (Query(self._key(subject, "paths"), obs.at - 60.0),
+                                    Query(self._agents_key(obs), obs.at - 3600.0))
 
     def _proof(self, subject: str, at: float) -> None:
         track = self._ctx.scraping_track(subject, at)
@@ -143,9 +146,6 @@ class ScrapingDetector:
 
     def queries(self) -> list[Query]:
         """Distinct paths within a minute, distinct agents within an hour."""
-        self._asked = {subject: (Query(self._key(subject, "paths"), obs.at - 60.0),
-                                 Query(self._agents_key(obs), obs.at - 3600.0))
-                       for subject, obs in self._scraped.items()}
         return [query for asked in self._asked.values() for query in asked]
 
     def judge(self, answers: Answers | None) -> Iterator[None]:
