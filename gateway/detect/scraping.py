@@ -20,6 +20,7 @@ from functools import lru_cache
 from gateway.config.detection import DEFAULT_PAGINATION
 from gateway.config.detection import ScrapingDetector as ScrapingSettings
 from gateway.detect.agents import AgentClassifier
+from gateway.detect.few import Few
 from gateway.detect.observation import Observation
 
 PAGE_CLASSES = frozenset({"portal", "public"})
@@ -102,8 +103,8 @@ class ScrapingTrack:
         self.last_page_at: float | None = None
         self.samples = samples  # page intervals the cadence needs
         self.intervals: deque[float] | None = None
-        self.templates: dict[str, _Walk] = {}
-        self.loops: dict[tuple[str, str, bytes | None], _Repeat] = {}
+        self.templates: Few[str, _Walk] = Few()
+        self.loops: Few[tuple[str, str, bytes | None], _Repeat] = Few()
         self.answers = 0  # the last _ANSWERS_KEPT answers, newest in bit 0: 1 for a 4xx
         self.answered = 0  # how many of those bits hold an answer
         self.invalid = 0
@@ -212,7 +213,7 @@ class ScrapingSignals:
         template, numbers = template_of(target, self.pagination)
         if not numbers:
             return []
-        walk = track.templates.pop(template, None)
+        walk = track.templates.pop(template)
         if walk is None:
             walk = _Walk(numbers)
         else:

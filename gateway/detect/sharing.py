@@ -14,6 +14,7 @@ from gateway.config.detection import SharingAllowance
 from gateway.config.detection import SharingDetector as SharingSettings
 from gateway.detect.addresses import Hasher, network_of
 from gateway.detect.agents import device_of
+from gateway.detect.few import Few
 from gateway.detect.observation import Observation
 from gateway.state.sightings import Answers, Query, Sighting
 
@@ -56,8 +57,8 @@ class SharingTrack:
     __slots__ = ("first_seen", "hops", "reported")
 
     def __init__(self) -> None:
-        self.first_seen: dict[str, float] = {}
-        self.hops: dict[str, _Hops] = {}
+        self.first_seen: Few[str, float] = Few()
+        self.hops: Few[str, _Hops] = Few()
         self.reported: dict[str, float] | None = None  # signal -> when last reported (cooldown); made on the first
 
 
