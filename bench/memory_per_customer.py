@@ -58,7 +58,7 @@ plans:
       - {{name: sustained, kind: rate, rate: 100000/s, burst: 100000}}
       - {{name: daily, kind: quota, metric: requests, period: day, limit: 1000000000000}}
 detection:
-  hash_salt: bench-salt
+  hash_salt: bench-salt-of-16-bytes
   sharing: {{action: flag}}
   scraping: {{actions: {{api: flag}}}}
   seats: {{}}

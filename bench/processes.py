@@ -195,7 +195,7 @@ auth:
 upstreams:
   bench: {{url: "http://127.0.0.1:{upstream_port}"}}
 detection:
-  hash_salt: bench-salt
+  hash_salt: bench-salt-of-16-bytes
   sharing: {{action: flag}}
   scraping: {{actions: {{api: flag}}}}
   seats: {{}}

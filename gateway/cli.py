@@ -291,6 +291,13 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.logging.level, config.logging.format)
 
+    if args.workers > 1 and config.detection.enabled and config.detection.salt() is None:
+        # Each worker would pick its own random key: a browser's challenge pass or proof link
+        # minted by one worker is a forgery to the next one its connections reach.
+        print(f"{args.config}: detection.hash_salt: required with --workers {args.workers} while a detector is "
+              "on (every worker must sign and check passes with one key); set it from the environment",
+              file=sys.stderr)
+        return 2
     if args.workers > 1 and not config.state.parsed_url.shared:
         log.warning("with the memory state store every worker keeps its own limits: "
                     "each customer gets up to N times its plan; use Redis to share them")

@@ -437,3 +437,61 @@ async def test_a_real_browser_with_the_session_cookie_is_credited_on_each_load(b
     await asyncio.to_thread(lambda: (browser.delete_all_cookies(), browser.get(f"{gateway.url}/portal/tickets")))
     await wait_until(lambda: proof_metric(gateway, "credited") == 3, 10, "an anonymous browser was not credited")
     assert proof_metric(gateway, "wrong_identity") == 0
+
+
+async def raw_get(url: str, path: str, extra: bytes) -> bytes:
+    """One request with header bytes no HTTP client library would send (not UTF-8)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra + b"\r\n")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize("path, extra", [
+    ("/.well-known/fairgate/proof/" + "A" * 54 + ".css", b"User-Agent: caf\xe9\r\n"),
+    ("/portal/latin1", b"Accept-Language: \xff\r\nAccept: text/html\r\n"),
+], ids=["stylesheet", "page"])
+async def test_an_anonymous_client_with_header_bytes_that_are_not_utf8_is_served(gw, site, path, extra):
+    site.pages["latin1"] = Page(html(10))
+    answer = await raw_get(gw.url, path, extra)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+async def test_a_stale_login_cookie_on_pages_that_do_not_read_it_locks_no_address_out(start_gateway, site, clock,
+                                                                                       client):
+    """Help pages without a login (auth: none) and a browser still holding an expired session
+    cookie: its stylesheet fetches are no failed logins for the office address behind it."""
+    site.pages["help"] = Page(html(10))
+    config = proof_config(site.url)
+    config["routes"].insert(0, {"name": "help", "path_prefix": "/portal/help", "upstream": "app", "auth": "none",
+                                "class": "portal"})
+    gateway = await start_gateway(config, clock=clock)
+    stale = hs_token(clock, exp=clock.time() - 3600, iat=clock.time() - 7200)
+    for _ in range(25):
+        async with client.get(f"{gateway.url}/portal/help", headers={"Accept": "text/html"}) as response:
+            assert response.status == 200
+            href = LINK.search(await response.read()).group(1).decode()
+        async with client.get(gateway.url + href, headers={"Cookie": f"{COOKIE}={stale}"}) as response:
+            assert response.status == 200
+    async with client.get(f"{gateway.url}/api/x", headers=bearer(hs_token(clock))) as response:
+        # A colleague on the same address logs in: forwarded (the test site knows no /api page).
+        assert response.status not in (401, 429) and response.headers["Via"] == "1.1 fairgate", response.status
+
+
+@pytest.mark.parametrize("headers", [
+    {"HX-Request": "true", "HX-Boosted": "true", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors"},  # hx-boost
+    {"Sec-Purpose": "prefetch", "Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate"},  # speculation rules
+    {"X-Sec-Purpose": "prefetch"},  # Turbo's hover prefetch
+    {"Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors"},  # a page's own fetch()
+], ids=["htmx", "speculation", "turbo", "fetch"])
+async def test_a_page_a_script_fetches_or_prefetches_gets_no_link_and_counts_for_nothing(gw, site, client, headers):
+    site.pages["swap"] = Page(html(100))
+    async with client.get(f"{gw.url}/portal/swap", headers={"Accept": "text/html", **headers}) as response:
+        assert await response.read() == html(100)  # the upstream's page: no link nobody would fetch
+    navigation = {"Accept": "text/html", "Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate"}
+    async with client.get(f"{gw.url}/portal/swap", headers=navigation) as response:
+        assert LINK.search(await response.read())  # the same page opened in the browser gets one
+    assert page_metric(gw, "injected") == 1

@@ -17,7 +17,7 @@ from gateway.config.units import parse_duration, parse_rate, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = Path(__file__).parent / "fixtures" / "bad"
-DEMO_ENV = {"FAIRGATE_DEMO_SECRET": "a-demo-secret-of-at-least-32-bytes!!", "FAIRGATE_HASH_SALT": "test-salt"}
+DEMO_ENV = {"FAIRGATE_DEMO_SECRET": "a-demo-secret-of-at-least-32-bytes!!", "FAIRGATE_HASH_SALT": "test-salt-of-16-bytes"}
 
 
 def expected_error(fixture: Path) -> str:

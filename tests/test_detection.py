@@ -53,7 +53,7 @@ def make_detection(sightings, detection: dict, clock: ManualClock, plans: dict |
         "limits": {"default_plan": "basic"},
         # Each test its own prefix: the Redis keys of one test never meet another's.
         "state": {"key_prefix": f"{prefix}-{secrets.token_hex(3)}"},
-        "detection": {"hash_salt": "test-salt", **detection},
+        "detection": {"hash_salt": "test-salt-of-16-bytes", **detection},
     })
     engine = Detection(store, FindingLog(None), clock, Fleet(MemoryStore(), AuditTrail(clock), clock), Grants())
     engine.configure(config)

@@ -28,7 +28,7 @@ def simulate():
 
 async def test_simulator_people_pass_scrapers_and_the_shared_login_are_found(simulate, monkeypatch):
     monkeypatch.setenv("FAIRGATE_DEMO_SECRET", "a-demo-secret-of-at-least-32-bytes!!")
-    monkeypatch.setenv("FAIRGATE_HASH_SALT", "test-salt")
+    monkeypatch.setenv("FAIRGATE_HASH_SALT", "test-salt-of-16-bytes")
     rows = await simulate.run_virtual(ROOT / "config" / "gateway.yaml", seconds=240, seed=3)
     by_kind: dict[str, list[dict]] = {}
     for row in rows.values():

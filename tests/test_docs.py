@@ -48,7 +48,7 @@ def test_the_documented_examples_are_valid_configs(tmp_path):
     examples = yaml_blocks(DOC) + yaml_blocks(readme)
     assert len(examples) >= 2
     env = {"PRODUCT_API_URL": "http://10.1.2.3:9000", "PARTNER_HMAC_SECRET": "p" * 32, "ALERT_SECRET": "a" * 32,
-           "FAIRGATE_DEMO_SECRET": "d" * 32, "FAIRGATE_HASH_SALT": "test-salt"}
+           "FAIRGATE_DEMO_SECRET": "d" * 32, "FAIRGATE_HASH_SALT": "test-salt-of-16-bytes"}
     import yaml
 
     base = {"upstreams": {"app": {"url": "http://127.0.0.1:9000"}},

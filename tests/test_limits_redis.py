@@ -268,7 +268,7 @@ def test_a_bad_state_url_is_a_usage_error(tmp_path):
     from tests.support.paths import ROOT
 
     result = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml", "--state", "mysql://x"],
-                            cwd=ROOT, capture_output=True, text=True, env={"FAIRGATE_DEMO_SECRET": "x" * 40, "FAIRGATE_HASH_SALT": "test-salt",
+                            cwd=ROOT, capture_output=True, text=True, env={"FAIRGATE_DEMO_SECRET": "x" * 40, "FAIRGATE_HASH_SALT": "test-salt-of-16-bytes",
                                                                          "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "state URL must start with" in result.stderr
@@ -282,7 +282,7 @@ def test_a_bad_state_url_from_the_environment_names_the_variable():
 
     result = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml"], cwd=ROOT,
                             capture_output=True, text=True,
-                            env={"FAIRGATE_DEMO_SECRET": "x" * 40, "FAIRGATE_HASH_SALT": "test-salt",
+                            env={"FAIRGATE_DEMO_SECRET": "x" * 40, "FAIRGATE_HASH_SALT": "test-salt-of-16-bytes",
                                  "FAIRGATE_STATE": "redis+sentinal://127.0.0.1:26379/mymaster",
                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2

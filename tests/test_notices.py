@@ -106,7 +106,7 @@ async def test_a_sharing_finding_warns_to_use_one_login_per_person(start_gateway
     config = enforcement_config(upstream)
     config["plans"] = {"standard": {"limits": []}}
     config["enforcement"]["ladder"] = {**LADDER, "warn_at": 1}
-    config["detection"] = {"hash_salt": "test-salt",
+    config["detection"] = {"hash_salt": "test-salt-of-16-bytes",
                            "sharing": {"action": "flag", "clause": "https://example.com/fair-use#logins",
                                        "device_header": "X-Device-Id"}}
     gateway = await start_gateway(config, clock=clock)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.support.configs import gateway_config
-from tests.support.gateways import write_config
+from tests.support.gateways import write_config, write_process_config
 from tests.support.ports import free_port
 from tests.support.tokens import ADMIN_TOKEN
 from tests.support.waiting import wait_until
@@ -213,6 +213,17 @@ async def test_workers_that_cannot_start_end_the_supervisor_with_exit_1(tmp_path
     assert "cannot listen" in output  # the worker's own message
     assert "failed at start-up" in output
     assert "restarting" not in output
+
+
+async def test_workers_with_a_detector_on_and_no_salt_refuse_to_start(tmp_path, upstream, gateway_process):
+    """Each worker would sign browser passes with its own random key: one passed on one worker
+    would be a forgery to the next."""
+    config = gateway_config(upstream.url)
+    config["detection"] = {"scraping": {"actions": {"portal": "challenge"}}}
+    path, _, _ = write_process_config(tmp_path, "gateway", config)
+    process = gateway_process(path, "--workers", "2")
+    assert await asyncio.to_thread(process.process.wait, 30) == 2
+    assert "detection.hash_salt: required with --workers 2" in process.output()
 
 
 def _children(pid: int) -> set[int]:

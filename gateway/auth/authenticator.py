@@ -80,6 +80,18 @@ class Authenticator:
             return None
         return await self._login(token, client_ip, scopes)
 
+    def known(self, authorization: str | None, session_token: str | None = None) -> Identity | None:
+        """The identity of a token this gateway verified lately and that is not revoked; None
+        otherwise. Nothing is verified and no failure is counted: for side requests (a browser's
+        proof stylesheet) whose page already logged in, so a stale cookie locks no address out."""
+        token = bearer_token(authorization) or session_token
+        if token is None:
+            return None
+        identity = self.cache.get(token, self._clock.time())
+        if identity is None or self._revocations.is_revoked(identity):
+            return None
+        return identity
+
     async def _login(self, token: str, client_ip: str, scopes: tuple[str, ...]) -> Identity:
         retry_after = self._failed_logins.blocked_for(client_ip)
         if retry_after:

@@ -204,6 +204,10 @@ class SeatsDetector(Advice):
     action: Literal["flag"] = Field("flag", description="Seat overage is for the account manager: flag.")
 
 
+# The salt is also the key material of the proof tokens and challenge passes.
+MIN_SALT_BYTES = 16
+
+
 class BrowserProof(Section):
     """The link token the gateway plants in HTML pages and credits when the page's browser fetches it."""
 
@@ -244,8 +248,12 @@ class DetectionSettings(Section):
                 salt = self.hash_salt_file.read_text().strip()
             except OSError as exc:
                 raise ValueError(f"hash_salt_file: cannot read {self.hash_salt_file}: {exc.strerror}") from None
-            if not salt:
-                raise ValueError(f"hash_salt_file: {self.hash_salt_file} is empty")
+            if len(salt.encode()) < MIN_SALT_BYTES:
+                raise ValueError(f"hash_salt_file: {self.hash_salt_file} holds {len(salt.encode())} bytes; "
+                                 f"at least {MIN_SALT_BYTES} (it keys the browser-proof and challenge MACs)")
+        if self.hash_salt is not None and len(self.hash_salt.get_secret_value().encode()) < MIN_SALT_BYTES:
+            raise ValueError(f"hash_salt: at least {MIN_SALT_BYTES} bytes (it keys the browser-proof and challenge "
+                             "MACs: a short or empty salt lets anyone forge them); set it from the environment")
         return self
 
     def salt(self) -> bytes | None:

@@ -51,7 +51,9 @@ def subject_of(customer: str | None, user: str | None, client_ip: str, headers: 
 @lru_cache(maxsize=16384)
 def _anonymous(client_ip: str, agent: str, language: str, encoding: str) -> str:
     # Cached: the request path pays a dictionary lookup for a client it saw lately.
-    printed = hashlib.blake2b(f"{agent}\n{language}\n{encoding}".encode(), digest_size=4).hexdigest()
+    # surrogateescape: aiohttp hands non-UTF-8 header bytes over as surrogates.
+    printed = hashlib.blake2b(f"{agent}\n{language}\n{encoding}".encode("utf-8", "surrogateescape"),
+                              digest_size=4).hexdigest()
     return f"address:{network_of(client_ip) or client_ip}|{printed}"
 
 

@@ -8,14 +8,13 @@ browser sends with a same-origin stylesheet fetch)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.errors import AuthError
 from gateway.auth.session_cookie import SessionCookieReader
 from gateway.config import GatewayConfig, Route
 from gateway.detect.observation import subject_of
@@ -34,6 +33,22 @@ _STYLESHEET = b"/* fairgate */\n"
 # Validators of the upstream's bytes: a page with a link is another representation, and a 304
 # would keep the browser on its cached page whose link was used up.
 _VALIDATORS = ("ETag", "Last-Modified")
+
+
+def page_load(headers: Mapping[str, str]) -> bool:
+    """Whether a browser renders this answer as a page and so loads its <head>'s stylesheets.
+    A script's fetch (htmx's hx-boost and pjax swap the body only) and a prefetch of a page that
+    may never be opened fetch no link; clients that send no Fetch Metadata are taken as page loads."""
+    if "HX-Request" in headers or "X-PJAX" in headers:
+        return False
+    for name in ("Sec-Purpose", "X-Sec-Purpose", "Purpose", "X-Moz"):
+        if "prefetch" in headers.get(name, "").lower():
+            return False
+    destination = headers.get("Sec-Fetch-Dest")
+    if destination is not None and destination.lower() not in ("document", "iframe", "frame"):
+        return False
+    mode = headers.get("Sec-Fetch-Mode")
+    return mode is None or mode.lower() in ("navigate", "nested-navigate")
 
 
 class ProofLinks:
@@ -70,6 +85,8 @@ class ProofLinks:
         content_type = headers.get("Content-Type")
         if content_type is None or content_type.partition(";")[0].strip().lower() != "text/html":
             return None
+        if not page_load(request.headers):
+            return None  # nothing would fetch the link: never counted as a page offered a proof
         if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
             self._proofs.page(PageResult.COMPRESSED)
             return None
@@ -124,14 +141,11 @@ class ProofLinks:
             self._clients.resolve(peer, ", ".join(forwarded)) if forwarded and self._clients.is_trusted(peer) else peer
         )
         headers = request.headers
-        identity = None
-        try:
-            session = None if self._cookie is None else self._cookie.login_token(headers, "GET")
-            if session is not None or "Authorization" in headers:
-                identity = await self._authenticator.authenticate(
-                    headers.get("Authorization"), client_ip, required=False, scopes=(), session_token=session)
-        except AuthError:
-            identity = None  # whoever it is, not the login a page was minted for
+        # Only a login the page itself already verified: nothing is verified here and no failed
+        # login counted (a stale cookie on a page that does not read it must not lock its
+        # address out), and an unknown token is whoever it is, not the login a page was minted for.
+        session = None if self._cookie is None else self._cookie.login_token(headers, "GET")
+        identity = self._authenticator.known(headers.get("Authorization"), session)
         anonymous = subject_of(None, None, client_ip, headers)
         if identity is None:
             subject, alternative = anonymous, None

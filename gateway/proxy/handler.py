@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from itertools import chain
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -49,6 +50,8 @@ log = logging.getLogger("fairgate.proxy")
 # Bodies up to this size are read whole: one write instead of a streaming loop.
 _BUFFER_LIMIT = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+# More than a chunk's chunked-encoding framing ("%x\r\n" ... "\r\n") can add.
+_FRAMING = 64
 _VIA = VIA_TOKEN.decode()
 _CHALLENGE = "automation-challenge"
 # Where a browser is shown the interstitial; anywhere else a challenge stays problem+json (APIs are for programs).
@@ -138,17 +141,20 @@ class ProxyHandler:
         reason = ambiguity(path)
         if reason is not None:
             return self._reject(request, 400, "bad-path", "Bad Request", f"The request path is ambiguous: {reason}.")
-        target = runtime.router.match(request.host, path)
+        router = runtime.router
+        host = request.host if router.by_host else None  # aiohttp parses the Host header on first use
+        target = router.match(host, path)
         if target is None:
             return self._reject(request, 404, "no-route", "Not Found", "No route matches this host and path.")
         form = routing_form(path)
-        if form != path and runtime.router.match(request.host, form) is not target:
+        if form != path and router.match(host, form) is not target:
             return self._reject(
                 request, 400, "bad-path", "Bad Request",
                 "The request path is ambiguous: decoded, or without ';' parameters, it takes another route.",
             )
         route = target.route
-        header_bytes = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+        raw_headers = request.raw_headers
+        header_bytes = sum(map(len, chain.from_iterable(raw_headers))) + 4 * len(raw_headers)  # ": " and CRLF
         if header_bytes > route.max_header_bytes:
             return self._reject(
                 request, 431, "headers-too-large", "Request Header Fields Too Large",
@@ -480,11 +486,12 @@ class ProxyHandler:
             if length is not None:
                 response.content_length = length
             await response.prepare(request)
+            transport = request.transport
             if first:
-                await _send(response, first, send_timeout)
+                await _send(response, first, send_timeout, transport)
             while chunk := await exchange.read_chunk():
                 meter.bytes += len(chunk)
-                await _send(response, chunk, send_timeout)
+                await _send(response, chunk, send_timeout, transport)
             exchange.release()
             meter.upstream_seconds = time.perf_counter() - meter.upstream_started
             await response.write_eof()
@@ -511,7 +518,16 @@ class ProxyHandler:
             raise
 
 
-async def _send(response: web.StreamResponse, chunk: bytes, timeout: float) -> None:
+async def _send(response: web.StreamResponse, chunk: bytes, timeout: float,
+                transport: asyncio.Transport | None) -> None:
+    # aiohttp's write suspends only to drain, and drains only while the transport is paused,
+    # which happens when its buffer passes the high-water mark: below it (the chunk and its
+    # chunked framing; the head went out at prepare) the write cannot block, and a timeout per
+    # chunk (a timer, a context) would cost more than the write.
+    if (transport is not None
+            and transport.get_write_buffer_size() + len(chunk) + _FRAMING <= transport.get_write_buffer_limits()[1]):
+        await response.write(chunk)
+        return
     # A client that stops reading would otherwise hold the upstream connection and the
     # in-flight slot for as long as it likes.
     try:

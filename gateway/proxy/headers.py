@@ -77,10 +77,15 @@ def upstream_header_lines(
     found = ForwardedFrom()
     client_host = None
     named: list[bytes] | None = None
+    special = _special_names(strip)
     for name, value in raw_headers:
         lower = name.lower()
-        if lower in _REQUEST_DROP or lower in strip:
-            if lower == b"x-forwarded-for":
+        if lower in special:  # one set lookup decides for the headers passed on as they are
+            if lower == b"host" and lower not in strip:
+                client_host = value
+                if replace_host is None:
+                    lines.append(name + b": " + value + b"\r\n")
+            elif lower == b"x-forwarded-for":
                 found.forwarded_for = value if found.forwarded_for is None else found.forwarded_for + b", " + value
             elif lower == b"via":
                 found.via = value if found.via is None else found.via + b", " + value
@@ -91,15 +96,30 @@ def upstream_header_lines(
             elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                 (named := named or []).append(value)
             continue
-        if lower == b"host":
-            client_host = value
-            if replace_host is not None:
-                continue
-        lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(name + b": " + value + b"\r\n")
     if named:
         drop = connection_tokens(named)
         lines = [line for line in lines if line.split(b":", 1)[0].lower() not in drop]
     return lines, found, client_host
+
+
+# The request's names that need more than passing on, per route's `strip` (a handful of sets).
+_SPECIAL: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+
+def _special_names(strip: frozenset[bytes]) -> frozenset[bytes]:
+    special = _SPECIAL.get(strip)
+    if special is None:
+        special = _REQUEST_DROP | strip | {b"host"}
+        if len(_SPECIAL) < 64:
+            _SPECIAL[strip] = special
+    return special
+
+
+# Response header names passed on, decoded once: an upstream sends the same few names in every
+# answer. Bounded, so an upstream inventing names cannot grow it.
+_PASSED_NAMES: dict[bytes, str] = {}
+_MAX_PASSED_NAMES = 512
 
 
 def client_response_headers(raw_headers: list[tuple[bytes, bytes]]) -> tuple[CIMultiDict[str], int | None]:
@@ -107,7 +127,13 @@ def client_response_headers(raw_headers: list[tuple[bytes, bytes]]) -> tuple[CIM
     headers: CIMultiDict[str] = CIMultiDict()
     content_length = None
     named: list[bytes] | None = None
+    passed = _PASSED_NAMES
     for name, value in raw_headers:
+        # aiohttp writes header text as UTF-8, so UTF-8 round-trips exactly.
+        text = passed.get(name)
+        if text is not None:
+            headers.add(text, value.decode("utf-8", "surrogateescape"))
+            continue
         lower = name.lower()
         if lower in _RESPONSE_DROP:
             if lower == b"content-length":
@@ -115,8 +141,10 @@ def client_response_headers(raw_headers: list[tuple[bytes, bytes]]) -> tuple[CIM
             elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                 (named := named or []).append(value)
             continue
-        # aiohttp writes header text as UTF-8, so UTF-8 round-trips exactly.
-        headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        text = name.decode("utf-8", "surrogateescape")
+        if len(passed) < _MAX_PASSED_NAMES:
+            passed[name] = text
+        headers.add(text, value.decode("utf-8", "surrogateescape"))
     if named:
         for token in connection_tokens(named):
             headers.popall(token.decode("latin-1"), None)

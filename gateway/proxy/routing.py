@@ -21,6 +21,11 @@ class Router(Generic[T]):
         self._by_host = {host: _longest_first(items) for host, items in by_host.items()}
         self._any_host = _longest_first(any_host)
 
+    @property
+    def by_host(self) -> bool:
+        """Whether any route names a host (else `match` never reads it)."""
+        return bool(self._by_host)
+
     def match(self, host: str | None, path: str) -> T | None:
         if self._by_host and host:
             candidates = self._by_host.get(_strip_port(host).lower())

@@ -49,7 +49,8 @@ class _ProblemRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         # Bytes that arrive after the newest request's body has ended are the next request's
         # head; if they do not complete it, the clock runs from these first bytes.
-        between_requests = self._last_body is None or self._last_body.is_eof()
+        last = self._last_body
+        between_requests = last is None or last is EMPTY_PAYLOAD or last.is_eof()
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from math import inf
 from typing import Any, cast
 
 import httptools
@@ -39,6 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_loop", "transport", "closed", "last_used", "_parser", "_head_only", "_reason", "_headers",
         "_head", "_head_waiter", "_body", "_buffered", "_complete", "_body_waiter", "_error",
         "_reading_paused", "_write_waiter", "_writing_paused", "_new_parser_after_feed", "_on_lost",
+        "_deadline", "_deadline_waiter", "_deadline_message", "_timer", "_timer_at",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[UpstreamConnection], None]) -> None:
@@ -51,6 +53,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._writing_paused = False
         self._write_waiter: asyncio.Future[None] | None = None
         self._new_parser_after_feed = False
+        # One timer per connection, re-armed lazily: a wait sets a deadline (a float store), and
+        # the timer, when it fires early, moves itself to the current deadline. Arming and
+        # cancelling a timer for every wait cost more than the rest of the exchange's bookkeeping.
+        self._deadline = inf
+        self._deadline_waiter: asyncio.Future[Any] | None = None
+        self._deadline_message = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = inf
+        self._body: deque[bytes] = deque()
         self._reset_exchange(head_only=False)
 
     def _reset_exchange(self, head_only: bool) -> None:
@@ -59,7 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head: ResponseHead | None = None
         self._head_waiter: asyncio.Future[ResponseHead] | None = None
-        self._body: deque[bytes] = deque()
+        self._body.clear()
         self._buffered = 0
         self._complete = False
         self._body_waiter: asyncio.Future[None] | None = None
@@ -91,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_timer()
         if self._head is not None and self._head.body_until_eof and not self._complete:
             self.on_message_complete()
         elif not self._complete:
@@ -154,10 +166,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, head_only: bool) -> None:
         self._reset_exchange(head_only)
-        waiter = self._head_waiter = self._loop.create_future()
-        # The exchange can end before anyone awaits the head (the client went away mid-upload);
-        # an error set on it afterwards is read here, so asyncio never reports it as lost.
-        waiter.add_done_callback(_retrieve)
+        self._head_waiter = self._loop.create_future()
 
     def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
@@ -170,11 +179,11 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamClosed("upstream closed the connection")
         if self._writing_paused:
             waiter = self._write_waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, _expire, waiter, "upstream stopped reading the request body")
+            self._arm(waiter, timeout, "upstream stopped reading the request body")
             try:
                 await waiter
             finally:
-                timer.cancel()
+                self._deadline = inf
                 self._write_waiter = None
 
     @property
@@ -185,11 +194,11 @@ class UpstreamConnection(asyncio.Protocol):
         waiter = self._head_waiter
         assert waiter is not None
         if not waiter.done():
-            timer = self._loop.call_later(timeout, _expire, waiter, "upstream did not answer in time")
+            self._arm(waiter, timeout, "upstream did not answer in time")
             try:
                 await waiter
             finally:
-                timer.cancel()
+                self._deadline = inf
         return waiter.result()
 
     async def read_chunk(self, timeout: float) -> bytes:
@@ -200,11 +209,11 @@ class UpstreamConnection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             waiter = self._body_waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, _expire, waiter, "upstream stalled while sending the body")
+            self._arm(waiter, timeout, "upstream stalled while sending the body")
             try:
                 await waiter
             finally:
-                timer.cancel()
+                self._deadline = inf
                 self._body_waiter = None
         chunk = self._body.popleft()
         self._buffered -= len(chunk)
@@ -229,13 +238,49 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
+        self._stop_timer()
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
         self.closed = True
+        self._stop_timer()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _arm(self, waiter: asyncio.Future[Any], timeout: float, message: str) -> None:
+        """`waiter` fails with UpstreamTimeout(message) unless it is done within `timeout`."""
+        deadline = self._deadline = self._loop.time() + timeout
+        self._deadline_waiter = waiter
+        self._deadline_message = message
+        if deadline < self._timer_at:  # no timer, or one due later than this deadline
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = inf
+        deadline = self._deadline
+        if deadline == inf:
+            return  # no wait in progress: the next one arms a new timer
+        if self._loop.time() >= deadline:
+            self._deadline = inf
+            waiter = self._deadline_waiter
+            if waiter is not None:
+                _expire(waiter, self._deadline_message)
+        else:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _stop_timer(self) -> None:
+        self._deadline = inf
+        self._deadline_waiter = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = inf
 
     def _wake_body(self) -> None:
         waiter = self._body_waiter
@@ -248,6 +293,9 @@ class UpstreamConnection(asyncio.Protocol):
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
+            # The exchange can end before anyone awaits the head (the client went away
+            # mid-upload): marked as read, so asyncio never reports it as lost; read_head still raises it.
+            waiter.exception()
         body_waiter = self._body_waiter
         if body_waiter is not None and not body_waiter.done():
             body_waiter.set_exception(error)
@@ -255,11 +303,6 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         self._set_error(error)
         self.abort()
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _expire(waiter: asyncio.Future[Any], message: str) -> None:
