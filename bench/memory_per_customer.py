@@ -137,7 +137,8 @@ class LongestHold:
         return round(self.longest * 1000, 1)
 
 
-async def measure(count: int, trace: bool, unchunked: bool = False, gc_variant: str = "default") -> dict[str, object]:
+async def measure(count: int, trace: bool, unchunked: bool = False, gc_variant: str = "default",
+                  lines: int = 0) -> dict[str, object]:
     from multidict import CIMultiDict, CIMultiDictProxy
 
     from gateway.config.loader import load_config
@@ -224,6 +225,11 @@ async def measure(count: int, trace: bool, unchunked: bool = False, gc_variant: 
             }
             result["traced_total_per_customer"] = round(
                 (sum(grown.values()) - sum(base.values())) / count)
+            if lines:
+                result["traced_lines_per_customer"] = {
+                    f"{stat.traceback[0].filename.rpartition('gateway/')[2]}:{stat.traceback[0].lineno}":
+                        round(stat.size_diff / count)
+                    for stat in after.compare_to(before, "lineno")[:lines] if abs(stat.size_diff) / count >= 5}
         # Idle: every entry's last use is now long ago; the background sweeps get their ticks.
         clock.advance(IDLE)
         swept = await sweep_all(server)
@@ -317,14 +323,16 @@ def main() -> None:
     parser.add_argument("--tracemalloc", action="store_true", help="also group live allocations by component")
     parser.add_argument("--unchunked", action="store_true", help="measure the usage flush in one piece")
     parser.add_argument("--gc", default="default", help=tune_gc.__doc__)
+    parser.add_argument("--lines", type=int, default=0,
+                        help="with --tracemalloc, also the N source lines that allocated most")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process's count
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(asyncio.run(measure(args.one, args.tracemalloc, args.unchunked, args.gc))))
+        print(json.dumps(asyncio.run(measure(args.one, args.tracemalloc, args.unchunked, args.gc, args.lines))))
         return
     for count in (int(part) for part in args.customers.split(",") if part.strip()):
         command = [sys.executable, __file__, "--one", str(count), *(["--tracemalloc"] if args.tracemalloc else []),
-                   *(["--unchunked"] if args.unchunked else []), "--gc", args.gc]
+                   *(["--unchunked"] if args.unchunked else []), "--gc", args.gc, "--lines", str(args.lines)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         print(json.dumps(json.loads(output.splitlines()[-1]), indent=2))
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gateway.audit.trail import AuditTrail
 from gateway.auth.identity import Identity
 from gateway.config import GatewayConfig
+from gateway.detect.context import idle_for
 from gateway.detect.engine import Detection
 from gateway.detect.findings import FindingLog
 from gateway.detect.observation import Observation
@@ -21,6 +22,7 @@ from gateway.fleet.sharing import Fleet
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_sightings import RedisSightings
 from gateway.state.sightings import MemorySightings, Query, Sighting
+from gateway.state.tables import Sweeper, Tables
 from tests.support.clock import ManualClock
 
 T0 = 1_800_000_000.0
@@ -516,3 +518,40 @@ async def test_tracked_identities_are_bounded():
     engine = make_detection((MemorySightings(), "mem"), {"scraping": {}, "max_tracked": 100}, ManualClock())
     await feed(engine, [obs(T0 + n, user=f"u{n}") for n in range(1000)])
     assert engine.tracked == 100
+
+
+# -- memory: tracks are bounded and swept ------------------------------------------------------
+
+
+async def test_identities_idle_past_every_window_are_swept_and_an_offender_is_kept_a_day(sightings):
+    clock = ManualClock(T0)
+    engine = make_detection(sightings, SCRAPING, clock)
+    tables = Tables()
+    engine.watch(tables)
+    sweeper = Sweeper(tables, budget=100, interval=0.1, full_pass=1.0)
+    await feed(engine, [obs(T0 + n, f"/portal/tickets/{n}", user=f"u{n}", session=f"s{n}") for n in range(20)])
+    library = {"User-Agent": "python-requests/2.32", "Accept": "*/*"}
+    await feed(engine, [obs(T0 + 20 + n, f"/portal/tickets/{n}", headers=library, user="bot") for n in range(3)])
+    [blocked] = [f for f in engine.findings.recent() if f.action == "block"]
+    assert blocked.evidence["offences"] == 1
+
+    def entries() -> dict[str, int]:
+        return {name: len(table) for name, table in tables.counts()}
+
+    def sweep() -> None:
+        for _ in range(100):  # past a full pass
+            sweeper.tick()
+
+    assert entries()["detection_tracks"] == 21 and entries()["detection_marks"] > 0
+    clock.advance(19 + idle_for(engine.settings) - 0.5)  # only the last browser is still within every window
+    sweep()
+    assert entries()["detection_tracks"] == 2 and entries()["detection_marks"] == 0
+    clock.advance(10)
+    sweep()
+    assert entries()["detection_tracks"] == 1  # the blocked login's offences outlive the windows
+    clock.advance(86400)
+    sweep()
+    assert entries()["detection_tracks"] == 0
+    # Forgotten, then back: a fresh track, its signals counted anew.
+    await feed(engine, [obs(clock.time(), "/portal/tickets/1", user="u1", session="s1")])
+    assert entries()["detection_tracks"] == 1

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gateway.detect.addresses import network_of
 from gateway.detect.engine import Detection
 from gateway.detect.observation import subject_of
 from gateway.state.sightings import Answers, MemorySightings, Query, Sighting
@@ -305,3 +309,19 @@ async def test_reads_below_the_mark_are_not_records_and_people_stay_under_it(sig
     engine = make_detection(sightings, scraping(weights={"bulk_extraction": 12}), ManualClock())
     await feed(engine, [obs(T0 + n * 20.3, f"/api/v1/tickets/{n}", route_class="api") for n in range(300)])
     assert not engine.findings.recent()
+
+
+@given(st.one_of(
+    st.tuples(*[st.integers(0, 300)] * 4).map(lambda p: ".".join(map(str, p))),
+    st.lists(st.text("0123456789", min_size=1, max_size=4), min_size=3, max_size=5).map(".".join),
+    st.text(max_size=20)))
+def test_the_ipv4_fast_path_names_the_network_ipaddress_does(address):
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        expected = ""
+    else:
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        expected = str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False))
+    assert network_of.__wrapped__(address) == expected

@@ -320,7 +320,7 @@ async def test_fairgate_token_cookie_logs_a_client_in_on_the_shipped_portal(star
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "token", "--customer", "acme", "--user", "alice@acme.example", "--cookie"],
         cwd=root, capture_output=True, text=True,
-        env={**os.environ, "FAIRGATE_DEMO_SECRET": DEMO_SECRET, "FAIRGATE_HASH_SALT": "salt"},
+        env={**os.environ, "FAIRGATE_DEMO_SECRET": DEMO_SECRET, "FAIRGATE_HASH_SALT": "a-salt-of-16-bytes-or-more"},
     )
     assert result.returncode == 0, result.stderr
     headers = dict(line.split(": ", 1) for line in result.stdout.splitlines())

@@ -231,7 +231,8 @@ class DetectionSettings(Section):
     queue_size: int = Field(100_000, ge=100, description="Observations waiting for analysis at most; beyond it the "
                                                          "oldest are dropped and counted.")
     max_tracked: int = Field(100_000, ge=100, description="Identities tracked at once in this process; the least "
-                                                          "recently seen go first.")
+                                                          "recently seen go first, and one idle longer than every "
+                                                          "signal's window is swept.")
     # Off unless configured: each detector's own default mode is enforce once its section is given.
     sharing: SharingDetector = Field(default_factory=lambda: SharingDetector(mode="off"))
     scraping: ScrapingDetector = Field(default_factory=lambda: ScrapingDetector(mode="off"))

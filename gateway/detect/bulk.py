@@ -41,14 +41,16 @@ class _Day:
 
     def __init__(self, day: int) -> None:
         self.day, self.users = day, 0
-        self.readers: BoundedTable[str, int] = BoundedTable(_READERS_PER_CUSTOMER)
+        # Made when a first reader passes the mark: most customers' days never need it.
+        self.readers: BoundedTable[str, int] | None = None
 
 
 class BulkReads:
     def __init__(self, settings: ScrapingSettings) -> None:
         self.settings = settings
-        self._readers: BoundedTable[str, _Reads] = BoundedTable(_MAX_READERS)
-        self._days: BoundedTable[str, _Day] = BoundedTable(_MAX_CUSTOMERS)
+        # Yesterday's entries are swept: a day starts every count afresh.
+        self.readers: BoundedTable[str, _Reads] = BoundedTable(_MAX_READERS, _past)
+        self.days: BoundedTable[str, _Day] = BoundedTable(_MAX_CUSTOMERS, _past)
 
     def read(self, reads: int, customer: str, user: str, record: int, at: float) -> tuple[int, tuple[int, int] | None]:
         """Note one record read by a login whose track holds `reads`; the track's new value, and
@@ -57,26 +59,28 @@ class BulkReads:
         first = reads // _PACK != day
         count = 1 if first else reads % _PACK + 1
         packed = day * _PACK + min(count, _PACK - 1)
-        today = self._days.get(customer)
+        today = self.days.get(customer)
         if today is None or today.day != day:
             today = _Day(day)
         if first:
             today.users += 1
-            self._days.put(customer, today)
+            self.days.put(customer, today)
         mark = settings.bulk_min_records / settings.bulk_over_baseline
         if count < mark:
             return packed, None
         key = f"{customer}/{user}"
-        held = self._readers.get(key)
+        held = self.readers.get(key)
         if held is None or held.day != day:
             held = _Reads(day)
-        self._readers.put(key, held)
+        self.readers.put(key, held)
         records = held.records
         if record not in records and len(records) < max(held.threshold, settings.bulk_min_records) * 2:
             records.add(record)
         distinct = len(records)
+        if today.readers is None:
+            today.readers = BoundedTable(_READERS_PER_CUSTOMER)
         today.readers.put(user, distinct)
-        self._days.put(customer, today)
+        self.days.put(customer, today)
         if distinct < settings.bulk_min_records:
             return packed, None
         if not held.threshold or distinct - held.checked >= _RECHECK:
@@ -85,8 +89,12 @@ class BulkReads:
         return packed, ((distinct, held.threshold) if distinct > held.threshold else None)
 
     def _threshold(self, today: _Day, user: str) -> int:
-        counts = [count for name, count in today.readers.items() if name != user]
+        counts = [count for name, count in (today.readers or {}).items() if name != user]
         others = max(today.users - 1, len(counts))
         counts += [0] * (others - len(counts))  # below the mark: at most the floor's business
         median = statistics.median(counts) if counts else 0
         return max(self.settings.bulk_min_records, round(median * self.settings.bulk_over_baseline))
+
+
+def _past(entry: _Reads | _Day, now: float) -> bool:
+    return entry.day != int(now // DAY)

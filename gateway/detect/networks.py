@@ -11,16 +11,21 @@ _MAX_NETWORKS = 100_000
 class NetworkMemory:
     def __init__(self, keep_for: float) -> None:
         self.keep_for = keep_for
-        self._offences: BoundedTable[str, tuple[float, int]] = BoundedTable(_MAX_NETWORKS)  # until, offences
+        # until, offences; swept once `until` passed
+        self.offences_table: BoundedTable[str, tuple[float, int]] = BoundedTable(_MAX_NETWORKS, _ended)
 
     def offences(self, network: str, now: float) -> int:
-        entry = self._offences.get(network)
+        entry = self.offences_table.get(network)
         if entry is None:
             return 0
         if entry[0] <= now:
-            del self._offences[network]
+            del self.offences_table[network]
             return 0
         return entry[1]
 
     def offended(self, network: str, offences: int, now: float) -> None:
-        self._offences.put(network, (now + self.keep_for, max(offences, self.offences(network, now))))
+        self.offences_table.put(network, (now + self.keep_for, max(offences, self.offences(network, now))))
+
+
+def _ended(entry: tuple[float, int], now: float) -> bool:
+    return entry[0] <= now

@@ -20,6 +20,7 @@ from functools import lru_cache
 from gateway.config.detection import DEFAULT_PAGINATION
 from gateway.config.detection import ScrapingDetector as ScrapingSettings
 from gateway.detect.agents import AgentClassifier
+from gateway.detect.few import Few
 from gateway.detect.observation import Observation
 
 PAGE_CLASSES = frozenset({"portal", "public"})
@@ -27,6 +28,7 @@ _NUMBER = re.compile(r"(?<=[/=])\d+(?=$|[/&;?])")  # an id ends its segment, pat
 _MAX_TEMPLATES = 16
 _MAX_LOOP_KEYS = 512
 _ANSWERS_KEPT = 100
+_ANSWERS_MASK = (1 << _ANSWERS_KEPT) - 1
 # Looping is the same request at more than this many times the polling rate ("several a second").
 _LOOP_OVER_POLL = 2.0
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since")
@@ -85,10 +87,13 @@ class _Repeat:
 
 
 class ScrapingTrack:
-    """What one identity did lately, as far as scraping is concerned; a few hundred bytes."""
+    """What one identity did lately, as far as scraping is concerned; about 400 bytes for a
+    program on an API route. One exists per identity seen (issue 14: memory per customer), so
+    what only some identities need is made on first use: the page intervals (pages only), the
+    evidence (a signal fired); the last answers are bits of an int, not a deque of bools."""
 
-    __slots__ = ("score", "scored_at", "offences", "acted", "last_page_at", "intervals", "templates",
-                 "loops", "answers", "invalid", "offered", "proofs", "noted_block", "reads", "seen")
+    __slots__ = ("score", "scored_at", "offences", "acted", "last_page_at", "samples", "intervals", "templates",
+                 "loops", "answers", "answered", "invalid", "offered", "proofs", "noted_block", "reads", "seen")
 
     def __init__(self, samples: int) -> None:
         self.score = 0.0
@@ -96,30 +101,37 @@ class ScrapingTrack:
         self.offences = 0
         self.acted: str | None = None  # the action of the last finding, while the score stays up
         self.last_page_at: float | None = None
-        self.intervals: deque[float] = deque(maxlen=samples)
-        self.templates: dict[str, _Walk] = {}
-        self.loops: dict[tuple[str, str, bytes | None], _Repeat] = {}
-        self.answers: deque[bool] = deque(maxlen=_ANSWERS_KEPT)
+        self.samples = samples  # page intervals the cadence needs
+        self.intervals: deque[float] | None = None
+        self.templates: Few[str, _Walk] = Few()
+        self.loops: Few[tuple[str, str, bytes | None], _Repeat] = Few()
+        self.answers = 0  # the last _ANSWERS_KEPT answers, newest in bit 0: 1 for a 4xx
+        self.answered = 0  # how many of those bits hold an answer
         self.invalid = 0
         self.offered = 0  # portal pages into which the gateway put a browser-proof link
         self.proofs = 0  # proofs credited (a link fetched, a challenge passed)
         self.noted_block = 0.0  # the end of the block last named in a finding on a flag class
         self.reads = 0  # records read today, packed with the day (bulk.py)
-        self.seen: dict[str, tuple[float, Signal]] = {}  # each signal's last firing: the evidence
+        self.seen: dict[str, tuple[float, Signal]] | None = None  # each signal's last firing: the evidence
 
     def note(self, at: float, fired: list[Signal]) -> None:
+        if self.seen is None:
+            self.seen = {}
         for signal in fired:
             self.seen[signal.name] = (at, signal)
 
     def evidence(self, now: float, window: float) -> list[Signal]:
         """The signals seen within `window`, in name order."""
+        if self.seen is None:
+            return []
         return [signal for name, (at, signal) in sorted(self.seen.items()) if now - at <= window]
 
     def proven(self) -> None:
         """A passed challenge: the browser is proven, its proof count starts over. The score and
         the last action stay: other signals may still make a case for a block."""
         self.offered = self.proofs = 0
-        self.seen.pop("no_browser_proof", None)
+        if self.seen is not None:
+            self.seen.pop("no_browser_proof", None)
 
     def decayed(self, now: float, half_life: float) -> float:
         if now > self.scored_at:
@@ -171,7 +183,7 @@ class ScrapingSignals:
         if weights["enumeration"]:
             fired += self._walking(track, obs.target, obs.status)
         if weights["invalid_destinations"] and self._invalid(track, obs.status):
-            fired.append(Signal("invalid_destinations", round(track.invalid / len(track.answers), 2),
+            fired.append(Signal("invalid_destinations", round(track.invalid / track.answered, 2),
                                 settings.invalid_ratio))
         if weights["looping"]:
             fired += self._looping(track, obs)
@@ -185,20 +197,23 @@ class ScrapingSignals:
 
     def _cadence(self, track: ScrapingTrack, now: float) -> float | None:
         """The coefficient of variation of the last page intervals, once there are enough."""
+        intervals = track.intervals
         if track.last_page_at is not None and now > track.last_page_at:
-            track.intervals.append(now - track.last_page_at)
+            if intervals is None:
+                intervals = track.intervals = deque(maxlen=track.samples)
+            intervals.append(now - track.last_page_at)
         track.last_page_at = now
-        if len(track.intervals) < (track.intervals.maxlen or 0):  # the track's own sample count (always set)
+        if intervals is None or len(intervals) < track.samples:
             return None
-        mean = statistics.fmean(track.intervals)
-        return statistics.pstdev(track.intervals, mean) / mean if mean > 0 else None
+        mean = statistics.fmean(intervals)
+        return statistics.pstdev(intervals, mean) / mean if mean > 0 else None
 
     def _walking(self, track: ScrapingTrack, target: str, status: int) -> list[Signal]:
         settings = self.settings
         template, numbers = template_of(target, self.pagination)
         if not numbers:
             return []
-        walk = track.templates.pop(template, None)
+        walk = track.templates.pop(template)
         if walk is None:
             walk = _Walk(numbers)
         else:
@@ -223,12 +238,14 @@ class ScrapingSignals:
 
     def _invalid(self, track: ScrapingTrack, status: int) -> bool:
         invalid = 400 <= status < 500
-        if len(track.answers) == track.answers.maxlen and track.answers[0]:
-            track.invalid -= 1
-        track.answers.append(invalid)
+        if track.answered == _ANSWERS_KEPT:
+            track.invalid -= track.answers >> (_ANSWERS_KEPT - 1)  # the oldest answer leaves
+        else:
+            track.answered += 1
+        track.answers = (track.answers << 1 | invalid) & _ANSWERS_MASK
         track.invalid += invalid
-        return (invalid and len(track.answers) >= self.settings.invalid_min_requests
-                and track.invalid / len(track.answers) >= self.settings.invalid_ratio)
+        return (invalid and track.answered >= self.settings.invalid_min_requests
+                and track.invalid / track.answered >= self.settings.invalid_ratio)
 
     def _looping(self, track: ScrapingTrack, obs: Observation) -> list[Signal]:
         """The same request faster than a poller would send it, for loop_duration or longer.

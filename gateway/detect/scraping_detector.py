@@ -17,6 +17,7 @@ from gateway.detect.observation import PROOF, Observation, network_part
 from gateway.detect.sanctions import AUTOMATION, CHALLENGE, Sanction
 from gateway.detect.scraping import PAGE_CLASSES, ScrapingSignals, ScrapingTrack, Signal, template_of
 from gateway.state.sightings import Answers, Query, Sighting
+from gateway.state.tables import Swept
 
 SCRAPING_POLICY = "no screen-scraping or automated extraction outside the permitted API use"
 _STRENGTH = {Action.FLAG: 0, Action.CHALLENGE: 1, Action.BLOCK: 2}
@@ -43,6 +44,11 @@ class ScrapingDetector:
             self._bulk.settings = self._crowd.settings = self._signals.settings
             self._networks.keep_for = self._signals.settings.network_memory
 
+    def tables(self) -> dict[str, Swept]:
+        """Its per-login and per-network tables, by the name /metrics shows."""
+        return {"detection_bulk_days": self._bulk.days, "detection_bulk_readers": self._bulk.readers,
+                "detection_networks": self._networks.offences_table}
+
     # -- one observation ------------------------------------------------------------------
 
     def observe(self, obs: Observation, seen: list[Sighting]) -> None:
@@ -55,7 +61,7 @@ class ScrapingDetector:
         agent = obs.headers.get("User-Agent", "")
         if self._signals.agents.allowed(agent):
             return  # an integration the customer declared
-        track = ctx.scraping_track(subject)
+        track = ctx.scraping_track(subject, obs.at)
         if ctx.sanctions and obs.user is not None and not obs.refused:
             self._blocked_elsewhere(obs, track)
         fired = self._signals.signals(obs, agent, track)
@@ -69,9 +75,12 @@ class ScrapingDetector:
         if ctx.due(("paths", subject, obs.target, agent, obs.session), obs.at, 6.0):
             seen += self._sightings(obs)
             self._scraped[subject] = obs
+            # Asked after the batch; made here, inside the observations' paced loop.
+            self._asked[subject] = (Query(self._key(subject, "paths"), obs.at - 60.0),
+                                    Query(self._agents_key(obs), obs.at - 3600.0))
 
     def _proof(self, subject: str, at: float) -> None:
-        track = self._ctx.scraping_track(subject)
+        track = self._ctx.scraping_track(subject, at)
         sanction = self._ctx.sanctions.get(self._ctx.public(subject), at) if self._ctx.sanctions else None
         if sanction is not None and sanction.kind == CHALLENGE:
             track.proven()  # a challenge passed (the handler lets the browser through on its pass)
@@ -137,9 +146,6 @@ class ScrapingDetector:
 
     def queries(self) -> list[Query]:
         """Distinct paths within a minute, distinct agents within an hour."""
-        self._asked = {subject: (Query(self._key(subject, "paths"), obs.at - 60.0),
-                                 Query(self._agents_key(obs), obs.at - 3600.0))
-                       for subject, obs in self._scraped.items()}
         return [query for asked in self._asked.values() for query in asked]
 
     def judge(self, answers: Answers | None) -> Iterator[None]:
@@ -157,7 +163,7 @@ class ScrapingDetector:
             if weights["agent_rotation"] and agents >= settings.agents_per_hour:
                 fired.append(Signal("agent_rotation", agents, settings.agents_per_hour))
             if fired:
-                self._add_score(obs, self._ctx.scraping_track(subject), fired, scored.get(subject, 1))
+                self._add_score(obs, self._ctx.scraping_track(subject, obs.at), fired, scored.get(subject, 1))
             yield
 
     # -- the finding ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from gateway.config.detection import SharingAllowance
 from gateway.config.detection import SharingDetector as SharingSettings
 from gateway.detect.addresses import Hasher, network_of
 from gateway.detect.agents import device_of
+from gateway.detect.few import Few
 from gateway.detect.observation import Observation
 from gateway.state.sightings import Answers, Query, Sighting
 
@@ -39,12 +40,14 @@ class SharingQueries(NamedTuple):
 class _Hops:
     """One session's network changes, in the order this process saw its requests."""
 
-    __slots__ = ("network", "switches", "networks")
+    __slots__ = ("network", "at", "switches", "networks")
 
-    def __init__(self, network: str) -> None:
+    def __init__(self, network: str, at: float) -> None:
         self.network = network
-        self.switches: deque[float] = deque()
-        self.networks: dict[str, float] = {network: 0.0}  # network hash -> last seen
+        self.at = at  # last seen (on `network`)
+        # Made at the first change of networks: most sessions never change.
+        self.switches: deque[float] | None = None
+        self.networks: dict[str, float] | None = None  # network hash -> last seen
 
 
 class SharingTrack:
@@ -54,9 +57,9 @@ class SharingTrack:
     __slots__ = ("first_seen", "hops", "reported")
 
     def __init__(self) -> None:
-        self.first_seen: dict[str, float] = {}
-        self.hops: dict[str, _Hops] = {}
-        self.reported: dict[str, float] = {}  # signal -> when last reported (cooldown)
+        self.first_seen: Few[str, float] = Few()
+        self.hops: Few[str, _Hops] = Few()
+        self.reported: dict[str, float] | None = None  # signal -> when last reported (cooldown); made on the first
 
 
 def device_class(device: str) -> str:
@@ -86,11 +89,16 @@ class SharingWatch:
         if hops is None:
             if len(track.hops) >= _MAX_SESSIONS_KEPT:
                 del track.hops[next(iter(track.hops))]
-            hops = track.hops[session] = _Hops(network)
+            hops = track.hops[session] = _Hops(network, obs.at)
         elif hops.network != network:
+            if hops.switches is None:
+                hops.switches, hops.networks = deque(), {hops.network: hops.at}
             hops.network = network
             hops.switches.append(obs.at)
             switched = True
+        hops.at = obs.at
+        if hops.switches is None or hops.networks is None:
+            return switched
         hops.networks[network] = obs.at
         horizon = obs.at - self.settings.windows.session
         while hops.switches and hops.switches[0] < horizon:
@@ -158,7 +166,8 @@ class SharingWatch:
             evidence["devices"] = {"within": windows.devices, "allowed": allowance.devices,
                                    "seen": sorted(devices)}
         hops = track.hops.get(obs.session or "")
-        if hops is not None and len(hops.switches) > allowance.session_switches:
+        if hops is not None and hops.switches is not None and hops.networks is not None and len(
+                hops.switches) > allowance.session_switches:
             over.append("session_networks")
             horizon = now - windows.session
             evidence["session_networks"] = {
@@ -166,9 +175,12 @@ class SharingWatch:
                 "switches": len(hops.switches), "first_switch": round(hops.switches[0], 3),
                 "networks": sorted(n for n, at in hops.networks.items() if at >= horizon)}
         over += extra_signals
-        fresh = [s for s in over if now - track.reported.get(s, float("-inf")) >= self.settings.cooldown]
+        reported = track.reported or {}
+        fresh = [s for s in over if now - reported.get(s, float("-inf")) >= self.settings.cooldown]
         if not fresh:
             return None
+        if track.reported is None:
+            track.reported = {}
         for signal in over:
             track.reported[signal] = now
         sessions = {use.split("|", 3)[2] for use in answers[asked.uses]} - {""}

@@ -36,20 +36,24 @@ class SharingDetector:
         ctx, watch, subject = self._ctx, self._watch, obs.subject
         if self._travel.enabled and self._travel.moved_too_fast(subject, obs.client_ip, obs.at):
             self._travelled.add(subject)
-            self._shared[subject] = obs
-        track = ctx.sharing_track(subject)
+            self._share(obs)
+        track = ctx.sharing_track(subject, obs.at)
         if watch.hop(obs, track):
-            self._shared[subject] = obs  # a session changed networks: judged at once, written or not
+            self._share(obs)  # a session changed networks: judged at once, written or not
         # One mark for the login's session, address and device: seen the same way within
         # _SHARING_EVERY, its sharing sightings cannot have changed.
         mark = (subject, obs.session, obs.client_ip, obs.headers.get("User-Agent", ""), watch.device_mark(obs))
         if ctx.due(mark, obs.at, _SHARING_EVERY):
             seen += watch.sightings(obs, track)
-            self._shared[subject] = obs
+            self._share(obs)
+
+    def _share(self, obs: Observation) -> None:
+        """Judge the login after this batch; its questions are made here, a few microseconds
+        inside the observations' paced loop rather than all at once after it."""
+        self._shared[obs.subject] = obs
+        self._asked[obs.subject] = self._watch.queries(obs.subject, obs.at)
 
     def queries(self) -> list[Query]:
-        watch = self._watch
-        self._asked = {subject: watch.queries(subject, obs.at) for subject, obs in self._shared.items()}
         return [query for asked in self._asked.values() for query in asked]
 
     def judge(self, answers: Answers | None) -> Iterator[None]:
@@ -64,7 +68,7 @@ class SharingDetector:
     def _judge(self, obs: Observation, asked: SharingQueries, answers: Answers, extra: tuple[str, ...]) -> None:
         ctx = self._ctx
         settings = ctx.settings.sharing
-        track = ctx.sharing_track(obs.subject)
+        track = ctx.sharing_track(obs.subject, obs.at)
         verdict = self._watch.verdict(obs, asked, answers, self._allowance(obs.customer), track, extra)
         if verdict is None or ctx.grants.exempt(obs.customer, obs.user, SHARING, obs.at):
             return

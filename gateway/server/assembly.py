@@ -65,6 +65,7 @@ def assemble_state(store: StateStore, metrics: Metrics, clock: Clock, audit_suff
     failed_logins = FailedLogins(FailedLoginLimit(), clock)
     failed_logins.watch(tables)
     enforcement.watch(tables)
+    detection.watch(tables)
     return GatewayState(
         clock=clock, store=store, fleet=fleet,
         auth_metrics=AuthMetrics(metrics.auth_results, metrics.findings),

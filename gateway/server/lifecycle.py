@@ -85,11 +85,6 @@ class GatewayServer:
 
         tables.follow("token_cache", lambda: runtimes.current.authenticator.cache, clock.time)
         tables.follow("limit_templates", templates, clock.time)
-        # Shown, not swept (the detectors own their tracks and how long they keep them).
-        # (Read through getattr: detect/ is being reworked in parallel, and a missing table only hides a gauge.)
-        tracks = getattr(getattr(self.state.detection, "_ctx", None), "tracks", None)
-        if tracks is not None:
-            tables.add("detection_tracks", tracks, clock.time)
         self.metrics.watch_tables(tables)
 
     def _readiness(self) -> str | None:
