@@ -12,17 +12,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from gateway.metrics import TableCounts
+
 log = logging.getLogger("fairgate.state")
 
 
-class Swept(Protocol):
-    @property
-    def limit(self) -> int: ...
-    @property
-    def evictions(self) -> int: ...
-    @property
-    def expirations(self) -> int: ...
-    def __len__(self) -> int: ...
+class Swept(TableCounts, Protocol):
+    """A table as /metrics reads it, that the sweeper can forget idle entries of."""
+
     def sweep(self, now: float, budget: int) -> int: ...
 
 
