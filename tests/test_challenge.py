@@ -22,7 +22,7 @@ from gateway.proxy.challenge import COOKIE, Challenges, Check, challenge_key, me
 from gateway.proxy.pages.navigation import wants_html
 from loadtest.eval.traffic import outcome_of
 from tests.support.browser import wait_for
-from tests.support.clock import T0, ManualClock
+from tests.support.clock import ManualClock
 from tests.support.configs import gateway_config
 from tests.support.tokens import ADMIN, bearer, hs_issuer, hs_token
 from tests.support.waiting import wait_until
@@ -84,9 +84,11 @@ def anonymous(address: str, headers: dict) -> str:
     return subject_of(None, None, address, headers)
 
 
-def sanction(gateway, subject: str, kind: SanctionKind = SanctionKind.CHALLENGE, until: float = T0 + 86400) -> None:
-    """Put `subject` (`anonymous(...)` or "user:C/U") under a sanction, as a finding would."""
+def sanction(gateway, subject: str, kind: SanctionKind = SanctionKind.CHALLENGE, lasting: float = 86400) -> None:
+    """Put `subject` (`anonymous(...)` or "user:C/U") under a sanction for `lasting` seconds of the
+    gateway's clock (an injected one, or the real one: never a fixed date), as a finding would."""
     detection = gateway.server.state.detection
+    until = gateway.server.state.clock.time() + lasting
     detection.sanctions.add(Sanction(detection.public(subject), kind, until, "no screen-scraping"))
 
 
@@ -241,7 +243,7 @@ async def test_a_pass_spares_a_challenge_never_a_block(start_gateway, pages_upst
     passing = {**NAVIGATION, "Cookie": f"{COOKIE}={solve(page)}"}
     assert (await fetch(f"{gateway.url}/portal/a", passing))[0] == 200
 
-    sanction(gateway, anonymous("127.0.0.1", NAVIGATION), AUTOMATION, until=T0 + 2 * 86400)  # grew into a block
+    sanction(gateway, anonymous("127.0.0.1", NAVIGATION), AUTOMATION, lasting=2 * 86400)  # grew into a block
     status, headers, body = await fetch(f"{gateway.url}/api/a", passing)
     assert status == 403 and 'data-fairgate-outcome="block"' in body and "retry-after" in headers
 
