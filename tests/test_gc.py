@@ -8,11 +8,11 @@ import urllib.request
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import ConfigError, load_config
 from tests.support.configs import gateway_config
 from tests.support.gateways import write_config
+from tests.support.scrape import sample
 
 
 def scrape_sync(admin_url: str) -> str:
@@ -20,12 +20,6 @@ def scrape_sync(admin_url: str) -> str:
         return response.read().decode()
 
 
-def sample(text: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return found.value
-    return None
 
 
 def test_a_gateway_process_freezes_its_start_up_objects_and_sets_the_thresholds(tmp_path, upstream, gateway_process):

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
 from tests.support.configs import gateway_config
+from tests.support.scrape import sample
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -31,12 +32,6 @@ async def scrape(client, gateway) -> str:
         return await response.text()
 
 
-def sample(text: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return found.value
-    return None
 
 
 async def test_upstream_time_is_counted_per_upstream_and_status_class(start_gateway, upstream, client):
