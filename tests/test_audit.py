@@ -359,6 +359,25 @@ async def test_events_that_cannot_be_written_are_counted_and_logged(tmp_path, up
     assert 0 < len(lines_of(audit)) < 40
 
 
+async def test_a_flush_cancelled_mid_write_finishes_before_the_next_one_writes(tmp_path):
+    # Shutdown cancels the periodic flush, possibly while its thread is writing; the final flush
+    # must not write beside that thread (a broken chain) nor lose the batch it was writing.
+    audit = tmp_path / "audit.jsonl"
+    trail = AuditTrail(ManualClock())
+    trail.configure(AuditSettings(path=audit, queue_size=100_000))
+    for n in range(20_000):
+        trail.record("violation", customer="acme", n=n)
+    periodic = asyncio.create_task(trail.flush())
+    await wait_until(lambda: trail.waiting == 0, message="the flush never took its batch")
+    periodic.cancel()
+    for n in range(20_000, 20_010):
+        trail.record("violation", customer="acme", n=n)
+    await trail.drain()
+    assert periodic.cancelled()
+    assert verify(audit).ok, verify(audit)
+    assert [event["n"] for event in lines_of(audit)] == list(range(20_010))
+
+
 async def test_a_last_line_missing_only_its_newline_is_kept(tmp_path):
     audit = tmp_path / "audit.jsonl"
     await write_events(audit, 3)

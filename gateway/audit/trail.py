@@ -105,41 +105,53 @@ class AuditTrail:
             await asyncio.sleep(self._settings.flush_interval)
             await self.flush()
 
+    @property
+    def waiting(self) -> int:
+        """Events queued for the next flush."""
+        return len(self._queue)
+
     async def flush(self) -> None:
         async with self._writing:  # one writer at a time keeps the chain in order
             if not self._queue and not self._stream_backlog:
                 return
             batch = list(self._queue)
             self._queue.clear()
+            cancelled = False
             if self._file is not None and batch:
-                try:
-                    await asyncio.to_thread(self._file.append, batch)
-                except AppendError as exc:
+                failure, cancelled = await _finish_in_thread(self._file.append, batch)
+                if isinstance(failure, AppendError):
                     # What reached the file stays; the rest goes back, in order, for the next flush.
-                    written, batch = batch[:exc.written], batch[exc.written:]
+                    written, batch = batch[:failure.written], batch[failure.written:]
                     self._queue.extendleft(reversed(batch))
                     if self._counters is not None:
                         self._counters.written.inc(len(written))
                         self._counters.write_failures.inc()
                     log.error("audit file write failed; %d events wait for the next flush", len(self._queue),
-                              extra={"error": str(exc.__cause__), "path": str(self._path)})
-                    if self._settings.redis_stream is not None and written:
-                        await self._to_stream(self._settings.redis_stream, written)
-                    return
-                if self._counters is not None:
+                              extra={"error": str(failure.__cause__), "path": str(self._path)})
+                    batch = written
+                elif failure is not None:
+                    raise failure
+                elif self._counters is not None:
                     self._counters.written.inc(len(batch))
             if self._settings.redis_stream is not None:
-                await self._to_stream(self._settings.redis_stream, batch)
+                self._keep_for_stream(batch)
+                if not cancelled:
+                    await self._to_stream(self._settings.redis_stream)
+            if cancelled:
+                raise asyncio.CancelledError
 
-    async def _to_stream(self, stream: str, batch: list[dict[str, Any]]) -> None:
-        """Append to the fleet's Redis stream; what Redis cannot take now waits (bounded) for the next flush."""
+    def _keep_for_stream(self, batch: list[dict[str, Any]]) -> None:
         backlog = self._stream_backlog
         backlog.extend(batch)
         while len(backlog) > self._settings.queue_size:
             backlog.popleft()
             if self._counters is not None:
                 self._counters.dropped.inc()
-        if self._store is None:
+
+    async def _to_stream(self, stream: str) -> None:
+        """Append the backlog to the fleet's Redis stream; what Redis cannot take now waits for the next flush."""
+        backlog = self._stream_backlog
+        if self._store is None or not backlog:
             return
         events = list(backlog)
         try:
@@ -192,3 +204,20 @@ class PreparedAudit:
     def discard(self) -> None:
         if self.opened is not None:
             self.opened.close()
+
+
+async def _finish_in_thread(append: Callable[[list[dict[str, Any]]], None],
+                            batch: list[dict[str, Any]]) -> tuple[BaseException | None, bool]:
+    """Run `append` in a thread to its end: (what it raised, whether the caller was cancelled meanwhile).
+
+    A thread cannot be stopped, so a cancelled flush (shutdown cancels the periodic one) still
+    waits for it: otherwise the writer lock would be released while the file is being written,
+    the next flush would write beside it, and the events of a failed append would be lost."""
+    writing = asyncio.ensure_future(asyncio.to_thread(append, batch))
+    cancelled = False
+    while not writing.done():
+        try:
+            await asyncio.wait({writing})
+        except asyncio.CancelledError:
+            cancelled = True
+    return writing.exception(), cancelled
