@@ -17,7 +17,7 @@ from tests.support.waiting import wait_until
 
 async def test_a_customer_climbs_the_ladder_and_is_reinstated(start_gateway, upstream, client):
     clock = ManualClock(T0)
-    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    gateway = await start_gateway(enforcement_config(upstream, judged_by_hand=True), clock=clock)
     enforcement = gateway.server.state.enforcement
     token = hs_token(clock)
 
@@ -73,7 +73,7 @@ async def test_a_customer_climbs_the_ladder_and_is_reinstated(start_gateway, ups
 
 async def test_rejections_from_before_a_reinstatement_do_not_throttle_again(start_gateway, upstream, client):
     clock = ManualClock(T0)
-    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    gateway = await start_gateway(enforcement_config(upstream, judged_by_hand=True), clock=clock)
     token = hs_token(clock)
     # A flood of 429s, and support reinstates the customer before the gateway judged them.
     assert await statuses(client, gateway, token, 6) == [200] + [429] * 5
@@ -107,7 +107,7 @@ async def test_a_suspension_ends_by_itself(start_gateway, upstream, client):
 
 async def test_shadow_mode_records_standings_without_applying_them(start_gateway, upstream, client):
     clock = ManualClock(T0)
-    gateway = await start_gateway(enforcement_config(upstream, mode="shadow"), clock=clock)
+    gateway = await start_gateway(enforcement_config(upstream, mode="shadow", judged_by_hand=True), clock=clock)
     token = hs_token(clock)
     assert await statuses(client, gateway, token, 6) == [200, 429, 429, 429, 429, 429]
     await gateway.server.state.enforcement.judge_queued()

@@ -69,7 +69,7 @@ async def test_the_fleet_warns_with_the_same_words(start_gateway, upstream, clie
 
 async def test_a_throttle_recommends_the_throttled_rate(start_gateway, upstream, client):
     clock = ManualClock(T0)
-    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    gateway = await start_gateway(enforcement_config(upstream, judged_by_hand=True), clock=clock)
     token = hs_token(clock)
     assert await statuses(client, gateway, token, 5) == [200, 429, 429, 429, 429]  # throttle_at: 4
     await gateway.server.state.enforcement.judge_queued()
@@ -87,7 +87,7 @@ async def test_the_warning_counts_refusals_judged_before_it_in_other_batches(sta
     # The first 429 is judged alone (not enough to warn); the next one warns. The warning's count
     # is every refusal of the window, not only those of the batch that decided it.
     clock = ManualClock(T0)
-    gateway = await start_gateway(enforcement_config(upstream), clock=clock)
+    gateway = await start_gateway(enforcement_config(upstream, judged_by_hand=True), clock=clock)
     enforcement = gateway.server.state.enforcement
     token = hs_token(clock)
     assert await statuses(client, gateway, token, 2) == [200, 429]

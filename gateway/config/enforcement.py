@@ -132,6 +132,8 @@ class EnforcementSettings(Section):
                                    "(block, suspension) appeals: linked from the HTML refusal pages with the request "
                                    "id (default: enforcement.policy when it is a URL).")
     ladder: Ladder = Field(default_factory=Ladder)
+    judge_interval: Duration = Field(0.1, gt=0, le=60, description="Queued violations are judged this often: how "
+                                     "soon after a violation the ladder can warn, throttle or suspend.")
 
     @field_validator("appeal_url")
     @classmethod

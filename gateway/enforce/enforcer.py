@@ -37,7 +37,6 @@ log = logging.getLogger("fairgate.enforce")
 
 # Earlier suspensions are remembered this long, for the doubling of repeat offenders' terms.
 REPEATS_REMEMBERED = 90 * 86400.0
-_FLUSH_SECONDS = 0.1
 _QUEUE_LIMIT = 100_000
 _REPUBLISH_SECONDS = 60.0
 
@@ -215,7 +214,7 @@ class Enforcement:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(_FLUSH_SECONDS)
+            await asyncio.sleep(self.settings.judge_interval)
             try:
                 await self.judge_queued()
             except Exception:  # never let one bad batch stop enforcement

@@ -58,11 +58,15 @@ LADDER = {"window": "1h", "warn_at": 2, "throttle_at": 4, "throttle_for": "10min
           "throttles_within": "1d", "suspend_for": "1h", "max_suspension": "2h"}
 
 
-def enforcement_config(upstream, mode: str = "enforce") -> dict:
+def enforcement_config(upstream, mode: str = "enforce", judged_by_hand: bool = False) -> dict:
+    """`judged_by_hand`: violations are judged only when the test calls `judge_queued()`, so a
+    background judgement between two requests (a loaded machine) cannot move the ladder early."""
     config = gateway_config(upstream.url, auth={"issuers": [hs_issuer()]})
     config["limits"] = {"default_plan": "standard"}
     config["plans"] = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1/s", "burst": 1}]}}
     config["enforcement"] = {"mode": mode, "policy": "https://example.com/fair-use", "ladder": LADDER}
+    if judged_by_hand:
+        config["enforcement"]["judge_interval"] = "60s"
     return config
 
 
