@@ -181,6 +181,7 @@ class Limiter:
                     metered.append((limit, key, period_end))
                 check = Check(QUOTA, key, shadow, cost=route.cost if limit.metric == "requests" else 0.0,
                               limit=limit.quota, flag_only=limit.action == "flag", expires_at=period_end)
+            self._stats.tally(limit.stats_key)  # exists from now on, for _decide
             limits.append(limit)
             checks.append(check)
         # Every limit applies (the commonest): the plan's own tuple, not a copy per template.
@@ -197,7 +198,7 @@ class Limiter:
 
     def _decide(self, admission: Admission, template: Template, checks: list[Check],
                 outcomes: list[Outcome]) -> None:
-        tally = self._stats.tally
+        tallies = self._stats.tallies  # every limit of a template has one (see _template)
         ratelimit_headers = self._ratelimit_headers
         rejected = []
         items = []
@@ -210,18 +211,18 @@ class Limiter:
             if not outcome.allowed:
                 if check.shadow:
                     # Counted, not logged: a shadowed limit may "reject" thousands of times a second.
-                    tally(limit.stats_key)[SHADOW_REJECTED] += 1
+                    tallies[limit.stats_key][SHADOW_REJECTED] += 1
                 else:
                     rejected.append(limit)
                     if outcome.retry_after > admission.retry_after:
                         admission.retry_after = outcome.retry_after
-                    tally(limit.stats_key)[REJECTED] += 1
+                    tallies[limit.stats_key][REJECTED] += 1
             elif outcome.over:
-                tally(limit.stats_key)[OVER_QUOTA] += 1
+                tallies[limit.stats_key][OVER_QUOTA] += 1
             elif outcome.remaining <= limit.near_limit:
-                tally(limit.stats_key)[NEAR_LIMIT] += 1
+                tallies[limit.stats_key][NEAR_LIMIT] += 1
             else:
-                tally(limit.stats_key)[ALLOWED] += 1
+                tallies[limit.stats_key][ALLOWED] += 1
             if outcome.delay > admission.delay:
                 admission.delay = outcome.delay
             if self._legacy_headers and limit.kind != CONCURRENCY:

@@ -22,21 +22,22 @@ class LimitStats(Collector):
     def __init__(self) -> None:
         # (plan, limit) -> one count per result: the request path adds to a list it looked up
         # once per limit, instead of hashing a new (plan, limit, result) key per decision.
-        self._tallies: dict[tuple[str, str], list[int]] = {}
+        # Read directly by the limiter for (plan, limit)s it looked up through `tally` before.
+        self.tallies: dict[tuple[str, str], list[int]] = {}
         self._unknown_plans: Tally[str] = Tally()
 
     def tally(self, key: tuple[str, str]) -> list[int]:
         """The counts of one (plan, limit), indexed by ALLOWED, NEAR_LIMIT, ... (kept for good)."""
-        counts = self._tallies.get(key)
+        counts = self.tallies.get(key)
         if counts is None:
-            counts = self._tallies[key] = [0] * len(RESULTS)
+            counts = self.tallies[key] = [0] * len(RESULTS)
         return counts
 
     def count(self, plan: str, limit: str, result: str) -> None:
         self.tally((plan, limit))[RESULTS.index(result)] += 1
 
     def value(self, plan: str, limit: str, result: str) -> int:
-        counts = self._tallies.get((plan, limit))
+        counts = self.tallies.get((plan, limit))
         return counts[RESULTS.index(result)] if counts is not None else 0
 
     def unknown_plan(self, issuer: str) -> None:
@@ -47,7 +48,7 @@ class LimitStats(Collector):
             "fairgate_limit_decisions", "Limit decisions, by plan, limit and result.",
             labels=["plan", "limit", "result"],
         )
-        for (plan, limit), counts in list(self._tallies.items()):
+        for (plan, limit), counts in list(self.tallies.items()):
             for result, count in zip(RESULTS, counts, strict=True):
                 if count:  # as before: a result never seen is not exported
                     family.add_metric([plan, limit, result], count)
