@@ -70,6 +70,40 @@ async def test_route_cost_is_honoured(start_gateway, upstream, client, clock):
     assert await statuses(client, f"{gw.url}/echo", token, 2) == [200, 429]  # 9 of 10 used by three reports
 
 
+async def test_a_limit_keyed_on_the_route_counts_each_route_of_the_same_cost_apart(start_gateway, upstream, client,
+                                                                                   clock):
+    # One template serves every route of the same cost, unless a limit is keyed on the route.
+    plans = {"standard": {"limits": [
+        {"name": "per-route", "kind": "rate", "rate": "1/s", "burst": 2, "key": "customer+route"},
+        {"name": "overall", "kind": "rate", "rate": "1/s", "burst": 5},
+    ]}}
+    routes = [{"name": "one", "path_prefix": "/echo/one", "upstream": "app"},
+              {"name": "two", "path_prefix": "/echo/two", "upstream": "app"}]
+    gw = await start_gateway(limits_config(upstream, plans, routes=routes), clock=clock)
+    token = hs_token(clock, exp=int(clock.time()) + 3600)
+    assert await statuses(client, f"{gw.url}/echo/one", token, 3) == [200, 200, 429]
+    assert await statuses(client, f"{gw.url}/echo/two", token, 3) == [200, 200, 429]
+    async with client.get(f"{gw.url}/echo/two", headers=bearer(token)) as response:
+        assert response.headers["RateLimit"] == '"per-route";r=0;t=2, "overall";r=0;t=5'
+
+
+async def test_an_exception_granted_to_one_unlisted_customer_leaves_the_others_on_the_plan(start_gateway, upstream,
+                                                                                          client, clock):
+    # Unlisted customers share their plan's compiled limits until one of them is granted an exception.
+    gw = await start_gateway(limits_config(upstream, STANDARD), clock=clock)
+    acme = hs_token(clock, exp=int(clock.time()) + 3600)
+    other = hs_token(clock, org_id="other-co", exp=int(clock.time()) + 3600)
+    assert await statuses(client, f"{gw.url}/echo", other, 1) == [200]
+    async with client.post(f"{gw.admin_url}/admin/customers/acme/exceptions",
+                           headers=bearer(ADMIN_TOKEN),
+                           json={"limit": "sustained", "burst": 8, "for": "1h", "reason": "agreed"}) as response:
+        assert response.status == 201
+    assert await statuses(client, f"{gw.url}/echo", acme, 9) == [200] * 8 + [429]
+    assert await statuses(client, f"{gw.url}/echo", other, 5) == [200] * 4 + [429]
+    async with client.get(f"{gw.url}/echo", headers=bearer(other)) as response:
+        assert response.headers["RateLimit-Policy"] == '"sustained";q=5;w=5'
+
+
 async def test_customers_are_limited_separately_and_unknown_ones_get_the_default_plan(start_gateway, upstream,
                                                                                          client, clock):
     plans = {**STANDARD, "business": {"limits": [{"name": "sustained", "kind": "rate", "rate": "10/s", "burst": 8}]}}

@@ -15,7 +15,7 @@ from gateway.calendar import Calendar
 from gateway.clock import Clock
 from gateway.config import Route
 from gateway.limits.policy import CompiledLimit, EffectiveLimits, PlanBook
-from gateway.limits.stats import LimitStats
+from gateway.limits.stats import ALLOWED, NEAR_LIMIT, OVER_QUOTA, REJECTED, SHADOW_REJECTED, LimitStats
 from gateway.state.bounded import BoundedTable
 from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StateStore
 
@@ -30,6 +30,8 @@ _TEMPLATE_TTL = 300.0
 _MAX_LOGGED_PLANS = 100
 
 Metered = tuple[CompiledLimit, str, float]  # a quota on bytes or upstream time: its limit, key, period end
+# A template's key: the customer id; or (customer, user, address, route name or cost).
+TemplateKey = str | tuple[str | None, str | None, str | None, str | int]
 
 
 class Admission:
@@ -45,7 +47,7 @@ class Admission:
         self.retry_after = 0.0
         self.delay = 0.0
         self.headers: dict[str, str] = {}
-        self.slots: list[tuple[str, str]] = []
+        self.slots: list[tuple[str, str]] | tuple[()] = ()  # a list once a slot is taken
         # quotas measured after the response: (limit, key, period end)
         self.metered: tuple[Metered, ...] = ()
 
@@ -92,13 +94,14 @@ class Limiter:
         self._legacy_headers = legacy_headers
         self._calendar = Calendar(book.zone)
         # Least recently built first; past the bound (a churn of anonymous addresses) the oldest go.
-        self.templates: BoundedTable[tuple[str | None, str | None, str | None, str], Template] = BoundedTable(
-            max_templates, _template_expired)
+        self.templates: BoundedTable[TemplateKey, Template] = BoundedTable(max_templates, _template_expired)
         self._pending_slots: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._pending_usage: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
         self._flush_scheduled = False
         self._background: set[asyncio.Task[None]] = set()
         self._logged_plans: set[tuple[str, str]] = set()
+        self._ttl_second = -math.inf  # see _template_end
+        self._ttl_end = 0.0
 
     async def admit(self, identity: Identity | None, route: Route, client_ip: str, request_id: str,
                     throttle: float = 1.0) -> Admission:
@@ -116,7 +119,13 @@ class Limiter:
             return Admission(effective.plan, effective.priority)
         user = f"{identity.issuer}:{identity.user}" if identity is not None and effective.uses_user else None
         address = client_ip if effective.uses_client_ip or customer is None else None
-        cache_key = (customer, user, address, route.name)
+        # A customer's checks differ between routes only by the route's cost, unless a limit is
+        # keyed on the route: one template serves every route of the same cost.
+        on_route = route.name if effective.uses_route else route.cost
+        # The commonest case (a customer's own limits, routes of cost 1) is keyed by the customer
+        # id alone: no tuple kept per customer. A str key never equals a tuple key.
+        cache_key: TemplateKey = (customer if customer is not None and user is None and address is None
+                                  and on_route == 1 else (customer, user, address, on_route))
         template = self.templates.get(cache_key)
         if template is None or template.effective is not effective or now >= template.valid_until:
             template = self._template(effective, customer, user, client_ip, route, now)
@@ -152,7 +161,7 @@ class Limiter:
         limits: list[CompiledLimit] = []
         checks: list[Check] = []
         metered: list[Metered] = []
-        valid_until = now + _TEMPLATE_TTL
+        valid_until = self._template_end(now)
         for limit in effective.limits:
             parts = [value for part in limit.key_parts if (value := values[part]) is not None]
             if len(parts) < len(limit.key_parts):
@@ -172,34 +181,48 @@ class Limiter:
                     metered.append((limit, key, period_end))
                 check = Check(QUOTA, key, shadow, cost=route.cost if limit.metric == "requests" else 0.0,
                               limit=limit.quota, flag_only=limit.action == "flag", expires_at=period_end)
+            self._stats.tally(limit.stats_key)  # exists from now on, for _decide
             limits.append(limit)
             checks.append(check)
-        return Template(effective, subject, tuple(limits), checks, tuple(metered), valid_until)
+        # Every limit applies (the commonest): the plan's own tuple, not a copy per template.
+        kept = effective.limits if len(limits) == len(effective.limits) else tuple(limits)
+        return Template(effective, subject, kept, checks[:], tuple(metered), valid_until)
+
+    def _template_end(self, now: float) -> float:
+        """When a template built now ends: `_TEMPLATE_TTL` after the start of the current second,
+        one float shared by the templates built in that second (not 24 bytes more per customer)."""
+        if not self._ttl_second <= now < self._ttl_second + 1.0:
+            self._ttl_second = now
+            self._ttl_end = now + _TEMPLATE_TTL
+        return self._ttl_end
 
     def _decide(self, admission: Admission, template: Template, checks: list[Check],
                 outcomes: list[Outcome]) -> None:
-        plan = template.effective.plan
-        stats = self._stats
+        tallies = self._stats.tallies  # every limit of a template has one (see _template)
+        ratelimit_headers = self._ratelimit_headers
         rejected = []
         items = []
         tightest: tuple[float, CompiledLimit, Outcome] | None = None
         for limit, check, outcome in zip(template.limits, checks, outcomes, strict=True):
-            if self._ratelimit_headers:
-                items.append(_ratelimit_item(limit, outcome))
+            if ratelimit_headers:
+                remaining = int(outcome.remaining)
+                items.append(f"{limit.header_start}{remaining}" if limit.kind == CONCURRENCY
+                             else f"{limit.header_start}{remaining};t={math.ceil(outcome.reset)}")
             if not outcome.allowed:
                 if check.shadow:
                     # Counted, not logged: a shadowed limit may "reject" thousands of times a second.
-                    stats.count(plan, limit.name, "shadow_rejected")
+                    tallies[limit.stats_key][SHADOW_REJECTED] += 1
                 else:
                     rejected.append(limit)
-                    admission.retry_after = max(admission.retry_after, outcome.retry_after)
-                    stats.count(plan, limit.name, "rejected")
+                    if outcome.retry_after > admission.retry_after:
+                        admission.retry_after = outcome.retry_after
+                    tallies[limit.stats_key][REJECTED] += 1
             elif outcome.over:
-                stats.count(plan, limit.name, "over_quota")
+                tallies[limit.stats_key][OVER_QUOTA] += 1
             elif outcome.remaining <= limit.near_limit:
-                stats.count(plan, limit.name, "near_limit")
+                tallies[limit.stats_key][NEAR_LIMIT] += 1
             else:
-                stats.count(plan, limit.name, "allowed")
+                tallies[limit.stats_key][ALLOWED] += 1
             if outcome.delay > admission.delay:
                 admission.delay = outcome.delay
             if self._legacy_headers and limit.kind != CONCURRENCY:
@@ -207,7 +230,7 @@ class Limiter:
                 if tightest is None or share < tightest[0]:
                     tightest = (share, limit, outcome)
         headers = admission.headers
-        if self._ratelimit_headers:
+        if ratelimit_headers:
             headers["RateLimit-Policy"] = template.effective.policy_header
             headers["RateLimit"] = ", ".join(items)
         if tightest is not None:
@@ -220,10 +243,9 @@ class Limiter:
             admission.rejected = tuple(rejected)
             admission.delay = 0.0
             return
-        for index in template.concurrency:
-            if outcomes[index].allowed:
-                check = checks[index]
-                admission.slots.append((check.key, check.token))
+        if template.concurrency:
+            admission.slots = [(checks[index].key, checks[index].token) for index in template.concurrency
+                               if outcomes[index].allowed]
         admission.metered = template.metered
 
     def finish(self, admission: Admission, bytes_transferred: int, upstream_seconds: float) -> None:
@@ -267,9 +289,3 @@ class Limiter:
 def _template_expired(template: Template, now: float) -> bool:
     return now >= template.valid_until
 
-
-def _ratelimit_item(limit: CompiledLimit, outcome: Outcome) -> str:
-    remaining = int(outcome.remaining)
-    if limit.kind == CONCURRENCY:
-        return f'"{limit.name}";r={remaining}'
-    return f'"{limit.name}";r={remaining};t={math.ceil(outcome.reset)}'

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypedDict
 
 from gateway.config.limits import (
@@ -19,7 +19,7 @@ from gateway.config.limits import (
     RateLimit,
     plan_of,
 )
-from gateway.fleet.grants import Grants
+from gateway.fleet.grants import OVERRIDE, Grants
 from gateway.state.store import CONCURRENCY, RATE, Kind
 
 
@@ -44,15 +44,22 @@ class CompiledLimit:
     per: str = ""  # the licensed unit the plan's budget is counted per, if any
     quantity: int = 1  # the customer's licensed quantity of `per`
 
-    @property
-    def capacity(self) -> float:
-        """Units when full: the burst, the slots, or the budget."""
-        return float(self.burst if self.kind == RATE else self.max if self.kind == CONCURRENCY else self.quota)
+    # Worked out once here, read on every request (properties cost a call each time).
+    # Units when full: the burst, the slots, or the budget.
+    capacity: float = field(init=False, compare=False)
+    # Remaining units at or below which a decision counts as near the limit (10%).
+    near_limit: float = field(init=False, compare=False)
+    # The start of this limit's item in the `RateLimit` header: '"name";r='
+    header_start: str = field(init=False, compare=False)
+    # Its decision counts' key in LimitStats.
+    stats_key: tuple[str, str] = field(init=False, compare=False)
 
-    @property
-    def near_limit(self) -> float:
-        """Remaining units at or below which a decision counts as near the limit (10%)."""
-        return self.capacity * 0.1
+    def __post_init__(self) -> None:
+        capacity = float(self.burst if self.kind == RATE else self.max if self.kind == CONCURRENCY else self.quota)
+        object.__setattr__(self, "capacity", capacity)
+        object.__setattr__(self, "near_limit", capacity * 0.1)
+        object.__setattr__(self, "header_start", f'"{self.name}";r=')
+        object.__setattr__(self, "stats_key", (self.plan, self.name))
 
     @property
     def policy_header_item(self) -> str:
@@ -138,6 +145,7 @@ class EffectiveLimits:
     valid_until: float
     uses_user: bool = False
     uses_client_ip: bool = False
+    uses_route: bool = False  # else a customer's checks are the same on every route of the same cost
     # The token named a plan this config does not define: the default plan applies.
     unknown_claim: bool = False
 
@@ -158,8 +166,16 @@ class PlanBook:
         self._priorities = {name: plan.priority for name, plan in plans.items()}
         self._customers = dict(customers)
         self._default = settings.default_plan
-        # by customer, or by (customer, claimed plan, licensed quantities) for a token that names them
+        # Listed customers and those with an exception granted: by customer, or by (customer,
+        # claimed plan, licensed quantities) for a token that names them.
         self._cache: dict[object, EffectiveLimits] = {}
+        self._cache_bound = max(100_000, 2 * len(self._customers))  # every listed customer fits
+        # Everyone else's limits depend only on what the token claims, so all of them share one
+        # object per claim (the commonest: none): no entry per customer, however many there are.
+        self._unlisted: EffectiveLimits | None = None
+        self._unlisted_claims: dict[tuple[str | None, tuple[tuple[str, int], ...]], EffectiveLimits] = {}
+        # Customers with an override granted (in force when the grants last changed).
+        self._granted: frozenset[str] = self._granted_customers(0.0)
         self._throttled_cache: dict[_ThrottledKey, EffectiveLimits] = {}
 
     @property
@@ -172,21 +188,50 @@ class PlanBook:
         """The customer's limits now; `claimed` is the plan its token names, if any, and `licenses`
         the quantities it claims (quotas counted per unit)."""
         if self._grants is not None and self._grants.version != self._grants_version:
-            self._grants_version = self._grants.version
             self._cache.clear()
+            self._unlisted = None
+            self._unlisted_claims.clear()
             self._throttled_cache.clear()
+            self._granted = self._granted_customers(now)
+            self._grants_version = self._grants.version  # after: reading the grants may expire some
         if throttle != 1.0:
             return self._throttled(customer, now, throttle, claimed, licenses)
+        if customer is None or (customer not in self._customers and customer not in self._granted):
+            return self._unlisted_limits(now, claimed, licenses)
         cache_key = customer if claimed is None and not licenses else (customer, claimed, licenses)
         cached = self._cache.get(cache_key)
         if cached is not None and now < cached.valid_until:
             return cached
         effective = self._compute(customer, now, claimed, licenses)
         if effective is not None:
-            if len(self._cache) > 100_000:
-                self._cache.clear()  # unknown customers share the default; this bounds a churn of ids
+            if len(self._cache) > self._cache_bound:
+                self._cache.clear()  # bounds a churn of claims (plans, quantities) by listed customers
             self._cache[cache_key] = effective
         return effective
+
+    def _unlisted_limits(self, now: float, claimed: str | None,
+                         licenses: tuple[tuple[str, int], ...]) -> EffectiveLimits | None:
+        """The limits of a customer not listed and without a granted override (or of anonymous
+        callers): the same for every such customer with the same claims."""
+        if claimed is None and not licenses:
+            if self._unlisted is None:
+                self._unlisted = self._compute(None, now, None)
+            return self._unlisted
+        cached = self._unlisted_claims.get((claimed, licenses))
+        if cached is None:
+            cached = self._compute(None, now, claimed, licenses)
+            if cached is None:
+                return None
+            if len(self._unlisted_claims) > 10_000:
+                self._unlisted_claims.clear()  # a broken issuer could claim any plan name or quantity
+            self._unlisted_claims[(claimed, licenses)] = cached
+        return cached
+
+    def _granted_customers(self, now: float) -> frozenset[str]:
+        if self._grants is None:
+            return frozenset()
+        return frozenset(grant.customer for grant in self._grants.in_force(now)
+                         if grant.kind == OVERRIDE and grant.customer is not None)
 
     def _throttled(self, customer: str | None, now: float, factor: float, claimed: str | None,
                    licenses: tuple[tuple[str, int], ...]) -> EffectiveLimits | None:
@@ -234,6 +279,7 @@ class PlanBook:
             valid_until=valid_until,
             uses_user=any("user" in limit.key_parts for limit in limits),
             uses_client_ip=any("client_ip" in limit.key_parts for limit in limits),
+            uses_route=any("route" in limit.key_parts for limit in limits),
             unknown_claim=unknown_claim,
         )
 
