@@ -18,7 +18,7 @@ customers at the policy's 1 call/s), drained every `--batch` observations as the
   that does nothing but yield), with the garbage collector on (as a gateway runs) and the
   number of collections it made;
 - after the passes, `gc.collect()`: GC-tracked objects per customer (`len(gc.get_objects())`
-  against before the feed), and with --tracemalloc the live bytes per customer allocated by
+  against before the feed; by type with --census), and with --tracemalloc the live bytes per customer allocated by
   gateway/detect and gateway/state (the sightings the detectors write).
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+from collections import Counter
 import gc
 import io
 import json
@@ -160,6 +161,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                  T0 - 60, T0 + 86400)
         for c in range(customers)]
     gc.collect()
+    types_before = Counter(type(o).__name__ for o in gc.get_objects()) if args.census else None
     if args.tracemalloc:
         tracemalloc.start()
     traced_before = tracemalloc.get_traced_memory()[0] if args.tracemalloc else 0
@@ -199,6 +201,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "tracked": engine.tracked,
         "gc_objects_per_customer": round((len(gc.get_objects()) - objects_before) / customers, 2),
     }
+    if types_before is not None:
+        grown = Counter(type(o).__name__ for o in gc.get_objects())
+        grown.subtract(types_before)
+        result["gc_objects_per_customer_by_type"] = {name: round(count / customers, 2)
+                                                     for name, count in grown.most_common(12)}
     if args.tracemalloc:
         snapshot = tracemalloc.take_snapshot()
         by: dict[str, int] = {}
@@ -228,6 +235,7 @@ def main() -> None:
     parser.add_argument("--tracemalloc", action="store_true", help="live bytes per customer (slower)")
     parser.add_argument("--lines", type=int, default=0, help="with --tracemalloc: the N lines that allocated most")
     parser.add_argument("--profile", type=int, default=0, help="cProfile the drains; print the N top functions")
+    parser.add_argument("--census", action="store_true", help="GC-tracked objects per customer by type")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     # The gateway's own collector settings (server.gc's defaults), frozen after start-up.

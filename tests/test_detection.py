@@ -525,7 +525,8 @@ async def test_tracked_identities_are_bounded():
 
 async def test_identities_idle_past_every_window_are_swept_and_an_offender_is_kept_a_day(sightings):
     clock = ManualClock(T0)
-    engine = make_detection(sightings, SCRAPING, clock)
+    # Sharing on too: its marks are the context's table (scraping's live in the tracks).
+    engine = make_detection(sightings, {**SCRAPING, "sharing": {"action": "flag"}}, clock)
     tables = Tables()
     engine.watch(tables)
     sweeper = Sweeper(tables, budget=100, interval=0.1, full_pass=1.0)

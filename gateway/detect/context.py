@@ -50,6 +50,7 @@ class Context:
         # What was last sent to the store, and when.
         self.written: BoundedTable[Mark, float] = BoundedTable(_MAX_WRITTEN, _stale)
         self.idle_for = 0.0
+        self.epoch = 0  # changes when nothing reached the store: marks kept in tracks are void
 
     def configure(self, config: GatewayConfig, hasher: Hasher) -> None:
         self.config = config
@@ -110,6 +111,7 @@ class Context:
     def forget_written(self) -> None:
         """Nothing reached the store: write everything again next time."""
         self.written.clear()
+        self.epoch += 1
 
 
 def idle_for(settings: DetectionSettings) -> float:

@@ -238,8 +238,8 @@ class Detection:
             if n % _PACE_EVERY == 0 and clock() - since >= _HOLD:
                 await asyncio.sleep(0)  # other requests run between chunks
                 since = clock()
-            if grants.agents and obs.route_class != PROOF and grants.agent_allowed(
-                    obs.headers.get("User-Agent", ""), obs.at):
+            agent = obs.agent = obs.headers.get("User-Agent", "")
+            if grants.agents and obs.route_class != PROOF and grants.agent_allowed(agent, obs.at):
                 continue  # an integration allow-listed through the admin API
             for detector in detectors:
                 detector.observe(obs, seen)

@@ -32,6 +32,7 @@ _ANSWERS_MASK = (1 << _ANSWERS_KEPT) - 1
 # Looping is the same request at more than this many times the polling rate ("several a second").
 _LOOP_OVER_POLL = 2.0
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since")
+_MARKS_KEPT = 32  # requests a track remembers having written (ScrapingTrack.due)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +48,11 @@ class Signal:
     overlaps: str | None = None
 
 
+Record = tuple[str, tuple[int, ...]]  # a target's template and the ids in it
+
+
 @lru_cache(maxsize=16384)
-def template_of(target: str, pagination: frozenset[str] = frozenset(DEFAULT_PAGINATION)
-                ) -> tuple[str, tuple[int, ...]]:
+def template_of(target: str, pagination: frozenset[str] = frozenset(DEFAULT_PAGINATION)) -> Record:
     """'/tickets/17?page=3' -> ('/tickets/#', (17,)): the route template and its numbers. Paging
     parameters are dropped: walking pages of a list is how a sync reads it, not enumeration."""
     path, _, query = target.partition("?")
@@ -93,7 +96,8 @@ class ScrapingTrack:
     evidence (a signal fired); the last answers are bits of an int, not a deque of bools."""
 
     __slots__ = ("score", "scored_at", "offences", "acted", "last_page_at", "samples", "intervals", "templates",
-                 "loops", "answers", "answered", "invalid", "offered", "proofs", "noted_block", "reads", "seen")
+                 "loops", "answers", "answered", "invalid", "offered", "proofs", "noted_block", "reads", "seen",
+                 "written")
 
     def __init__(self, samples: int) -> None:
         self.score = 0.0
@@ -113,6 +117,32 @@ class ScrapingTrack:
         self.noted_block = 0.0  # the end of the block last named in a finding on a flag class
         self.reads = 0  # records read today, packed with the day (bulk.py)
         self.seen: dict[str, tuple[float, Signal]] | None = None  # each signal's last firing: the evidence
+        # The requests written to the sightings lately: (epoch, mark, at, mark, at, ...), oldest first.
+        self.written: tuple[int | float, ...] = ()
+
+    def due(self, mark: int, at: float, every: float, epoch: int) -> bool:
+        """Whether the request `mark` names (a hash of path and query, agent, session) should be
+        written to the sightings again: not if written within `every` seconds. Kept here, not in
+        the context's table of marks: a reader of distinct records makes a new mark each request,
+        and a flat tuple of ints and floats is a few bytes each and no object for the collector
+        (issue 14). Marks older than `every` say nothing and are dropped; `epoch` changes when
+        nothing reached the store (everything is written again)."""
+        written = self.written
+        if not written or written[0] != epoch:
+            self.written = (epoch, mark, at)
+            return True
+        kept: list[int | float] = [epoch]
+        for n in range(1, len(written), 2):
+            last = written[n + 1]
+            if at - last < every:
+                if written[n] == mark:
+                    return False
+                kept += (written[n], last)
+        if len(kept) > _MARKS_KEPT * 2:
+            del kept[1:3]  # the oldest: a request that came back within `every` is written once more
+        kept += (mark, at)
+        self.written = tuple(kept)
+        return True
 
     def note(self, at: float, fired: list[Signal]) -> None:
         if self.seen is None:
@@ -153,7 +183,8 @@ class ScrapingSignals:
         self.weights = settings.weights.model_dump()
         self.pagination = frozenset(name.lower() for name in settings.pagination_params)
 
-    def signals(self, obs: Observation, agent: str, track: ScrapingTrack) -> list[Signal]:
+    def signals(self, obs: Observation, agent: str, track: ScrapingTrack, record: Record) -> list[Signal]:
+        """`record`: template_of the target (unused for a refused request)."""
         settings, weights, fired = self.settings, self.weights, []
         page = obs.route_class in PAGE_CLASSES
         if obs.refused:
@@ -181,7 +212,7 @@ class ScrapingSignals:
             if weights["regular_cadence"]:
                 fired += self._cadence_signal(track, obs.at)
         if weights["enumeration"]:
-            fired += self._walking(track, obs.target, obs.status)
+            fired += self._walking(track, record, obs.status)
         if weights["invalid_destinations"] and self._invalid(track, obs.status):
             fired.append(Signal("invalid_destinations", round(track.invalid / track.answered, 2),
                                 settings.invalid_ratio))
@@ -208,9 +239,9 @@ class ScrapingSignals:
         mean = statistics.fmean(intervals)
         return statistics.pstdev(intervals, mean) / mean if mean > 0 else None
 
-    def _walking(self, track: ScrapingTrack, target: str, status: int) -> list[Signal]:
+    def _walking(self, track: ScrapingTrack, record: Record, status: int) -> list[Signal]:
         settings = self.settings
-        template, numbers = template_of(target, self.pagination)
+        template, numbers = record
         if not numbers:
             return []
         walk = track.templates.pop(template)

@@ -24,6 +24,9 @@ class SeatsDetector:
         self._months: tuple[float, float, str] = (0.0, 0.0, "")  # start, end, label of the current month
         self._reported: dict[str, float] = {}
         self._pending: dict[str, tuple[Observation, Query]] = {}
+        # Seats per plan, looked up once per config rather than per observation.
+        config = ctx.config
+        self._seats = {name: plan.seats for name, plan in config.plans.items()}
 
     def observe(self, obs: Observation, seen: list[Sighting]) -> None:
         if obs.customer is None or obs.user is None or self._seats_of(obs.customer) is None:
@@ -46,9 +49,7 @@ class SeatsDetector:
             yield
 
     def _seats_of(self, customer: str) -> int | None:
-        config = self._ctx.config
-        plan = config.plans.get(config.plan_of(customer) or "")
-        return plan.seats if plan is not None else None
+        return self._seats.get(self._ctx.config.plan_of(customer) or "")
 
     def _month_of(self, at: float) -> tuple[float, float, str]:
         """Start, end and label (YYYY-MM) of the month of `at` in the quota time zone; cached."""

@@ -130,7 +130,7 @@ class SharingWatch:
 
     def _device(self, obs: Observation) -> tuple[str, str]:
         """The device and its class; a device id's class is still read off the user agent."""
-        named = device_of(obs.headers.get("User-Agent", ""))
+        named = device_of(obs.agent)
         device = self.device_mark(obs)
         return ("id:" + self._hasher.hash(device) if device else named), device_class(named)
 

@@ -42,7 +42,7 @@ class SharingDetector:
             self._share(obs)  # a session changed networks: judged at once, written or not
         # One mark for the login's session, address and device: seen the same way within
         # _SHARING_EVERY, its sharing sightings cannot have changed.
-        mark = (subject, obs.session, obs.client_ip, obs.headers.get("User-Agent", ""), watch.device_mark(obs))
+        mark = (subject, obs.session, obs.client_ip, obs.agent, watch.device_mark(obs))
         if ctx.due(mark, obs.at, _SHARING_EVERY):
             seen += watch.sightings(obs, track)
             self._share(obs)
