@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-from collections import Counter
 import gc
 import io
 import json
@@ -36,6 +35,7 @@ import pstats
 import sys
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +79,8 @@ def headers(pairs: dict[str, str]) -> CIMultiDictProxy[str]:
 
 API = headers({"Host": "api.example", "User-Agent": "python-requests/2.32.3", "Accept": "*/*",
                "Accept-Encoding": "gzip, deflate", "Authorization": "Bearer x"})
-BROWSERS = [headers({"Host": "portal.example", "User-Agent": agent, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+BROWSERS = [headers({"Host": "portal.example", "User-Agent": agent,
+                     "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
                      "Accept-Language": "en-GB,en;q=0.9", "Accept-Encoding": "gzip, deflate, br",
                      "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
                      "Cookie": "fg_session=eyJ0eXAi.x.y"}) for agent in (FIREFOX, CHROME)]

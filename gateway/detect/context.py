@@ -9,32 +9,29 @@ from gateway.config import GatewayConfig
 from gateway.config.detection import DetectionSettings
 from gateway.detect.addresses import Hasher
 from gateway.detect.findings import FindingLog
+from gateway.detect.marks import Written
 from gateway.detect.sanctions import Sanction, Sanctions
 from gateway.detect.scraping import ScrapingTrack
 from gateway.detect.sharing import SharingTrack
 from gateway.fleet.grants import Grants
 from gateway.state.bounded import BoundedTable
 
-_MAX_WRITTEN = 500_000
-# A mark older than this says nothing any more: every `due` caller's `every` is shorter.
-_WRITTEN_FOR = 60.0
 # A track past a finding remembers its offences this long at least (a repeat offender's block doubles).
 _OFFENCES_KEPT = 86400.0
 # Scores are forgotten once decayed below 1/1024 of what they were.
 _HALF_LIVES = 10
-# What was written to the sightings store, as `due` remembers it (identity, path or address, agent, ...).
-Mark = tuple[str | None, ...]
 
 
 class Track:
     """Per identity, in this process: one table entry holds what each detector keeps for it."""
 
-    __slots__ = ("at", "scraping", "sharing")
+    __slots__ = ("at", "scraping", "sharing", "seat")
 
     def __init__(self, at: float) -> None:
         self.at = at  # last observed: the sweep forgets tracks idle past every window (`Context.idle_for`)
         self.scraping: ScrapingTrack | None = None
         self.sharing: SharingTrack | None = None
+        self.seat: Written = ()  # when the login's seat was last written to the sightings (marks.py)
 
 
 class Context:
@@ -47,10 +44,12 @@ class Context:
         self.grants = grants
         self.sanction = sanction  # applies here and tells the fleet
         self.tracks: BoundedTable[str, Track] = BoundedTable(0, self._idle)  # limit: detection.max_tracked
-        # What was last sent to the store, and when.
-        self.written: BoundedTable[Mark, float] = BoundedTable(_MAX_WRITTEN, _stale)
         self.idle_for = 0.0
-        self.epoch = 0  # changes when nothing reached the store: marks kept in tracks are void
+        # The last track looked up, for the detectors after the first on one observation; the
+        # engine clears it before each (a sweep may run between two observations).
+        self.recent: tuple[str, Track] | None = None
+        # What each track remembers having written (marks.py) holds for this epoch only.
+        self.epoch = 0
 
     def configure(self, config: GatewayConfig, hasher: Hasher) -> None:
         self.config = config
@@ -74,6 +73,9 @@ class Context:
         return subject
 
     def track(self, subject: str, at: float) -> Track:
+        recent = self.recent
+        if recent is not None and recent[0] is subject:
+            return recent[1]  # the next detector on the same observation: looked up and refreshed already
         track = self.tracks.get(subject)
         if track is None:
             track = Track(at)
@@ -81,6 +83,7 @@ class Context:
         else:
             self.tracks.move_to_end(subject)
             track.at = max(track.at, at)
+        self.recent = (subject, track)
         return track
 
     def scraping_track(self, subject: str, at: float) -> ScrapingTrack:
@@ -95,22 +98,8 @@ class Context:
             track.sharing = SharingTrack()
         return track.sharing
 
-    def due(self, mark: Mark, at: float, every: float) -> bool:
-        """Whether what `mark` describes should be written to the store again.
-
-        The same identity seen again the same way (session, address, agent; or path) within
-        `every` seconds is not written again: last-seen times are that coarse, a steady
-        client costs the store nothing, and only an identity with something new is counted."""
-        written = self.written
-        last = written.get(mark)
-        if last is not None and at - last < every:
-            return False
-        written.put(mark, at)
-        return True
-
     def forget_written(self) -> None:
         """Nothing reached the store: write everything again next time."""
-        self.written.clear()
         self.epoch += 1
 
 
@@ -121,7 +110,3 @@ def idle_for(settings: DetectionSettings) -> float:
     windows = sharing.windows
     return max(scraping.evidence_window, scraping.half_life * _HALF_LIVES, scraping.loop_duration,
                1.0 / scraping.poll_rate, windows.concurrent, windows.devices, windows.session, sharing.cooldown)
-
-
-def _stale(at: float, now: float) -> bool:
-    return now - at >= _WRITTEN_FOR

@@ -8,7 +8,7 @@ memory bench, issue 14). Insertion order is kept, as a dict's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -68,6 +68,16 @@ class Few(Generic[K, V]):
             value, self._one = self._one[1], None
             return value
         return None
+
+    def keep(self, wanted: Callable[[V], bool]) -> None:
+        """Drop the entries whose value is not `wanted`; a single one left goes back to the slot."""
+        if self._many is None:
+            if self._one is not None and not wanted(self._one[1]):
+                self._one = None
+            return
+        kept = [(key, value) for key, value in self._many.items() if wanted(value)]
+        self._one = kept[0] if len(kept) == 1 else None
+        self._many = dict(kept) if len(kept) > 1 else None
 
     def __delitem__(self, key: K) -> None:
         if key not in self:

@@ -21,6 +21,7 @@ from gateway.config.detection import DEFAULT_PAGINATION
 from gateway.config.detection import ScrapingDetector as ScrapingSettings
 from gateway.detect.agents import AgentClassifier
 from gateway.detect.few import Few
+from gateway.detect.marks import Written
 from gateway.detect.observation import Observation
 
 PAGE_CLASSES = frozenset({"portal", "public"})
@@ -31,8 +32,6 @@ _ANSWERS_KEPT = 100
 _ANSWERS_MASK = (1 << _ANSWERS_KEPT) - 1
 # Looping is the same request at more than this many times the polling rate ("several a second").
 _LOOP_OVER_POLL = 2.0
-_CONDITIONAL = ("If-None-Match", "If-Modified-Since")
-_MARKS_KEPT = 32  # requests a track remembers having written (ScrapingTrack.due)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,22 +70,12 @@ def in_sequence(previous: tuple[int, ...], current: tuple[int, ...]) -> bool:
     return moved == [1]
 
 
-class _Walk:
-    """One id template of one identity: the last numbers, the run in sequence, probes and misses."""
-
-    __slots__ = ("numbers", "run", "probes", "misses")
-
-    def __init__(self, numbers: tuple[int, ...]) -> None:
-        self.numbers, self.run, self.probes, self.misses = numbers, 1, 0, 0
-
-
-class _Repeat:
-    """One request repeated: since when, how often, and the last time."""
-
-    __slots__ = ("since", "count", "last")
-
-    def __init__(self, at: float) -> None:
-        self.since, self.count, self.last = at, 0, at
+# Per identity, kept as tuples of numbers rather than objects: the collector stops tracking a
+# tuple of atoms, where every instance stays tracked (issue 14: GC pauses grow with tracked objects).
+# One id template: the last numbers, the run in sequence, probes, misses.
+_Walk = tuple[tuple[int, ...], int, int, int]
+# One request repeated: since when, how often, the last time.
+_Repeat = tuple[float, int, float]
 
 
 class ScrapingTrack:
@@ -117,32 +106,7 @@ class ScrapingTrack:
         self.noted_block = 0.0  # the end of the block last named in a finding on a flag class
         self.reads = 0  # records read today, packed with the day (bulk.py)
         self.seen: dict[str, tuple[float, Signal]] | None = None  # each signal's last firing: the evidence
-        # The requests written to the sightings lately: (epoch, mark, at, mark, at, ...), oldest first.
-        self.written: tuple[int | float, ...] = ()
-
-    def due(self, mark: int, at: float, every: float, epoch: int) -> bool:
-        """Whether the request `mark` names (a hash of path and query, agent, session) should be
-        written to the sightings again: not if written within `every` seconds. Kept here, not in
-        the context's table of marks: a reader of distinct records makes a new mark each request,
-        and a flat tuple of ints and floats is a few bytes each and no object for the collector
-        (issue 14). Marks older than `every` say nothing and are dropped; `epoch` changes when
-        nothing reached the store (everything is written again)."""
-        written = self.written
-        if not written or written[0] != epoch:
-            self.written = (epoch, mark, at)
-            return True
-        kept: list[int | float] = [epoch]
-        for n in range(1, len(written), 2):
-            last = written[n + 1]
-            if at - last < every:
-                if written[n] == mark:
-                    return False
-                kept += (written[n], last)
-        if len(kept) > _MARKS_KEPT * 2:
-            del kept[1:3]  # the oldest: a request that came back within `every` is written once more
-        kept += (mark, at)
-        self.written = tuple(kept)
-        return True
+        self.written: Written = ()  # the requests written to the sightings lately (marks.py)
 
     def note(self, at: float, fired: list[Signal]) -> None:
         if self.seen is None:
@@ -245,25 +209,24 @@ class ScrapingSignals:
         if not numbers:
             return []
         walk = track.templates.pop(template)
+        missed = int(status == 404)
         if walk is None:
-            walk = _Walk(numbers)
+            run, probes, misses = 1, 1, missed
         else:
-            walk.run = walk.run + 1 if in_sequence(walk.numbers, numbers) else 1
-            walk.numbers = numbers
-        walk.probes += 1
-        walk.misses += status == 404
+            run = walk[1] + 1 if in_sequence(walk[0], numbers) else 1
+            probes, misses = walk[2] + 1, walk[3] + missed
         if len(track.templates) >= _MAX_TEMPLATES:
             # A dict this small is compacted every few dozen writes, so its first key is a few
             # slots away at most (a big table is not: state/bounded.py); an OrderedDict per
             # identity would cost more memory than it saves time.
             del track.templates[next(iter(track.templates))]
-        track.templates[template] = walk
-        if walk.run >= settings.enumeration_run:
-            return [Signal("enumeration", f"{walk.run} ids in sequence", settings.enumeration_run)]
-        ratio = walk.misses / walk.probes
-        if walk.probes >= settings.enumeration_probes and status == 404 and ratio >= settings.enumeration_miss_ratio:
+        track.templates[template] = (numbers, run, probes, misses)
+        if run >= settings.enumeration_run:
+            return [Signal("enumeration", f"{run} ids in sequence", settings.enumeration_run)]
+        ratio = misses / probes
+        if probes >= settings.enumeration_probes and status == 404 and ratio >= settings.enumeration_miss_ratio:
             # Many misses are also a high share of 4xx: not a second piece of evidence.
-            return [Signal("enumeration", f"{ratio:.2f} of {walk.probes} ids missing",
+            return [Signal("enumeration", f"{ratio:.2f} of {probes} ids missing",
                            settings.enumeration_miss_ratio, overlaps="invalid_destinations")]
         return []
 
@@ -281,23 +244,30 @@ class ScrapingSignals:
     def _looping(self, track: ScrapingTrack, obs: Observation) -> list[Signal]:
         """The same request faster than a poller would send it, for loop_duration or longer.
         A conditional request is polling by definition: it asks whether anything changed."""
-        if any(obs.headers.get(name) for name in _CONDITIONAL):
+        headers = obs.headers
+        if headers.get("If-None-Match") or headers.get("If-Modified-Since"):
             return []
-        settings = self.settings
+        settings, at, loops = self.settings, obs.at, track.loops
         key = (obs.method, obs.target, obs.body_digest)
-        repeat = track.loops.get(key)
-        limit = settings.poll_rate * _LOOP_OVER_POLL
-        if repeat is None or obs.at - repeat.last > 1.0 / settings.poll_rate:
+        repeat = loops.get(key)
+        pause = 1.0 / settings.poll_rate
+        if repeat is None or at - repeat[2] > pause:
             # New, or a pause a poller would make: the run starts again.
-            if repeat is None and len(track.loops) >= _MAX_LOOP_KEYS:
-                track.loops.clear()
-            repeat = track.loops[key] = _Repeat(obs.at)
-        repeat.count += 1
-        repeat.last = obs.at
-        lasted = obs.at - repeat.since
+            if repeat is None and loops:
+                # A request paused that long starts again whatever it holds: forgotten now, so a
+                # reader of distinct records keeps one entry, not one per record it read.
+                loops.keep(lambda kept: at - kept[2] <= pause)
+                if len(loops) >= _MAX_LOOP_KEYS:
+                    loops.clear()
+            since, count = at, 1
+        else:
+            since, count = repeat[0], repeat[1] + 1
+        loops[key] = (since, count, at)
+        lasted = at - since
         if lasted < settings.loop_duration:
             return []
-        rate = (repeat.count - 1) / lasted
+        limit = settings.poll_rate * _LOOP_OVER_POLL
+        rate = (count - 1) / lasted
         if rate <= limit:
             return []
         return [Signal("looping", f"{rate:.1f}/s for {lasted:.0f}s", f"{limit:g}/s for {settings.loop_duration:g}s")]

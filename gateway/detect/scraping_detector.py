@@ -12,6 +12,7 @@ from gateway.detect.bulk import BulkReads
 from gateway.detect.context import Context
 from gateway.detect.crowd import CrowdWalks
 from gateway.detect.findings import SCRAPING, Action, Finding
+from gateway.detect.marks import due
 from gateway.detect.networks import NetworkMemory
 from gateway.detect.observation import PROOF, Observation, network_part
 from gateway.detect.sanctions import AUTOMATION, CHALLENGE, Sanction
@@ -78,7 +79,9 @@ class ScrapingDetector:
         if fired:
             self._add_score(obs, track, fired, 1)
         self._scored[subject] = self._scored.get(subject, 0) + 1
-        if track.due(hash((obs.target, agent, obs.session)), obs.at, _PATHS_EVERY, ctx.epoch):
+        written = due(track.written, hash((obs.target, agent, obs.session)), obs.at, _PATHS_EVERY, ctx.epoch)
+        if written is not None:
+            track.written = written
             paths, agents = self._key(subject, "paths"), self._key(subject, f"agents:{obs.session or ''}")
             settings = self._signals.settings
             # Agents per session: people sharing a login each keep their own browser (the sharing

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from gateway.detect.context import Context
 from gateway.detect.findings import SEATS, Action, Finding
+from gateway.detect.marks import due
 from gateway.detect.observation import Observation
 from gateway.state.sightings import Answers, Query, Sighting
 
@@ -31,8 +32,11 @@ class SeatsDetector:
     def observe(self, obs: Observation, seen: list[Sighting]) -> None:
         if obs.customer is None or obs.user is None or self._seats_of(obs.customer) is None:
             return
-        if not self._ctx.due(("seat", obs.subject), obs.at, _SEAT_EVERY):
+        track = self._ctx.track(obs.subject, obs.at)
+        written = due(track.seat, 0, obs.at, _SEAT_EVERY, self._ctx.epoch)
+        if written is None:
             return  # written lately: the month's distinct users cannot have changed
+        track.seat = written
         key = self._key(obs)
         seen.append(Sighting(key, obs.user, obs.at, _SEAT_WINDOW, 100_000))
         self._pending[obs.customer] = (obs, Query(key, self._month_of(obs.at)[0]))

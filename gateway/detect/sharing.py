@@ -15,6 +15,7 @@ from gateway.config.detection import SharingDetector as SharingSettings
 from gateway.detect.addresses import Hasher, network_of
 from gateway.detect.agents import device_of
 from gateway.detect.few import Few
+from gateway.detect.marks import Written
 from gateway.detect.observation import Observation
 from gateway.state.sightings import Answers, Query, Sighting
 
@@ -38,28 +39,33 @@ class SharingQueries(NamedTuple):
 
 
 class _Hops:
-    """One session's network changes, in the order this process saw its requests."""
+    """One session's network changes, in the order this process saw its requests. Made at its
+    first change: until then (most sessions never change) the session is (network, last seen),
+    a tuple the garbage collector stops tracking."""
 
     __slots__ = ("network", "at", "switches", "networks")
 
-    def __init__(self, network: str, at: float) -> None:
-        self.network = network
+    def __init__(self, network: str, at: float, switches: deque[float], networks: dict[str, float]) -> None:
+        self.network = network  # in clear, this process only (as network_of gives it)
         self.at = at  # last seen (on `network`)
-        # Made at the first change of networks: most sessions never change.
-        self.switches: deque[float] | None = None
-        self.networks: dict[str, float] | None = None  # network hash -> last seen
+        self.switches = switches
+        self.networks = networks  # network hash -> last seen
+
+
+_Session = tuple[str, float] | _Hops
 
 
 class SharingTrack:
     """Per user in this process: when each session was first seen (to tell the newest) and how
     often each session changed networks (a copied token flips between them)."""
 
-    __slots__ = ("first_seen", "hops", "reported")
+    __slots__ = ("first_seen", "hops", "reported", "written")
 
     def __init__(self) -> None:
         self.first_seen: Few[str, float] = Few()
-        self.hops: Few[str, _Hops] = Few()
+        self.hops: Few[str, _Session] = Few()
         self.reported: dict[str, float] | None = None  # signal -> when last reported (cooldown); made on the first
+        self.written: Written = ()  # session, address, agent and device written to the sightings lately (marks.py)
 
 
 def device_class(device: str) -> str:
@@ -81,26 +87,27 @@ class SharingWatch:
     def hop(self, obs: Observation, track: SharingTrack) -> bool:
         """Note the session's network; True if it changed. Called for every observation, before
         any deduplication, since a copied token shows in the alternation between networks."""
-        session, network = obs.session, network_of(obs.client_ip)
+        session, network, at = obs.session, network_of(obs.client_ip), obs.at
         if not session or not network:
             return False
-        network = self._hasher.hash(network)
-        hops, switched = track.hops.get(session), False
-        if hops is None:
-            if len(track.hops) >= _MAX_SESSIONS_KEPT:
-                del track.hops[next(iter(track.hops))]
-            hops = track.hops[session] = _Hops(network, obs.at)
-        elif hops.network != network:
-            if hops.switches is None:
-                hops.switches, hops.networks = deque(), {hops.network: hops.at}
+        hops = track.hops.get(session)
+        if hops is None or isinstance(hops, tuple):
+            if hops is None:
+                if len(track.hops) >= _MAX_SESSIONS_KEPT:
+                    del track.hops[next(iter(track.hops))]
+            elif hops[0] != network:  # the session's first change of networks
+                hashed = self._hasher.hash
+                track.hops[session] = _Hops(network, at, deque((at,)), {hashed(hops[0]): hops[1], hashed(network): at})
+                return True
+            track.hops[session] = (network, at)
+            return False
+        switched = hops.network != network
+        if switched:
             hops.network = network
-            hops.switches.append(obs.at)
-            switched = True
-        hops.at = obs.at
-        if hops.switches is None or hops.networks is None:
-            return switched
-        hops.networks[network] = obs.at
-        horizon = obs.at - self.settings.windows.session
+            hops.switches.append(at)
+        hops.at = at
+        hops.networks[self._hasher.hash(network)] = at
+        horizon = at - self.settings.windows.session
         while hops.switches and hops.switches[0] < horizon:
             hops.switches.popleft()
         if len(hops.networks) > 16:
@@ -166,8 +173,7 @@ class SharingWatch:
             evidence["devices"] = {"within": windows.devices, "allowed": allowance.devices,
                                    "seen": sorted(devices)}
         hops = track.hops.get(obs.session or "")
-        if hops is not None and hops.switches is not None and hops.networks is not None and len(
-                hops.switches) > allowance.session_switches:
+        if isinstance(hops, _Hops) and len(hops.switches) > allowance.session_switches:
             over.append("session_networks")
             horizon = now - windows.session
             evidence["session_networks"] = {
