@@ -8,11 +8,12 @@ from collections.abc import Callable
 from gateway.config import GatewayConfig
 from gateway.config.detection import DetectionSettings
 from gateway.detect.addresses import Hasher
+from gateway.detect.few import Few
 from gateway.detect.findings import FindingLog
 from gateway.detect.marks import Written
 from gateway.detect.sanctions import Sanction, Sanctions
 from gateway.detect.scraping import ScrapingTrack
-from gateway.detect.sharing import SharingTrack
+from gateway.detect.sharing import Session, SharingTrack
 from gateway.fleet.grants import Grants
 from gateway.state.bounded import BoundedTable
 
@@ -22,16 +23,22 @@ _OFFENCES_KEPT = 86400.0
 _HALF_LIVES = 10
 
 
-class Track:
-    """Per identity, in this process: one table entry holds what each detector keeps for it."""
+class Track(ScrapingTrack):
+    """Per identity, in this process: what every detector keeps for it, in one object (scraping's
+    fields from ScrapingTrack, sharing's as sharing.SharingTrack describes them, the seat's
+    mark). One object, not one per detector: each costs its header and is one more for the
+    garbage collector to walk, for every identity seen (issue 14)."""
 
-    __slots__ = ("at", "scraping", "sharing", "seat")
+    __slots__ = ("at", "seat", "first_seen", "hops", "reported", "shared")
 
-    def __init__(self, at: float) -> None:
+    def __init__(self, at: float, samples: int) -> None:
+        super().__init__(samples)
         self.at = at  # last observed: the sweep forgets tracks idle past every window (`Context.idle_for`)
-        self.scraping: ScrapingTrack | None = None
-        self.sharing: SharingTrack | None = None
         self.seat: Written = ()  # when the login's seat was last written to the sightings (marks.py)
+        self.first_seen: Few[str, float] | None = None
+        self.hops: Few[str, Session] | None = None
+        self.reported: dict[str, float] | None = None
+        self.shared: Written = ()
 
 
 class Context:
@@ -64,7 +71,7 @@ class Context:
         idle = now - track.at
         if idle <= self.idle_for:
             return False
-        return track.scraping is None or not track.scraping.offences or idle > max(_OFFENCES_KEPT, self.idle_for)
+        return not track.offences or idle > max(_OFFENCES_KEPT, self.idle_for)
 
     def public(self, subject: str) -> str:
         """A subject as findings and shared state name it: anonymous networks only hashed."""
@@ -78,7 +85,7 @@ class Context:
             return recent[1]  # the next detector on the same observation: looked up and refreshed already
         track = self.tracks.get(subject)
         if track is None:
-            track = Track(at)
+            track = Track(at, self.settings.scraping.cadence_samples)
             self.tracks.put(subject, track)
         else:
             self.tracks.move_to_end(subject)
@@ -87,16 +94,10 @@ class Context:
         return track
 
     def scraping_track(self, subject: str, at: float) -> ScrapingTrack:
-        track = self.track(subject, at)
-        if track.scraping is None:
-            track.scraping = ScrapingTrack(self.settings.scraping.cadence_samples)
-        return track.scraping
+        return self.track(subject, at)
 
     def sharing_track(self, subject: str, at: float) -> SharingTrack:
-        track = self.track(subject, at)
-        if track.sharing is None:
-            track.sharing = SharingTrack()
-        return track.sharing
+        return self.track(subject, at)
 
     def forget_written(self) -> None:
         """Nothing reached the store: write everything again next time."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from gateway.auth.cookies import cookie_value
 from gateway.config.detection import SharingAllowance
@@ -52,20 +52,18 @@ class _Hops:
         self.networks = networks  # network hash -> last seen
 
 
-_Session = tuple[str, float] | _Hops
+Session = tuple[str, float] | _Hops
 
 
-class SharingTrack:
-    """Per user in this process: when each session was first seen (to tell the newest) and how
-    often each session changed networks (a copied token flips between them)."""
+class SharingTrack(Protocol):
+    """What a login's track (context.Track, one object per identity) holds for sharing: when each
+    session was first seen (to tell the newest) and how often each session changed networks (a
+    copied token flips between them). The maps are made on the login's first use."""
 
-    __slots__ = ("first_seen", "hops", "reported", "written")
-
-    def __init__(self) -> None:
-        self.first_seen: Few[str, float] = Few()
-        self.hops: Few[str, _Session] = Few()
-        self.reported: dict[str, float] | None = None  # signal -> when last reported (cooldown); made on the first
-        self.written: Written = ()  # session, address, agent and device written to the sightings lately (marks.py)
+    first_seen: Few[str, float] | None
+    hops: Few[str, Session] | None
+    reported: dict[str, float] | None  # signal -> when last reported (cooldown); made on the first
+    shared: Written  # session, address, agent and device written to the sightings lately (marks.py)
 
 
 def device_class(device: str) -> str:
@@ -90,16 +88,19 @@ class SharingWatch:
         session, network, at = obs.session, network_of(obs.client_ip), obs.at
         if not session or not network:
             return False
-        hops = track.hops.get(session)
+        sessions = track.hops
+        if sessions is None:
+            sessions = track.hops = Few()
+        hops = sessions.get(session)
         if hops is None or isinstance(hops, tuple):
             if hops is None:
-                if len(track.hops) >= _MAX_SESSIONS_KEPT:
-                    del track.hops[next(iter(track.hops))]
+                if len(sessions) >= _MAX_SESSIONS_KEPT:
+                    del sessions[next(iter(sessions))]
             elif hops[0] != network:  # the session's first change of networks
                 hashed = self._hasher.hash
-                track.hops[session] = _Hops(network, at, deque((at,)), {hashed(hops[0]): hops[1], hashed(network): at})
+                sessions[session] = _Hops(network, at, deque((at,)), {hashed(hops[0]): hops[1], hashed(network): at})
                 return True
-            track.hops[session] = (network, at)
+            sessions[session] = (network, at)
             return False
         switched = hops.network != network
         if switched:
@@ -116,10 +117,13 @@ class SharingWatch:
 
     def sightings(self, obs: Observation, track: SharingTrack) -> list[Sighting]:
         subject, windows = obs.subject, self.settings.windows
-        if obs.session and obs.session not in track.first_seen:
-            if len(track.first_seen) >= _MAX_SESSIONS_KEPT:
-                del track.first_seen[min(track.first_seen, key=track.first_seen.__getitem__)]
-            track.first_seen[obs.session] = obs.at
+        first_seen = track.first_seen
+        if first_seen is None:
+            first_seen = track.first_seen = Few()
+        if obs.session and obs.session not in first_seen:
+            if len(first_seen) >= _MAX_SESSIONS_KEPT:
+                del first_seen[min(first_seen, key=first_seen.__getitem__)]
+            first_seen[obs.session] = obs.at
         device, kind = self._device(obs)
         network = network_of(obs.client_ip)
         use = f"{kind}|{device}|{obs.session or ''}|{self._hasher.hash(network) if network else ''}"
@@ -172,7 +176,7 @@ class SharingWatch:
             over.append("devices")
             evidence["devices"] = {"within": windows.devices, "allowed": allowance.devices,
                                    "seen": sorted(devices)}
-        hops = track.hops.get(obs.session or "")
+        hops = track.hops.get(obs.session or "") if track.hops is not None else None
         if isinstance(hops, _Hops) and len(hops.switches) > allowance.session_switches:
             over.append("session_networks")
             horizon = now - windows.session
@@ -193,7 +197,8 @@ class SharingWatch:
         if "session_networks" in over:
             newest = obs.session  # the copied token itself: every copy asks again
         else:
-            newest = max((s for s in sessions if s in track.first_seen), key=track.first_seen.__getitem__,
+            first_seen = track.first_seen or Few()
+            newest = max((s for s in sessions if s in first_seen), key=first_seen.__getitem__,
                          default=None) if len(sessions) > 1 else None
         evidence["sessions"] = sorted(sessions)
         evidence["allowance"] = allowance.model_dump()

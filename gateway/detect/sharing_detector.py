@@ -44,9 +44,9 @@ class SharingDetector:
         # One mark for the login's session, address and device: seen the same way within
         # _SHARING_EVERY, its sharing sightings cannot have changed.
         mark = hash((obs.session, obs.client_ip, obs.agent, watch.device_mark(obs)))
-        written = due(track.written, mark, obs.at, _SHARING_EVERY, ctx.epoch)
+        written = due(track.shared, mark, obs.at, _SHARING_EVERY, ctx.epoch)
         if written is not None:
-            track.written = written
+            track.shared = written
             seen += watch.sightings(obs, track)
             self._share(obs)
 
