@@ -35,8 +35,8 @@ class Track(ScrapingTrack):
         super().__init__(samples)
         self.at = at  # last observed: the sweep forgets tracks idle past every window (`Context.idle_for`)
         self.seat: Written = ()  # when the login's seat was last written to the sightings (marks.py)
-        self.first_seen: Few[str, float] | None = None
-        self.hops: Few[str, Session] | None = None
+        self.first_seen: Few[str, float] = None
+        self.hops: Few[str, Session] = None
         self.reported: dict[str, float] | None = None
         self.shared: Written = ()
 

@@ -19,6 +19,7 @@ from functools import lru_cache
 
 from gateway.config.detection import DEFAULT_PAGINATION
 from gateway.config.detection import ScrapingDetector as ScrapingSettings
+from gateway.detect import few
 from gateway.detect.agents import AgentClassifier
 from gateway.detect.few import Few
 from gateway.detect.marks import Written
@@ -96,8 +97,8 @@ class ScrapingTrack:
         self.last_page_at: float | None = None
         self.samples = samples  # page intervals the cadence needs
         self.intervals: deque[float] | None = None
-        self.templates: Few[str, _Walk] = Few()
-        self.loops: Few[tuple[str, str, bytes | None], _Repeat] = Few()
+        self.templates: Few[str, _Walk] = None  # few.py
+        self.loops: Few[tuple[str, str, bytes | None], _Repeat] = None
         self.answers = 0  # the last _ANSWERS_KEPT answers, newest in bit 0: 1 for a 4xx
         self.answered = 0  # how many of those bits hold an answer
         self.invalid = 0
@@ -208,19 +209,19 @@ class ScrapingSignals:
         template, numbers = record
         if not numbers:
             return []
-        walk = track.templates.pop(template)
+        templates, walk = few.pop(track.templates, template)
         missed = int(status == 404)
         if walk is None:
             run, probes, misses = 1, 1, missed
         else:
             run = walk[1] + 1 if in_sequence(walk[0], numbers) else 1
             probes, misses = walk[2] + 1, walk[3] + missed
-        if len(track.templates) >= _MAX_TEMPLATES:
+        if few.size(templates) >= _MAX_TEMPLATES:
             # A dict this small is compacted every few dozen writes, so its first key is a few
             # slots away at most (a big table is not: state/bounded.py); an OrderedDict per
             # identity would cost more memory than it saves time.
-            del track.templates[next(iter(track.templates))]
-        track.templates[template] = (numbers, run, probes, misses)
+            templates, _ = few.pop(templates, few.first(templates))
+        track.templates = few.put(templates, template, (numbers, run, probes, misses))
         if run >= settings.enumeration_run:
             return [Signal("enumeration", f"{run} ids in sequence", settings.enumeration_run)]
         ratio = misses / probes
@@ -249,20 +250,20 @@ class ScrapingSignals:
             return []
         settings, at, loops = self.settings, obs.at, track.loops
         key = (obs.method, obs.target, obs.body_digest)
-        repeat = loops.get(key)
+        repeat = few.get(loops, key)
         pause = 1.0 / settings.poll_rate
         if repeat is None or at - repeat[2] > pause:
             # New, or a pause a poller would make: the run starts again.
             if repeat is None and loops:
                 # A request paused that long starts again whatever it holds: forgotten now, so a
                 # reader of distinct records keeps one entry, not one per record it read.
-                loops.keep(lambda kept: at - kept[2] <= pause)
-                if len(loops) >= _MAX_LOOP_KEYS:
-                    loops.clear()
+                loops = few.keep(loops, lambda kept: at - kept[2] <= pause)
+                if few.size(loops) >= _MAX_LOOP_KEYS:
+                    loops = None
             since, count = at, 1
         else:
             since, count = repeat[0], repeat[1] + 1
-        loops[key] = (since, count, at)
+        track.loops = few.put(loops, key, (since, count, at))
         lasted = at - since
         if lasted < settings.loop_duration:
             return []

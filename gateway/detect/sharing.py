@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Protocol
 from gateway.auth.cookies import cookie_value
 from gateway.config.detection import SharingAllowance
 from gateway.config.detection import SharingDetector as SharingSettings
+from gateway.detect import few
 from gateway.detect.addresses import Hasher, network_of
 from gateway.detect.agents import device_of
 from gateway.detect.few import Few
@@ -60,8 +61,8 @@ class SharingTrack(Protocol):
     session was first seen (to tell the newest) and how often each session changed networks (a
     copied token flips between them). The maps are made on the login's first use."""
 
-    first_seen: Few[str, float] | None
-    hops: Few[str, Session] | None
+    first_seen: Few[str, float]  # few.py
+    hops: Few[str, Session]
     reported: dict[str, float] | None  # signal -> when last reported (cooldown); made on the first
     shared: Written  # session, address, agent and device written to the sightings lately (marks.py)
 
@@ -89,18 +90,17 @@ class SharingWatch:
         if not session or not network:
             return False
         sessions = track.hops
-        if sessions is None:
-            sessions = track.hops = Few()
-        hops = sessions.get(session)
+        hops = few.get(sessions, session)
         if hops is None or isinstance(hops, tuple):
             if hops is None:
-                if len(sessions) >= _MAX_SESSIONS_KEPT:
-                    del sessions[next(iter(sessions))]
+                if few.size(sessions) >= _MAX_SESSIONS_KEPT:
+                    sessions, _ = few.pop(sessions, few.first(sessions))
             elif hops[0] != network:  # the session's first change of networks
                 hashed = self._hasher.hash
-                sessions[session] = _Hops(network, at, deque((at,)), {hashed(hops[0]): hops[1], hashed(network): at})
+                track.hops = few.put(sessions, session, _Hops(network, at, deque((at,)),
+                                                              {hashed(hops[0]): hops[1], hashed(network): at}))
                 return True
-            sessions[session] = (network, at)
+            track.hops = few.put(sessions, session, (network, at))
             return False
         switched = hops.network != network
         if switched:
@@ -118,12 +118,11 @@ class SharingWatch:
     def sightings(self, obs: Observation, track: SharingTrack) -> list[Sighting]:
         subject, windows = obs.subject, self.settings.windows
         first_seen = track.first_seen
-        if first_seen is None:
-            first_seen = track.first_seen = Few()
-        if obs.session and obs.session not in first_seen:
-            if len(first_seen) >= _MAX_SESSIONS_KEPT:
-                del first_seen[min(first_seen, key=first_seen.__getitem__)]
-            first_seen[obs.session] = obs.at
+        if obs.session and not few.has(first_seen, obs.session):
+            if few.size(first_seen) >= _MAX_SESSIONS_KEPT:
+                oldest = min(few.items(first_seen), key=lambda item: item[1])[0]
+                first_seen, _ = few.pop(first_seen, oldest)
+            track.first_seen = few.put(first_seen, obs.session, obs.at)
         device, kind = self._device(obs)
         network = network_of(obs.client_ip)
         use = f"{kind}|{device}|{obs.session or ''}|{self._hasher.hash(network) if network else ''}"
@@ -176,7 +175,7 @@ class SharingWatch:
             over.append("devices")
             evidence["devices"] = {"within": windows.devices, "allowed": allowance.devices,
                                    "seen": sorted(devices)}
-        hops = track.hops.get(obs.session or "") if track.hops is not None else None
+        hops = few.get(track.hops, obs.session or "")
         if isinstance(hops, _Hops) and len(hops.switches) > allowance.session_switches:
             over.append("session_networks")
             horizon = now - windows.session
@@ -197,7 +196,7 @@ class SharingWatch:
         if "session_networks" in over:
             newest = obs.session  # the copied token itself: every copy asks again
         else:
-            first_seen = track.first_seen or Few()
+            first_seen = dict(few.items(track.first_seen))
             newest = max((s for s in sessions if s in first_seen), key=first_seen.__getitem__,
                          default=None) if len(sessions) > 1 else None
         evidence["sessions"] = sorted(sessions)
