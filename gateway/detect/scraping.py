@@ -80,10 +80,11 @@ _Repeat = tuple[float, int, float]
 
 
 class ScrapingTrack:
-    """What one identity did lately, as far as scraping is concerned; about 400 bytes for a
-    program on an API route. One exists per identity seen (issue 14: memory per customer), so
-    what only some identities need is made on first use: the page intervals (pages only), the
-    evidence (a signal fired); the last answers are bits of an int, not a deque of bools."""
+    """What one identity did lately, as far as scraping is concerned (the base of context.Track,
+    one object per identity with sharing's fields). One exists per identity seen (issue 14:
+    memory per customer), so what only some identities need is made on first use: the page
+    intervals (pages only), the evidence (a signal fired); the last answers are bits of an int,
+    not a deque of bools; the maps are few.py's."""
 
     __slots__ = ("score", "scored_at", "offences", "acted", "last_page_at", "samples", "intervals", "templates",
                  "loops", "answers", "answered", "invalid", "offered", "proofs", "noted_block", "reads", "seen",
