@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from gateway.detect import few
 from gateway.detect.few import Few
+from gateway.detect.marks import Written, due
 
 _KEYS = st.sampled_from("abc")
 _OPS = st.lists(st.one_of(st.tuples(st.just("set"), _KEYS, st.integers()), st.tuples(st.just("pop"), _KEYS),
@@ -46,3 +47,18 @@ def test_one_entry_is_a_tuple_and_two_a_dict():
     held = few.put(held, "s2", 2.0)
     assert held == {"s1": 1.0, "s2": 2.0}
     assert few.keep(held, lambda at: at > 1.5) == ("s2", 2.0)  # back to the tuple once one is left
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(0, 2)), max_size=60), st.sampled_from([0.5, 1.0, 6.0]))
+def test_a_tracks_marks_say_due_as_a_table_of_last_writes_would(steps, every):
+    """marks.py against the table of marks it replaced: due unless written within `every`."""
+    written: Written = ()
+    last: dict[int, float] = {}
+    at = 1_800_000_000.0
+    for mark, gap in steps:
+        at += gap
+        expected = mark not in last or at - last[mark] >= every
+        result = due(written, mark + 10**12, at, every, 0)  # marks are hashes: never a small number
+        assert (result is not None) == expected
+        if result is not None:
+            written, last[mark] = result, at

@@ -21,14 +21,15 @@ def due(written: Written, mark: int, at: float, every: float, epoch: int) -> Wri
     """The marks with `mark` written at `at`, or None if it was written within `every` seconds."""
     if not written or written[0] != epoch:
         return (epoch, mark, at)
-    kept: list[int | float] = [epoch]
-    for n in range(1, len(written), 2):
-        last = written[n + 1]
-        if at - last < every:
-            if written[n] == mark:
+    if mark in written:  # a scan in C; then a proper look (it may be stale, or a time equal to it)
+        for n in range(1, len(written), 2):
+            if written[n] == mark and at - written[n + 1] < every:
                 return None
-            kept += (written[n], last)
-    if len(kept) > _KEPT * 2:
-        del kept[1:3]
-    kept += (mark, at)
-    return tuple(kept)
+    # Oldest first: what left its `every` is at the front (a stale copy further in is harmless:
+    # the look above skips it, and it reaches the front in its turn).
+    start, end = 1, len(written)
+    while start < end and at - written[start + 1] >= every:
+        start += 2
+    if end - start >= _KEPT * 2:
+        start += 2
+    return (epoch, *written[start:], mark, at)
