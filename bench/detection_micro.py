@@ -5,6 +5,7 @@ the memory sightings store and an injected clock.
     python bench/detection_micro.py --customers 20000 --passes 4
     python bench/detection_micro.py --customers 20000 --passes 4 --tracemalloc
     python bench/detection_micro.py --customers 5000 --passes 4 --profile 30
+    python bench/detection_micro.py --customers 5000 --passes 3 --bytecodes   # load-insensitive
 
 Each customer is one login or client: 60% API logins (an HTTP library reading records), 30%
 portal page loads of a logged-in browser (browser headers, a proof link offered and fetched),
@@ -36,8 +37,9 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -149,6 +151,23 @@ class Holds:
             self.longest_gc = max(self.longest_gc, time.thread_time() - self._gc_started)
 
 
+class Bytecodes:
+    """Python bytecodes executed by the drains (`sys.settrace` with opcode events): a count that
+    does not move with the machine's load, though blind to work done in C."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+        frame.f_trace_opcodes = True
+        return self._opcode
+
+    def _opcode(self, frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+        if event == "opcode":
+            self.count += 1
+        return self._opcode
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     config = load_config(ROOT / "config" / "gateway.yaml", ENV)
     clock = Clock()
@@ -168,6 +187,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     traced_before = tracemalloc.get_traced_memory()[0] if args.tracemalloc else 0
     objects_before = len(gc.get_objects())
     profile = cProfile.Profile() if args.profile else None
+    bytecodes = Bytecodes()
     passes = []
     collections_before = sum(stat["collections"] for stat in gc.get_stats())
     for step in range(args.passes):
@@ -176,13 +196,17 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         watcher = asyncio.create_task(holds.watch())
         await asyncio.sleep(0)
         cpu, observations = 0.0, 0
+        counted = bytecodes.count
         for _ in feed_pass(engine, clock, customers, step, args.batch, identities):
             observations += engine.backlog
             started = time.thread_time()
             if profile is not None:
                 profile.enable()
             holds.start()
+            if args.bytecodes:
+                sys.settrace(bytecodes.trace)
             await engine.drain()
+            sys.settrace(None)
             holds.stop()
             if profile is not None:
                 profile.disable()
@@ -193,7 +217,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         passes.append({"pass": step + 1, "observations": observations,
                        "cpu_us_per_observation": round(cpu / observations * 1e6, 1),
                        "longest_hold_ms": round(holds.longest * 1e3, 2),
-                       "longest_gc_ms": round(holds.longest_gc * 1e3, 2)})
+                       "longest_gc_ms": round(holds.longest_gc * 1e3, 2),
+                       **({"bytecodes_per_observation": round((bytecodes.count - counted) / observations)}
+                          if args.bytecodes else {})})
     collections = sum(stat["collections"] for stat in gc.get_stats()) - collections_before
     gc.collect()
     first_collect = len(gc.get_objects()) - objects_before
@@ -240,6 +266,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=0, help="with --tracemalloc: the N lines that allocated most")
     parser.add_argument("--profile", type=int, default=0, help="cProfile the drains; print the N top functions")
     parser.add_argument("--census", action="store_true", help="GC-tracked objects per customer by type")
+    parser.add_argument("--bytecodes", action="store_true", help="Python bytecodes per observation (slow)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     # The gateway's own collector settings (server.gc's defaults), frozen after start-up.
