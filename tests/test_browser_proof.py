@@ -430,7 +430,7 @@ async def test_a_real_browser_with_the_session_cookie_is_credited_on_each_load(b
     def alices_proofs() -> tuple[int, int] | None:
         # The scraping detector's own count for the login (no API shows it): pages offered, proofs credited.
         track = gateway.server.state.detection._ctx.tracks.get("user:acme/alice")
-        return None if track is None or track.scraping is None else (track.scraping.offered, track.scraping.proofs)
+        return None if track is None else (track.offered, track.proofs)
 
     await wait_until(lambda: alices_proofs() == (2, 2), 5, lambda: f"alice's track: {alices_proofs()}")
 

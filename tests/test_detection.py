@@ -542,10 +542,10 @@ async def test_identities_idle_past_every_window_are_swept_and_an_offender_is_ke
         for _ in range(100):  # past a full pass
             sweeper.tick()
 
-    assert entries()["detection_tracks"] == 21 and entries()["detection_marks"] > 0
+    assert entries()["detection_tracks"] == 21  # what each wrote to the sightings lately is in its track
     clock.advance(19 + idle_for(engine.settings) - 0.5)  # only the last browser is still within every window
     sweep()
-    assert entries()["detection_tracks"] == 2 and entries()["detection_marks"] == 0
+    assert entries()["detection_tracks"] == 2
     clock.advance(10)
     sweep()
     assert entries()["detection_tracks"] == 1  # the blocked login's offences outlive the windows

@@ -34,15 +34,10 @@ class _Reads:
         self.records: set[int] = set()
 
 
-class _Day:
-    """One customer's readers today: how many logins read a record, and those past the mark."""
-
-    __slots__ = ("day", "users", "readers")
-
-    def __init__(self, day: int) -> None:
-        self.day, self.users = day, 0
-        # Made when a first reader passes the mark: most customers' days never need it.
-        self.readers: BoundedTable[str, int] | None = None
+# One customer's readers today: (day, logins that read a record, those past the mark: made when a
+# first reader passes it, most customers' days never need it). A tuple: while it holds no table
+# the garbage collector stops tracking it (issue 14).
+_Day = tuple[int, int, BoundedTable[str, int] | None]
 
 
 class BulkReads:
@@ -50,7 +45,7 @@ class BulkReads:
         self.settings = settings
         # Yesterday's entries are swept: a day starts every count afresh.
         self.readers: BoundedTable[str, _Reads] = BoundedTable(_MAX_READERS, _past)
-        self.days: BoundedTable[str, _Day] = BoundedTable(_MAX_CUSTOMERS, _past)
+        self.days: BoundedTable[str, _Day] = BoundedTable(_MAX_CUSTOMERS, _day_past)
 
     def read(self, reads: int, customer: str, user: str, record: int, at: float) -> tuple[int, tuple[int, int] | None]:
         """Note one record read by a login whose track holds `reads`; the track's new value, and
@@ -60,10 +55,10 @@ class BulkReads:
         count = 1 if first else reads % _PACK + 1
         packed = day * _PACK + min(count, _PACK - 1)
         today = self.days.get(customer)
-        if today is None or today.day != day:
-            today = _Day(day)
+        if today is None or today[0] != day:
+            today = (day, 0, None)
         if first:
-            today.users += 1
+            today = (day, today[1] + 1, today[2])
             self.days.put(customer, today)
         mark = settings.bulk_min_records / settings.bulk_over_baseline
         if count < mark:
@@ -77,9 +72,11 @@ class BulkReads:
         if record not in records and len(records) < max(held.threshold, settings.bulk_min_records) * 2:
             records.add(record)
         distinct = len(records)
-        if today.readers is None:
-            today.readers = BoundedTable(_READERS_PER_CUSTOMER)
-        today.readers.put(user, distinct)
+        readers = today[2]
+        if readers is None:
+            readers = BoundedTable(_READERS_PER_CUSTOMER)
+            today = (day, today[1], readers)
+        readers.put(user, distinct)
         self.days.put(customer, today)
         if distinct < settings.bulk_min_records:
             return packed, None
@@ -89,12 +86,16 @@ class BulkReads:
         return packed, ((distinct, held.threshold) if distinct > held.threshold else None)
 
     def _threshold(self, today: _Day, user: str) -> int:
-        counts = [count for name, count in (today.readers or {}).items() if name != user]
-        others = max(today.users - 1, len(counts))
+        counts = [count for name, count in (today[2] or {}).items() if name != user]
+        others = max(today[1] - 1, len(counts))
         counts += [0] * (others - len(counts))  # below the mark: at most the floor's business
         median = statistics.median(counts) if counts else 0
         return max(self.settings.bulk_min_records, round(median * self.settings.bulk_over_baseline))
 
 
-def _past(entry: _Reads | _Day, now: float) -> bool:
+def _past(entry: _Reads, now: float) -> bool:
     return entry.day != int(now // DAY)
+
+
+def _day_past(entry: _Day, now: float) -> bool:
+    return entry[0] != int(now // DAY)

@@ -8,33 +8,37 @@ from collections.abc import Callable
 from gateway.config import GatewayConfig
 from gateway.config.detection import DetectionSettings
 from gateway.detect.addresses import Hasher
+from gateway.detect.few import Few
 from gateway.detect.findings import FindingLog
+from gateway.detect.marks import Written
 from gateway.detect.sanctions import Sanction, Sanctions
 from gateway.detect.scraping import ScrapingTrack
-from gateway.detect.sharing import SharingTrack
+from gateway.detect.sharing import Session, SharingTrack
 from gateway.fleet.grants import Grants
 from gateway.state.bounded import BoundedTable
 
-_MAX_WRITTEN = 500_000
-# A mark older than this says nothing any more: every `due` caller's `every` is shorter.
-_WRITTEN_FOR = 60.0
 # A track past a finding remembers its offences this long at least (a repeat offender's block doubles).
 _OFFENCES_KEPT = 86400.0
 # Scores are forgotten once decayed below 1/1024 of what they were.
 _HALF_LIVES = 10
-# What was written to the sightings store, as `due` remembers it (identity, path or address, agent, ...).
-Mark = tuple[str | None, ...]
 
 
-class Track:
-    """Per identity, in this process: one table entry holds what each detector keeps for it."""
+class Track(ScrapingTrack):
+    """Per identity, in this process: what every detector keeps for it, in one object (scraping's
+    fields from ScrapingTrack, sharing's as sharing.SharingTrack describes them, the seat's
+    mark). One object, not one per detector: each costs its header and is one more for the
+    garbage collector to walk, for every identity seen (issue 14)."""
 
-    __slots__ = ("at", "scraping", "sharing")
+    __slots__ = ("at", "seat", "first_seen", "hops", "reported", "shared")
 
-    def __init__(self, at: float) -> None:
+    def __init__(self, at: float, samples: int) -> None:
+        super().__init__(samples)
         self.at = at  # last observed: the sweep forgets tracks idle past every window (`Context.idle_for`)
-        self.scraping: ScrapingTrack | None = None
-        self.sharing: SharingTrack | None = None
+        self.seat: Written = ()  # when the login's seat was last written to the sightings (marks.py)
+        self.first_seen: Few[str, float] = None
+        self.hops: Few[str, Session] = None
+        self.reported: dict[str, float] | None = None
+        self.shared: Written = ()
 
 
 class Context:
@@ -47,9 +51,12 @@ class Context:
         self.grants = grants
         self.sanction = sanction  # applies here and tells the fleet
         self.tracks: BoundedTable[str, Track] = BoundedTable(0, self._idle)  # limit: detection.max_tracked
-        # What was last sent to the store, and when.
-        self.written: BoundedTable[Mark, float] = BoundedTable(_MAX_WRITTEN, _stale)
         self.idle_for = 0.0
+        # The last track looked up, for the detectors after the first on one observation; the
+        # engine clears it before each (a sweep may run between two observations).
+        self.recent: tuple[str, Track] | None = None
+        # What each track remembers having written (marks.py) holds for this epoch only.
+        self.epoch = 0
 
     def configure(self, config: GatewayConfig, hasher: Hasher) -> None:
         self.config = config
@@ -64,7 +71,7 @@ class Context:
         idle = now - track.at
         if idle <= self.idle_for:
             return False
-        return track.scraping is None or not track.scraping.offences or idle > max(_OFFENCES_KEPT, self.idle_for)
+        return not track.offences or idle > max(_OFFENCES_KEPT, self.idle_for)
 
     def public(self, subject: str) -> str:
         """A subject as findings and shared state name it: anonymous networks only hashed."""
@@ -73,43 +80,28 @@ class Context:
         return subject
 
     def track(self, subject: str, at: float) -> Track:
+        recent = self.recent
+        if recent is not None and recent[0] is subject:
+            return recent[1]  # the next detector on the same observation: looked up and refreshed already
         track = self.tracks.get(subject)
         if track is None:
-            track = Track(at)
+            track = Track(at, self.settings.scraping.cadence_samples)
             self.tracks.put(subject, track)
         else:
             self.tracks.move_to_end(subject)
             track.at = max(track.at, at)
+        self.recent = (subject, track)
         return track
 
     def scraping_track(self, subject: str, at: float) -> ScrapingTrack:
-        track = self.track(subject, at)
-        if track.scraping is None:
-            track.scraping = ScrapingTrack(self.settings.scraping.cadence_samples)
-        return track.scraping
+        return self.track(subject, at)
 
     def sharing_track(self, subject: str, at: float) -> SharingTrack:
-        track = self.track(subject, at)
-        if track.sharing is None:
-            track.sharing = SharingTrack()
-        return track.sharing
-
-    def due(self, mark: Mark, at: float, every: float) -> bool:
-        """Whether what `mark` describes should be written to the store again.
-
-        The same identity seen again the same way (session, address, agent; or path) within
-        `every` seconds is not written again: last-seen times are that coarse, a steady
-        client costs the store nothing, and only an identity with something new is counted."""
-        written = self.written
-        last = written.get(mark)
-        if last is not None and at - last < every:
-            return False
-        written.put(mark, at)
-        return True
+        return self.track(subject, at)
 
     def forget_written(self) -> None:
         """Nothing reached the store: write everything again next time."""
-        self.written.clear()
+        self.epoch += 1
 
 
 def idle_for(settings: DetectionSettings) -> float:
@@ -119,7 +111,3 @@ def idle_for(settings: DetectionSettings) -> float:
     windows = sharing.windows
     return max(scraping.evidence_window, scraping.half_life * _HALF_LIVES, scraping.loop_duration,
                1.0 / scraping.poll_rate, windows.concurrent, windows.devices, windows.session, sharing.cooldown)
-
-
-def _stale(at: float, now: float) -> bool:
-    return now - at >= _WRITTEN_FOR

@@ -139,7 +139,6 @@ class Detection:
         """The per-identity tables: shown on /metrics, and swept once idle past every window."""
         ctx, now = self._ctx, self._clock.time
         tables.add("detection_tracks", ctx.tracks, now)
-        tables.add("detection_marks", ctx.written, now)
         for name in ("detection_bulk_days", "detection_bulk_readers", "detection_networks"):
             tables.follow(name, lambda name=name: self._scraping_table(name), now)  # type: ignore[misc]  # lambda default binds the name
 
@@ -232,27 +231,30 @@ class Detection:
 
     async def _analyse(self, batch: deque[Observation]) -> None:
         seen: list[Sighting] = []
-        grants, detectors, clock = self.grants, self._detectors, time.perf_counter
+        grants, detectors, clock, ctx = self.grants, self._detectors, time.perf_counter, self._ctx
         since = clock()
         for n, obs in enumerate(batch, 1):
             if n % _PACE_EVERY == 0 and clock() - since >= _HOLD:
                 await asyncio.sleep(0)  # other requests run between chunks
                 since = clock()
-            if grants.agents and obs.route_class != PROOF and grants.agent_allowed(
-                    obs.headers.get("User-Agent", ""), obs.at):
+            ctx.recent = None
+            agent = obs.agent = obs.headers.get("User-Agent", "")
+            if grants.agents and obs.route_class != PROOF and grants.agent_allowed(agent, obs.at):
                 continue  # an integration allow-listed through the admin API
             for detector in detectors:
                 detector.observe(obs, seen)
+        ctx.recent = None
         await asyncio.sleep(0)
         queries = [query for detector in detectors for query in detector.queries()]
         answers: Answers | None = {}  # nothing new anywhere: every distinct count is as it was
         if seen or queries:
             answers = await self.sightings.exchange(seen, queries)
             if answers is None:
-                self._ctx.forget_written()  # per-request signals above still counted; distinct counts wait
+                ctx.forget_written()  # per-request signals above still counted; distinct counts wait
         judged, since = 0, clock()
         for detector in detectors:
             for _ in detector.judge(answers):  # every detector judges, and starts its next batch afresh
+                ctx.recent = None
                 judged += 1
                 if judged % _PACE_EVERY == 0 and clock() - since >= _HOLD:
                     await asyncio.sleep(0)

@@ -31,6 +31,8 @@ class Observation:
     subject: str = ""
     refused: bool = False  # the gateway answered itself (sanction, suspension, limit): counts for sharing only
     offered_proof: bool = False  # an HTML answer into which the gateway put a browser-proof link
+    # The User-Agent, read once by the engine off the path (every detector asks for it).
+    agent: str = ""
 
     def __post_init__(self) -> None:
         if not self.subject:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 from gateway.config.detection import DEFAULT_PAGINATION
 from gateway.config.detection import ScrapingDetector as ScrapingSettings
+from gateway.detect import few
 from gateway.detect.agents import AgentClassifier
 from gateway.detect.few import Few
+from gateway.detect.marks import Written
 from gateway.detect.observation import Observation
 
 PAGE_CLASSES = frozenset({"portal", "public"})
@@ -31,7 +32,6 @@ _ANSWERS_KEPT = 100
 _ANSWERS_MASK = (1 << _ANSWERS_KEPT) - 1
 # Looping is the same request at more than this many times the polling rate ("several a second").
 _LOOP_OVER_POLL = 2.0
-_CONDITIONAL = ("If-None-Match", "If-Modified-Since")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,11 @@ class Signal:
     overlaps: str | None = None
 
 
+Record = tuple[str, tuple[int, ...]]  # a target's template and the ids in it
+
+
 @lru_cache(maxsize=16384)
-def template_of(target: str, pagination: frozenset[str] = frozenset(DEFAULT_PAGINATION)
-                ) -> tuple[str, tuple[int, ...]]:
+def template_of(target: str, pagination: frozenset[str] = frozenset(DEFAULT_PAGINATION)) -> Record:
     """'/tickets/17?page=3' -> ('/tickets/#', (17,)): the route template and its numbers. Paging
     parameters are dropped: walking pages of a list is how a sync reads it, not enumeration."""
     path, _, query = target.partition("?")
@@ -68,32 +70,24 @@ def in_sequence(previous: tuple[int, ...], current: tuple[int, ...]) -> bool:
     return moved == [1]
 
 
-class _Walk:
-    """One id template of one identity: the last numbers, the run in sequence, probes and misses."""
-
-    __slots__ = ("numbers", "run", "probes", "misses")
-
-    def __init__(self, numbers: tuple[int, ...]) -> None:
-        self.numbers, self.run, self.probes, self.misses = numbers, 1, 0, 0
-
-
-class _Repeat:
-    """One request repeated: since when, how often, and the last time."""
-
-    __slots__ = ("since", "count", "last")
-
-    def __init__(self, at: float) -> None:
-        self.since, self.count, self.last = at, 0, at
+# Per identity, kept as tuples of numbers rather than objects: the collector stops tracking a
+# tuple of atoms, where every instance stays tracked (issue 14: GC pauses grow with tracked objects).
+# One id template: the last numbers, the run in sequence, probes, misses.
+_Walk = tuple[tuple[int, ...], int, int, int]
+# One request repeated: since when, how often, the last time.
+_Repeat = tuple[float, int, float]
 
 
 class ScrapingTrack:
-    """What one identity did lately, as far as scraping is concerned; about 400 bytes for a
-    program on an API route. One exists per identity seen (issue 14: memory per customer), so
-    what only some identities need is made on first use: the page intervals (pages only), the
-    evidence (a signal fired); the last answers are bits of an int, not a deque of bools."""
+    """What one identity did lately, as far as scraping is concerned (the base of context.Track,
+    one object per identity with sharing's fields). One exists per identity seen (issue 14:
+    memory per customer), so what only some identities need is made on first use: the page
+    intervals (pages only), the evidence (a signal fired); the last answers are bits of an int,
+    not a deque of bools; the maps are few.py's."""
 
     __slots__ = ("score", "scored_at", "offences", "acted", "last_page_at", "samples", "intervals", "templates",
-                 "loops", "answers", "answered", "invalid", "offered", "proofs", "noted_block", "reads", "seen")
+                 "loops", "answers", "answered", "invalid", "offered", "proofs", "noted_block", "reads", "seen",
+                 "written")
 
     def __init__(self, samples: int) -> None:
         self.score = 0.0
@@ -102,9 +96,11 @@ class ScrapingTrack:
         self.acted: str | None = None  # the action of the last finding, while the score stays up
         self.last_page_at: float | None = None
         self.samples = samples  # page intervals the cadence needs
-        self.intervals: deque[float] | None = None
-        self.templates: Few[str, _Walk] = Few()
-        self.loops: Few[tuple[str, str, bytes | None], _Repeat] = Few()
+        # The last `samples` page intervals, oldest first: a tuple of floats (no object for the
+        # collector, 150 bytes where a deque of 12 was about 600), rebuilt on each page.
+        self.intervals: tuple[float, ...] = ()
+        self.templates: Few[str, _Walk] = None  # few.py
+        self.loops: Few[tuple[str, str, bytes | None], _Repeat] = None
         self.answers = 0  # the last _ANSWERS_KEPT answers, newest in bit 0: 1 for a 4xx
         self.answered = 0  # how many of those bits hold an answer
         self.invalid = 0
@@ -113,6 +109,7 @@ class ScrapingTrack:
         self.noted_block = 0.0  # the end of the block last named in a finding on a flag class
         self.reads = 0  # records read today, packed with the day (bulk.py)
         self.seen: dict[str, tuple[float, Signal]] | None = None  # each signal's last firing: the evidence
+        self.written: Written = ()  # the requests written to the sightings lately (marks.py)
 
     def note(self, at: float, fired: list[Signal]) -> None:
         if self.seen is None:
@@ -153,7 +150,8 @@ class ScrapingSignals:
         self.weights = settings.weights.model_dump()
         self.pagination = frozenset(name.lower() for name in settings.pagination_params)
 
-    def signals(self, obs: Observation, agent: str, track: ScrapingTrack) -> list[Signal]:
+    def signals(self, obs: Observation, agent: str, track: ScrapingTrack, record: Record) -> list[Signal]:
+        """`record`: template_of the target (unused for a refused request)."""
         settings, weights, fired = self.settings, self.weights, []
         page = obs.route_class in PAGE_CLASSES
         if obs.refused:
@@ -181,7 +179,7 @@ class ScrapingSignals:
             if weights["regular_cadence"]:
                 fired += self._cadence_signal(track, obs.at)
         if weights["enumeration"]:
-            fired += self._walking(track, obs.target, obs.status)
+            fired += self._walking(track, record, obs.status)
         if weights["invalid_destinations"] and self._invalid(track, obs.status):
             fired.append(Signal("invalid_destinations", round(track.invalid / track.answered, 2),
                                 settings.invalid_ratio))
@@ -199,40 +197,37 @@ class ScrapingSignals:
         """The coefficient of variation of the last page intervals, once there are enough."""
         intervals = track.intervals
         if track.last_page_at is not None and now > track.last_page_at:
-            if intervals is None:
-                intervals = track.intervals = deque(maxlen=track.samples)
-            intervals.append(now - track.last_page_at)
+            intervals = track.intervals = (*intervals[1 - track.samples:], now - track.last_page_at)
         track.last_page_at = now
-        if intervals is None or len(intervals) < track.samples:
+        if len(intervals) < track.samples:
             return None
         mean = statistics.fmean(intervals)
         return statistics.pstdev(intervals, mean) / mean if mean > 0 else None
 
-    def _walking(self, track: ScrapingTrack, target: str, status: int) -> list[Signal]:
+    def _walking(self, track: ScrapingTrack, record: Record, status: int) -> list[Signal]:
         settings = self.settings
-        template, numbers = template_of(target, self.pagination)
+        template, numbers = record
         if not numbers:
             return []
-        walk = track.templates.pop(template)
+        templates, walk = few.pop(track.templates, template)
+        missed = int(status == 404)
         if walk is None:
-            walk = _Walk(numbers)
+            run, probes, misses = 1, 1, missed
         else:
-            walk.run = walk.run + 1 if in_sequence(walk.numbers, numbers) else 1
-            walk.numbers = numbers
-        walk.probes += 1
-        walk.misses += status == 404
-        if len(track.templates) >= _MAX_TEMPLATES:
+            run = walk[1] + 1 if in_sequence(walk[0], numbers) else 1
+            probes, misses = walk[2] + 1, walk[3] + missed
+        if few.size(templates) >= _MAX_TEMPLATES:
             # A dict this small is compacted every few dozen writes, so its first key is a few
             # slots away at most (a big table is not: state/bounded.py); an OrderedDict per
             # identity would cost more memory than it saves time.
-            del track.templates[next(iter(track.templates))]
-        track.templates[template] = walk
-        if walk.run >= settings.enumeration_run:
-            return [Signal("enumeration", f"{walk.run} ids in sequence", settings.enumeration_run)]
-        ratio = walk.misses / walk.probes
-        if walk.probes >= settings.enumeration_probes and status == 404 and ratio >= settings.enumeration_miss_ratio:
+            templates, _ = few.pop(templates, few.first(templates))
+        track.templates = few.put(templates, template, (numbers, run, probes, misses))
+        if run >= settings.enumeration_run:
+            return [Signal("enumeration", f"{run} ids in sequence", settings.enumeration_run)]
+        ratio = misses / probes
+        if probes >= settings.enumeration_probes and status == 404 and ratio >= settings.enumeration_miss_ratio:
             # Many misses are also a high share of 4xx: not a second piece of evidence.
-            return [Signal("enumeration", f"{ratio:.2f} of {walk.probes} ids missing",
+            return [Signal("enumeration", f"{ratio:.2f} of {probes} ids missing",
                            settings.enumeration_miss_ratio, overlaps="invalid_destinations")]
         return []
 
@@ -250,23 +245,30 @@ class ScrapingSignals:
     def _looping(self, track: ScrapingTrack, obs: Observation) -> list[Signal]:
         """The same request faster than a poller would send it, for loop_duration or longer.
         A conditional request is polling by definition: it asks whether anything changed."""
-        if any(obs.headers.get(name) for name in _CONDITIONAL):
+        headers = obs.headers
+        if headers.get("If-None-Match") or headers.get("If-Modified-Since"):
             return []
-        settings = self.settings
+        settings, at, loops = self.settings, obs.at, track.loops
         key = (obs.method, obs.target, obs.body_digest)
-        repeat = track.loops.get(key)
-        limit = settings.poll_rate * _LOOP_OVER_POLL
-        if repeat is None or obs.at - repeat.last > 1.0 / settings.poll_rate:
+        repeat = few.get(loops, key)
+        pause = 1.0 / settings.poll_rate
+        if repeat is None or at - repeat[2] > pause:
             # New, or a pause a poller would make: the run starts again.
-            if repeat is None and len(track.loops) >= _MAX_LOOP_KEYS:
-                track.loops.clear()
-            repeat = track.loops[key] = _Repeat(obs.at)
-        repeat.count += 1
-        repeat.last = obs.at
-        lasted = obs.at - repeat.since
+            if repeat is None and loops:
+                # A request paused that long starts again whatever it holds: forgotten now, so a
+                # reader of distinct records keeps one entry, not one per record it read.
+                loops = few.keep(loops, lambda kept: at - kept[2] <= pause)
+                if few.size(loops) >= _MAX_LOOP_KEYS:
+                    loops = None
+            since, count = at, 1
+        else:
+            since, count = repeat[0], repeat[1] + 1
+        track.loops = few.put(loops, key, (since, count, at))
+        lasted = at - since
         if lasted < settings.loop_duration:
             return []
-        rate = (repeat.count - 1) / lasted
+        limit = settings.poll_rate * _LOOP_OVER_POLL
+        rate = (count - 1) / lasted
         if rate <= limit:
             return []
         return [Signal("looping", f"{rate:.1f}/s for {lasted:.0f}s", f"{limit:g}/s for {settings.loop_duration:g}s")]

@@ -12,16 +12,20 @@ from gateway.detect.bulk import BulkReads
 from gateway.detect.context import Context
 from gateway.detect.crowd import CrowdWalks
 from gateway.detect.findings import SCRAPING, Action, Finding
+from gateway.detect.marks import due
 from gateway.detect.networks import NetworkMemory
 from gateway.detect.observation import PROOF, Observation, network_part
 from gateway.detect.sanctions import AUTOMATION, CHALLENGE, Sanction
-from gateway.detect.scraping import PAGE_CLASSES, ScrapingSignals, ScrapingTrack, Signal, template_of
+from gateway.detect.scraping import PAGE_CLASSES, Record, ScrapingSignals, ScrapingTrack, Signal, template_of
 from gateway.state.sightings import Answers, Query, Sighting
 from gateway.state.tables import Swept
 
 SCRAPING_POLICY = "no screen-scraping or automated extraction outside the permitted API use"
 _STRENGTH = {Action.FLAG: 0, Action.CHALLENGE: 1, Action.BLOCK: 2}
 _REFUSING = (Action.CHALLENGE, Action.BLOCK)
+# The same request (path and query, agent, session) is written to the sightings again after this long.
+_PATHS_EVERY = 6.0
+_NO_RECORD: Record = ("", ())
 
 
 class ScrapingDetector:
@@ -58,26 +62,36 @@ class ScrapingDetector:
             return
         if obs.route_class not in self._actions:
             return
-        agent = obs.headers.get("User-Agent", "")
+        agent = obs.agent
         if self._signals.agents.allowed(agent):
             return  # an integration the customer declared
         track = ctx.scraping_track(subject, obs.at)
         if ctx.sanctions and obs.user is not None and not obs.refused:
             self._blocked_elsewhere(obs, track)
-        fired = self._signals.signals(obs, agent, track)
-        if not obs.refused:
-            fired += self._records(obs, track)
+        if obs.refused:
+            fired = self._signals.signals(obs, agent, track, _NO_RECORD)
+            if fired:
+                self._add_score(obs, track, fired, 1)
+            return
+        record = template_of(obs.target, self._signals.pagination)  # once, for enumeration and records
+        fired = self._signals.signals(obs, agent, track, record)
+        fired += self._records(obs, track, record)
         if fired:
             self._add_score(obs, track, fired, 1)
-        if obs.refused:
-            return
         self._scored[subject] = self._scored.get(subject, 0) + 1
-        if ctx.due(("paths", subject, obs.target, agent, obs.session), obs.at, 6.0):
-            seen += self._sightings(obs)
+        written = due(track.written, hash((obs.target, agent, obs.session)), obs.at, _PATHS_EVERY, ctx.epoch)
+        if written is not None:
+            track.written = written
+            paths, agents = self._key(subject, "paths"), self._key(subject, f"agents:{obs.session or ''}")
+            settings = self._signals.settings
+            # Agents per session: people sharing a login each keep their own browser (the sharing
+            # detector's business); a scraper rotating user agents does it within one session.
+            seen.append(Sighting(paths, obs.target.partition("?")[0], obs.at, 60.0,
+                                 settings.crawl_paths_per_minute * 2))
+            seen.append(Sighting(agents, ctx.hasher.hash(agent), obs.at, 3600.0, settings.agents_per_hour * 2))
             self._scraped[subject] = obs
             # Asked after the batch; made here, inside the observations' paced loop.
-            self._asked[subject] = (Query(self._key(subject, "paths"), obs.at - 60.0),
-                                    Query(self._agents_key(obs), obs.at - 3600.0))
+            self._asked[subject] = (Query(paths, obs.at - 60.0), Query(agents, obs.at - 3600.0))
 
     def _proof(self, subject: str, at: float) -> None:
         track = self._ctx.scraping_track(subject, at)
@@ -87,12 +101,12 @@ class ScrapingDetector:
         else:
             track.proofs += 1
 
-    def _records(self, obs: Observation, track: ScrapingTrack) -> list[Signal]:
+    def _records(self, obs: Observation, track: ScrapingTrack, record: Record) -> list[Signal]:
         """Bulk reads per login and the crowd's walks, from the record (template and ids) read."""
         weights = self._signals.weights
         if obs.status >= 400 or not (weights["bulk_extraction"] or weights["crowd_enumeration"]):
             return []
-        template, numbers = template_of(obs.target, self._signals.pagination)
+        template, numbers = record
         if not numbers:
             return []
         fired = []
@@ -131,18 +145,6 @@ class ScrapingDetector:
 
     def _key(self, subject: str, what: str) -> str:
         return f"{self._ctx.prefix}:d:{{{self._ctx.public(subject)}}}:{what}"
-
-    def _sightings(self, obs: Observation) -> list[Sighting]:
-        settings = self._signals.settings
-        path = obs.target.partition("?")[0]
-        agent = self._ctx.hasher.hash(obs.headers.get("User-Agent", ""))
-        return [Sighting(self._key(obs.subject, "paths"), path, obs.at, 60.0, settings.crawl_paths_per_minute * 2),
-                Sighting(self._agents_key(obs), agent, obs.at, 3600.0, settings.agents_per_hour * 2)]
-
-    def _agents_key(self, obs: Observation) -> str:
-        # Per session: people sharing a login each keep their own browser (the sharing
-        # detector's business); a scraper rotating user agents does it within one session.
-        return self._key(obs.subject, f"agents:{obs.session or ''}")
 
     def queries(self) -> list[Query]:
         """Distinct paths within a minute, distinct agents within an hour."""
@@ -204,7 +206,7 @@ class ScrapingDetector:
             SCRAPING, public, obs.customer, obs.user, action, shadow, obs.at,
             tuple(signal.name for signal in evidence), score=round(score, 2), until=until,
             evidence={"route_class": obs.route_class, "method": obs.method, "path": obs.target.partition("?")[0],
-                      "user_agent": obs.headers.get("User-Agent", ""), "offences": track.offences,
+                      "user_agent": obs.agent, "offences": track.offences,
                       "client": ctx.hasher.hash(obs.client_ip),
                       **({"network": ctx.hasher.hash(network)} if network is not None else {}),
                       "signals": {signal.name: {"value": signal.value, "threshold": signal.threshold,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from gateway.detect.context import Context
 from gateway.detect.findings import SEATS, Action, Finding
+from gateway.detect.marks import due
 from gateway.detect.observation import Observation
 from gateway.state.sightings import Answers, Query, Sighting
 
@@ -24,12 +25,18 @@ class SeatsDetector:
         self._months: tuple[float, float, str] = (0.0, 0.0, "")  # start, end, label of the current month
         self._reported: dict[str, float] = {}
         self._pending: dict[str, tuple[Observation, Query]] = {}
+        # Seats per plan, looked up once per config rather than per observation.
+        config = ctx.config
+        self._seats = {name: plan.seats for name, plan in config.plans.items()}
 
     def observe(self, obs: Observation, seen: list[Sighting]) -> None:
         if obs.customer is None or obs.user is None or self._seats_of(obs.customer) is None:
             return
-        if not self._ctx.due(("seat", obs.subject), obs.at, _SEAT_EVERY):
+        track = self._ctx.track(obs.subject, obs.at)
+        written = due(track.seat, 0, obs.at, _SEAT_EVERY, self._ctx.epoch)
+        if written is None:
             return  # written lately: the month's distinct users cannot have changed
+        track.seat = written
         key = self._key(obs)
         seen.append(Sighting(key, obs.user, obs.at, _SEAT_WINDOW, 100_000))
         self._pending[obs.customer] = (obs, Query(key, self._month_of(obs.at)[0]))
@@ -46,9 +53,7 @@ class SeatsDetector:
             yield
 
     def _seats_of(self, customer: str) -> int | None:
-        config = self._ctx.config
-        plan = config.plans.get(config.plan_of(customer) or "")
-        return plan.seats if plan is not None else None
+        return self._seats.get(self._ctx.config.plan_of(customer) or "")
 
     def _month_of(self, at: float) -> tuple[float, float, str]:
         """Start, end and label (YYYY-MM) of the month of `at` in the quota time zone; cached."""

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from gateway.auth.cookies import cookie_value
 from gateway.config.detection import SharingAllowance
 from gateway.config.detection import SharingDetector as SharingSettings
+from gateway.detect import few
 from gateway.detect.addresses import Hasher, network_of
 from gateway.detect.agents import device_of
 from gateway.detect.few import Few
+from gateway.detect.marks import Written
 from gateway.detect.observation import Observation
 from gateway.state.sightings import Answers, Query, Sighting
 
@@ -38,28 +40,31 @@ class SharingQueries(NamedTuple):
 
 
 class _Hops:
-    """One session's network changes, in the order this process saw its requests."""
+    """One session's network changes, in the order this process saw its requests. Made at its
+    first change: until then (most sessions never change) the session is (network, last seen),
+    a tuple the garbage collector stops tracking."""
 
     __slots__ = ("network", "at", "switches", "networks")
 
-    def __init__(self, network: str, at: float) -> None:
-        self.network = network
+    def __init__(self, network: str, at: float, switches: deque[float], networks: dict[str, float]) -> None:
+        self.network = network  # in clear, this process only (as network_of gives it)
         self.at = at  # last seen (on `network`)
-        # Made at the first change of networks: most sessions never change.
-        self.switches: deque[float] | None = None
-        self.networks: dict[str, float] | None = None  # network hash -> last seen
+        self.switches = switches
+        self.networks = networks  # network hash -> last seen
 
 
-class SharingTrack:
-    """Per user in this process: when each session was first seen (to tell the newest) and how
-    often each session changed networks (a copied token flips between them)."""
+Session = tuple[str, float] | _Hops
 
-    __slots__ = ("first_seen", "hops", "reported")
 
-    def __init__(self) -> None:
-        self.first_seen: Few[str, float] = Few()
-        self.hops: Few[str, _Hops] = Few()
-        self.reported: dict[str, float] | None = None  # signal -> when last reported (cooldown); made on the first
+class SharingTrack(Protocol):
+    """What a login's track (context.Track, one object per identity) holds for sharing: when each
+    session was first seen (to tell the newest) and how often each session changed networks (a
+    copied token flips between them). The maps are made on the login's first use."""
+
+    first_seen: Few[str, float]  # few.py
+    hops: Few[str, Session]
+    reported: dict[str, float] | None  # signal -> when last reported (cooldown); made on the first
+    shared: Written  # session, address, agent and device written to the sightings lately (marks.py)
 
 
 def device_class(device: str) -> str:
@@ -81,26 +86,29 @@ class SharingWatch:
     def hop(self, obs: Observation, track: SharingTrack) -> bool:
         """Note the session's network; True if it changed. Called for every observation, before
         any deduplication, since a copied token shows in the alternation between networks."""
-        session, network = obs.session, network_of(obs.client_ip)
+        session, network, at = obs.session, network_of(obs.client_ip), obs.at
         if not session or not network:
             return False
-        network = self._hasher.hash(network)
-        hops, switched = track.hops.get(session), False
-        if hops is None:
-            if len(track.hops) >= _MAX_SESSIONS_KEPT:
-                del track.hops[next(iter(track.hops))]
-            hops = track.hops[session] = _Hops(network, obs.at)
-        elif hops.network != network:
-            if hops.switches is None:
-                hops.switches, hops.networks = deque(), {hops.network: hops.at}
+        sessions = track.hops
+        hops = few.get(sessions, session)
+        if hops is None or isinstance(hops, tuple):
+            if hops is None:
+                if few.size(sessions) >= _MAX_SESSIONS_KEPT:
+                    sessions, _ = few.pop(sessions, few.first(sessions))
+            elif hops[0] != network:  # the session's first change of networks
+                hashed = self._hasher.hash
+                track.hops = few.put(sessions, session, _Hops(network, at, deque((at,)),
+                                                              {hashed(hops[0]): hops[1], hashed(network): at}))
+                return True
+            track.hops = few.put(sessions, session, (network, at))
+            return False
+        switched = hops.network != network
+        if switched:
             hops.network = network
-            hops.switches.append(obs.at)
-            switched = True
-        hops.at = obs.at
-        if hops.switches is None or hops.networks is None:
-            return switched
-        hops.networks[network] = obs.at
-        horizon = obs.at - self.settings.windows.session
+            hops.switches.append(at)
+        hops.at = at
+        hops.networks[self._hasher.hash(network)] = at
+        horizon = at - self.settings.windows.session
         while hops.switches and hops.switches[0] < horizon:
             hops.switches.popleft()
         if len(hops.networks) > 16:
@@ -109,10 +117,12 @@ class SharingWatch:
 
     def sightings(self, obs: Observation, track: SharingTrack) -> list[Sighting]:
         subject, windows = obs.subject, self.settings.windows
-        if obs.session and obs.session not in track.first_seen:
-            if len(track.first_seen) >= _MAX_SESSIONS_KEPT:
-                del track.first_seen[min(track.first_seen, key=track.first_seen.__getitem__)]
-            track.first_seen[obs.session] = obs.at
+        first_seen = track.first_seen
+        if obs.session and not few.has(first_seen, obs.session):
+            if few.size(first_seen) >= _MAX_SESSIONS_KEPT:
+                oldest = min(few.items(first_seen), key=lambda item: item[1])[0]
+                first_seen, _ = few.pop(first_seen, oldest)
+            track.first_seen = few.put(first_seen, obs.session, obs.at)
         device, kind = self._device(obs)
         network = network_of(obs.client_ip)
         use = f"{kind}|{device}|{obs.session or ''}|{self._hasher.hash(network) if network else ''}"
@@ -130,7 +140,7 @@ class SharingWatch:
 
     def _device(self, obs: Observation) -> tuple[str, str]:
         """The device and its class; a device id's class is still read off the user agent."""
-        named = device_of(obs.headers.get("User-Agent", ""))
+        named = device_of(obs.agent)
         device = self.device_mark(obs)
         return ("id:" + self._hasher.hash(device) if device else named), device_class(named)
 
@@ -165,9 +175,8 @@ class SharingWatch:
             over.append("devices")
             evidence["devices"] = {"within": windows.devices, "allowed": allowance.devices,
                                    "seen": sorted(devices)}
-        hops = track.hops.get(obs.session or "")
-        if hops is not None and hops.switches is not None and hops.networks is not None and len(
-                hops.switches) > allowance.session_switches:
+        hops = few.get(track.hops, obs.session or "")
+        if isinstance(hops, _Hops) and len(hops.switches) > allowance.session_switches:
             over.append("session_networks")
             horizon = now - windows.session
             evidence["session_networks"] = {
@@ -187,7 +196,8 @@ class SharingWatch:
         if "session_networks" in over:
             newest = obs.session  # the copied token itself: every copy asks again
         else:
-            newest = max((s for s in sessions if s in track.first_seen), key=track.first_seen.__getitem__,
+            first_seen = dict(few.items(track.first_seen))
+            newest = max((s for s in sessions if s in first_seen), key=first_seen.__getitem__,
                          default=None) if len(sessions) > 1 else None
         evidence["sessions"] = sorted(sessions)
         evidence["allowance"] = allowance.model_dump()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from gateway.config.detection import SharingAllowance
 from gateway.detect.context import Context
 from gateway.detect.findings import SHARING, Action, Finding
+from gateway.detect.marks import due
 from gateway.detect.observation import Observation
 from gateway.detect.sanctions import BLOCK, REAUTH, Sanction, session_key
 from gateway.detect.sharing import SharingQueries, SharingWatch
@@ -42,8 +43,10 @@ class SharingDetector:
             self._share(obs)  # a session changed networks: judged at once, written or not
         # One mark for the login's session, address and device: seen the same way within
         # _SHARING_EVERY, its sharing sightings cannot have changed.
-        mark = (subject, obs.session, obs.client_ip, obs.headers.get("User-Agent", ""), watch.device_mark(obs))
-        if ctx.due(mark, obs.at, _SHARING_EVERY):
+        mark = hash((obs.session, obs.client_ip, obs.agent, watch.device_mark(obs)))
+        written = due(track.shared, mark, obs.at, _SHARING_EVERY, ctx.epoch)
+        if written is not None:
+            track.shared = written
             seen += watch.sightings(obs, track)
             self._share(obs)
 
