@@ -34,6 +34,12 @@ def _check_thresholds(value: tuple[int, ...] | None) -> tuple[int, ...] | None:
     return value
 
 
+def _check_interval(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise ValueError(f"an interval is more than 0 (null for never), got {value:g} s")
+    return value
+
+
 class GcSettings(Section):
     """The garbage collector of each gateway process, tuned once it has started."""
 
@@ -45,6 +51,12 @@ class GcSettings(Section):
     thresholds: Annotated[tuple[int, ...] | None, AfterValidator(_check_thresholds)] = Field(
         (50_000, 50, 100), description="gc.set_threshold(gen0, gen1, gen2) after start-up; null keeps Python's "
                                        "(700, 10, 10).")
+    freeze_interval: Annotated[Duration | None, AfterValidator(_check_interval)] = Field(
+        1.0, description="Every this long, collect the young generations and gc.freeze() the survivors, so no "
+                         "automatic collection walks the long-lived heap; null freezes only after start-up.")
+    full_collection_interval: Annotated[Duration | None, AfterValidator(_check_interval)] = Field(
+        None, description="Every this long, unfreeze and collect everything (frees cyclic garbage frozen while in "
+                          "use; holds the event loop for a walk of the whole heap); null never does.")
 
 
 class ServerSettings(Section):
