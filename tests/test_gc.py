@@ -39,7 +39,8 @@ def test_a_gateway_process_freezes_its_start_up_objects_and_sets_the_thresholds(
 
 def test_a_gateway_process_told_not_to_tune_keeps_every_object_in_view_and_pythons_thresholds(
         tmp_path, upstream, gateway_process):
-    path, _url, admin_url = write_config(tmp_path, upstream.url, gc={"freeze_after_start": False, "thresholds": None})
+    path, _url, admin_url = write_config(tmp_path, upstream.url, gc={"freeze_after_start": False, "thresholds": None,
+                                                                         "freeze_interval": None})
     process = gateway_process(path)
     process.wait_ready(admin_url)
     text = scrape_sync(admin_url)
@@ -57,13 +58,14 @@ async def test_a_full_collection_shows_as_a_generation_2_pause(gateway, client):
     assert await pauses() >= before + 1
 
 
-def test_by_default_a_gateway_process_freezes_and_raises_the_thresholds(tmp_path, upstream, gateway_process):
+def test_by_default_a_gateway_process_freezes_and_collects_its_young_generations_often(
+        tmp_path, upstream, gateway_process):
     path, _url, admin_url = write_config(tmp_path, upstream.url)
     process = gateway_process(path)
     process.wait_ready(admin_url)
     text = scrape_sync(admin_url)
     assert sample(text, "fairgate_gc_frozen_objects") > 10_000
-    assert [sample(text, "fairgate_gc_threshold", generation=str(n)) for n in range(3)] == [50_000, 50, 100]
+    assert [sample(text, "fairgate_gc_threshold", generation=str(n)) for n in range(3)] == [700, 10, 10]
 
 
 @pytest.mark.parametrize(("thresholds", "reason"), [
@@ -164,8 +166,8 @@ def test_a_gc_interval_that_is_not_positive_is_rejected_with_the_key(tmp_path, k
     assert f"server.gc.{key}" in message, message
 
 
-def test_the_gc_intervals_default_to_a_freeze_every_second_and_no_full_collection(tmp_path):
+def test_the_gc_intervals_default_to_a_freeze_every_quarter_second_and_no_full_collection(tmp_path):
     path = tmp_path / "gc.yaml"
     path.write_text(yaml.safe_dump(gateway_config("http://127.0.0.1:1")))
     settings = load_config(path).server.gc
-    assert (settings.freeze_interval, settings.full_collection_interval) == (1.0, None)
+    assert (settings.freeze_interval, settings.full_collection_interval) == (0.25, None)
