@@ -125,3 +125,36 @@ async def test_usage_cli_explains_what_is_wrong(start_gateway, upstream):
     assert wrong.returncode == 1 and "401" in wrong.stderr
     empty = await asyncio.to_thread(usage, "--month", "2026-11", "--admin", gateway.admin_url)
     assert empty.returncode == 0 and "no usage in 2026-11" in empty.stdout
+
+
+async def test_a_flush_of_many_customers_lets_the_loop_run_between_chunks_and_stores_every_one():
+    import zoneinfo
+
+    from gateway.calendar import Calendar
+    from gateway.state.memory import MemoryStore
+    from gateway.usage.meter import UsageMeter
+
+    clock = ManualClock()
+    meter = UsageMeter(MemoryStore(), clock, Calendar(zoneinfo.ZoneInfo("UTC")))
+    for n in range(2_000):
+        meter.forwarded(f"c{n}", 2, 10, 20, 0.5)
+    turns = 0
+    done = False
+
+    async def other_work() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    await meter.flush()
+    done = True
+    await task
+    assert turns >= 2_000 // 250  # a turn of other work at least between chunks
+    month = dt.datetime.fromtimestamp(clock.time(), dt.UTC).strftime("%Y-%m")
+    stored = await meter.month(month)
+    day = dt.datetime.fromtimestamp(clock.time(), dt.UTC).strftime("%d")
+    assert len(stored) == 2_000
+    assert all(stored[f"c{n}"][f"{day}:units"] == 2 for n in range(2_000))

@@ -34,17 +34,31 @@ def _check_thresholds(value: tuple[int, ...] | None) -> tuple[int, ...] | None:
     return value
 
 
+def _check_interval(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise ValueError(f"an interval is more than 0 (null for never), got {value:g} s")
+    return value
+
+
 class GcSettings(Section):
     """The garbage collector of each gateway process, tuned once it has started."""
 
     freeze_after_start: bool = Field(
         True, description="After start-up, move every object then alive (modules, config, compiled policies) "
                           "out of the collector's view, so no collection scans them again.")
-    # Measured with 20k and 200k customers (docs/performance.md, "Garbage collection"): Python's
-    # (700, 10, 10) spent a quarter of the time collecting while customer state grew.
+    # Measured at 20k customers (bench/gc_pauses.py; docs/performance.md, "Garbage collection"):
+    # with the generational freeze every 250 ms the oldest generation stays small, so Python's
+    # own thresholds keep each collection at most ~2-3 ms of CPU, against 80-100 ms for each young
+    # collection with (50000, 50, 100), the thresholds that kept full collections away unfrozen.
     thresholds: Annotated[tuple[int, ...] | None, AfterValidator(_check_thresholds)] = Field(
-        (50_000, 50, 100), description="gc.set_threshold(gen0, gen1, gen2) after start-up; null keeps Python's "
-                                       "(700, 10, 10).")
+        (700, 10, 10), description="gc.set_threshold(gen0, gen1, gen2) after start-up; null keeps Python's "
+                                   "(700, 10, 10).")
+    freeze_interval: Annotated[Duration | None, AfterValidator(_check_interval)] = Field(
+        0.25, description="Every this long, collect the young generations and gc.freeze() the survivors, so no "
+                         "automatic collection walks the long-lived heap; null freezes only after start-up.")
+    full_collection_interval: Annotated[Duration | None, AfterValidator(_check_interval)] = Field(
+        None, description="Every this long, unfreeze and collect everything (frees cyclic garbage frozen while in "
+                          "use; holds the event loop for a walk of the whole heap); null never does.")
 
 
 class ServerSettings(Section):

@@ -18,7 +18,7 @@ from gateway.metrics import Metrics
 from gateway.proxy.handler import ProxyHandler
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.assembly import Assembly, assemble_state
-from gateway.server.garbage import PauseTimer, tune_collector
+from gateway.server.garbage import GenerationalFreeze, PauseTimer, tune_collector
 from gateway.server.listener import make_proxy_server
 from gateway.server.loop_lag import probe_loop_lag
 from gateway.server.reloader import ConfigTransform, ReloadResult, RuntimeHolder
@@ -178,6 +178,7 @@ async def serve(config: GatewayConfig, options: ServeOptions) -> int:
     # The process's own, not GatewayServer's: tests run several gateways in one interpreter.
     frozen = tune_collector(config.server.gc)
     log.info("garbage collector tuned", extra={"frozen_objects": frozen, "thresholds": list(gc.get_threshold())})
+    freezing = _start_freezing(config, gateway.metrics, loop)
     announce_ready()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[ReloadResult]] = set()
@@ -193,6 +194,8 @@ async def serve(config: GatewayConfig, options: ServeOptions) -> int:
     try:
         await stop.wait()
     finally:
+        if freezing is not None:
+            freezing.cancel()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await gateway.drain()
@@ -201,3 +204,15 @@ async def serve(config: GatewayConfig, options: ServeOptions) -> int:
 
 def admin_token_from_env() -> str | None:
     return os.environ.get(ADMIN_TOKEN_ENV) or None
+
+
+def _start_freezing(config: GatewayConfig, metrics: Metrics,
+                    loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
+    """The process's generational freeze (server.gc.freeze_interval), if on; like the tuning, once per process."""
+    settings = config.server.gc
+    if settings.freeze_interval is None and settings.full_collection_interval is None:
+        return None
+    freezing = GenerationalFreeze(settings.freeze_interval, settings.full_collection_interval,
+                                  observe_freeze=metrics.batch_seconds.labels("gc_freeze").observe,
+                                  observe_full=metrics.batch_seconds.labels("gc_full_collection").observe)
+    return loop.create_task(freezing.run())

@@ -52,41 +52,70 @@ class Tables:
 # VM), and at least SWEEP_MIN.
 SWEEP_BUDGET = 500
 SWEEP_MIN = 64
+# ... and holds the loop about this long at most: a tick stops once it has taken this much
+# (checked every SWEEP_CHUNK entries), and the next one starts at the table it stopped in.
+SWEEP_TIME = 0.001
+SWEEP_CHUNK = 64
 # A tick is due this often; each table is looked at through once per PASS seconds at most.
 SWEEP_INTERVAL = 0.1
 SWEEP_PASS = 60.0
 
 
 class Sweeper:
-    """Ticks through every table: per tick at most SWEEP_BUDGET entries each, paced so a table
-    is looked at through once per SWEEP_PASS seconds. Never a full scan at once: the event loop
-    is held for one tick at a time."""
+    """Ticks through every table: per tick at most SWEEP_BUDGET entries each and about
+    SWEEP_TIME of the loop in all, paced so a table is looked at through once per SWEEP_PASS
+    seconds. Never a full scan at once: the event loop is held for one short tick at a time."""
 
     def __init__(self, tables: Tables, budget: int = SWEEP_BUDGET, interval: float = SWEEP_INTERVAL,
-                 full_pass: float = SWEEP_PASS, observe: Callable[[float], None] | None = None) -> None:
+                 full_pass: float = SWEEP_PASS, observe: Callable[[float], None] | None = None,
+                 time_budget: float = SWEEP_TIME, timer: Callable[[], float] = time.perf_counter) -> None:
         self.tables = tables
         self._budget = budget
         self._interval = interval
         self._per_pass = max(1, round(full_pass / interval))  # ticks per pass
         self._observe = observe  # how long each tick held the loop
-        self._passes: dict[str, tuple[int, int]] = {}  # table -> (entries left in this pass, per tick)
+        self._time_budget = time_budget
+        self._timer = timer
+        # table -> (entries left in this pass, per tick, still owed from a tick cut short)
+        self._passes: dict[str, tuple[int, int, int]] = {}
+        self._resume: str | None = None  # the table a tick cut short stopped in
 
     def tick(self) -> int:
         """One bounded step over every table; how many entries were forgotten."""
-        started = time.perf_counter()
-        forgotten = 0
-        for name, table, now in self.tables:
+        started = self._timer()
+        deadline = started + self._time_budget
+        forgotten = looked = 0
+        for name, table, now in self._in_turn():
             size = len(table)
             if not size:
                 continue
-            left, per_tick = self._passes.get(name, (0, 0))
-            if left <= 0:  # a new pass, paced by the size it starts with
-                left, per_tick = size, min(self._budget, max(SWEEP_MIN, -(-size // self._per_pass)))
-            forgotten += table.sweep(now(), per_tick)
-            self._passes[name] = (left - per_tick, per_tick)
+            left, per_tick, owed = self._passes.get(name, (0, 0, 0))
+            if not owed:
+                if left <= 0:  # a new pass, paced by the size it starts with
+                    left, per_tick = size, min(self._budget, max(SWEEP_MIN, -(-size // self._per_pass)))
+                left, owed = left - per_tick, per_tick
+            at = now()
+            # The first chunk of a tick always goes: a tick that starts late still makes progress.
+            while owed and (not looked or self._timer() < deadline):
+                step = min(owed, SWEEP_CHUNK)
+                forgotten += table.sweep(at, step)
+                owed -= step
+                looked += step
+            self._passes[name] = (left, per_tick, owed)
+            if owed:  # out of time: the next tick starts here
+                self._resume = name
+                break
+        else:
+            self._resume = None
         if self._observe is not None:
-            self._observe(time.perf_counter() - started)
+            self._observe(self._timer() - started)
         return forgotten
+
+    def _in_turn(self) -> Iterator[tuple[str, Swept, Callable[[], float]]]:
+        """Every table, from the one the last tick stopped in, round to the one before it."""
+        tables = list(self.tables)
+        first = next((n for n, (name, _, _) in enumerate(tables) if name == self._resume), 0)
+        return iter(tables[first:] + tables[:first])
 
     async def run(self) -> None:
         while True:
@@ -95,4 +124,3 @@ class Sweeper:
                 self.tick()
             except Exception:  # a bug here must not stop the sweep for good
                 log.exception("table sweep failed")
-
