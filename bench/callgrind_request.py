@@ -130,9 +130,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--keep", type=Path, help="write the callgrind files here (for callgrind_annotate)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="callgrind-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(tmp) if args.keep is None else args.keep
+        workdir.mkdir(parents=True, exist_ok=True)
         tokens = [line for line in write_tokens(workdir / "tokens.txt", "customer").read_text().splitlines() if line]
         for scenario in args.scenario or ["plain", "policy"]:
             used = tokens if scenario == "policy" else []
