@@ -115,6 +115,7 @@ def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list
         wait_http(f"http://127.0.0.1:{port}/open/bench", timeout=600)
         path = PATHS[scenario]
         send(port, path, args.warmup, tokens)
+        time.sleep(args.settle)  # the warm-up's deferred work (detection batches) is not the idle rate
         subprocess.run(["callgrind_control", "-i", "on", str(gateway.pid)], check=True, capture_output=True)
         dump(gateway.pid, workdir, "reset")
         started = time.monotonic()
@@ -123,6 +124,7 @@ def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list
         idle_rate = idle / (time.monotonic() - started)
         started = time.monotonic()
         send(port, path, args.requests, tokens, args.connections)
+        time.sleep(args.drain)  # work the requests left for background batches is theirs
         busy = dump(gateway.pid, workdir, "busy")
         elapsed = time.monotonic() - started
         return (busy - idle_rate * elapsed) / args.requests / 1000
@@ -138,6 +140,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--settle", type=float, default=0.0, help="seconds after the warm-up, not counted")
+    parser.add_argument("--drain", type=float, default=0.0, help="seconds after the requests, counted with them")
     parser.add_argument("--connections", type=int, default=1, help="keep-alive connections at once")
     parser.add_argument("--keep", type=Path, help="write the callgrind files here (for callgrind_annotate)")
     args = parser.parse_args()
