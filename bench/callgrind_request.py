@@ -127,6 +127,8 @@ def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list
         time.sleep(args.drain)  # work the requests left for background batches is theirs
         busy = dump(gateway.pid, workdir, "busy")
         elapsed = time.monotonic() - started
+        print(f"{scenario}: raw {busy / args.requests / 1000:.1f} k/request over {elapsed:.0f} s, "
+              f"idle {idle_rate / 1e6:.2f} M/s subtracted", flush=True)
         return (busy - idle_rate * elapsed) / args.requests / 1000
     finally:
         stop(gateway)
