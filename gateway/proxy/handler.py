@@ -25,11 +25,13 @@ from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.limits.shedding import network_key
 from gateway.metrics import Metrics
 from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
+from gateway.proxy.answer import buffered_answer
 from gateway.proxy.browser_proof import PROOF_PATH, PROOF_ROUTE
 from gateway.proxy.challenge import COOKIE, SECURE_COOKIE, Check
 from gateway.proxy.headers import (
     VIA_TOKEN,
     ForwardedFrom,
+    client_answer_lines,
     client_response_headers,
     request_id_or_new,
     upstream_header_lines,
@@ -446,6 +448,25 @@ class ProxyHandler:
         extra_headers: Mapping[str, str], meter: Meter, send_timeout: float,
     ) -> web.StreamResponse:
         upstream = exchange.head
+        status = meter.status = upstream.status
+        links = target.proof_links
+        if (request.method != "HEAD" and status >= 200 and status not in _NO_BODY_STATUSES
+                and (links is None or status != 200 or request.method != "GET")):
+            lines = client_answer_lines(upstream.headers)
+            if lines.content_length is not None and lines.content_length <= _BUFFER_LIMIT:
+                # The common answer: small and whole, written in one piece (no link to plant).
+                try:
+                    body = await exchange.read_all()
+                except UpstreamError as exc:
+                    exchange.abort()
+                    return self._upstream_failed(request, target, exc, extra_headers)
+                except BaseException:
+                    exchange.abort()
+                    raise
+                exchange.release()
+                meter.upstream_seconds = time.perf_counter() - meter.upstream_started
+                meter.bytes += len(body)
+                return buffered_answer(request, status, upstream.reason, lines, extra_headers, request_id, body)
         headers, length = client_response_headers(upstream.headers)
         if extra_headers:
             headers.update(extra_headers)
@@ -454,9 +475,8 @@ class ProxyHandler:
         via = headers.get("Via")
         headers["Via"] = f"{via}, {_VIA}" if via else _VIA
         reason = upstream.reason.decode("utf-8", "replace") or None
-        status = meter.status = upstream.status
         response: web.StreamResponse | None = None
-        links, tag = target.proof_links, None
+        tag = None
         if links is not None and status == 200 and request.method == "GET":
             tag = links.tag_for(request, headers)
         try:

@@ -149,3 +149,80 @@ def client_response_headers(raw_headers: list[tuple[bytes, bytes]]) -> tuple[CIM
         for token in connection_tokens(named):
             headers.popall(token.decode("latin-1"), None)
     return headers, content_length
+
+
+# What the pass over a buffered answer's headers does with each name (names are cached raw, as
+# the upstream spells them, so the lower-casing and set lookups happen once per name).
+_PASS, _DROP, _LENGTH, _CONNECTION, _VIA, _DATE, _SERVER, _TYPE = range(8)
+_KIND_BY_LOWER = {b"content-length": _LENGTH, b"connection": _CONNECTION, b"via": _VIA, b"date": _DATE,
+                  b"server": _SERVER, b"content-type": _TYPE, b"x-request-id": _DROP}
+_KINDS: dict[bytes, tuple[int, bytes]] = {}
+
+
+def _kind(name: bytes) -> tuple[int, bytes]:
+    lower = name.lower()
+    kind = (_KIND_BY_LOWER.get(lower, _DROP if lower in _RESPONSE_DROP else _PASS), lower)
+    if len(_KINDS) < _MAX_PASSED_NAMES:
+        _KINDS[name] = kind
+    return kind
+
+
+class AnswerLines:
+    """A buffered upstream answer's header lines for the client, as the upstream sent their bytes.
+
+    Hop-by-hop fields, those its Connection names, its Content-Length (reframed) and its
+    X-Request-Id (the gateway's replaces it) are left out; its Via values are held for
+    appending. The flags say which fields the gateway must add when the upstream sent none.
+    """
+
+    __slots__ = ("lines", "names", "content_length", "via", "has_date", "has_server", "has_type")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.names: list[bytes] = []  # lower-case, one per line
+        self.content_length: int | None = None
+        self.via: bytes | None = None
+        self.has_date = False
+        self.has_server = False
+        self.has_type = False
+
+    def drop(self, names: frozenset[bytes] | set[bytes]) -> None:
+        """Leave out the lines of these (lower-case) names."""
+        kept = [(line, name) for line, name in zip(self.lines, self.names, strict=True) if name not in names]
+        self.lines = [line for line, _ in kept]
+        self.names = [name for _, name in kept]
+        if b"via" in names:
+            self.via = None
+        self.has_date = self.has_date and b"date" not in names
+        self.has_server = self.has_server and b"server" not in names
+        self.has_type = self.has_type and b"content-type" not in names
+
+
+def client_answer_lines(raw_headers: list[tuple[bytes, bytes]]) -> AnswerLines:
+    """The same rules as `client_response_headers`, without decoding: for answers written whole."""
+    answer = AnswerLines()
+    lines, names = answer.lines, answer.names
+    kinds = _KINDS
+    named: list[bytes] | None = None
+    for name, value in raw_headers:
+        kind, lower = kinds.get(name) or _kind(name)
+        if kind > _VIA:  # passed on, and noted
+            if kind == _DATE:
+                answer.has_date = True
+            elif kind == _SERVER:
+                answer.has_server = True
+            else:
+                answer.has_type = True
+        elif kind != _PASS:
+            if kind == _LENGTH:
+                answer.content_length = int(value)  # llhttp has already rejected malformed lengths
+            elif kind == _VIA:
+                answer.via = value if answer.via is None else answer.via + b", " + value
+            elif kind == _CONNECTION and value.lower() not in _PLAIN_CONNECTION:
+                (named := named or []).append(value)
+            continue
+        lines.append(name + b": " + value + b"\r\n")
+        names.append(lower)
+    if named:
+        answer.drop(connection_tokens(named))
+    return answer

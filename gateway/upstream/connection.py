@@ -136,10 +136,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         head = ResponseHead(status, self._reason, self._headers, self._parser.should_keep_alive())
         if not self._head_only and status not in (101, 204, 304):
-            head.body_until_eof = not any(
-                name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers
-            )
-            if head.body_until_eof:
+            for name, _ in self._headers:
+                lower = name.lower()
+                if lower == b"content-length" or lower == b"transfer-encoding":
+                    break
+            else:  # no framing: the body runs until the upstream closes
+                head.body_until_eof = True
                 head.keep_alive = False
         self._head = head
         if self._head_waiter is not None and not self._head_waiter.done():
@@ -218,6 +220,19 @@ class UpstreamConnection(asyncio.Protocol):
         chunk = self._body.popleft()
         self._buffered -= len(chunk)
         if self._reading_paused and self._buffered <= _RESUME_AT and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def take_body(self) -> bytes | None:
+        """The whole body if it has all arrived (the usual small answer, in the head's packet), else None."""
+        if not self._complete or self._error is not None:
+            return None
+        body = self._body
+        chunk = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
         return chunk

@@ -178,6 +178,9 @@ class Exchange:
         return await self._conn.read_chunk(self._pool.read_timeout)
 
     async def read_all(self) -> bytes:
+        whole = self._conn.take_body()
+        if whole is not None:
+            return whole
         chunks = []
         while chunk := await self.read_chunk():
             chunks.append(chunk)

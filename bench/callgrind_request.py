@@ -1,0 +1,160 @@
+"""Instructions per proxied request, counted by callgrind: steady on a loaded machine, where CPU
+time per request is not.
+
+The gateway runs under `valgrind --tool=callgrind --instr-atstart=no` in front of an nginx
+`return 200` upstream. After a warm-up, collection is switched on for an idle period (the
+background tasks' own rate, subtracted) and then for N requests over one keep-alive
+connection. Prints k instructions per request for each scenario asked for.
+
+    .venv/bin/python bench/callgrind_request.py --port-base 23100 [--scenario plain --scenario policy]
+
+Set PYTHONPATH to another checkout to count its code with this venv (the editable install's
+finder comes after sys.path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import http.client
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.processes import BENCH_LIMITS, find, stop, upstream_conf, wait_http  # noqa: E402
+from bench.tokens import TOKEN_CUSTOMERS, TOKEN_ISSUER, TOKEN_SECRET, write_tokens  # noqa: E402
+
+PATHS = {"plain": "/open/bench", "policy": "/detect/bench"}
+
+
+def gateway_config(port: int, admin_port: int, upstream_port: int) -> str:
+    customers = "\n".join(f"  free-{n}: {{plan: unlimited}}" for n in range(TOKEN_CUSTOMERS))
+    return BENCH_LIMITS.format(customers=customers, state_url="memory://") + f"""
+server: {{listen: "127.0.0.1:{port}", access_log: false}}
+admin: {{listen: "127.0.0.1:{admin_port}"}}
+logging: {{level: warning}}
+auth:
+  issuers:
+    - {{name: bench, issuer: "{TOKEN_ISSUER}", audiences: [bench], algorithms: [HS256], hmac_secret: "{TOKEN_SECRET}"}}
+upstreams:
+  bench: {{url: "http://127.0.0.1:{upstream_port}"}}
+detection:
+  hash_salt: bench-salt-of-16-bytes
+  sharing: {{action: flag}}
+  scraping: {{actions: {{api: flag}}}}
+  seats: {{}}
+routes:
+  - {{name: health, path_prefix: /healthz, upstream: bench, auth: none, detect: false}}
+  - {{name: open, path_prefix: /open/, upstream: bench, auth: none, detect: false}}
+  - {{name: detect, path_prefix: /detect/, upstream: bench}}
+  - {{name: api, path_prefix: /, upstream: bench, detect: false}}
+"""
+
+
+def send(port: int, path: str, count: int, tokens: list[str], connections: int = 1) -> None:
+    """`count` requests over `connections` keep-alive connections at once: with several, the
+    gateway never waits for the client, so background tasks add less per request."""
+    if connections > 1:
+        share = [count // connections + (n < count % connections) for n in range(connections)]
+        with ThreadPoolExecutor(connections) as pool:
+            list(pool.map(lambda n: send(port, path, n, tokens), share))
+        return
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    for n in range(count):
+        headers = {"Authorization": f"Bearer {tokens[n % len(tokens)]}"} if tokens else {}
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"status {response.status} for {path}")
+    connection.close()
+
+
+def instructions(outfile: str) -> int:
+    text = Path(outfile).read_text()
+    match = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(r"^totals:\s+(\d+)", text, re.M)
+    assert match, outfile
+    return int(match.group(1))
+
+
+def dump(pid: int, workdir: Path, label: str) -> int:
+    before = set(glob.glob(str(workdir / "callgrind.out.*")))
+    subprocess.run(["callgrind_control", "-d", label, str(pid)], check=True, capture_output=True)
+    for _ in range(600):
+        new = set(glob.glob(str(workdir / "callgrind.out.*"))) - before
+        if new:
+            time.sleep(0.5)  # let the file be written whole
+            return instructions(new.pop())
+        time.sleep(0.1)
+    raise SystemExit("no callgrind dump appeared")
+
+
+def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list[str]) -> float:
+    port, admin_port, upstream_port = args.port_base, args.port_base + 1, args.port_base + 2
+    config = workdir / "gateway.yaml"
+    config.write_text(gateway_config(port, admin_port, upstream_port))
+    prefix = workdir / "upstream"
+    if not prefix.exists():
+        (prefix / "tmp").mkdir(parents=True)
+        (prefix / "nginx.conf").write_text(upstream_conf(upstream_port))
+    upstream = subprocess.Popen([find("nginx") or "nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
+    gateway = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={workdir}/callgrind.out.%p",
+         sys.executable, "-m", "gateway", "run", "-c", str(config)],
+        cwd=workdir, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/open/bench", timeout=600)
+        path = PATHS[scenario]
+        send(port, path, args.warmup, tokens)
+        time.sleep(args.settle)  # the warm-up's deferred work (detection batches) is not the idle rate
+        subprocess.run(["callgrind_control", "-i", "on", str(gateway.pid)], check=True, capture_output=True)
+        dump(gateway.pid, workdir, "reset")
+        started = time.monotonic()
+        time.sleep(args.idle)
+        idle = dump(gateway.pid, workdir, "idle")
+        idle_rate = idle / (time.monotonic() - started)
+        started = time.monotonic()
+        send(port, path, args.requests, tokens, args.connections)
+        time.sleep(args.drain)  # work the requests left for background batches is theirs
+        busy = dump(gateway.pid, workdir, "busy")
+        elapsed = time.monotonic() - started
+        print(f"{scenario}: raw {busy / args.requests / 1000:.1f} k/request over {elapsed:.0f} s, "
+              f"idle {idle_rate / 1e6:.2f} M/s subtracted", flush=True)
+        return (busy - idle_rate * elapsed) / args.requests / 1000
+    finally:
+        stop(gateway)
+        stop(upstream)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port-base", type=int, required=True, help="three loopback ports from here")
+    parser.add_argument("--scenario", action="append", choices=sorted(PATHS), help="repeatable; default both")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--settle", type=float, default=0.0, help="seconds after the warm-up, not counted")
+    parser.add_argument("--drain", type=float, default=0.0, help="seconds after the requests, counted with them")
+    parser.add_argument("--connections", type=int, default=1, help="keep-alive connections at once")
+    parser.add_argument("--keep", type=Path, help="write the callgrind files here (for callgrind_annotate)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="callgrind-") as tmp:
+        workdir = Path(tmp) if args.keep is None else args.keep
+        workdir.mkdir(parents=True, exist_ok=True)
+        tokens = [line for line in write_tokens(workdir / "tokens.txt", "customer").read_text().splitlines() if line]
+        for scenario in args.scenario or ["plain", "policy"]:
+            used = tokens if scenario == "policy" else []
+            print(f"{scenario}: {measure(args, workdir, scenario, used):.1f} k instructions/request", flush=True)
+
+
+if __name__ == "__main__":
+    main()
