@@ -17,6 +17,7 @@ from aiohttp.web_request import BaseRequest
 from gateway.problems import SERVER_NAME
 from gateway.proxy.answer import buffered_answer
 from gateway.proxy.headers import client_answer_lines, client_response_headers
+from tests.support.configs import gateway_config
 
 NGINX_LIKE = [(b"Server", b"nginx/1.24.0"), (b"Date", b"Wed, 02 Dec 2026 01:40:00 GMT"),
               (b"Content-Type", b"application/json"), (b"Content-Length", b"13"), (b"Connection", b"keep-alive")]
@@ -149,3 +150,24 @@ async def test_a_gateway_field_with_a_line_break_is_refused(serve):
     port = await serve(buffered, 200, b"OK", [(b"Content-Length", b"1")], {"Fair-Use-Warning": "a\r\nX-Evil: 1"}, b"x")
     answer, _ = await exchange(port, [GET_11_CLOSE])
     assert answer.startswith(b"HTTP/1.1 500") and b"X-Evil" not in answer
+
+
+async def test_every_via_of_a_streamed_answer_is_kept_before_the_gateways(start_gateway, client):
+    # The streamed path (chunked, no Content-Length) lists the same hops as the buffered one.
+    async def upstream_handler(request: BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers=[("Via", "1.1 cdn"), ("Via", "1.0 edge")])
+        await response.prepare(request)
+        await response.write(b"chunk")
+        await response.write_eof()
+        return response
+
+    runner = web.ServerRunner(web.Server(upstream_handler, access_log=None))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        gateway = await start_gateway(gateway_config(f"http://127.0.0.1:{runner.addresses[0][1]}"))
+        async with client.get(f"{gateway.url}/stream") as response:
+            assert response.headers.getall("Via") == ["1.1 cdn, 1.0 edge, 1.1 fairgate"]
+            assert await response.read() == b"chunk"
+    finally:
+        await runner.cleanup()

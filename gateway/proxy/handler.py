@@ -472,7 +472,8 @@ class ProxyHandler:
             headers.update(extra_headers)
         headers["X-Request-Id"] = request_id
         headers.setdefault("Server", SERVER_NAME)  # the upstream's own passes through
-        via = headers.get("Via")
+        # Every Via field the upstream sent, in order, then ours (as the buffered path does).
+        via = ", ".join(headers.getall("Via", ()))
         headers["Via"] = f"{via}, {_VIA}" if via else _VIA
         reason = upstream.reason.decode("utf-8", "replace") or None
         response: web.StreamResponse | None = None
