@@ -10,6 +10,7 @@ period ended.
 from __future__ import annotations
 
 import re
+import sys
 
 from gateway.auth.identity import Identity
 from gateway.auth.token_cache import TokenCache
@@ -90,6 +91,33 @@ def test_quota_counts_outlive_idleness_and_go_when_their_period_ends():
     assert counts.sweep(T0 + 7200, 100) == 0
     assert not store.evaluate_now([quota], T0 + 7200)[0].allowed  # idle for hours, still used up
     assert counts.sweep(end, 100) == 1
+
+
+def test_a_table_swept_nearly_empty_gives_back_its_hash_table_and_keeps_its_order():
+    table: BoundedTable[str, float] = BoundedTable(100_000, lambda until, now: until <= now)
+    for n in range(20_000):
+        table.put(f"k{n}", T0 + (6000 if n % 5000 == 0 else 60))
+    full = sys.getsizeof(table)
+    while table.sweep(T0 + 60, 500):
+        pass
+    assert list(table) == ["k0", "k5000", "k10000", "k15000"]
+    assert sys.getsizeof(table) * 50 < full  # a dict keeps the table of its largest size until rebuilt
+    table.put("k1", T0)
+    assert list(table)[-1] == "k1" and table.sweep(T0 + 6000, 500) == 5 and len(table) == 0
+
+
+def test_token_cache_sweeps_its_segments_small_again_once_tokens_expired():
+    cache = TokenCache(50_000)
+    for n in range(20_000):
+        cache.put(f"t{n}", identity("x", T0 + 60), T0 + 60)
+        if n % 2:
+            assert cache.get(f"t{n}", T0) is not None  # seen twice: protected
+    cache.put("long", identity("y", T0 + 6000), T0 + 6000)
+    full = sys.getsizeof(cache._probation) + sys.getsizeof(cache._protected)
+    while cache.sweep(T0 + 60, 500):
+        pass
+    assert len(cache) == 1 and cache.get("long", T0 + 60).customer == "y"
+    assert (sys.getsizeof(cache._probation) + sys.getsizeof(cache._protected)) * 50 < full
 
 
 def test_token_cache_keys_by_digest_and_sweeps_expired_tokens():

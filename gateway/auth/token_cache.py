@@ -6,6 +6,7 @@ from collections import OrderedDict
 from hashlib import blake2b
 
 from gateway.auth.identity import Identity
+from gateway.state.bounded import REBUILD_MAX, SHRINK
 
 _Entry = tuple[Identity, float]  # identity, valid until
 
@@ -42,7 +43,7 @@ class TokenCache:
     """
 
     __slots__ = ("_probation", "_protected", "_capacity", "_protected_capacity", "counts", "evictions",
-                 "expirations")
+                 "expirations", "_peak")
 
     def __init__(self, capacity: int, counts: CacheCounts | None = None) -> None:
         self._probation: OrderedDict[bytes, _Entry] = OrderedDict()
@@ -52,6 +53,7 @@ class TokenCache:
         self.counts = counts if counts is not None else CacheCounts()
         self.evictions = 0
         self.expirations = 0
+        self._peak = 0  # the most entries a sweep has seen since the segments were last rebuilt
 
     @property
     def limit(self) -> int:
@@ -105,7 +107,12 @@ class TokenCache:
 
     def sweep(self, now: float, budget: int) -> int:
         """Forget expired entries among up to `budget` of each segment's least recent; the
-        others keep their place (a segment's order is its recency, which eviction reads)."""
+        others keep their place (a segment's order is its recency, which eviction reads).
+
+        Once the cache has shrunk well below its peak (tokens expired after an idle period), the
+        segments are rebuilt: a dict keeps the hash table of its largest size until it grows
+        again (state/bounded.py says why and when, in the same terms)."""
+        self._peak = max(self._peak, len(self))
         forgotten = 0
         for segment in (self._probation, self._protected):
             gone = [token for token, (_, valid_until) in _first(segment, budget) if now >= valid_until]
@@ -113,6 +120,10 @@ class TokenCache:
                 del segment[token]
             forgotten += len(gone)
         self.expirations += forgotten
+        if forgotten and len(self) * SHRINK < self._peak and len(self) <= REBUILD_MAX:
+            self._probation = OrderedDict(self._probation)
+            self._protected = OrderedDict(self._protected)
+            self._peak = len(self)
         return forgotten
 
 
