@@ -16,6 +16,7 @@ from gateway.auth.identity import Identity
 from gateway.auth.token_cache import TokenCache
 from gateway.metrics import Metrics
 from gateway.state.bounded import BoundedTable
+from gateway.state.counters import PACK_AFTER, CounterSet
 from gateway.state.memory import MemoryStore
 from gateway.state.sightings import MemorySightings, Query, Sighting
 from gateway.state.store import QUOTA, RATE, Check
@@ -118,6 +119,44 @@ def test_token_cache_sweeps_its_segments_small_again_once_tokens_expired():
         pass
     assert len(cache) == 1 and cache.get("long", T0 + 60).customer == "y"
     assert (sys.getsizeof(cache._probation) + sys.getsizeof(cache._protected)) * 50 < full
+
+
+async def test_usage_counters_of_idle_customers_are_packed_and_still_add_up():
+    store = MemoryStore()
+    counters = store.tables()["usage_counters"]
+    month = T0 + 40 * 86400
+    await store.add_counters("u", {f"c{n}": {"01:requests": 1, "01:upstream_seconds": 0.25} for n in range(1000)}, month)
+    await store.add_counters("u", {"c0": {"01:requests": 2}}, month)
+    expected = {f"c{n}": {"01:requests": 1.0, "01:upstream_seconds": 0.25} for n in range(1000)}
+    expected["c0"]["01:requests"] = 3.0
+    assert counters.sweep(T0, 300) == 0 and len(counters) == 1000  # written before any sweep: from now
+    await store.add_counters("u", {"c1": {"01:requests": 1}}, month)  # written again: waits longer
+    expected["c1"]["01:requests"] = 2.0
+    assert counters.sweep(T0 + PACK_AFTER - 1, 300) == 0
+    assert [counters.sweep(T0 + PACK_AFTER, 300) for _ in range(4)] == [300, 300, 300, 99]
+    assert len(counters) == 1 and counters.expirations == 999
+    assert await store.read_counters("u") == expected
+    assert counters.sweep(T0 + PACK_AFTER, 300) == 1 and len(counters) == 0  # c1: written at T0 too
+    # Back after being packed: a new record of what it adds, summed with the packed one.
+    await store.add_counters("u", {"c0": {"01:requests": 1, "02:requests": 4}}, month)
+    expected["c0"] |= {"01:requests": 4.0, "02:requests": 4.0}
+    assert await store.read_counters("u") == expected
+    assert counters.sweep(T0 + 2 * PACK_AFTER - 1, 300) == 0  # written at the sweep of T0 + PACK_AFTER
+    assert counters.sweep(T0 + 2 * PACK_AFTER, 300) == 1 and len(counters) == 0
+    assert await store.read_counters("u") == expected
+    assert await store.read_counters("other") == {}
+
+
+def test_a_customer_packed_again_and_again_reads_as_one_and_its_records_are_merged():
+    counters = CounterSet(T0 + 86400)
+    for day in range(1, 6):
+        at = T0 + day * PACK_AFTER
+        counters.add({"acme": {f"{day:02}:requests": 1.0, "total": 0.1}}, at)
+        assert counters.pack(at + PACK_AFTER - 1, 100) == 0 and counters.pack(at + PACK_AFTER, 100) == 1
+    once = counters.read()
+    assert once == {"acme": {"01:requests": 1.0, "02:requests": 1.0, "03:requests": 1.0, "04:requests": 1.0,
+                             "05:requests": 1.0, "total": 0.1 + 0.1 + 0.1 + 0.1 + 0.1}}
+    assert counters.read() == once  # the merged pages read the same
 
 
 def test_token_cache_keys_by_digest_and_sweeps_expired_tokens():
