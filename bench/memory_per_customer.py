@@ -5,6 +5,7 @@ enforcement, limits, usage, detection), their background batches run, then measu
     python bench/memory_per_customer.py --customers 20000,200000
     python bench/memory_per_customer.py --customers 200000 --tracemalloc   # by component (slower)
     python bench/memory_per_customer.py --customers 20000 --gc freeze+thresholds=50000,50,100
+    python bench/memory_per_customer.py --customers 20000 --idle-report --tracemalloc --lines 30
 
 RSS is read from /proc (the number an SRE sees); with --tracemalloc the live Python
 allocations are grouped by gateway package (auth, limits, state, usage, detect, enforce, ...).
@@ -138,7 +139,7 @@ class LongestHold:
 
 
 async def measure(count: int, trace: bool, unchunked: bool = False, gc_variant: str = "default",
-                  lines: int = 0) -> dict[str, object]:
+                  lines: int = 0, idle_report: bool = False) -> dict[str, object]:
     from multidict import CIMultiDict, CIMultiDictProxy
 
     from gateway.config.loader import load_config
@@ -165,6 +166,9 @@ async def measure(count: int, trace: bool, unchunked: bool = False, gc_variant: 
         collections = Collections()
         gc.callbacks.append(collections)
         before_rss = rss_bytes()
+        before_types = object_types() if idle_report else {}
+        before_blocks = sys.getallocatedblocks()
+        before_arenas = pymalloc_arenas() if idle_report else {}
         cpu_start = time.thread_time()
         if trace:
             tracemalloc.start(1)
@@ -182,6 +186,7 @@ async def measure(count: int, trace: bool, unchunked: bool = False, gc_variant: 
             runtime.detection.observe_request("api", identity, client_ip, "GET", f"/api/items/{n}", headers, 200,
                                               None)
             if n % 1000 == 999:
+                server.sweeper.tick()  # as a running gateway's, every 100 ms (nothing is idle yet)
                 async with LongestHold() as held:
                     await state.detection.drain()
                 holds["detection_drain_1000"] = max(holds.get("detection_drain_1000", 0.0), held.ms)
@@ -198,6 +203,7 @@ async def measure(count: int, trace: bool, unchunked: bool = False, gc_variant: 
         async with LongestHold() as held:
             await state.usage.flush()
         holds["usage_flush_all_customers"] = held.ms
+        server.sweeper.tick()  # the gateway's next tick, 100 ms after the flush
         fed = time.perf_counter() - start
         fed_cpu = time.thread_time() - cpu_start
         gc.callbacks.remove(collections)
@@ -236,13 +242,19 @@ async def measure(count: int, trace: bool, unchunked: bool = False, gc_variant: 
         gc.collect()
         result["sweep"] = swept
         result["entries_before_idle"] = fed_entries
-        result["rss_after_idle_mb"] = round(rss_bytes() / 2**20, 1)
+        idle_rss = rss_bytes()
+        result["rss_after_idle_mb"] = round(idle_rss / 2**20, 1)
+        # Issue 14 target 4: at most 25% of the feed's growth kept once idle.
+        result["idle_kept_share_of_growth"] = round((idle_rss - before_rss) / max(1, after_rss - before_rss), 3)
         # glibc's malloc_trim, measured (not adopted: see docs/performance.md).
         started = time.perf_counter()
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         result["malloc_trim_ms"] = round((time.perf_counter() - started) * 1000, 1)
         result["rss_after_trim_mb"] = round(rss_bytes() / 2**20, 1)
         result["entries_after_idle"] = entries(server)
+        if idle_report:
+            result["idle_report"] = idle_diagnosis(count, before_types, before_blocks, before_arenas,
+                                                   before if trace else None, lines or 20)
         return result
 
 
@@ -313,6 +325,67 @@ def tune_gc(variant: str) -> None:
         gc.freeze()
 
 
+def object_types() -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for obj in gc.get_objects():
+        name = type(obj).__qualname__
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def idle_diagnosis(count: int, before_types: dict[str, int], before_blocks: int, before_arenas: dict[str, float],
+                   before: tracemalloc.Snapshot | None, lines: int) -> dict[str, object]:
+    """What is still held after the idle sweep emptied every table: GC-tracked objects by type
+    and pymalloc blocks against before the feed, tracemalloc's lines that still hold most
+    (with --tracemalloc), and pymalloc's arenas."""
+    now_types = object_types()
+    grown = sorted(((name, now_types.get(name, 0) - before_types.get(name, 0))
+                    for name in set(now_types) | set(before_types)), key=lambda item: -abs(item[1]))
+    report: dict[str, object] = {
+        "gc_objects_kept_per_customer": round((sum(now_types.values()) - sum(before_types.values())) / count, 3),
+        "gc_objects_kept_by_type": {name: delta for name, delta in grown[:lines] if delta},
+        "allocated_blocks_kept_per_customer": round((sys.getallocatedblocks() - before_blocks) / count, 3),
+    }
+    if before is not None:
+        now = tracemalloc.take_snapshot()
+        report["traced_kept_per_customer"] = round(
+            sum(stat.size_diff for stat in now.compare_to(before, "filename")) / count)
+        report["traced_kept_lines_per_customer"] = {
+            f"{stat.traceback[0].filename.rpartition('site-packages/')[2].rpartition('gateway/')[2]}:"
+            f"{stat.traceback[0].lineno}": round(stat.size_diff / count, 1)
+            for stat in now.compare_to(before, "lineno")[:lines]}
+    report["pymalloc_before_feed"] = before_arenas
+    report["pymalloc_after_idle"] = pymalloc_arenas()
+    return report
+
+
+def pymalloc_arenas() -> dict[str, float]:
+    """pymalloc's 1 MiB arenas in use and how full they are, from `sys._debugmallocstats()`
+    (which writes to the C stderr, so it is caught through a file descriptor). An arena goes
+    back to the OS only when every block in it is free. Empty without pymalloc (tracemalloc on
+    replaces the allocator)."""
+    with tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        text = caught.read().decode()
+    wanted = {"arenas allocated current": "arenas", "bytes in allocated blocks": "allocated_mb",
+              "bytes in available blocks": "free_in_used_pools_mb", "unused pools": "unused_pools_mb"}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        for label, name in wanted.items():
+            if label in line and "=" in line:
+                value = int(line.rpartition("=")[2].replace(",", ""))
+                found[name] = value if name == "arenas" else round(value / 2**20, 1)
+    return found
+
+
 def entries(server: GatewayServer) -> dict[str, int]:
     return {name: len(table) for name, table in server.state.tables.counts()}
 
@@ -325,14 +398,19 @@ def main() -> None:
     parser.add_argument("--gc", default="default", help=tune_gc.__doc__)
     parser.add_argument("--lines", type=int, default=0,
                         help="with --tracemalloc, also the N source lines that allocated most")
+    parser.add_argument("--idle-report", action="store_true",
+                        help="after the idle sweep: what is still held (objects by type, pymalloc blocks and "
+                             "arenas, with --tracemalloc the lines)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process's count
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(asyncio.run(measure(args.one, args.tracemalloc, args.unchunked, args.gc, args.lines))))
+        print(json.dumps(asyncio.run(measure(args.one, args.tracemalloc, args.unchunked, args.gc, args.lines,
+                                                  args.idle_report))))
         return
     for count in (int(part) for part in args.customers.split(",") if part.strip()):
         command = [sys.executable, __file__, "--one", str(count), *(["--tracemalloc"] if args.tracemalloc else []),
-                   *(["--unchunked"] if args.unchunked else []), "--gc", args.gc, "--lines", str(args.lines)]
+                   *(["--unchunked"] if args.unchunked else []),
+                   *(["--idle-report"] if args.idle_report else []), "--gc", args.gc, "--lines", str(args.lines)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         print(json.dumps(json.loads(output.splitlines()[-1]), indent=2))
 

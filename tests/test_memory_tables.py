@@ -10,11 +10,13 @@ period ended.
 from __future__ import annotations
 
 import re
+import sys
 
 from gateway.auth.identity import Identity
 from gateway.auth.token_cache import TokenCache
 from gateway.metrics import Metrics
 from gateway.state.bounded import BoundedTable
+from gateway.state.counters import PACK_AFTER, CounterSet
 from gateway.state.memory import MemoryStore
 from gateway.state.sightings import MemorySightings, Query, Sighting
 from gateway.state.store import QUOTA, RATE, Check
@@ -90,6 +92,71 @@ def test_quota_counts_outlive_idleness_and_go_when_their_period_ends():
     assert counts.sweep(T0 + 7200, 100) == 0
     assert not store.evaluate_now([quota], T0 + 7200)[0].allowed  # idle for hours, still used up
     assert counts.sweep(end, 100) == 1
+
+
+def test_a_table_swept_nearly_empty_gives_back_its_hash_table_and_keeps_its_order():
+    table: BoundedTable[str, float] = BoundedTable(100_000, lambda until, now: until <= now)
+    for n in range(20_000):
+        table.put(f"k{n}", T0 + (6000 if n % 5000 == 0 else 60))
+    full = sys.getsizeof(table)
+    while table.sweep(T0 + 60, 500):
+        pass
+    assert list(table) == ["k0", "k5000", "k10000", "k15000"]
+    assert sys.getsizeof(table) * 50 < full  # a dict keeps the table of its largest size until rebuilt
+    table.put("k1", T0)
+    assert list(table)[-1] == "k1" and table.sweep(T0 + 6000, 500) == 5 and len(table) == 0
+
+
+def test_token_cache_sweeps_its_segments_small_again_once_tokens_expired():
+    cache = TokenCache(50_000)
+    for n in range(20_000):
+        cache.put(f"t{n}", identity("x", T0 + 60), T0 + 60)
+        if n % 2:
+            assert cache.get(f"t{n}", T0) is not None  # seen twice: protected
+    cache.put("long", identity("y", T0 + 6000), T0 + 6000)
+    full = sys.getsizeof(cache._probation) + sys.getsizeof(cache._protected)
+    while cache.sweep(T0 + 60, 500):
+        pass
+    assert len(cache) == 1 and cache.get("long", T0 + 60).customer == "y"
+    assert (sys.getsizeof(cache._probation) + sys.getsizeof(cache._protected)) * 50 < full
+
+
+async def test_usage_counters_of_idle_customers_are_packed_and_still_add_up():
+    store = MemoryStore()
+    counters = store.tables()["usage_counters"]
+    month = T0 + 40 * 86400
+    await store.add_counters("u", {f"c{n}": {"01:requests": 1, "01:upstream_seconds": 0.25} for n in range(1000)}, month)
+    await store.add_counters("u", {"c0": {"01:requests": 2}}, month)
+    expected = {f"c{n}": {"01:requests": 1.0, "01:upstream_seconds": 0.25} for n in range(1000)}
+    expected["c0"]["01:requests"] = 3.0
+    assert counters.sweep(T0, 300) == 0 and len(counters) == 1000  # written before any sweep: from now
+    await store.add_counters("u", {"c1": {"01:requests": 1}}, month)  # written again: waits longer
+    expected["c1"]["01:requests"] = 2.0
+    assert counters.sweep(T0 + PACK_AFTER - 1, 300) == 0
+    assert [counters.sweep(T0 + PACK_AFTER, 300) for _ in range(4)] == [300, 300, 300, 99]
+    assert len(counters) == 1 and counters.expirations == 999
+    assert await store.read_counters("u") == expected
+    assert counters.sweep(T0 + PACK_AFTER, 300) == 1 and len(counters) == 0  # c1: written at T0 too
+    # Back after being packed: a new record of what it adds, summed with the packed one.
+    await store.add_counters("u", {"c0": {"01:requests": 1, "02:requests": 4}}, month)
+    expected["c0"] |= {"01:requests": 4.0, "02:requests": 4.0}
+    assert await store.read_counters("u") == expected
+    assert counters.sweep(T0 + 2 * PACK_AFTER - 1, 300) == 0  # written at the sweep of T0 + PACK_AFTER
+    assert counters.sweep(T0 + 2 * PACK_AFTER, 300) == 1 and len(counters) == 0
+    assert await store.read_counters("u") == expected
+    assert await store.read_counters("other") == {}
+
+
+def test_a_customer_packed_again_and_again_reads_as_one_and_its_records_are_merged():
+    counters = CounterSet(T0 + 86400)
+    for day in range(1, 6):
+        at = T0 + day * PACK_AFTER
+        counters.add({"acme": {f"{day:02}:requests": 1.0, "total": 0.1}}, at)
+        assert counters.pack(at + PACK_AFTER - 1, 100) == 0 and counters.pack(at + PACK_AFTER, 100) == 1
+    once = counters.read()
+    assert once == {"acme": {"01:requests": 1.0, "02:requests": 1.0, "03:requests": 1.0, "04:requests": 1.0,
+                             "05:requests": 1.0, "total": 0.1 + 0.1 + 0.1 + 0.1 + 0.1}}
+    assert counters.read() == once  # the merged pages read the same
 
 
 def test_token_cache_keys_by_digest_and_sweeps_expired_tokens():

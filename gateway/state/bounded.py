@@ -7,6 +7,10 @@ place until the dict is next resized, and iteration skips those slots from the s
 before it (measured: 200k evictions from a 200k-entry dict took 11.6 s, 0.23 s here).
 OrderedDict keeps its order in a linked list, so the oldest entry is one step away; it costs
 about 53 bytes per entry more than a dict.
+
+Why a sweep rebuilds a table that shrank: a dict never gives back its hash table when entries
+are deleted, only when it grows again (issue 14: after the idle sweep every table was empty and
+still held the table sized for its 200k entries, 3 MB for the sightings at 20k customers).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class BoundedTable(OrderedDict[K, V]):
         self.evictions = 0
         self.expirations = 0
         self._expired = expired
+        self._peak = 0  # the most entries a sweep has seen since the table was last rebuilt
 
     def put(self, key: K, value: V) -> None:
         self[key] = value
@@ -53,6 +58,7 @@ class BoundedTable(OrderedDict[K, V]):
         expired = self._expired
         if expired is None:
             return 0
+        self._peak = max(self._peak, len(self))
         forgotten = 0
         for _ in range(min(budget, len(self))):
             key, value = self.popitem(last=False)
@@ -61,4 +67,21 @@ class BoundedTable(OrderedDict[K, V]):
             else:
                 self[key] = value
         self.expirations += forgotten
+        if forgotten and len(self) * SHRINK < self._peak and len(self) <= REBUILD_MAX:
+            self._rebuild()
         return forgotten
+
+    def _rebuild(self) -> None:
+        """The same entries in the same order, in a hash table sized for them."""
+        entries = list(self.items())
+        self.clear()  # frees the hash table and the order's node array
+        self.update(entries)
+        self._peak = len(self)
+
+
+# A table is rebuilt once a sweep leaves fewer than 1/SHRINK of the most entries it held, and
+# at most REBUILD_MAX: a rebuild holds the loop for O(len) (measured on the loaded 2-vCPU VM,
+# CPU time: 3,000 entries 1.4 ms, 25,000 entries 18 ms), so a table that shrank to 25k from 200k
+# keeps its hash table until it is nearly empty; idle is what this is for.
+SHRINK = 8
+REBUILD_MAX = 1024

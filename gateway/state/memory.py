@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from gateway.state.bounded import BoundedTable
+from gateway.state.counters import CounterSets
 from gateway.state.sightings import MemorySightings
 from gateway.state.store import CONCURRENCY, RATE, Check, Outcome, StateStore
 from gateway.state.tables import Swept
@@ -32,7 +33,7 @@ class MemoryStore(StateStore):
         # concurrency: tokens, lease end
         self._slots: BoundedTable[str, tuple[dict[str, bool], float]] = BoundedTable(max_keys, _ended)
         self._used: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys, _ended)  # quota: used, period end
-        self._counters: dict[str, tuple[dict[str, dict[str, float]], float]] = {}  # index -> (sets, expiry)
+        self._counters = CounterSets()  # index -> counter set (usage: a month's)
         self._sightings = MemorySightings(max_sighting_keys)
 
     def sightings(self) -> MemorySightings:
@@ -41,7 +42,7 @@ class MemoryStore(StateStore):
 
     def tables(self) -> dict[str, Swept]:
         return {"rate_buckets": self._buckets, "concurrency_slots": self._slots, "quota_counts": self._used,
-                "sightings": self._sightings.table}
+                "sightings": self._sightings.table, "usage_counters": self._counters}
 
     def _bucket_drained(self, bucket: tuple[float, float], now: float) -> bool:
         units, at = bucket
@@ -122,21 +123,11 @@ class MemoryStore(StateStore):
             self._used.put(key, (used + amount, expires_at))
 
     async def add_counters(self, index: str, counters: dict[str, dict[str, float]], expires_at: float) -> None:
-        entry = self._counters.get(index)
-        if entry is None:
-            # A new period: the ones that expired go (usage keeps a bounded number of months).
-            for old in [key for key, (_, expiry) in self._counters.items() if expiry <= expires_at - _RETENTION]:
-                del self._counters[old]
-            entry = self._counters[index] = ({}, expires_at)
-        sets = entry[0]
-        for name, amounts in counters.items():
-            fields = sets.setdefault(name, {})
-            for field, amount in amounts.items():
-                fields[field] = fields.get(field, 0.0) + amount
+        self._counters.add(index, counters, expires_at, _RETENTION)
 
     async def read_counters(self, index: str) -> dict[str, dict[str, float]]:
-        entry = self._counters.get(index)
-        return {name: dict(fields) for name, fields in entry[0].items()} if entry is not None else {}
+        counter_set = self._counters.sets.get(index)
+        return counter_set.read() if counter_set is not None else {}
 
 
 def _ended(entry: tuple[object, float], now: float) -> bool:
