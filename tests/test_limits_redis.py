@@ -16,6 +16,7 @@ import redis
 from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
+from gateway.state.sightings import Query, Sighting
 from gateway.state.store import QUOTA, RATE, Check
 from tests.support.clock import ManualClock
 from tests.support.configs import limits_config
@@ -81,6 +82,24 @@ async def test_limits_on_a_redis_cluster_without_crossslot_errors(cluster):
             results = [all(o.allowed for o in answers[customer + 30 * i]) for i in range(3)]
             assert results == [True, True, False], customer
         assert store.breaker.state == "closed"
+    finally:
+        await store.close()
+
+
+async def test_sightings_on_a_redis_cluster_span_every_slot(cluster):
+    """A Cluster spreads the detectors' keys over slots one script cannot span: the same answers
+    come back through the pipeline there."""
+    settings = StateSettings(url=cluster.url, timeout="2s")
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=True, use_redis_time=True)
+    try:
+        run, now = secrets.token_hex(4), time.time()
+        keys = [f"fg{run}:d:{{user:c-{n}/u}}:uses" for n in range(30)]
+        seen = [Sighting(key, member, now + i, 60.0, 2) for key in keys for i, member in enumerate("abc")]
+        queries = [Query(key, now - 1) for key in keys]
+        answers = await store.sightings().exchange(seen, queries)
+        assert answers is not None
+        assert all(answers[query] == {"b": now + 1, "c": now + 2} for query in queries)
     finally:
         await store.close()
 

@@ -44,6 +44,7 @@ class RedisStore(StateStore):
         self._client = client
         self._settings = settings
         self._clock = clock
+        self._cluster = cluster
         self._guard = Guard(client, settings, clock, metrics)
         self._limits = LimitBatches(self._guard, cluster=cluster, use_redis_time=use_redis_time,
                                     release=self.release)
@@ -119,7 +120,7 @@ class RedisStore(StateStore):
 
     def sightings(self) -> RedisSightings:
         # Off the request path, so it may wait longer than a limit decision.
-        return RedisSightings(self._client, max(self._settings.timeout * 10, 0.5))
+        return RedisSightings(self._client, max(self._settings.timeout * 10, 0.5), cluster=self._cluster)
 
     async def close(self) -> None:
         if self._limits.tasks:
