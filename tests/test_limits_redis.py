@@ -309,6 +309,38 @@ def test_a_bad_state_url_from_the_environment_names_the_variable():
     assert "redis+sentinel://" in result.stderr  # the schemes it could have meant
 
 
+async def test_requests_arriving_while_a_call_is_in_flight_are_decided_together_by_the_next(private_redis):
+    """One limits call at a time: the requests that arrive while one is in flight (here held by a
+    paused Redis) go in the next call together, in arrival order, instead of one call each."""
+    settings = StateSettings(url=private_redis.url, timeout="5s")
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=False, use_redis_time=False)
+    admin = redis.asyncio.Redis.from_url(private_redis.url)
+    try:
+        now = time.time()
+        await store.evaluate("c:x", [Check(RATE, "fg:{c:x}:warm", interval=1.0, burst=5)], now)  # loads the script
+        before = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        await admin.client_pause(1000, all=True)  # the commands sent from now on wait a second
+
+        def request() -> asyncio.Task:
+            return asyncio.ensure_future(store.evaluate("c:x", [Check(RATE, "fg:{c:x}:b", interval=60.0, burst=2)],
+                                                        now))
+
+        first = request()
+        for _ in range(3):  # its evaluate, the batch's flush, the call's write: the first call is in flight
+            await asyncio.sleep(0)
+        later = []
+        for _ in range(3):  # one an event-loop turn: without the gate, each would be a call of its own
+            later.append(request())
+            await asyncio.sleep(0)
+        answers = [await first] + [await task for task in later]
+        assert [outcomes[0].allowed for outcomes in answers] == [True, True, False, False]
+        assert (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"] - before == 2
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
 async def test_the_local_over_limit_cache_is_per_cost(redis_url, key_prefix):
     settings = StateSettings(url=redis_url, timeout="2s")
     client, _ = connect(settings)
