@@ -9,9 +9,10 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.processes import LOAD_CORE, children, cpu_seconds, taskset
-from bench.redis_counts import redis_commands
+from bench.redis_counts import command_calls, redis_commands
 from bench.wrk import Result, Target, parse
 
 
@@ -101,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     With `--tree NAME=DIR` twice, two checkouts' fleets run in the same rounds (before/after)."""
     import statistics
     import tempfile
-    from pathlib import Path
 
     from bench.openloop import each_token_once
     from bench.processes import (
@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree", action="append", metavar="NAME=DIR", default=[],
                         help="a source tree whose fleet runs (repeatable; default: this checkout)")
     parser.add_argument("--no-memory", action="store_true", help="leave out the memory-store reference gateway")
+    parser.add_argument("--gateway-config", type=Path, metavar="FILE",
+                        help="YAML merged over every gateway's config (e.g. state: {timeout: 500ms})")
+    parser.add_argument("--commands", action="store_true",
+                        help="also print each Redis command's calls per request (scripts' inner commands included)")
     parser.add_argument("--hold", type=float, default=0.0, metavar="SECONDS",
                         help="after the warm-up, print the pids and wait (to attach a profiler)")
     args = parser.parse_args(argv)
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(upstream)
             memory: Target | None = None
             if not args.no_memory:
-                gateway = start_fairgate(work / "memory.yaml", upstream_port, "memory://", tree=trees[0][1])
+                gateway = start_fairgate(work / "memory.yaml", upstream_port, "memory://", tree=trees[0][1],
+                                         extra=args.gateway_config)
                 processes.append(gateway.process)
                 memory = Target("memory store, 1 gateway", gateway.port, gateway.process.pid, rotation,
                                 path="/detect/bench", warm_up=tokens, admin_port=gateway.admin_port)
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 members = []
                 for n in range(2):
                     gateway = start_fairgate(work / f"fleet-{name}-{n}.yaml", upstream_port,
-                                             f"redis://127.0.0.1:{redis.port}/0", SERVER_CORE, tree=tree)
+                                             f"redis://127.0.0.1:{redis.port}/0", SERVER_CORE, tree=tree,
+                                             extra=args.gateway_config)
                     processes.append(gateway.process)
                     members.append(Target(f"{name} member {n + 1}", gateway.port, gateway.process.pid, rotation,
                                           redis.port, "/detect/bench", tokens, gateway.admin_port))
@@ -186,13 +192,23 @@ def main(argv: list[str] | None = None) -> int:
                               f"{single.cpu_us_per_request:.0f} us CPU/req", flush=True)
                         continue
                     name, members, port, pid = next(f for f in fleets if f[0] == which)
+                    calls_before = command_calls(port)
+                    fallbacks_before = [_fallbacks(m.admin_port) for m in members]
                     fleet = measure_fleet(members, port, pid, args)
+                    fallbacks = sum(_fallbacks(m.admin_port) - before
+                                    for m, before in zip(members, fallbacks_before, strict=True))
+                    if args.commands:
+                        served = sum(m.requests for m in fleet.members) or 1
+                        moved = {c: (n - calls_before.get(c, 0)) / served for c, n in command_calls(port).items()}
+                        print(f"round {number + 1} fleet {name}, calls per request: " + ", ".join(
+                            f"{c} {n:.2f}" for c, n in sorted(moved.items(), key=lambda item: -item[1]) if n))
                     results[name].append(fleet)
-                    cpu = ", ".join(f"{m.cpu_us_per_request:.0f}" for m in fleet.members)
+                    each = ", ".join(f"{m.cpu_us_per_request:.0f}" for m in fleet.members)
                     print(f"round {number + 1} fleet {name}: {fleet.requests_per_second:,.0f} req/s, CPU us/req "
-                          f"{cpu}, EVALSHA {fleet.evalsha_per_request:.3f}/req, batched "
+                          f"{each}, EVALSHA {fleet.evalsha_per_request:.3f}/req, batched "
                           f"{fleet.other_per_request:.2f}/req, Redis {fleet.redis_cpu_us_per_request:.0f} us/req, "
-                          f"errors {sum(m.errors for m in fleet.members)}", flush=True)
+                          f"errors {sum(m.errors for m in fleet.members)}, decided without Redis "
+                          f"{fallbacks / (sum(m.requests for m in fleet.members) or 1):.1%}", flush=True)
             print()
             for name, rounds in results.items():
                 cpu = [statistics.mean(m.cpu_us_per_request for m in f.members) for f in rounds]
@@ -214,6 +230,14 @@ def main(argv: list[str] | None = None) -> int:
             for process in reversed(processes):
                 stop(process)
     return 0
+
+
+def _fallbacks(admin_port: int | None) -> float:
+    """Limit decisions a gateway made without Redis so far (its circuit open or a call timed out)."""
+    from bench.looplag import scrape
+
+    return sum(float(line.rsplit(" ", 1)[1]) for line in (scrape(admin_port) or "").splitlines()
+               if line.startswith("fairgate_state_store_fallbacks_total"))
 
 
 if __name__ == "__main__":
