@@ -261,10 +261,11 @@ async def test_sightings_keep_the_latest_members_to_their_cap_and_every_query_se
     seen += [Sighting(k, "a", T0 + 1, 60.0, 8) for k in many]
     # The same member twice in one exchange keeps its latest time, whatever the order.
     seen += [Sighting(windowed, "twice", T0 + 29, 10.0, 8), Sighting(windowed, "twice", T0 + 25, 10.0, 8)]
+    seen.append(Sighting(windowed, "/tickets/é", T0 + 28, 10.0, 8))  # more bytes than characters
     queries = [Query(capped, T0 - 1), Query(windowed, T0 + 20)] + [Query(k, T0) for k in many]
     answers = await sightings.exchange(seen, queries)
     assert answers[queries[0]] == {"m3": T0 + 3, "m4": T0 + 4, "m5": T0 + 5}
-    assert answers[queries[1]] == {"new": T0 + 30, "twice": T0 + 29}
+    assert answers[queries[1]] == {"new": T0 + 30, "twice": T0 + 29, "/tickets/é": T0 + 28}
     assert all(answers[query] == {"a": T0 + 1} for query in queries[2:])
 
 

