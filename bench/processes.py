@@ -47,9 +47,10 @@ def taskset(core: int | None) -> list[str]:
     return ["taskset", "-c", str(core)]
 
 
-def pinned(command: list[str], core: int | None, quiet: bool = False) -> subprocess.Popen[bytes]:
+def pinned(command: list[str], core: int | None, quiet: bool = False, tree: Path = ROOT) -> subprocess.Popen[bytes]:
+    """`tree`: the source tree the command runs in (`python -m gateway` imports that tree's code)."""
     output = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen([*taskset(core), *command], cwd=ROOT, stdout=output)
+    return subprocess.Popen([*taskset(core), *command], cwd=tree, stdout=output)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -180,9 +181,10 @@ state: {{url: "{state_url}", timeout: 200ms}}
 
 
 def start_fairgate(config: Path, upstream_port: int, state_url: str, core: int | None = SERVER_CORE,
-                   workers: int = 1, extra: Path | None = None) -> Gateway:
+                   workers: int = 1, extra: Path | None = None, tree: Path = ROOT) -> Gateway:
     """`core=None` leaves the process (or the workers) to the scheduler; `extra` is YAML merged
-    over the bench's config (e.g. short idle TTLs, so the idle RSS is read after they pass)."""
+    over the bench's config (e.g. short idle TTLs, so the idle RSS is read after they pass);
+    `tree` the source tree whose gateway runs (an A/B of two checkouts in one run)."""
     port, admin_port = bench_port(), bench_port()
     customers = "\n".join(f"  free-{n}: {{plan: unlimited}}" for n in range(TOKEN_CUSTOMERS))
     text = BENCH_LIMITS.format(customers=customers, state_url=state_url) + f"""
@@ -206,7 +208,8 @@ routes:
   - {{name: api, path_prefix: /, upstream: bench, detect: false}}
 """
     config.write_text(text if extra is None else merged_yaml(text, extra.read_text()))
-    process = pinned([sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", str(workers)], core)
+    process = pinned([sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", str(workers)], core,
+                     tree=tree)
     return Gateway(process, port, admin_port)
 
 

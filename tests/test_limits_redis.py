@@ -16,6 +16,7 @@ import redis
 from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
+from gateway.state.sightings import Query, Sighting
 from gateway.state.store import QUOTA, RATE, Check
 from tests.support.clock import ManualClock
 from tests.support.configs import limits_config
@@ -81,6 +82,24 @@ async def test_limits_on_a_redis_cluster_without_crossslot_errors(cluster):
             results = [all(o.allowed for o in answers[customer + 30 * i]) for i in range(3)]
             assert results == [True, True, False], customer
         assert store.breaker.state == "closed"
+    finally:
+        await store.close()
+
+
+async def test_sightings_on_a_redis_cluster_span_every_slot(cluster):
+    """A Cluster spreads the detectors' keys over slots one script cannot span: the same answers
+    come back through the pipeline there."""
+    settings = StateSettings(url=cluster.url, timeout="2s")
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=True, use_redis_time=True)
+    try:
+        run, now = secrets.token_hex(4), time.time()
+        keys = [f"fg{run}:d:{{user:c-{n}/u}}:uses" for n in range(30)]
+        seen = [Sighting(key, member, now + i, 60.0, 2) for key in keys for i, member in enumerate("abc")]
+        queries = [Query(key, now - 1) for key in keys]
+        answers = await store.sightings().exchange(seen, queries)
+        assert answers is not None
+        assert all(answers[query] == {"b": now + 1, "c": now + 2} for query in queries)
     finally:
         await store.close()
 
@@ -288,6 +307,38 @@ def test_a_bad_state_url_from_the_environment_names_the_variable():
     assert result.returncode == 2
     assert "FAIRGATE_STATE: state URL must start with" in result.stderr
     assert "redis+sentinel://" in result.stderr  # the schemes it could have meant
+
+
+async def test_requests_arriving_while_a_call_is_in_flight_are_decided_together_by_the_next(private_redis):
+    """One limits call at a time: the requests that arrive while one is in flight (here held by a
+    paused Redis) go in the next call together, in arrival order, instead of one call each."""
+    settings = StateSettings(url=private_redis.url, timeout="5s")
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=False, use_redis_time=False)
+    admin = redis.asyncio.Redis.from_url(private_redis.url)
+    try:
+        now = time.time()
+        await store.evaluate("c:x", [Check(RATE, "fg:{c:x}:warm", interval=1.0, burst=5)], now)  # loads the script
+        before = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        await admin.client_pause(1000, all=True)  # the commands sent from now on wait a second
+
+        def request() -> asyncio.Task:
+            return asyncio.ensure_future(store.evaluate("c:x", [Check(RATE, "fg:{c:x}:b", interval=60.0, burst=2)],
+                                                        now))
+
+        first = request()
+        for _ in range(3):  # its evaluate, the batch's flush, the call's write: the first call is in flight
+            await asyncio.sleep(0)
+        later = []
+        for _ in range(3):  # one an event-loop turn: without the gate, each would be a call of its own
+            later.append(request())
+            await asyncio.sleep(0)
+        answers = [await first] + [await task for task in later]
+        assert [outcomes[0].allowed for outcomes in answers] == [True, True, False, False]
+        assert (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"] - before == 2
+    finally:
+        await admin.aclose()
+        await store.close()
 
 
 async def test_the_local_over_limit_cache_is_per_cost(redis_url, key_prefix):

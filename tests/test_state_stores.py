@@ -250,6 +250,25 @@ async def test_sightings_answer_each_query_and_sightings_live_in_the_store(store
     assert answers == {recent: {"/b": T0 + 1}, older: {"/a": T0, "/b": T0 + 1}, other: {"curl": T0}}
 
 
+async def test_sightings_keep_the_latest_members_to_their_cap_and_every_query_sees_every_write(store, key):
+    sightings = store.sightings()
+    capped, windowed = key("capped"), key("windowed")
+    # More keys than one script call takes (redis_sightings.MAX_KEYS), so the writes and the
+    # queries span several calls: every query still sees every sighting of the exchange.
+    many = [key(f"many-{n}") for n in range(1_200)]
+    seen = [Sighting(capped, f"m{n}", T0 + n, 3600.0, 3) for n in range(6)]
+    seen += [Sighting(windowed, "old", T0, 10.0, 8), Sighting(windowed, "new", T0 + 30, 10.0, 8)]
+    seen += [Sighting(k, "a", T0 + 1, 60.0, 8) for k in many]
+    # The same member twice in one exchange keeps its latest time, whatever the order.
+    seen += [Sighting(windowed, "twice", T0 + 29, 10.0, 8), Sighting(windowed, "twice", T0 + 25, 10.0, 8)]
+    seen.append(Sighting(windowed, "/tickets/é", T0 + 28, 10.0, 8))  # more bytes than characters
+    queries = [Query(capped, T0 - 1), Query(windowed, T0 + 20)] + [Query(k, T0) for k in many]
+    answers = await sightings.exchange(seen, queries)
+    assert answers[queries[0]] == {"m3": T0 + 3, "m4": T0 + 4, "m5": T0 + 5}
+    assert answers[queries[1]] == {"new": T0 + 30, "twice": T0 + 29, "/tickets/é": T0 + 28}
+    assert all(answers[query] == {"a": T0 + 1} for query in queries[2:])
+
+
 async def test_fleet_calls_to_a_redis_that_never_answers_are_bounded_and_open_the_circuit():
     # A listener that accepts connections and never answers: the calls wait at most the
     # store's timeout, raise the store's own error, and open the circuit for the next ones.

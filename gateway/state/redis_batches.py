@@ -1,7 +1,10 @@
-"""Limit decisions on Redis, batched: the checks of requests that arrive in the same event-loop
-turn are decided by one EVALSHA (on a Cluster, one per hash tag), each request atomically and in
-arrival order. A key known to be over its limit is answered locally until its reset; a batch
-has one timer; when Redis cannot answer, the configured failure mode applies."""
+"""Limit decisions on Redis, batched: the checks of requests that arrive while no call is in
+flight, or while one is, are decided by the next EVALSHA (on a Cluster, one per hash tag), each
+request atomically and in arrival order. One call at a time: a request waits at most for the
+call in flight and then its own, and under load each call decides every request that arrived
+during the one before (measured: half the calls of one per event-loop turn). A key known to be
+over its limit is answered locally until its reset; a batch has one timer, from its first
+request's arrival; when Redis cannot answer, the configured failure mode applies."""
 
 from __future__ import annotations
 
@@ -51,7 +54,10 @@ class LimitBatches:
         self._sha: str | None = None
         self._script_loading: asyncio.Future[str] | None = None
         self._pending: list[Pending] = []
+        self._pending_since = 0.0  # loop time the first pending request arrived
         self._flush_scheduled = False
+        # The batch whose call is in flight (undecided); the next waits for it.
+        self._calling: list[Pending] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.local = MemoryStore(self._settings.max_memory_keys, self._settings.idle_ttl)
         # (key, cost, limit) -> wall time until which a request of that cost is known to be over
@@ -67,11 +73,14 @@ class LimitBatches:
         ticket = self._breaker.allow()
         if ticket is None:
             return await self._fall_back(checks, now)
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            self._pending_since = loop.time()
         self._pending.append(Pending(tag, checks, repr(now), future))
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and self._calling is None:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         try:
             answer = await future
         except StoreUnavailable as exc:
@@ -123,14 +132,37 @@ class LimitBatches:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._calling is not None or not self._pending:
+            return  # the call in flight sends this batch when it is decided
         batch, self._pending = self._pending, []
+        self._calling = batch
         loop = asyncio.get_running_loop()
-        # One timer for the batch: its requests joined it within this event-loop turn.
-        timer = loop.call_later(self._settings.timeout, _expire, batch)
+        # One timer for the batch, from its first request's arrival: none waits longer than the timeout.
+        timer = loop.call_at(self._pending_since + self._settings.timeout, self._expire, batch)
         task = loop.create_task(self._run(batch))
-        task.add_done_callback(lambda _: timer.cancel())
+
+        def done(_: object) -> None:
+            timer.cancel()
+            self._decided(batch)
+
+        task.add_done_callback(done)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _expire(self, batch: list[Pending]) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(StoreUnavailable("state store timed out"))
+        self._decided(batch)  # the next batch goes on another connection, without waiting for this one
+
+    def _decided(self, batch: list[Pending]) -> None:
+        """`batch` has its answers (or its errors): the requests that arrived meanwhile go next."""
+        if self._calling is not batch:
+            return
+        self._calling = None
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self, batch: list[Pending]) -> None:
         started = time.perf_counter()
@@ -230,12 +262,6 @@ class LimitBatches:
 
 def _known_key(check: Check) -> KnownKey:
     return check.key, check.cost, check.interval, check.burst, check.limit
-
-
-def _expire(batch: list[Pending]) -> None:
-    for pending in batch:
-        if not pending.future.done():
-            pending.future.set_exception(StoreUnavailable("state store timed out"))
 
 
 def _fail(future: asyncio.Future[str], exc: BaseException) -> None:

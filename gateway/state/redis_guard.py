@@ -15,6 +15,7 @@ from redis import exceptions as redis_errors
 
 from gateway.clock import Clock
 from gateway.config.limits import StateSettings
+from gateway.state import redis_wire
 from gateway.state.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from gateway.state.store import StoreUnavailable
 
@@ -62,16 +63,22 @@ class Guard:
     async def write(self, build: Callable[[Any], object], *, must: bool = False) -> None:
         """Run a pipeline of writes; failures are logged, or raised as StoreUnavailable if `must`
         (the caller keeps what it could not write and tries again)."""
+        async def written() -> None:
+            # All keys of one call share the caller's hash tag, so this is one slot on a Cluster.
+            pipe = self.client.pipeline(transaction=False)
+            build(pipe)
+            await pipe.execute()
+
+        await self._written(written, must)
+
+    async def _written(self, write: Callable[[], Awaitable[None]], must: bool) -> None:
         ticket = self.breaker.allow(probe=False)
         if ticket is None:
             if must:
                 raise StoreUnavailable("state store circuit open")
             return  # concurrency leases expire by themselves; quota usage is lost only while Redis is down
         try:
-            # All keys of one call share the caller's hash tag, so this is one slot on a Cluster.
-            pipe = self.client.pipeline(transaction=False)
-            build(pipe)
-            await asyncio.wait_for(pipe.execute(), self.settings.timeout * 4)
+            await asyncio.wait_for(write(), self.settings.timeout * 4)
         except REDIS_FAILURES as exc:
             self.failed(StoreUnavailable(str(exc)), ticket)
             log.warning("state store write failed", extra={"error": str(exc) or type(exc).__name__})
@@ -79,6 +86,17 @@ class Guard:
                 raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
             return
         self.breaker.succeeded()
+
+    async def send(self, payload: bytes, replies: int, *, must: bool = False) -> None:
+        """`write`, for commands already in RESP (redis_wire) on one server or Sentinel: an error
+        reply to any of them counts as a failed write."""
+
+        async def sent() -> None:
+            for reply in await redis_wire.send(self.client, payload, replies):
+                if isinstance(reply, BaseException):
+                    raise reply
+
+        await self._written(sent, must)
 
     async def call(self, make: Callable[[], Awaitable[T]]) -> T:
         """One call an admin or the fleet sync waits on (`make` starts it): refused while the

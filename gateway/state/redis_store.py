@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.limits import StateSettings
 from gateway.config.state_url import Backend
+from gateway.state import redis_wire
 from gateway.state.circuit import CircuitBreaker
 from gateway.state.redis_batches import LimitBatches
 from gateway.state.redis_counters import RedisCounters
@@ -28,6 +29,9 @@ from gateway.state.redis_sightings import RedisSightings
 from gateway.state.redis_streams import RedisStreams
 from gateway.state.store import Check, Outcome, StateStore
 from gateway.state.tables import Swept
+
+# Non-decisive writes after a response, in RESP by hand (redis_wire) on one server or Sentinel.
+_ZREM, _INCRBYFLOAT, _PEXPIRE = (redis_wire.text(name) for name in ("ZREM", "INCRBYFLOAT", "PEXPIRE"))
 
 
 class RedisStore(StateStore):
@@ -44,10 +48,11 @@ class RedisStore(StateStore):
         self._client = client
         self._settings = settings
         self._clock = clock
+        self._cluster = cluster
         self._guard = Guard(client, settings, clock, metrics)
         self._limits = LimitBatches(self._guard, cluster=cluster, use_redis_time=use_redis_time,
                                     release=self.release)
-        self._counters = RedisCounters(self._guard, clock)
+        self._counters = RedisCounters(self._guard, clock, cluster=cluster)
         self._streams = RedisStreams(self._guard)
         self._fleet = RedisFleet(self._guard)
 
@@ -77,17 +82,30 @@ class RedisStore(StateStore):
 
     async def release(self, tag: str, slots: list[tuple[str, str]]) -> None:
         await self._limits.local.release(tag, slots)
+        if not self._cluster:
+            await self._guard.send(b"".join(redis_wire.command((_ZREM, redis_wire.text(key), redis_wire.text(token)))
+                                            for key, token in slots), len(slots))
+            return
         await self._guard.write(lambda pipe: [pipe.zrem(key, token) for key, token in slots])
 
     async def add_usage(self, tag: str, usage: list[tuple[str, float, float]]) -> None:
         now = self._clock.time()
+        if not self._cluster:
+            commands = []
+            for key, amount, expires_at in usage:
+                name = redis_wire.text(key)
+                commands.append(redis_wire.command((_INCRBYFLOAT, name, redis_wire.text(repr(float(amount))))))
+                commands.append(redis_wire.command((_PEXPIRE, name, redis_wire.text(
+                    str(ttl_ms(expires_at + 60.0, now))))))  # as the script does
+            await self._guard.send(b"".join(commands), len(commands))
+            return
 
-        def commands(pipe: Any) -> None:
+        def pipeline(pipe: Any) -> None:
             for key, amount, expires_at in usage:
                 pipe.incrbyfloat(key, amount)
                 pipe.pexpire(key, ttl_ms(expires_at + 60.0, now))  # as the script does
 
-        await self._guard.write(commands)
+        await self._guard.write(pipeline)
 
     # -- counters, streams, the fleet -----------------------------------------------------
 
@@ -119,7 +137,7 @@ class RedisStore(StateStore):
 
     def sightings(self) -> RedisSightings:
         # Off the request path, so it may wait longer than a limit decision.
-        return RedisSightings(self._client, max(self._settings.timeout * 10, 0.5))
+        return RedisSightings(self._client, max(self._settings.timeout * 10, 0.5), cluster=self._cluster)
 
     async def close(self) -> None:
         if self._limits.tasks:
