@@ -298,3 +298,27 @@ def test_memory_store_is_bounded():
     for n in range(50_000):
         store.evaluate_now([rate(f"k{n}", burst=5)], T0)
     assert len(store) == 1000
+
+
+async def test_a_large_memory_exchange_lets_requests_run_meanwhile():
+    # A detection batch of tens of thousands of sightings must not hold the event loop in one
+    # piece: other tasks (requests) run between its steps, and every sighting is still answered.
+    from gateway.state.sightings import MemorySightings
+
+    sightings = MemorySightings()
+    seen = [Sighting(f"k{n}", "m", 1.0, 60.0, 4) for n in range(50_000)]
+    turns = 0
+
+    async def request_loop() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(request_loop())
+    await asyncio.sleep(0)
+    before = turns
+    answers = await sightings.exchange(seen, [Query(f"k{n}", 0.0) for n in range(50_000)])
+    other.cancel()
+    assert turns > before + 1  # the loop turned while the exchange ran
+    assert all(answer == {"m": 1.0} for answer in answers.values()) and len(answers) == 50_000
