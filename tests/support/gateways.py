@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -47,6 +49,7 @@ class GatewayProcess:
             [sys.executable, "-m", "gateway", "run", "-c", str(config_path), *extra_args],
             cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,  # e.g. resource limits of the child
+            start_new_session=True,  # its own process group: stop() reaches the workers of --workers too
         )
 
     def wait_ready(self, admin_url: str, timeout: float = 20.0) -> None:
@@ -67,9 +70,11 @@ class GatewayProcess:
         return self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        """Kill the gateway and every process it started (a supervisor killed alone would
+        leave its workers holding their ports after the test)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 def write_process_config(tmp_path: Path, name: str, config: dict) -> tuple[Path, str, str]:
