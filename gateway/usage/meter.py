@@ -79,7 +79,9 @@ class UsageMeter:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.settings.flush_interval)
-            await self.flush()
+            # Shielded: a flush holds the amounts it popped, so drain cancelling this loop mid-flush
+            # would lose them; it goes to its end and drain's own flush waits for it (the lock).
+            await asyncio.shield(self.flush())
 
     async def flush(self) -> None:
         async with self._flushing:
