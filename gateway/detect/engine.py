@@ -218,7 +218,10 @@ class Detection:
         while True:
             await asyncio.sleep(self.settings.flush_interval)
             try:
-                await self.drain()
+                # Shielded: a drain holds the batch it took, so shutdown cancelling this loop
+                # mid-batch would lose its findings; it goes to its end and the final drain waits
+                # for it (the lock).
+                await asyncio.shield(self.drain())
             except Exception:  # a bug here must not stop detection for good
                 log.exception("detection batch failed")
 

@@ -216,7 +216,9 @@ class Enforcement:
         while True:
             await asyncio.sleep(self.settings.judge_interval)
             try:
-                await self.judge_queued()
+                # Shielded: a judgement holds the violations it took; shutdown cancelling this
+                # loop mid-batch would lose them. The final judge_queued waits for it (the lock).
+                await asyncio.shield(self.judge_queued())
             except Exception:  # never let one bad batch stop enforcement
                 log.exception("enforcement batch failed")
 

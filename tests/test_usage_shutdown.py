@@ -1,4 +1,4 @@
-"""Review finding: a usage flush cancelled between its chunks (drain cancels the periodic
+"""A usage flush cancelled between its chunks (drain cancels the periodic
 `UsageMeter.run`, then flushes once more) lost the customers it had popped but not stored."""
 
 from __future__ import annotations
