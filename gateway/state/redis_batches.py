@@ -1,8 +1,9 @@
 """Limit decisions on Redis, batched: the checks of requests that arrive while no call is in
 flight, or while one is, are decided by the next EVALSHA (on a Cluster, one per hash tag), each
 request atomically and in arrival order. One call at a time: a request waits at most for the
-call in flight and then its own, and under load each call decides every request that arrived
-during the one before (measured: half the calls of one per event-loop turn). A key known to be
+call in flight (at most a quarter of `state.timeout`: then it goes on another connection) and
+then its own, and under load each call decides every request that arrived during the one before
+(measured: half the calls of one per event-loop turn). A key known to be
 over its limit is answered locally until its reset; a batch has one timer, from its first
 request's arrival; when Redis cannot answer, the configured failure mode applies."""
 
@@ -23,6 +24,10 @@ from gateway.state.store import CONCURRENCY, QUOTA, RATE, Check, Outcome, StoreU
 
 # Requests decided by one script call at most: Redis runs a script alone, so a call stays short.
 MAX_BATCH = 128
+# A batch waits behind the call in flight for at most this share of `state.timeout`, then goes
+# on another connection: with a slow Redis (a round trip near the timeout) waiting for the call
+# in flight and then making its own would not fit the timeout.
+BEHIND_SHARE = 0.25
 
 # A check as far as its over-limit answer goes: key, cost, interval, burst, limit.
 KnownKey = tuple[str, float, float, int, float]
@@ -58,6 +63,7 @@ class LimitBatches:
         self._flush_scheduled = False
         # The batch whose call is in flight (undecided); the next waits for it.
         self._calling: list[Pending] | None = None
+        self._overtaking: asyncio.TimerHandle | None = None  # when the waiting batch stops waiting
         self.tasks: set[asyncio.Task[None]] = set()
         self.local = MemoryStore(self._settings.max_memory_keys, self._settings.idle_ttl)
         # (key, cost, limit) -> wall time until which a request of that cost is known to be over
@@ -78,9 +84,13 @@ class LimitBatches:
         if not self._pending:
             self._pending_since = loop.time()
         self._pending.append(Pending(tag, checks, repr(now), future))
-        if not self._flush_scheduled and self._calling is None:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        if self._calling is None:
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        elif self._overtaking is None:
+            self._overtaking = loop.call_at(self._pending_since + self._settings.timeout * BEHIND_SHARE,
+                                            self._overtake)
         try:
             answer = await future
         except StoreUnavailable as exc:
@@ -134,6 +144,9 @@ class LimitBatches:
         self._flush_scheduled = False
         if self._calling is not None or not self._pending:
             return  # the call in flight sends this batch when it is decided
+        if self._overtaking is not None:
+            self._overtaking.cancel()
+            self._overtaking = None
         batch, self._pending = self._pending, []
         self._calling = batch
         loop = asyncio.get_running_loop()
@@ -148,6 +161,12 @@ class LimitBatches:
         task.add_done_callback(done)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _overtake(self) -> None:
+        """The call in flight is slow: the waiting batch goes now, on another connection."""
+        self._overtaking = None
+        if self._calling is not None and self._pending:
+            self._decided(self._calling)
 
     def _expire(self, batch: list[Pending]) -> None:
         for pending in batch:
