@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.detect.addresses import network_of
+from gateway.detect.addresses import find_network, network_of
 from gateway.detect.engine import Detection
 from gateway.detect.observation import subject_of
 from gateway.state.sightings import Answers, MemorySightings, Query, Sighting
@@ -324,4 +324,4 @@ def test_the_ipv4_fast_path_names_the_network_ipaddress_does(address):
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         expected = str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False))
-    assert network_of.__wrapped__(address) == expected
+    assert find_network(address) == expected == network_of(address)

@@ -7,13 +7,18 @@ import hashlib
 import ipaddress
 import logging
 import secrets
-from functools import lru_cache
+
+from gateway.state.memo import Memo
 
 log = logging.getLogger("fairgate.detect")
 
+# Addresses whose network is remembered (memo_networks on /metrics): the clients seen lately.
+NETWORKS_MEMO = 65536
+# Values whose salted hash is remembered (memo_hashes): networks, client addresses, agents.
+HASHES_MEMO = 65536
 
-@lru_cache(maxsize=65536)
-def network_of(address: str) -> str:
+
+def find_network(address: str) -> str:
     """The IPv4 /24 or IPv6 /48 an address belongs to ('' for something that is not an IP)."""
     parts = address.split(".")
     if len(parts) == 4 and all(part.isdigit() and part.isascii() and len(part) <= 3 and int(part) < 256
@@ -30,6 +35,11 @@ def network_of(address: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
+# One per process: the request path (anonymous subjects) and the analysis both ask for it.
+NETWORKS: Memo[str, str] = Memo(find_network, NETWORKS_MEMO)
+network_of = NETWORKS.__getitem__  # bound once: a hit is a dict lookup in C
+
+
 class Hasher:
     """Salted, truncated BLAKE2b: stable within a deployment, useless without the salt."""
 
@@ -39,7 +49,8 @@ class Hasher:
                         "between gateways and restarts")
             salt = secrets.token_bytes(16)
         self._salt = salt[:64]
-        self.hash = lru_cache(maxsize=65536)(self._hash)
+        self.hashes: Memo[str, str] = Memo(self._hash, HASHES_MEMO)
+        self.hash = self.hashes.__getitem__
 
     def _hash(self, value: str) -> str:
         return hashlib.blake2b(value.encode(), key=self._salt, digest_size=8).hexdigest()

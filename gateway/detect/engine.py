@@ -21,11 +21,11 @@ from types import MappingProxyType
 from gateway.auth.identity import Identity
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
-from gateway.detect.addresses import Hasher
+from gateway.detect.addresses import NETWORKS, Hasher
 from gateway.detect.context import Context
 from gateway.detect.detector import Detector
 from gateway.detect.findings import FindingLog
-from gateway.detect.observation import PROOF, Observation, subject_of
+from gateway.detect.observation import ANONYMOUS, PROOF, Observation, subject_of
 from gateway.detect.refusals import automation_blocked, challenge, session_problem
 from gateway.detect.sanctions import BLOCK, CHALLENGE, Sanction, Sanctions, session_key, user_key
 from gateway.detect.scraping import PAGE_CLASSES, ScrapingSignals
@@ -136,11 +136,20 @@ class Detection:
         return len(self._ctx.tracks)
 
     def watch(self, tables: Tables) -> None:
-        """The per-identity tables: shown on /metrics, and swept once idle past every window."""
+        """The per-identity tables: shown on /metrics, and swept once idle past every window;
+        and the memos of work per address, client and path, swept once unused for MEMO_IDLE."""
         ctx, now = self._ctx, self._clock.time
         tables.add("detection_tracks", ctx.tracks, now)
-        for name in ("detection_bulk_days", "detection_bulk_readers", "detection_networks"):
+        for name in ("detection_bulk_days", "detection_bulk_readers", "detection_networks", "memo_templates"):
             tables.follow(name, lambda name=name: self._scraping_table(name), now)  # type: ignore[misc]  # lambda default binds the name
+        # The process's own memos: shared by every Gateway in it (tests), each of which sweeps them.
+        tables.add("memo_networks", NETWORKS, now)
+        tables.add("memo_anonymous", ANONYMOUS, now)
+        tables.follow("memo_hashes", lambda: self._hashes(), now)
+
+    def _hashes(self) -> Swept | None:
+        hasher: Hasher | None = getattr(self, "hasher", None)  # none before the first config
+        return hasher.hashes if hasher is not None else None
 
     def _scraping_table(self, name: str) -> Swept | None:
         return self._scraping.tables()[name] if self._scraping is not None else None

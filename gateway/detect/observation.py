@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from gateway.detect.addresses import network_of
+from gateway.state.memo import Memo
 
 # The route class of a browser proof: not a request of the upstream's, a credit for `subject`.
 PROOF = "proof"
@@ -46,17 +46,22 @@ def subject_of(customer: str | None, user: str | None, client_ip: str, headers: 
     clear here (this process only); findings and shared state name it hashed (`Detection.public`)."""
     if user is not None:
         return f"user:{customer}/{user}"
-    return _anonymous(client_ip, headers.get("User-Agent", ""), headers.get("Accept-Language", ""),
-                      headers.get("Accept-Encoding", ""))
+    return ANONYMOUS[client_ip, headers.get("User-Agent", ""), headers.get("Accept-Language", ""),
+                     headers.get("Accept-Encoding", "")]
 
 
-@lru_cache(maxsize=16384)
-def _anonymous(client_ip: str, agent: str, language: str, encoding: str) -> str:
-    # Cached: the request path pays a dictionary lookup for a client it saw lately.
+def _anonymous(client: tuple[str, str, str, str]) -> str:
+    client_ip, agent, language, encoding = client
     # surrogateescape: aiohttp hands non-UTF-8 header bytes over as surrogates.
     printed = hashlib.blake2b(f"{agent}\n{language}\n{encoding}".encode("utf-8", "surrogateescape"),
                               digest_size=4).hexdigest()
     return f"address:{network_of(client_ip) or client_ip}|{printed}"
+
+
+# Anonymous clients (address and headers) whose subject is remembered (memo_anonymous on /metrics):
+# the request path pays a dictionary lookup for a client it saw lately.
+ANONYMOUS_MEMO = 16384
+ANONYMOUS: Memo[tuple[str, str, str, str], str] = Memo(_anonymous, ANONYMOUS_MEMO)
 
 
 def network_part(subject: str) -> str | None:

@@ -14,7 +14,7 @@ import re
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import partial
 
 from gateway.config.detection import DEFAULT_PAGINATION
 from gateway.config.detection import ScrapingDetector as ScrapingSettings
@@ -23,10 +23,13 @@ from gateway.detect.agents import AgentClassifier
 from gateway.detect.few import Few
 from gateway.detect.marks import Written
 from gateway.detect.observation import Observation
+from gateway.state.memo import Memo
 
 PAGE_CLASSES = frozenset({"portal", "public"})
 _NUMBER = re.compile(r"(?<=[/=])\d+(?=$|[/&;?])")  # an id ends its segment, path or query value
 _MAX_TEMPLATES = 16
+# Targets whose template is remembered (memo_templates on /metrics): the paths in use lately.
+TEMPLATES_MEMO = 16384
 _MAX_LOOP_KEYS = 512
 _ANSWERS_KEPT = 100
 _ANSWERS_MASK = (1 << _ANSWERS_KEPT) - 1
@@ -50,7 +53,6 @@ class Signal:
 Record = tuple[str, tuple[int, ...]]  # a target's template and the ids in it
 
 
-@lru_cache(maxsize=16384)
 def template_of(target: str, pagination: frozenset[str] = frozenset(DEFAULT_PAGINATION)) -> Record:
     """'/tickets/17?page=3' -> ('/tickets/#', (17,)): the route template and its numbers. Paging
     parameters are dropped: walking pages of a list is how a sync reads it, not enumeration."""
@@ -149,6 +151,9 @@ class ScrapingSignals:
         self.agents = AgentClassifier(settings.user_agents)
         self.weights = settings.weights.model_dump()
         self.pagination = frozenset(name.lower() for name in settings.pagination_params)
+        # A target's template, worked out once while the target is in use (the analysis asks for
+        # it per request; a reload's settings bring a new memo, as the pagination may differ).
+        self.templates: Memo[str, Record] = Memo(partial(template_of, pagination=self.pagination), TEMPLATES_MEMO)
 
     def signals(self, obs: Observation, agent: str, track: ScrapingTrack, record: Record) -> list[Signal]:
         """`record`: template_of the target (unused for a refused request)."""

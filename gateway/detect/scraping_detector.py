@@ -16,7 +16,7 @@ from gateway.detect.marks import due
 from gateway.detect.networks import NetworkMemory
 from gateway.detect.observation import PROOF, Observation, network_part
 from gateway.detect.sanctions import AUTOMATION, CHALLENGE, Sanction
-from gateway.detect.scraping import PAGE_CLASSES, Record, ScrapingSignals, ScrapingTrack, Signal, template_of
+from gateway.detect.scraping import PAGE_CLASSES, Record, ScrapingSignals, ScrapingTrack, Signal
 from gateway.state.sightings import Answers, Query, Sighting
 from gateway.state.tables import Swept
 
@@ -51,7 +51,7 @@ class ScrapingDetector:
     def tables(self) -> dict[str, Swept]:
         """Its per-login and per-network tables, by the name /metrics shows."""
         return {"detection_bulk_days": self._bulk.days, "detection_bulk_readers": self._bulk.readers,
-                "detection_networks": self._networks.offences_table}
+                "detection_networks": self._networks.offences_table, "memo_templates": self._signals.templates}
 
     # -- one observation ------------------------------------------------------------------
 
@@ -73,7 +73,7 @@ class ScrapingDetector:
             if fired:
                 self._add_score(obs, track, fired, 1)
             return
-        record = template_of(obs.target, self._signals.pagination)  # once, for enumeration and records
+        record = self._signals.templates[obs.target]  # once, for enumeration and records
         fired = self._signals.signals(obs, agent, track, record)
         fired += self._records(obs, track, record)
         if fired:

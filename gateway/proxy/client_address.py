@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from functools import lru_cache
+
+from gateway.state.memo import Memo
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Peers and forwarded hops whose verdict is remembered.
+TRUSTED_MEMO = 4096
 
 
 class ClientAddressResolver:
     """Walks X-Forwarded-For right to left while each hop is a trusted proxy."""
 
-    __slots__ = ("_networks", "_is_trusted")
+    __slots__ = ("_networks", "verdicts", "_is_trusted")
 
     def __init__(self, trusted: Iterable[IPNetwork]) -> None:
         self._networks = tuple(trusted)
-        # Peers repeat constantly (the same load balancers), so remember verdicts.
-        self._is_trusted = lru_cache(maxsize=4096)(self._check_trusted)
+        # Peers repeat constantly (the same load balancers), so remember verdicts
+        # (memo_trusted_peers on /metrics; an untrusted peer is any client, hence the sweep).
+        self.verdicts: Memo[str, bool] = Memo(self._check_trusted, TRUSTED_MEMO)
+        self._is_trusted = self.verdicts.__getitem__
 
     def _check_trusted(self, address: str) -> bool:
         parsed = _parse_ip(address)

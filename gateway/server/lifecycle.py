@@ -85,6 +85,7 @@ class GatewayServer:
 
         tables.follow("token_cache", lambda: runtimes.current.authenticator.cache, clock.time)
         tables.follow("limit_templates", templates, clock.time)
+        tables.follow("memo_trusted_peers", lambda: runtimes.current.client_addresses.verdicts, clock.time)
         self.metrics.watch_tables(tables)
 
     def _readiness(self) -> str | None:
