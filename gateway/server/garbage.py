@@ -11,8 +11,9 @@ collection, full ones included, walks objects of the last interval, never the cu
 
 The price: an object that is in use when frozen and later becomes garbage held only by a
 reference cycle is never found (reference counting still frees every frozen object that is not
-in a cycle). `server.gc.full_collection_interval` unfreezes and collects everything now and then
-to find those; that walk holds the loop for the whole heap, so it is off by default.
+in a cycle). `server.gc.full_collection_interval` (1 h) unfreezes and collects everything to
+find those: requests cut short leave cycles in aiohttp's objects, so without it memory would grow
+for the life of the process; the walk holds the loop for the whole heap (0.3 s at 20k customers).
 """
 
 from __future__ import annotations

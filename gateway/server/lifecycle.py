@@ -209,11 +209,13 @@ def admin_token_from_env() -> str | None:
 
 def _start_freezing(config: GatewayConfig, metrics: Metrics,
                     loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
-    """The process's generational freeze (server.gc.freeze_interval), if on; like the tuning, once per process."""
+    """The process's generational freeze and full collections (server.gc), if on; like the tuning, once per process."""
     settings = config.server.gc
     if settings.freeze_interval is None and settings.full_collection_interval is None:
         return None
-    freezing = GenerationalFreeze(settings.freeze_interval, settings.full_collection_interval,
-                                  observe_freeze=metrics.batch_seconds.labels("gc_freeze").observe,
-                                  observe_full=metrics.batch_seconds.labels("gc_full_collection").observe)
+    freezing = GenerationalFreeze(
+        settings.freeze_interval, settings.full_collection_interval,
+        observe_freeze=None if settings.freeze_interval is None else metrics.batch_seconds.labels("gc_freeze").observe,
+        observe_full=None if settings.full_collection_interval is None
+        else metrics.batch_seconds.labels("gc_full_collection").observe)
     return loop.create_task(freezing.run())
