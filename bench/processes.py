@@ -186,8 +186,17 @@ def start_fairgate(config: Path, upstream_port: int, state_url: str, core: int |
     over the bench's config (e.g. short idle TTLs, so the idle RSS is read after they pass);
     `tree` the source tree whose gateway runs (an A/B of two checkouts in one run)."""
     port, admin_port = bench_port(), bench_port()
+    text = bench_config(port, admin_port, upstream_port, state_url)
+    config.write_text(text if extra is None else merged_yaml(text, extra.read_text()))
+    process = pinned([sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", str(workers)], core,
+                     tree=tree)
+    return Gateway(process, port, admin_port)
+
+
+def bench_config(port: int, admin_port: int, upstream_port: int, state_url: str) -> str:
+    """The bench's gateway config as YAML: every policy on, in front of `upstream_port`."""
     customers = "\n".join(f"  free-{n}: {{plan: unlimited}}" for n in range(TOKEN_CUSTOMERS))
-    text = BENCH_LIMITS.format(customers=customers, state_url=state_url) + f"""
+    return BENCH_LIMITS.format(customers=customers, state_url=state_url) + f"""
 server: {{listen: "127.0.0.1:{port}", access_log: false}}
 admin: {{listen: "127.0.0.1:{admin_port}"}}
 logging: {{level: warning}}
@@ -207,10 +216,6 @@ routes:
   - {{name: detect, path_prefix: /detect/, upstream: bench}}
   - {{name: api, path_prefix: /, upstream: bench, detect: false}}
 """
-    config.write_text(text if extra is None else merged_yaml(text, extra.read_text()))
-    process = pinned([sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", str(workers)], core,
-                     tree=tree)
-    return Gateway(process, port, admin_port)
 
 
 def merged_yaml(base: str, extra: str) -> str:

@@ -4,6 +4,14 @@ It carries one exchange at a time. The response body is handed out chunk by chun
 control in both directions: reading pauses while the consumer lags, and request-body writes
 wait while the socket's send buffer is full. That is what keeps a 1 GB transfer in bounded
 memory.
+
+No reference cycles, so a connection is freed by reference counting when it ends: under the
+generational freeze (gateway/server/garbage.py) a cycle frozen while the connection was in use
+would never be freed. Two would form otherwise: the parser holds the connection's callbacks
+(it exists only from connection_made to connection_lost), and an exception raised out of a
+wait carries a traceback of frames that hold this connection and the waiter (so waiters are
+only ever woken with a result, and every wait raises an exception of its own, never one stored
+here).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any, cast
 
 import httptools
 
-from gateway.upstream.errors import UpstreamClosed, UpstreamProtocolError, UpstreamTimeout
+from gateway.upstream.errors import UpstreamClosed, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 
 _PAUSE_AT = 256 * 1024
 _RESUME_AT = 64 * 1024
@@ -49,7 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.last_used = 0.0
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = None  # made once connected
         self._writing_paused = False
         self._write_waiter: asyncio.Future[None] | None = None
         self._new_parser_after_feed = False
@@ -69,12 +77,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head: ResponseHead | None = None
-        self._head_waiter: asyncio.Future[ResponseHead] | None = None
+        self._head_waiter: asyncio.Future[None] | None = None
         self._body.clear()
         self._buffered = 0
         self._complete = False
         self._body_waiter: asyncio.Future[None] | None = None
-        self._error: Exception | None = None
+        self._error: UpstreamError | None = None  # how the exchange failed; never raised itself
         self._reading_paused = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -82,14 +90,16 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # create_connection hands a stream protocol a Transport; BaseTransport is the base class's signature.
         self.transport = cast(asyncio.Transport, transport)
+        self._parser = httptools.HttpResponseParser(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_waiter is None or self._complete:
+        parser = self._parser
+        if self._head_waiter is None or self._complete or parser is None:
             # Bytes nobody asked for: the connection's framing can no longer be trusted.
             self._fail(UpstreamProtocolError("upstream sent data with no request outstanding"))
             return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass
         except httptools.HttpParserError as exc:
@@ -98,17 +108,18 @@ class UpstreamConnection(asyncio.Protocol):
         if self._new_parser_after_feed:
             # llhttp cannot be told a response answers HEAD; start clean for the next exchange.
             self._new_parser_after_feed = False
-            self._parser = httptools.HttpResponseParser(self)
+            if not self.closed:  # a closed connection's parser would only be a cycle until it is lost
+                self._parser = httptools.HttpResponseParser(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._stop_timer()
+        self._parser = None  # it holds this connection's callbacks: a cycle
         if self._head is not None and self._head.body_until_eof and not self._complete:
             self.on_message_complete()
         elif not self._complete:
             self._set_error(UpstreamClosed("upstream closed the connection"))
-        if self._write_waiter is not None and not self._write_waiter.done():
-            self._write_waiter.set_exception(UpstreamClosed("upstream closed the connection"))
+        _wake(self._write_waiter)  # drain sees `closed`
         self._on_lost(self)
 
     def pause_writing(self) -> None:
@@ -116,8 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._write_waiter is not None and not self._write_waiter.done():
-            self._write_waiter.set_result(None)
+        _wake(self._write_waiter)
 
     # -- httptools callbacks -------------------------------------------------------------
 
@@ -128,13 +138,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        parser = self._parser
+        assert parser is not None  # only the parser calls this
+        status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # An interim response (100 Continue, 103 Early Hints): the final one follows.
             self._reason = b""
             self._headers = []
             return
-        head = ResponseHead(status, self._reason, self._headers, self._parser.should_keep_alive())
+        head = ResponseHead(status, self._reason, self._headers, parser.should_keep_alive())
         if not self._head_only and status not in (101, 204, 304):
             for name, _ in self._headers:
                 lower = name.lower()
@@ -144,8 +156,7 @@ class UpstreamConnection(asyncio.Protocol):
                 head.body_until_eof = True
                 head.keep_alive = False
         self._head = head
-        if self._head_waiter is not None and not self._head_waiter.done():
-            self._head_waiter.set_result(head)
+        _wake(self._head_waiter)
         if self._head_only:
             self._new_parser_after_feed = True
             self.on_message_complete()
@@ -187,6 +198,10 @@ class UpstreamConnection(asyncio.Protocol):
             finally:
                 self._deadline = inf
                 self._write_waiter = None
+            if self._error is not None:  # timed out
+                raise _fresh(self._error)
+            if self.closed:
+                raise UpstreamClosed("upstream closed the connection")
 
     @property
     def head_received(self) -> bool:
@@ -201,7 +216,11 @@ class UpstreamConnection(asyncio.Protocol):
                 await waiter
             finally:
                 self._deadline = inf
-        return waiter.result()
+        head = self._head
+        if head is not None:
+            return head
+        assert self._error is not None  # the waiter is woken by a head or an error
+        raise _fresh(self._error)
 
     async def read_chunk(self, timeout: float) -> bytes:
         """The next body bytes; b"" once the body is complete."""
@@ -209,7 +228,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self._complete:
                 return b""
             if self._error is not None:
-                raise self._error
+                raise _fresh(self._error)
             waiter = self._body_waiter = self._loop.create_future()
             self._arm(waiter, timeout, "upstream stalled while sending the body")
             try:
@@ -264,7 +283,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- internals ------------------------------------------------------------------------
 
     def _arm(self, waiter: asyncio.Future[Any], timeout: float, message: str) -> None:
-        """`waiter` fails with UpstreamTimeout(message) unless it is done within `timeout`."""
+        """The exchange fails with UpstreamTimeout(message), waking `waiter`, unless it is done
+        within `timeout`."""
         deadline = self._deadline = self._loop.time() + timeout
         self._deadline_waiter = waiter
         self._deadline_message = message
@@ -283,8 +303,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._loop.time() >= deadline:
             self._deadline = inf
             waiter = self._deadline_waiter
-            if waiter is not None:
-                _expire(waiter, self._deadline_message)
+            if waiter is not None and not waiter.done():
+                self._set_error(UpstreamTimeout(self._deadline_message))
+                _wake(waiter)  # a drain's waiter: _set_error wakes the others
         else:
             self._timer = self._loop.call_at(deadline, self._on_timer)
             self._timer_at = deadline
@@ -298,28 +319,27 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer_at = inf
 
     def _wake_body(self) -> None:
-        waiter = self._body_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _wake(self._body_waiter)
 
-    def _set_error(self, error: Exception) -> None:
+    def _set_error(self, error: UpstreamError) -> None:
+        """The exchange failed: each wait woken raises a copy of `error`."""
         if self._error is None:
             self._error = error
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
-            # The exchange can end before anyone awaits the head (the client went away
-            # mid-upload): marked as read, so asyncio never reports it as lost; read_head still raises it.
-            waiter.exception()
-        body_waiter = self._body_waiter
-        if body_waiter is not None and not body_waiter.done():
-            body_waiter.set_exception(error)
+        _wake(self._head_waiter)
+        _wake(self._body_waiter)
 
-    def _fail(self, error: Exception) -> None:
+    def _fail(self, error: UpstreamError) -> None:
         self._set_error(error)
         self.abort()
 
 
-def _expire(waiter: asyncio.Future[Any], message: str) -> None:
-    if not waiter.done():
-        waiter.set_exception(UpstreamTimeout(message))
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    # Only ever a result: a future holding an exception, raised through a wait's frame (which
+    # holds the future), would be a reference cycle.
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def _fresh(error: UpstreamError) -> UpstreamError:
+    """A new exception like `error`, to raise: its traceback then reaches nothing that holds it."""
+    return type(error)(*error.args)

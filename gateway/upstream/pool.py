@@ -102,10 +102,12 @@ class UpstreamPool:
         self._open += 1
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(loop, self._connection_lost), self.host, self.port),
-                self.connect_timeout,
-            )
+            # asyncio.timeout, not wait_for: wait_for (3.11) runs the connect as a task, and a
+            # refused connect's OSError then holds, through its traceback, wait_for's frame,
+            # which holds the task, which holds the error: a reference cycle per failed connect.
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(loop, self._connection_lost), self.host, self.port)
         except TimeoutError:
             self._slot_freed()
             raise UpstreamTimeout(f"connect to {self.host}:{self.port} timed out") from None
