@@ -166,8 +166,8 @@ def test_a_gc_interval_that_is_not_positive_is_rejected_with_the_key(tmp_path, k
     assert f"server.gc.{key}" in message, message
 
 
-def test_the_gc_intervals_default_to_a_freeze_every_quarter_second_and_a_full_collection_hourly(tmp_path):
+def test_the_gc_intervals_default_to_a_freeze_every_quarter_second_and_a_full_collection_every_six_hours(tmp_path):
     path = tmp_path / "gc.yaml"
     path.write_text(yaml.safe_dump(gateway_config("http://127.0.0.1:1")))
     settings = load_config(path).server.gc
-    assert (settings.freeze_interval, settings.full_collection_interval) == (0.25, 3600.0)
+    assert (settings.freeze_interval, settings.full_collection_interval) == (0.25, 21600.0)

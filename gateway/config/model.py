@@ -56,11 +56,12 @@ class GcSettings(Section):
     freeze_interval: Annotated[Duration | None, AfterValidator(_check_interval)] = Field(
         0.25, description="Every this long, collect the young generations and gc.freeze() the survivors, so no "
                          "automatic collection walks the long-lived heap; null freezes only after start-up.")
-    # On by default: a request cut short (a client gone mid-answer) leaves reference cycles in
-    # aiohttp's objects (measured 5.6 objects per aborted request, bench/review_freeze_leak.py);
-    # frozen, only this finds them, so without it memory grows for the life of the process.
+    # On by default, as a safety net: cyclic garbage made while frozen is found by nothing else.
+    # The request kinds measured leave none on uvloop (tests/test_gc_cycles.py); asyncio's own loop
+    # on 3.11 leaves 7 objects per closed connection (CPython gh-100348), and paths not measured
+    # (a pool-full wait, WebSocket, the Redis client) may leave some.
     full_collection_interval: Annotated[Duration | None, AfterValidator(_check_interval)] = Field(
-        3600.0, description="Every this long, unfreeze and collect everything (frees cyclic garbage frozen while in "
+        21600.0, description="Every this long, unfreeze and collect everything (frees cyclic garbage frozen while in "
                             "use; holds the event loop for a walk of the whole heap); null never does.")
 
 
