@@ -88,7 +88,8 @@ def wait_healthy(test: list[str], port: int, container_port: int, process: subpr
 
 class EntrypointProcess(GatewayProcess):
     def __init__(self, command: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
 
 
 def get(url: str, token: str | None = None) -> tuple[int, bytes]:

@@ -72,7 +72,9 @@ class GatewayProcess:
     def stop(self) -> None:
         """Kill the gateway and every process it started (a supervisor killed alone would
         leave its workers holding their ports after the test)."""
-        with contextlib.suppress(ProcessLookupError):
+        if self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(ProcessLookupError):  # no group of its own: nothing more to kill
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
