@@ -29,34 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import BENCH_LIMITS, find, stop, upstream_conf, wait_http  # noqa: E402
-from bench.tokens import TOKEN_CUSTOMERS, TOKEN_ISSUER, TOKEN_SECRET, write_tokens  # noqa: E402
+from bench.processes import bench_config, find, stop, upstream_conf, wait_http  # noqa: E402
+from bench.tokens import write_tokens  # noqa: E402
 
 PATHS = {"plain": "/open/bench", "policy": "/detect/bench"}
-
-
-def gateway_config(port: int, admin_port: int, upstream_port: int) -> str:
-    customers = "\n".join(f"  free-{n}: {{plan: unlimited}}" for n in range(TOKEN_CUSTOMERS))
-    return BENCH_LIMITS.format(customers=customers, state_url="memory://") + f"""
-server: {{listen: "127.0.0.1:{port}", access_log: false}}
-admin: {{listen: "127.0.0.1:{admin_port}"}}
-logging: {{level: warning}}
-auth:
-  issuers:
-    - {{name: bench, issuer: "{TOKEN_ISSUER}", audiences: [bench], algorithms: [HS256], hmac_secret: "{TOKEN_SECRET}"}}
-upstreams:
-  bench: {{url: "http://127.0.0.1:{upstream_port}"}}
-detection:
-  hash_salt: bench-salt-of-16-bytes
-  sharing: {{action: flag}}
-  scraping: {{actions: {{api: flag}}}}
-  seats: {{}}
-routes:
-  - {{name: health, path_prefix: /healthz, upstream: bench, auth: none, detect: false}}
-  - {{name: open, path_prefix: /open/, upstream: bench, auth: none, detect: false}}
-  - {{name: detect, path_prefix: /detect/, upstream: bench}}
-  - {{name: api, path_prefix: /, upstream: bench, detect: false}}
-"""
 
 
 def send(port: int, path: str, count: int, tokens: list[str], connections: int = 1) -> None:
@@ -100,7 +76,7 @@ def dump(pid: int, workdir: Path, label: str) -> int:
 def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list[str]) -> float:
     port, admin_port, upstream_port = args.port_base, args.port_base + 1, args.port_base + 2
     config = workdir / "gateway.yaml"
-    config.write_text(gateway_config(port, admin_port, upstream_port))
+    config.write_text(bench_config(port, admin_port, upstream_port, "memory://"))
     prefix = workdir / "upstream"
     if not prefix.exists():
         (prefix / "tmp").mkdir(parents=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
+from gateway.state import redis_wire
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_guard import REDIS_FAILURES, Guard
 from gateway.state.redis_script import SCRIPT, answers, bulk, evalsha_arguments, evalsha_command, outcomes
@@ -258,25 +259,10 @@ class LimitBatches:
             )
         # One write and one read on a pooled connection, without redis-py's Pipeline object:
         # measured, its per-command bookkeeping cost more than the rest of the request.
-        pool = self._client.connection_pool
         await self._guard.before_probe()
-        connection = await pool.get_connection()
-        try:
-            sha, clock_arg = bulk(self._sha or ""), bulk(clock)
-            await connection.send_packed_command(
-                b"".join(evalsha_command(sha, clock_arg, call) for call in calls), check_health=False)
-            replies: list[Reply] = []
-            for _ in calls:
-                try:
-                    replies.append(await connection.read_response())
-                except redis_errors.ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            await connection.disconnect()  # replies may still be in flight: never reuse it
-            raise
-        finally:
-            await pool.release(connection)
+        sha, clock_arg = bulk(self._sha or ""), bulk(clock)
+        payload = b"".join(evalsha_command(sha, clock_arg, call) for call in calls)
+        return await redis_wire.send(self._client, payload, len(calls))
 
 
 def _known_key(check: Check) -> KnownKey:
