@@ -78,6 +78,12 @@ def test_request_ids_are_always_safe_to_echo(value):
     assert all(c.isascii() and c.isprintable() and c != " " for c in result)
 
 
+def test_a_request_id_with_a_trailing_newline_is_replaced():
+    # The example hypothesis found: a "$" anchor matches before a final newline.
+    assert request_id_or_new("abc\n") != "abc\n"
+    assert request_id_or_new("abc") == "abc"
+
+
 ips = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
 
 

@@ -30,7 +30,8 @@ _RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 # Connection values that name nothing beyond the fields dropped anyway.
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# fullmatch: "$" would also match before a trailing newline ("0\n" passed as an id).
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 # Request ids only need to be unique, not secret: a random per-process prefix and a counter
 # cost no system call.
 _ID_PREFIX = f"{random.SystemRandom().getrandbits(64):016x}"
@@ -39,7 +40,7 @@ _ID_COUNTER = itertools.count(1)
 
 def request_id_or_new(value: str | None) -> str:
     """Keep a well-formed client request id; otherwise mint one."""
-    if value is not None and _REQUEST_ID_RE.match(value):
+    if value is not None and _REQUEST_ID_RE.fullmatch(value):
         return value
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
