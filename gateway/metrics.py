@@ -108,6 +108,10 @@ _BATCH_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5)
 _GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+# A status's index in _CODES by its hundreds, for 0-599 (the request path indexes it inline).
+_CODE_CLASSES = (0, 0, 1, 2, 3, 4)
+
+
 def _code_class(status: int) -> int:
     return min(max(status // 100, 1), 5) - 1
 
@@ -173,6 +177,8 @@ class Metrics:
             "fairgate_rejections", "Requests the gateway answered itself, by reason.", ["reason"],
             registry=self.registry,
         )
+        # Reasons are the gateway's own slugs (a few dozen), so this stays small.
+        self._rejection_children: dict[str, Counter] = {}
         self.config_reloads = Counter(
             "fairgate_config_reloads", "Config reload attempts, by result.", ["result"], registry=self.registry
         )
@@ -253,19 +259,29 @@ class Metrics:
         self.registry.register(_UpstreamCollector(runtimes))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
+        # Every request comes here: the histogram's add is written out, not a call.
         stats = self._routes.get(route)
         if stats is None:
             stats = self._routes[route] = _RouteStats()
-        stats.by_code[_code_class(status)] += 1
-        stats.observe(seconds)
+        stats.by_code[_CODE_CLASSES[status // 100] if 0 <= status < 600 else _code_class(status)] += 1
+        stats.bucket_counts[bisect_left(_BUCKETS, seconds)] += 1
+        stats.duration_sum += seconds
 
     def observe_upstream(self, upstream: str, status: int, seconds: float) -> None:
         """One upstream answer: `seconds` from sending the request to its response headers."""
-        key = (upstream, _code_class(status))
+        key = (upstream, _CODE_CLASSES[status // 100] if 0 <= status < 600 else _code_class(status))
         timings = self._upstreams.get(key)
         if timings is None:
             timings = self._upstreams[key] = _Timings()
-        timings.observe(seconds)
+        timings.bucket_counts[bisect_left(_BUCKETS, seconds)] += 1
+        timings.duration_sum += seconds
+
+    def rejected(self, reason: str) -> None:
+        """A request the gateway answered itself: the labelled child is looked up once per reason."""
+        child = self._rejection_children.get(reason)
+        if child is None:
+            child = self._rejection_children[reason] = self.rejections.labels(reason)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
