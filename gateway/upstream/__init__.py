@@ -1,5 +1,6 @@
 """The upstream client: pooled HTTP/1.1 connections on asyncio protocols with httptools."""
 
+from gateway.upstream.connection import ResponseHead
 from gateway.upstream.errors import (
     UpstreamClosed,
     UpstreamError,
@@ -11,6 +12,7 @@ from gateway.upstream.pool import Exchange, UpstreamPool
 
 __all__ = [
     "Exchange",
+    "ResponseHead",
     "UpstreamClosed",
     "UpstreamError",
     "UpstreamPool",

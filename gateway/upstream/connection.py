@@ -27,6 +27,8 @@ import httptools
 from gateway.upstream.errors import UpstreamClosed, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 
 _PAUSE_AT = 256 * 1024
+_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
+_FRAMING_LENGTHS = frozenset(map(len, _FRAMING_NAMES))
 _RESUME_AT = 64 * 1024
 
 
@@ -149,8 +151,8 @@ class UpstreamConnection(asyncio.Protocol):
         head = ResponseHead(status, self._reason, self._headers, parser.should_keep_alive())
         if not self._head_only and status not in (101, 204, 304):
             for name, _ in self._headers:
-                lower = name.lower()
-                if lower == b"content-length" or lower == b"transfer-encoding":
+                # The length first: most names are neither, and so need no lower-casing.
+                if len(name) in _FRAMING_LENGTHS and name.lower() in _FRAMING_NAMES:
                     break
             else:  # no framing: the body runs until the upstream closes
                 head.body_until_eof = True
@@ -208,14 +210,29 @@ class UpstreamConnection(asyncio.Protocol):
         return self._head is not None
 
     async def read_head(self, timeout: float) -> ResponseHead:
-        waiter = self._head_waiter
-        assert waiter is not None
-        if not waiter.done():
-            self._arm(waiter, timeout, "upstream did not answer in time")
+        waiter = self.head_waiter(timeout)
+        if waiter is not None:
             try:
                 await waiter
             finally:
                 self._deadline = inf
+        return self.head()
+
+    def head_waiter(self, timeout: float) -> asyncio.Future[None] | None:
+        """What to await for the response head, its deadline armed (None if the head or a
+        failure is in already); then `head()`. For a caller that awaits it in its own frame, as
+        the pool does: `read_head` is the same in one call. A caller cancelled meanwhile aborts
+        the connection (which disarms the deadline)."""
+        waiter = self._head_waiter
+        assert waiter is not None
+        if waiter.done():
+            return None
+        self._arm(waiter, timeout, "upstream did not answer in time")
+        return waiter
+
+    def head(self) -> ResponseHead:
+        """The response head once its waiter is done; raises how the exchange failed otherwise."""
+        self._deadline = inf
         head = self._head
         if head is not None:
             return head
