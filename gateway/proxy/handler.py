@@ -25,11 +25,12 @@ from gateway.limits.limiter import NO_LIMITS, Admission
 from gateway.limits.shedding import network_key
 from gateway.metrics import Metrics
 from gateway.problems import IETF_PROBLEM_TYPES, SERVER_NAME, Problem, problem_response
-from gateway.proxy.answer import buffered_answer
+from gateway.proxy.answer import BufferedAnswer, buffered_answer
 from gateway.proxy.browser_proof import PROOF_PATH, PROOF_ROUTE
 from gateway.proxy.challenge import COOKIE, SECURE_COOKIE, Check
 from gateway.proxy.headers import (
     VIA_TOKEN,
+    AnswerLines,
     ForwardedFrom,
     client_answer_lines,
     client_response_headers,
@@ -45,7 +46,7 @@ from gateway.proxy.request_path import ambiguity, routing_form
 from gateway.proxy.runtime import RouteTarget, Runtime
 from gateway.proxy.websocket import is_websocket_upgrade, proxy_websocket
 from gateway.state.store import StoreUnavailable
-from gateway.upstream import Exchange, UpstreamError, UpstreamTimeout
+from gateway.upstream import Exchange, ResponseHead, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("fairgate.proxy")
 
@@ -55,6 +56,10 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 # More than a chunk's chunked-encoding framing ("%x\r\n" ... "\r\n") can add.
 _FRAMING = 64
 _VIA = VIA_TOKEN.decode()
+# The forwarding fields the gateway sets on the way upstream, with and without X-Forwarded-Host.
+_FORWARDING = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: %s\r\nX-Request-Id: %s\r\n"
+_FORWARDING_WITH_HOST = (b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nVia: %s\r\n"
+                         b"X-Request-Id: %s\r\n")
 _CHALLENGE = "automation-challenge"
 # Where a browser is shown the interstitial; anywhere else a challenge stays problem+json (APIs are for programs).
 _INTERSTITIAL_CLASSES = frozenset({"portal", "public"})
@@ -183,7 +188,7 @@ class ProxyHandler:
         return problem_response(status, slug, title, detail, headers=headers, extra=extra, type_uri=type_uri)
 
     def _count_rejection(self, request: BaseRequest, slug: str) -> None:
-        self._metrics.rejections.labels(slug).inc()
+        self._metrics.rejected(slug)
         identity = request.get(IDENTITY)
         if identity is not None:
             usage = request[_RUNTIME].usage
@@ -343,15 +348,17 @@ class ProxyHandler:
 
     def _add_forwarding(self, lines: list[bytes], found: ForwardedFrom, peer: str, trusted: bool,
                         client_host: bytes | None, request_id: str, target: RouteTarget) -> None:
+        # One formatted block (fields in the same order either way): this runs on every request.
         peer_bytes = peer.encode("ascii")
-        lines.append(b"X-Forwarded-For: %s\r\n"
-                     % (found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes))
-        lines.append(b"X-Forwarded-Proto: %s\r\n" % (found.proto if trusted and found.proto else self._scheme))
+        forwarded_for = found.forwarded_for + b", " + peer_bytes if found.forwarded_for else peer_bytes
+        proto = found.proto if trusted and found.proto else self._scheme
+        via = found.via + b", " + VIA_TOKEN if found.via else VIA_TOKEN
         forwarded_host = found.host if trusted and found.host else client_host
+        request_id_bytes = request_id.encode("ascii")
         if forwarded_host:
-            lines.append(b"X-Forwarded-Host: %s\r\n" % forwarded_host)
-        lines.append(b"Via: %s\r\n" % (found.via + b", " + VIA_TOKEN if found.via else VIA_TOKEN))
-        lines.append(b"X-Request-Id: %s\r\n" % request_id.encode("ascii"))
+            lines.append(_FORWARDING_WITH_HOST % (forwarded_for, proto, forwarded_host, via, request_id_bytes))
+        else:
+            lines.append(_FORWARDING % (forwarded_for, proto, via, request_id_bytes))
         if target.host_header is not None:
             lines.append(b"Host: %s\r\n" % target.host_header)
 
@@ -414,10 +421,15 @@ class ProxyHandler:
         except UpstreamError as exc:
             return self._upstream_failed(request, target, exc, extra_headers)
         # Headers in: the upstream's own time to answer, before any body streams.
-        self._metrics.observe_upstream(route.upstream, exchange.head.status,
-                                       time.perf_counter() - meter.upstream_started)
+        upstream = exchange.head
+        self._metrics.observe_upstream(route.upstream, upstream.status, time.perf_counter() - meter.upstream_started)
+        meter.status = upstream.status
+        answer_lines = _whole_answer_lines(request, upstream, target)
+        if answer_lines is not None and (answer_body := exchange.take_body()) is not None:
+            # The common answer: small, and it came in the head's packet. No await (no coroutine) for it.
+            return _whole_answer(request, exchange, answer_lines, answer_body, extra_headers, request_id, meter)
         return await self._relay(request, exchange, target, request_id, extra_headers, meter,
-                                 send_timeout)
+                                 send_timeout, answer_lines)
 
     async def _body_timed_out(self, request: BaseRequest) -> web.Response:
         response = self._reject(request, 408, "body-timeout", "Request Timeout",
@@ -445,28 +457,23 @@ class ProxyHandler:
 
     async def _relay(
         self, request: BaseRequest, exchange: Exchange, target: RouteTarget, request_id: str,
-        extra_headers: Mapping[str, str], meter: Meter, send_timeout: float,
+        extra_headers: Mapping[str, str], meter: Meter, send_timeout: float, whole: AnswerLines | None,
     ) -> web.StreamResponse:
+        """The answer, streamed or read first; `whole` are its lines when it is small enough to
+        be written in one piece (`_whole_answer_lines`)."""
         upstream = exchange.head
-        status = meter.status = upstream.status
+        status = upstream.status
         links = target.proof_links
-        if (request.method != "HEAD" and status >= 200 and status not in _NO_BODY_STATUSES
-                and (links is None or status != 200 or request.method != "GET")):
-            lines = client_answer_lines(upstream.headers)
-            if lines.content_length is not None and lines.content_length <= _BUFFER_LIMIT:
-                # The common answer: small and whole, written in one piece (no link to plant).
-                try:
-                    body = await exchange.read_all()
-                except UpstreamError as exc:
-                    exchange.abort()
-                    return self._upstream_failed(request, target, exc, extra_headers)
-                except BaseException:
-                    exchange.abort()
-                    raise
-                exchange.release()
-                meter.upstream_seconds = time.perf_counter() - meter.upstream_started
-                meter.bytes += len(body)
-                return buffered_answer(request, status, upstream.reason, lines, extra_headers, request_id, body)
+        if whole is not None:
+            try:
+                body = await exchange.read_all()
+            except UpstreamError as exc:
+                exchange.abort()
+                return self._upstream_failed(request, target, exc, extra_headers)
+            except BaseException:
+                exchange.abort()
+                raise
+            return _whole_answer(request, exchange, whole, body, extra_headers, request_id, meter)
         headers, length = client_response_headers(upstream.headers)
         if extra_headers:
             headers.update(extra_headers)
@@ -558,6 +565,30 @@ async def _send(response: web.StreamResponse, chunk: bytes, timeout: float,
             await response.write(chunk)
     except TimeoutError:
         raise ClientStalled() from None
+
+
+def _whole_answer_lines(request: BaseRequest, upstream: ResponseHead, target: RouteTarget) -> AnswerLines | None:
+    """The client's header lines when the answer is to be written in one piece: it has a body
+    (not HEAD, 1xx, 204, 304), a Content-Length within the buffer limit, and is not a page that
+    may get a browser-proof link. None for every other answer (streamed, or through `Response`)."""
+    status = upstream.status
+    if request.method == "HEAD" or status < 200 or status in _NO_BODY_STATUSES:
+        return None
+    if target.proof_links is not None and status == 200 and request.method == "GET":
+        return None
+    lines = client_answer_lines(upstream.headers)
+    if lines.content_length is None or lines.content_length > _BUFFER_LIMIT:
+        return None
+    return lines
+
+
+def _whole_answer(request: BaseRequest, exchange: Exchange, lines: AnswerLines, body: bytes,
+                  extra_headers: Mapping[str, str], request_id: str, meter: Meter) -> BufferedAnswer:
+    exchange.release()
+    meter.upstream_seconds = time.perf_counter() - meter.upstream_started
+    meter.bytes += len(body)
+    head = exchange.head
+    return buffered_answer(request, head.status, head.reason, lines, extra_headers, request_id, body)
 
 
 def _wire(text: str) -> bytes:

@@ -34,8 +34,10 @@ async def proxy_websocket(
 ) -> web.StreamResponse:
     """Connect upstream with the already-filtered header `lines`, then relay messages both ways."""
     headers: CIMultiDict[str] = CIMultiDict()
-    for line in lines:
-        name, _, value = line.rstrip(b"\r\n").partition(b": ")
+    for line in b"".join(lines).split(b"\r\n"):  # an element may hold several fields (the forwarding block)
+        if not line:
+            continue
+        name, _, value = line.partition(b": ")
         headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     pool = target.pool
