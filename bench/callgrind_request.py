@@ -84,7 +84,8 @@ def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list
     upstream = subprocess.Popen([find("nginx") or "nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
     gateway = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={workdir}/callgrind.out.%p",
-         sys.executable, "-m", "gateway", "run", "-c", str(config)],
+         sys.executable, *([str(ROOT / "bench" / "request_path_gateway.py")] if args.no_background
+                           else ["-m", "gateway"]), "run", "-c", str(config)],
         cwd=workdir, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     try:
@@ -121,8 +122,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=0.0, help="seconds after the warm-up, not counted")
     parser.add_argument("--drain", type=float, default=0.0, help="seconds after the requests, counted with them")
     parser.add_argument("--connections", type=int, default=1, help="keep-alive connections at once")
+    parser.add_argument("--no-background", action="store_true",
+                        help="stop the gateway's background tasks once it listens (bench/request_path_gateway.py): "
+                             "the request path's own count, steady on a loaded machine; plain scenario only")
     parser.add_argument("--keep", type=Path, help="write the callgrind files here (for callgrind_annotate)")
     args = parser.parse_args()
+    if args.no_background and args.scenario != ["plain"]:
+        parser.error("--no-background counts the plain scenario only (the policy one leaves work for background tasks)")
     with tempfile.TemporaryDirectory(prefix="callgrind-") as tmp:
         workdir = Path(tmp) if args.keep is None else args.keep
         workdir.mkdir(parents=True, exist_ok=True)
