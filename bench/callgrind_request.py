@@ -10,6 +10,10 @@ connection. Prints k instructions per request for each scenario asked for.
 
 Set PYTHONPATH to another checkout to count its code with this venv (the editable install's
 finder comes after sys.path).
+
+On a loaded machine the idle subtraction fails (the background tasks' rate while busy under
+valgrind is not their idle rate); `--no-background` counts the plain scenario with those tasks
+stopped (bench/request_path_gateway.py), nothing to subtract.
 """
 
 from __future__ import annotations
