@@ -159,6 +159,21 @@ def test_a_customer_packed_again_and_again_reads_as_one_and_its_records_are_merg
     assert counters.read() == once  # the merged pages read the same
 
 
+def test_customers_that_share_their_first_fields_keep_their_own_later_ones_in_the_order_written():
+    counters = CounterSet(T0 + 40 * 86400)
+    day = {"01:requests": 1, "01:bytes_in": 100}
+    counters.add({"a": dict(day), "b": dict(day), "c": dict(day)}, None)
+    counters.add({"a": {"02:requests": 2, "01:requests": 1}, "b": {"01:rejected:rate": 1}}, None)
+    counters.add({"a": {"02:requests": 0.5}, "c": {"02:requests": 7}}, None)
+    read = counters.read()
+    assert read == {"a": {"01:requests": 2.0, "01:bytes_in": 100.0, "02:requests": 2.5},
+                    "b": {"01:requests": 1.0, "01:bytes_in": 100.0, "01:rejected:rate": 1.0},
+                    "c": {"01:requests": 1.0, "01:bytes_in": 100.0, "02:requests": 7.0}}
+    assert [list(fields) for fields in read.values()] == [
+        ["01:requests", "01:bytes_in", "02:requests"], ["01:requests", "01:bytes_in", "01:rejected:rate"],
+        ["01:requests", "01:bytes_in", "02:requests"]]
+
+
 def test_token_cache_keys_by_digest_and_sweeps_expired_tokens():
     cache = TokenCache(100)
     cache.put("token-a", identity("a", T0 + 60), T0 + 60)

@@ -23,16 +23,22 @@ class MemoryStore(StateStore):
     waits for the bucket to drain at the slowest rate this store has seen, and at least
     `idle_ttl`. The size bound alone evicts without asking: it is sized (`state.max_memory_keys`)
     well above the customers in use, and `fairgate_table_evictions_total` says when it is not.
+
+    A rate bucket (units taken, when) and a quota count (used, period end) are each two floats
+    kept as one `complex` (real, imaginary): 32 bytes in one object, where a tuple of two floats
+    was 56 bytes and a float of 24 more allocated with it on every write (issue 14: memory per
+    customer). A complex holds both doubles exactly.
     """
 
     def __init__(self, max_keys: int = 1_000_000, idle_ttl: float = 3600.0, max_sighting_keys: int = 200_000) -> None:
         self.idle_ttl = idle_ttl
         self._slowest = 0.0  # the longest seconds-per-unit of any rate check so far
-        # rate: units taken, when (gcra)
-        self._buckets: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys, self._bucket_drained)
+        # rate: units taken + when * 1j (gcra)
+        self._buckets: BoundedTable[str, complex] = BoundedTable(max_keys, self._bucket_drained)
         # concurrency: tokens, lease end
         self._slots: BoundedTable[str, tuple[dict[str, bool], float]] = BoundedTable(max_keys, _ended)
-        self._used: BoundedTable[str, tuple[float, float]] = BoundedTable(max_keys, _ended)  # quota: used, period end
+        # quota: used + period end * 1j
+        self._used: BoundedTable[str, complex] = BoundedTable(max_keys, _period_ended)
         self._counters = CounterSets()  # index -> counter set (usage: a month's)
         self._sightings = MemorySightings(max_sighting_keys)
 
@@ -44,8 +50,8 @@ class MemoryStore(StateStore):
         return {"rate_buckets": self._buckets, "concurrency_slots": self._slots, "quota_counts": self._used,
                 "sightings": self._sightings.table, "usage_counters": self._counters}
 
-    def _bucket_drained(self, bucket: tuple[float, float], now: float) -> bool:
-        units, at = bucket
+    def _bucket_drained(self, bucket: complex, now: float) -> bool:
+        units, at = bucket.real, bucket.imag
         idle = now - at
         return idle >= self.idle_ttl and idle >= units * self._slowest
 
@@ -65,7 +71,7 @@ class MemoryStore(StateStore):
             outcome, taken = gcra(self._buckets.get(check.key), now, check.interval, check.burst, check.cost,
                                   check.max_delay)
             if outcome.allowed:
-                self._buckets.put(check.key, (taken, now))
+                self._buckets.put(check.key, complex(taken, now))
             return [outcome]
         decided = [self._decide(check, now) for check in checks]
         outcomes = [outcome for outcome, _ in decided]
@@ -91,13 +97,13 @@ class MemoryStore(StateStore):
             return Outcome(allowed, float(check.max - used - (1 if allowed else 0)), 0.0,
                            retry_after=0.0 if allowed else 1.0), 0.0
         period = self._used.get(check.key)
-        spent = period[0] if period is not None and period[1] > now else 0.0
+        spent = period.real if period is not None and period.imag > now else 0.0
         return quota(spent, check.cost, check.limit, check.flag_only, check.expires_at - now), 0.0
 
     def _consume(self, check: Check, taken: float, now: float) -> None:
         key = check.key
         if check.kind == RATE:
-            self._buckets.put(key, (taken, now))
+            self._buckets.put(key, complex(taken, now))
         elif check.kind == CONCURRENCY:
             entry = self._slots.get(key)
             tokens = entry[0] if entry is not None and entry[1] > now else {}
@@ -105,8 +111,8 @@ class MemoryStore(StateStore):
             self._slots.put(key, (tokens, now + check.lease))
         elif check.cost:
             period = self._used.get(key)
-            spent = period[0] if period is not None and period[1] > now else 0.0
-            self._used.put(key, (spent + check.cost, check.expires_at))
+            spent = period.real if period is not None and period.imag > now else 0.0
+            self._used.put(key, complex(spent + check.cost, check.expires_at))
 
     async def release(self, tag: str, slots: list[tuple[str, str]]) -> None:
         for key, token in slots:
@@ -119,8 +125,8 @@ class MemoryStore(StateStore):
     async def add_usage(self, tag: str, usage: list[tuple[str, float, float]]) -> None:
         for key, amount, expires_at in usage:
             entry = self._used.get(key)
-            used = entry[0] if entry is not None and entry[1] == expires_at else 0.0
-            self._used.put(key, (used + amount, expires_at))
+            used = entry.real if entry is not None and entry.imag == expires_at else 0.0
+            self._used.put(key, complex(used + amount, expires_at))
 
     async def add_counters(self, index: str, counters: dict[str, dict[str, float]], expires_at: float) -> None:
         self._counters.add(index, counters, expires_at, _RETENTION)
@@ -134,6 +140,10 @@ def _ended(entry: tuple[object, float], now: float) -> bool:
     return entry[1] <= now
 
 
+def _period_ended(entry: complex, now: float) -> bool:
+    return entry.imag <= now
+
+
 # Counter sets whose period ended this long before a new one starts are dropped.
 _RETENTION = 400 * 86400.0
 
@@ -142,9 +152,9 @@ _RETENTION = 400 * 86400.0
 _EPSILON = 1e-6
 
 
-def gcra(bucket: tuple[float, float] | None, now: float, interval: float, burst: int, cost: float,
+def gcra(bucket: complex | None, now: float, interval: float, burst: int, cost: float,
          max_delay: float) -> tuple[Outcome, float]:
-    """The generic cell rate algorithm, its state kept as (units taken, when).
+    """The generic cell rate algorithm, its state kept as units taken + when * 1j (one complex).
 
     A bucket of `burst` units refills one unit per `interval`. The state counts units, not a
     theoretical arrival time in seconds, so it means the same at any rate: when the rate changes
@@ -155,7 +165,7 @@ def gcra(bucket: tuple[float, float] | None, now: float, interval: float, burst:
     """
     owed = 0.0  # seconds until the bucket is full again, at this rate
     if bucket is not None:
-        units, at = bucket
+        units, at = bucket.real, bucket.imag
         owed = units * interval - (now - at if now > at else 0.0)
         if owed < 0.0:
             owed = 0.0
