@@ -461,8 +461,11 @@ async def test_after_an_outage_one_probe_closes_the_circuit_for_good(start_gatew
     clock = ManualClock()  # the breaker's cooldown and the limits run on it
     plans = {"standard": {"limits": [{"name": "sustained", "kind": "rate", "rate": "1000/s", "burst": 1000}]}}
     config = limits_config(upstream, plans)
+    # A long state.timeout: the probe sent to the stopped Redis below must still be waiting when
+    # Redis resumes. With the default 500 ms, a loaded machine could let it time out first and
+    # reopen the circuit (a second "open", correct but not what this test is about).
     config["state"] = {"url": private_redis.url, "on_failure": "closed", "breaker_failures": 2,
-                       "breaker_cooldown": "2s"}
+                       "breaker_cooldown": "2s", "timeout": "30s"}
     gw = await start_gateway(config, clock=clock)
     token = hs_token(clock)
 
@@ -482,7 +485,7 @@ async def test_after_an_outage_one_probe_closes_the_circuit_for_good(start_gatew
         assert await circuit("open")
 
         # Redis comes back hung (SIGSTOP): the first request after the cooldown probes it and its
-        # client gives up. That probe never reports back; it must not hold the circuit half-open.
+        # client gives up. That probe has not reported back; it must not hold the circuit half-open.
         private_redis.start()
         assert await status() == 503  # still within the cooldown: nobody asks Redis
         os.kill(private_redis.process.pid, signal.SIGSTOP)
