@@ -25,8 +25,8 @@ log = logging.getLogger("fairgate.state")
 SCRIPT = (Path(__file__).parent / "lua" / "sightings.lua").read_text()
 _EVAL = redis_wire.text("EVAL")
 _SCRIPT = redis_wire.text(SCRIPT)
-# Keys written or queried by one script call at most (each costs Redis a few us while it runs
-# alone: 512 keys, a few ms at worst).
+# Keys written plus queries answered by one script call at most (each costs Redis a few us
+# while it runs alone: 512, a few ms at worst).
 MAX_KEYS = 512
 
 Written = tuple[str, list[Sighting]]  # a key and what was seen of it
@@ -50,29 +50,50 @@ class RedisSightings(Sightings):
         except (TimeoutError, redis_errors.RedisError, OSError) as exc:
             log.warning("detector state unavailable", extra={"error": str(exc) or type(exc).__name__})
             return None
-        return {query: {_text(member): float(at) for member, at in reply}
-                for query, reply in zip(queries, replies, strict=True)}
+        if self._cluster:
+            return {query: {_text(member): float(at) for member, at in reply}
+                    for query, reply in zip(queries, replies, strict=True)}
+        # Flat lists member, last seen, ...: zipped by C functions, not a comprehension a pair.
+        return {query: dict(zip(map(bytes.decode, flat[::2]), map(float, flat[1::2]), strict=True))
+                for query, flat in zip(queries, replies, strict=True)}
 
-    async def _scripts(self, written: list[Written], queries: list[Query]) -> list[list[tuple[bytes, bytes]]]:
-        """The queries' replies, as (member, last seen) pairs; every call in one write."""
-        # The writes fill the first calls and the queries the rest: Redis runs the calls of one
-        # write in order, so every query sees every sighting of this exchange, as in the pipeline.
+    async def _scripts(self, written: list[Written], queries: list[Query]) -> list[list[bytes]]:
+        """The queries' replies, each a flat list member, last seen, ...; every call in one write."""
+        # A key's writes and its queries go in one call, the queries after the writes (a key
+        # is written in one call only): every query sees every sighting of this exchange, as
+        # in the pipeline. Queries of keys not written fill the calls after.
+        asked: dict[str, list[int]] = defaultdict(list)  # key -> its queries' places
+        for place, query in enumerate(queries):
+            asked[query.key].append(place)
         calls: list[bytes] = []
-        w = q = 0
-        while w < len(written) or q < len(queries):
-            taken = written[w:w + MAX_KEYS]
-            asked = queries[q:q + MAX_KEYS - len(taken)]
-            calls.append(_call(taken, asked))
-            w, q = w + len(taken), q + len(asked)
+        order: list[int] = []  # the queries' places, in the order the calls answer them
+        taken: list[Written] = []
+        places: list[int] = []
+        for item in written:
+            mine = asked.pop(item[0], [])
+            if taken and len(taken) + len(places) + 1 + len(mine) > MAX_KEYS:
+                calls.append(_call(taken, [], [queries[place] for place in places]))
+                order += places
+                taken, places = [], []
+            taken.append(item)
+            places += mine
+        if taken:
+            calls.append(_call(taken, [], [queries[place] for place in places]))
+            order += places
+        rest = [place for mine in asked.values() for place in mine]
+        for start in range(0, len(rest), MAX_KEYS):
+            places = rest[start:start + MAX_KEYS]
+            calls.append(_call([], [queries[place] for place in places], []))
+            order += places
         if not calls:
             return []
         replies = await redis_wire.send(self._client, b"".join(calls), len(calls))
-        answers: list[list[tuple[bytes, bytes]]] = []
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
-            for flat in reply:
-                answers.append(list(zip(flat[::2], flat[1::2], strict=True)))
+        answers: list[list[bytes]] = [[] for _ in queries]
+        for place, flat in zip(order, [flat for reply in replies for flat in reply], strict=True):
+            answers[place] = flat
         return answers
 
     async def _pipeline(self, by_key: dict[str, list[Sighting]], queries: list[Query]) -> list[Any]:
@@ -94,29 +115,47 @@ def _trim(sightings: list[Sighting]) -> tuple[str, int, int]:
     """A key's horizon (members last seen before it go), cap and TTL, from its latest sighting."""
     latest = sightings[0].at if len(sightings) == 1 else max(s.at for s in sightings)
     window, cap = sightings[-1].window, sightings[-1].cap
-    return f"({latest - window!r}", cap, math.ceil(window * 1000) + 1000
+    return f"({latest - window!r}", cap, _ttl_ms(window)
 
 
-def _call(written: list[Written], queries: list[Query]) -> bytes:
-    """One EVAL of sightings.lua: its keys, then its arguments in the script's order."""
-    values = [key for key, _ in written] + [query.key for query in queries]
-    keys = len(values)
-    values.append(str(len(written)))
+def _call(written: list[Written], queried: list[Query], again: list[Query]) -> bytes:
+    """One EVAL of sightings.lua: `written` keys, then the `queried` keys not written in this
+    call, then queries of the keys written (`again`), in the script's order."""
+    keys = [key for key, _ in written]
+    shapes: dict[tuple[float, int], str] = {}  # (window, cap) -> its number in the script
+    values: list[str] = []
     for _, sightings in written:
-        horizon, cap, ttl_ms = _trim(sightings)
+        window, cap = sightings[-1].window, sightings[-1].cap
+        shape = shapes.get((window, cap))
+        if shape is None:
+            shape = shapes[window, cap] = str(len(shapes) + 1)
         if len(sightings) == 1:  # most keys: one member seen once in a batch
-            values += (horizon, str(cap), str(ttl_ms), "1", repr(sightings[0].at), sightings[0].member)
+            values += (shape, "1", repr(sightings[0].at), sightings[0].member)
             continue
         members: dict[str, float] = {}
         for sighting in sightings:  # one pair a member: its latest time (ZADD GT keeps the greatest anyway)
             if members.get(sighting.member, -math.inf) < sighting.at:
                 members[sighting.member] = sighting.at
-        values += (horizon, str(cap), str(ttl_ms), str(len(members)))
+        values += (shape, str(len(members)))
         for member, at in members.items():
             values += (repr(at), member)
-    values += [repr(query.since) for query in queries]
-    return b"*%d\r\n%s%s%s%s" % (3 + len(values), _EVAL, _SCRIPT, redis_wire.text(str(keys)),
-                                  redis_wire.texts(values))
+    head = [str(len(written)), str(len(shapes))]
+    for window, cap in shapes:
+        head += (repr(float(window)), str(cap), str(_ttl_ms(window)))
+    place = {key: str(n) for n, key in enumerate(keys, 1)} if again else {}
+    for query in again:
+        values += (place[query.key], repr(query.since))
+    for query in queried:
+        keys.append(query.key)
+        values += (str(len(keys)), repr(query.since))
+    return b"*%d\r\n%s%s%s%s%s" % (3 + len(keys) + len(head) + len(values), _EVAL, _SCRIPT,
+                                    redis_wire.text(str(len(keys))), redis_wire.texts(keys),
+                                    redis_wire.texts(head + values))
+
+
+def _ttl_ms(window: float) -> int:
+    """A key outlives its latest sighting by its window and a second."""
+    return math.ceil(window * 1000) + 1000
 
 
 def _text(value: bytes | str) -> str:
