@@ -25,8 +25,8 @@ log = logging.getLogger("fairgate.state")
 SCRIPT = (Path(__file__).parent / "lua" / "sightings.lua").read_text()
 _EVAL = redis_wire.text("EVAL")
 _SCRIPT = redis_wire.text(SCRIPT)
-# Keys written plus queries answered by one script call at most (each costs Redis a few us
-# while it runs alone: 512, a few ms at worst).
+# Keys written or queried by one script call at most (each costs Redis a few us while it runs
+# alone: 512 keys, a few ms at worst).
 MAX_KEYS = 512
 
 Written = tuple[str, list[Sighting]]  # a key and what was seen of it
@@ -59,41 +59,23 @@ class RedisSightings(Sightings):
 
     async def _scripts(self, written: list[Written], queries: list[Query]) -> list[list[bytes]]:
         """The queries' replies, each a flat list member, last seen, ...; every call in one write."""
-        # A key's writes and its queries go in one call, the queries after the writes (a key
-        # is written in one call only): every query sees every sighting of this exchange, as
-        # in the pipeline. Queries of keys not written fill the calls after.
-        asked: dict[str, list[int]] = defaultdict(list)  # key -> its queries' places
-        for place, query in enumerate(queries):
-            asked[query.key].append(place)
+        # The writes fill the first calls and the queries the rest: Redis runs the calls of one
+        # write in order, so every query sees every sighting of this exchange, as in the pipeline.
         calls: list[bytes] = []
-        order: list[int] = []  # the queries' places, in the order the calls answer them
-        taken: list[Written] = []
-        places: list[int] = []
-        for item in written:
-            mine = asked.pop(item[0], [])
-            if taken and len(taken) + len(places) + 1 + len(mine) > MAX_KEYS:
-                calls.append(_call(taken, [], [queries[place] for place in places]))
-                order += places
-                taken, places = [], []
-            taken.append(item)
-            places += mine
-        if taken:
-            calls.append(_call(taken, [], [queries[place] for place in places]))
-            order += places
-        rest = [place for mine in asked.values() for place in mine]
-        for start in range(0, len(rest), MAX_KEYS):
-            places = rest[start:start + MAX_KEYS]
-            calls.append(_call([], [queries[place] for place in places], []))
-            order += places
+        w = q = 0
+        while w < len(written) or q < len(queries):
+            taken = written[w:w + MAX_KEYS]
+            asked = queries[q:q + MAX_KEYS - len(taken)]
+            calls.append(_call(taken, asked))
+            w, q = w + len(taken), q + len(asked)
         if not calls:
             return []
         replies = await redis_wire.send(self._client, b"".join(calls), len(calls))
+        answers: list[list[bytes]] = []
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
-        answers: list[list[bytes]] = [[] for _ in queries]
-        for place, flat in zip(order, [flat for reply in replies for flat in reply], strict=True):
-            answers[place] = flat
+            answers += reply
         return answers
 
     async def _pipeline(self, by_key: dict[str, list[Sighting]], queries: list[Query]) -> list[Any]:
@@ -118,9 +100,8 @@ def _trim(sightings: list[Sighting]) -> tuple[str, int, int]:
     return f"({latest - window!r}", cap, _ttl_ms(window)
 
 
-def _call(written: list[Written], queried: list[Query], again: list[Query]) -> bytes:
-    """One EVAL of sightings.lua: `written` keys, then the `queried` keys not written in this
-    call, then queries of the keys written (`again`), in the script's order."""
+def _call(written: list[Written], queries: list[Query]) -> bytes:
+    """One EVAL of sightings.lua: its keys, then its arguments in the script's order."""
     keys = [key for key, _ in written]
     shapes: dict[tuple[float, int], str] = {}  # (window, cap) -> its number in the script
     values: list[str] = []
@@ -142,12 +123,15 @@ def _call(written: list[Written], queried: list[Query], again: list[Query]) -> b
     head = [str(len(written)), str(len(shapes))]
     for window, cap in shapes:
         head += (repr(float(window)), str(cap), str(_ttl_ms(window)))
-    place = {key: str(n) for n, key in enumerate(keys, 1)} if again else {}
-    for query in again:
-        values += (place[query.key], repr(query.since))
-    for query in queried:
-        keys.append(query.key)
-        values += (str(len(keys)), repr(query.since))
+    # A query of a key written in this call names it by its place in KEYS (the detectors ask
+    # about the keys they write); any other key is added to KEYS.
+    place = {key: str(n) for n, key in enumerate(keys, 1)}
+    for query in queries:
+        known = place.get(query.key)
+        if known is None:
+            keys.append(query.key)
+            known = place[query.key] = str(len(keys))
+        values += (known, repr(query.since))
     return b"*%d\r\n%s%s%s%s%s" % (3 + len(keys) + len(head) + len(values), _EVAL, _SCRIPT,
                                     redis_wire.text(str(len(keys))), redis_wire.texts(keys),
                                     redis_wire.texts(head + values))

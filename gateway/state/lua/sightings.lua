@@ -6,7 +6,7 @@
 -- shapes (one per kind of key a detector writes), its horizon is worked out here from its
 -- latest sighting, and a query of a key written in this call names it by its place in KEYS.
 --
--- KEYS: the keys written, then the keys queried that were not written in this call.
+-- KEYS: the keys written, then the other keys queried.
 -- ARGV: the number of keys written; the number of shapes, then per shape its window in seconds,
 --       cap (members kept) and TTL in ms; then per key written: its shape (1-based), the
 --       number of members n, then n pairs of last-seen time and member; then per query: its
