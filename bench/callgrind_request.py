@@ -8,6 +8,10 @@ connection. Prints k instructions per request for each scenario asked for.
 
     .venv/bin/python bench/callgrind_request.py --port-base 23100 [--scenario plain --scenario policy]
 
+`--state-url redis://127.0.0.1:PORT/0` counts a gateway on Redis state instead (a Redis of your
+own: the bench writes under its default key prefix), `--gateway-config` merges YAML over the
+config (under valgrind a gateway is about 50x slower: give `state.timeout` room).
+
 Set PYTHONPATH to another checkout to count its code with this venv (the editable install's
 finder comes after sys.path).
 
@@ -33,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import bench_config, find, stop, upstream_conf, wait_http  # noqa: E402
+from bench.processes import bench_config, find, merged_yaml, stop, upstream_conf, wait_http  # noqa: E402
 from bench.tokens import write_tokens  # noqa: E402
 
 PATHS = {"plain": "/open/bench", "policy": "/detect/bench"}
@@ -80,7 +84,10 @@ def dump(pid: int, workdir: Path, label: str) -> int:
 def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list[str]) -> float:
     port, admin_port, upstream_port = args.port_base, args.port_base + 1, args.port_base + 2
     config = workdir / "gateway.yaml"
-    config.write_text(bench_config(port, admin_port, upstream_port, "memory://"))
+    text = bench_config(port, admin_port, upstream_port, args.state_url)
+    if args.gateway_config is not None:
+        text = merged_yaml(text, args.gateway_config.read_text())
+    config.write_text(text)
     prefix = workdir / "upstream"
     if not prefix.exists():
         (prefix / "tmp").mkdir(parents=True)
@@ -129,6 +136,9 @@ def main() -> None:
     parser.add_argument("--no-background", action="store_true",
                         help="stop the gateway's background tasks once it listens (bench/request_path_gateway.py): "
                              "the request path's own count, steady on a loaded machine; plain scenario only")
+    parser.add_argument("--state-url", default="memory://", help="the gateway's state.url (default memory://)")
+    parser.add_argument("--gateway-config", type=Path, metavar="FILE", help="YAML merged over the gateway's config")
+    parser.add_argument("--customers", type=int, help="customers' tokens in rotation (default: the bench's 400)")
     parser.add_argument("--keep", type=Path, help="write the callgrind files here (for callgrind_annotate)")
     args = parser.parse_args()
     if args.no_background and args.scenario != ["plain"]:
@@ -136,7 +146,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="callgrind-") as tmp:
         workdir = Path(tmp) if args.keep is None else args.keep
         workdir.mkdir(parents=True, exist_ok=True)
-        tokens = [line for line in write_tokens(workdir / "tokens.txt", "customer").read_text().splitlines() if line]
+        many = {} if args.customers is None else {"users": args.customers, "customers": args.customers}
+        tokens = [line for line in write_tokens(workdir / "tokens.txt", "customer", **many).read_text().splitlines()
+                  if line]
         for scenario in args.scenario or ["plain", "policy"]:
             used = tokens if scenario == "policy" else []
             print(f"{scenario}: {measure(args, workdir, scenario, used):.1f} k instructions/request", flush=True)

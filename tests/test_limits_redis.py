@@ -17,7 +17,7 @@ from gateway.clock import SYSTEM_CLOCK
 from gateway.config.limits import StateSettings
 from gateway.state.redis_store import RedisStore, connect
 from gateway.state.sightings import Query, Sighting
-from gateway.state.store import QUOTA, RATE, Check
+from gateway.state.store import QUOTA, RATE, Check, StoreUnavailable
 from tests.support.clock import ManualClock
 from tests.support.configs import limits_config
 from tests.support.gateways import write_process_config
@@ -100,6 +100,32 @@ async def test_sightings_on_a_redis_cluster_span_every_slot(cluster):
         answers = await store.sightings().exchange(seen, queries)
         assert answers is not None
         assert all(answers[query] == {"b": now + 1, "c": now + 2} for query in queries)
+    finally:
+        await store.close()
+
+
+async def test_limits_decide_on_a_restarted_redis_from_the_call_after_the_one_that_found_it_gone(private_redis):
+    """The limits keep a connection between calls (redis_wire.Line). A restart between calls
+    costs at most the one call that finds the old connection dead, as with the pool's own
+    connections; the next calls go on a new connection to the restarted Redis (its scripts gone)."""
+    settings = StateSettings(url=private_redis.url, timeout="2s", on_failure="closed", breaker_failures=5)
+    client, _ = connect(settings)
+    store = RedisStore(client, settings, cluster=False, use_redis_time=True)
+    check = [Check(RATE, "fg:{c:n-1}:sustained", interval=60.0, burst=2, cost=1)]
+
+    async def allowed() -> bool | None:
+        try:
+            return (await store.evaluate("c:n-1", check, time.time()))[0].allowed
+        except StoreUnavailable:
+            return None
+
+    try:
+        assert [await allowed(), await allowed()] == [True, True]
+        private_redis.kill()
+        private_redis.start()  # empty: the bucket is full again
+        decided = [await allowed() for _ in range(4)]
+        # At most the first found the old connection gone; the restarted Redis counted the rest.
+        assert decided in ([True, True, False, False], [None, True, True, False])
     finally:
         await store.close()
 

@@ -269,6 +269,18 @@ async def test_sightings_keep_the_latest_members_to_their_cap_and_every_query_se
     assert all(answers[query] == {"a": T0 + 1} for query in queries[2:])
 
 
+async def test_sightings_answer_queries_of_keys_written_earlier_or_asked_twice(store, key):
+    sightings = store.sightings()
+    earlier, now = key("earlier"), key("now")
+    await sightings.exchange([Sighting(earlier, "a", T0, 60.0, 8)], [])
+    # `earlier` is only asked, `now` written and asked twice, in the one exchange.
+    queries = [Query(now, T0 + 2), Query(earlier, T0 - 1), Query(now, T0), Query(key("never"), T0)]
+    answers = await sightings.exchange([Sighting(now, "x", T0 + 1, 60.0, 8), Sighting(now, "y", T0 + 2, 60.0, 8)],
+                                       queries)
+    assert answers == {queries[0]: {"y": T0 + 2}, queries[1]: {"a": T0},
+                       queries[2]: {"x": T0 + 1, "y": T0 + 2}, queries[3]: {}}
+
+
 async def test_fleet_calls_to_a_redis_that_never_answers_are_bounded_and_open_the_circuit():
     # A listener that accepts connections and never answers: the calls wait at most the
     # store's timeout, raise the store's own error, and open the circuit for the next ones.

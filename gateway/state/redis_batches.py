@@ -17,7 +17,6 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from gateway.state import redis_wire
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_guard import REDIS_FAILURES, Guard
 from gateway.state.redis_script import SCRIPT, answers, bulk, evalsha_arguments, evalsha_command, outcomes
@@ -257,12 +256,13 @@ class LimitBatches:
                 *(self._client.evalsha(self._sha, len(keys), *keys, *args) for keys, args in arguments),
                 return_exceptions=True,
             )
-        # One write and one read on a pooled connection, without redis-py's Pipeline object:
-        # measured, its per-command bookkeeping cost more than the rest of the request.
+        # One write and one read on the limits' own connection (redis_wire.Line), without
+        # redis-py's Pipeline object: measured, its per-command bookkeeping cost more than the
+        # rest of the request.
         await self._guard.before_probe()
         sha, clock_arg = bulk(self._sha or ""), bulk(clock)
         payload = b"".join(evalsha_command(sha, clock_arg, call) for call in calls)
-        return await redis_wire.send(self._client, payload, len(calls))
+        return await self._guard.line.send(payload, len(calls))
 
 
 def _known_key(check: Check) -> KnownKey:

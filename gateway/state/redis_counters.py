@@ -61,10 +61,12 @@ class RedisCounters:
 
 
 def _call(index: str, counters: dict[str, dict[str, float]], expire_ms: int) -> bytes:
-    keys = [redis_wire.text(index)] + [redis_wire.text(f"{index}:{name}") for name in counters]
-    args = [redis_wire.text(str(expire_ms))]
+    # Every key and argument as text formatted at once (redis_wire.texts): a flush has about
+    # seven fields a customer, which one `text` each made the bulk of a flush's CPU.
+    values = [index, *(f"{index}:{name}" for name in counters), str(expire_ms)]
     for amounts in counters.values():
-        args.append(redis_wire.text(str(len(amounts))))
+        values.append(str(len(amounts)))
         for field, amount in amounts.items():
-            args += (redis_wire.text(field), redis_wire.text(repr(float(amount))))
-    return redis_wire.command([_EVAL, _SCRIPT, redis_wire.text(str(len(keys))), *keys, *args])
+            values += (field, repr(float(amount)))
+    return b"*%d\r\n%s%s%s%s" % (3 + len(values), _EVAL, _SCRIPT, redis_wire.text(str(1 + len(counters))),
+                                  redis_wire.texts(values))

@@ -40,6 +40,8 @@ class Guard:
         self.settings = settings
         self.metrics = metrics
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown, clock, self._circuit_moved)
+        # The limits' calls, one at a time, on a connection of their own (one server or Sentinel).
+        self.line = redis_wire.Line(client)
         self._circuit_moved(CLOSED)
 
     def _circuit_moved(self, state: str) -> None:
@@ -58,6 +60,7 @@ class Guard:
         closed, so they go first (a Cluster client keeps its pools per node and is left alone)."""
         pool = getattr(self.client, "connection_pool", None)
         if self.breaker.state == HALF_OPEN and pool is not None:
+            await self.line.drop()
             await pool.disconnect(inuse_connections=False)
 
     async def write(self, build: Callable[[Any], object], *, must: bool = False) -> None:

@@ -50,11 +50,15 @@ class RedisSightings(Sightings):
         except (TimeoutError, redis_errors.RedisError, OSError) as exc:
             log.warning("detector state unavailable", extra={"error": str(exc) or type(exc).__name__})
             return None
-        return {query: {_text(member): float(at) for member, at in reply}
-                for query, reply in zip(queries, replies, strict=True)}
+        if self._cluster:
+            return {query: {_text(member): float(at) for member, at in reply}
+                    for query, reply in zip(queries, replies, strict=True)}
+        # Flat lists member, last seen, ...: zipped by C functions, not a comprehension a pair.
+        return {query: dict(zip(map(bytes.decode, flat[::2]), map(float, flat[1::2]), strict=True))
+                for query, flat in zip(queries, replies, strict=True)}
 
-    async def _scripts(self, written: list[Written], queries: list[Query]) -> list[list[tuple[bytes, bytes]]]:
-        """The queries' replies, as (member, last seen) pairs; every call in one write."""
+    async def _scripts(self, written: list[Written], queries: list[Query]) -> list[list[bytes]]:
+        """The queries' replies, each a flat list member, last seen, ...; every call in one write."""
         # The writes fill the first calls and the queries the rest: Redis runs the calls of one
         # write in order, so every query sees every sighting of this exchange, as in the pipeline.
         calls: list[bytes] = []
@@ -67,12 +71,11 @@ class RedisSightings(Sightings):
         if not calls:
             return []
         replies = await redis_wire.send(self._client, b"".join(calls), len(calls))
-        answers: list[list[tuple[bytes, bytes]]] = []
+        answers: list[list[bytes]] = []
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
-            for flat in reply:
-                answers.append(list(zip(flat[::2], flat[1::2], strict=True)))
+            answers += reply
         return answers
 
     async def _pipeline(self, by_key: dict[str, list[Sighting]], queries: list[Query]) -> list[Any]:
@@ -94,29 +97,49 @@ def _trim(sightings: list[Sighting]) -> tuple[str, int, int]:
     """A key's horizon (members last seen before it go), cap and TTL, from its latest sighting."""
     latest = sightings[0].at if len(sightings) == 1 else max(s.at for s in sightings)
     window, cap = sightings[-1].window, sightings[-1].cap
-    return f"({latest - window!r}", cap, math.ceil(window * 1000) + 1000
+    return f"({latest - window!r}", cap, _ttl_ms(window)
 
 
 def _call(written: list[Written], queries: list[Query]) -> bytes:
     """One EVAL of sightings.lua: its keys, then its arguments in the script's order."""
-    values = [key for key, _ in written] + [query.key for query in queries]
-    keys = len(values)
-    values.append(str(len(written)))
+    keys = [key for key, _ in written]
+    shapes: dict[tuple[float, int], str] = {}  # (window, cap) -> its number in the script
+    values: list[str] = []
     for _, sightings in written:
-        horizon, cap, ttl_ms = _trim(sightings)
+        window, cap = sightings[-1].window, sightings[-1].cap
+        shape = shapes.get((window, cap))
+        if shape is None:
+            shape = shapes[window, cap] = str(len(shapes) + 1)
         if len(sightings) == 1:  # most keys: one member seen once in a batch
-            values += (horizon, str(cap), str(ttl_ms), "1", repr(sightings[0].at), sightings[0].member)
+            values += (shape, "1", repr(sightings[0].at), sightings[0].member)
             continue
         members: dict[str, float] = {}
         for sighting in sightings:  # one pair a member: its latest time (ZADD GT keeps the greatest anyway)
             if members.get(sighting.member, -math.inf) < sighting.at:
                 members[sighting.member] = sighting.at
-        values += (horizon, str(cap), str(ttl_ms), str(len(members)))
+        values += (shape, str(len(members)))
         for member, at in members.items():
             values += (repr(at), member)
-    values += [repr(query.since) for query in queries]
-    return b"*%d\r\n%s%s%s%s" % (3 + len(values), _EVAL, _SCRIPT, redis_wire.text(str(keys)),
-                                  redis_wire.texts(values))
+    head = [str(len(written)), str(len(shapes))]
+    for window, cap in shapes:
+        head += (repr(float(window)), str(cap), str(_ttl_ms(window)))
+    # A query of a key written in this call names it by its place in KEYS (the detectors ask
+    # about the keys they write); any other key is added to KEYS.
+    place = {key: str(n) for n, key in enumerate(keys, 1)}
+    for query in queries:
+        known = place.get(query.key)
+        if known is None:
+            keys.append(query.key)
+            known = place[query.key] = str(len(keys))
+        values += (known, repr(query.since))
+    return b"*%d\r\n%s%s%s%s%s" % (3 + len(keys) + len(head) + len(values), _EVAL, _SCRIPT,
+                                    redis_wire.text(str(len(keys))), redis_wire.texts(keys),
+                                    redis_wire.texts(head + values))
+
+
+def _ttl_ms(window: float) -> int:
+    """A key outlives its latest sighting by its window and a second."""
+    return math.ceil(window * 1000) + 1000
 
 
 def _text(value: bytes | str) -> str:

@@ -51,16 +51,65 @@ async def send(client: Any, payload: bytes, replies: int) -> list[Reply]:
     pool = client.connection_pool
     connection = await pool.get_connection()
     try:
-        await connection.send_packed_command(payload, check_health=False)
-        answers: list[Reply] = []
-        for _ in range(replies):
-            try:
-                answers.append(await connection.read_response())
-            except redis_errors.ResponseError as exc:
-                answers.append(exc)
-        return answers
+        return await _exchange(connection, payload, replies)
     except BaseException:
         await connection.disconnect()
         raise
     finally:
         await pool.release(connection)
+
+
+class Line:
+    """One pooled connection kept by a caller that makes its calls one at a time (the limits'
+    EVALSHA, one call in flight per gateway). Taking a connection out of redis-py's pool and
+    giving it back cost more than the call itself (a lock, connection-count metrics, a release
+    event: 60-75 us of CPU a call against 35-50 kept, measured on a loaded machine); the pool's
+    own readiness check still runs before each call, so a connection Redis closed is replaced
+    as the pool would. A call made while the line is busy (a batch overtaking a slow call)
+    takes a connection of the pool, as `send` does."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._kept: Any = None  # the idle connection, checked out of the pool
+
+    async def send(self, payload: bytes, replies: int) -> list[Reply]:
+        """As `send`, on the kept connection when it is idle."""
+        pool = self._client.connection_pool
+        connection, self._kept = self._kept, None
+        if connection is None:
+            connection = await pool.get_connection()
+        else:
+            try:
+                await pool.ensure_connection(connection)
+            except BaseException:
+                await pool.release(connection)
+                raise
+        try:
+            answers = await _exchange(connection, payload, replies)
+        except BaseException:
+            await connection.disconnect()
+            await pool.release(connection)
+            raise
+        if self._kept is None:
+            self._kept = connection
+        else:
+            await pool.release(connection)
+        return answers
+
+    async def drop(self) -> None:
+        """Close the kept connection (before a probe: it may lead to a Redis since restarted)."""
+        connection, self._kept = self._kept, None
+        if connection is not None:
+            await connection.disconnect()
+            await self._client.connection_pool.release(connection)
+
+
+async def _exchange(connection: Any, payload: bytes, replies: int) -> list[Reply]:
+    await connection.send_packed_command(payload, check_health=False)
+    answers: list[Reply] = []
+    for _ in range(replies):
+        try:
+            answers.append(await connection.read_response())
+        except redis_errors.ResponseError as exc:
+            answers.append(exc)
+    return answers
