@@ -1,0 +1,157 @@
+"""A finder of what holds the event loop, for the bench only (bench/stalls.py): off unless the
+process is started with FAIRGATE_HOLD_LOG set, and then nothing of it runs but one env lookup.
+
+The loop histogram (loop_lag.py) says that the loop was held, not by what. Here:
+- a heartbeat callback asks to run every BEAT seconds; how late it ran is how long the loop was
+  held (to within BEAT: the hold may have started just after the last beat), and the loop
+  thread's CPU time (`time.thread_time`) between two beats says whether it computed all that
+  time or the process was descheduled (another process on the core, the VM);
+- a watchdog thread looks every BEAT seconds whether the beat is late by more than the threshold
+  and, if so, samples the loop thread's stack (`sys._current_frames`). The switch interval is
+  lowered to BEAT while on, so a hold in Python code is sampled while it lasts; a hold inside
+  one C call (a dict copy) shows as the Python line that made the call, sampled right after;
+- a gc callback times every collection, with the stack that triggered it, so a hold that is a
+  collection is named as one, with who allocated (or called gc.collect) when it started.
+
+Each hold longer than the threshold is one JSON line in the log: its lateness, the loop
+thread's CPU in it, the collections in it, the sampled stacks and the cause read from them."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter, deque
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+HOLD_LOG_ENV = "FAIRGATE_HOLD_LOG"  # where the holds go, one JSON line each
+HOLD_MS_ENV = "FAIRGATE_HOLD_MS"  # holds longer than this are logged (default 2)
+BEAT = 0.001
+_OWN = str(Path(__file__).resolve().parent.parent)  # gateway/: frames of the gateway's own code
+# Where the loop runs a callback from (asyncio's loop) or is run from (uvloop's, in C): a stack
+# is read from the innermost frame out to one of these, so a task's coroutine is its outermost.
+_LOOP_RUNS = frozenset({"_run", "_run_once", "run_forever", "run_until_complete", "run"})
+
+
+def start_from_env(loop: asyncio.AbstractEventLoop) -> HoldFinder | None:
+    path = os.environ.get(HOLD_LOG_ENV)
+    if not path:
+        return None
+    finder = HoldFinder(open(path, "a", buffering=1), float(os.environ.get(HOLD_MS_ENV) or 2) / 1000)  # noqa: SIM115 - open for the life of the process
+    finder.start(loop)
+    return finder
+
+
+def where(frame: FrameType | None) -> tuple[str, str, str]:
+    """(task, inner, line): the outermost frame of the gateway's own code (the coroutine a task
+    runs: the sweeper, a request handler...), the innermost one, and the innermost frame
+    anywhere with its line (a library's, when the gateway called into one)."""
+    outer = inner = ""
+    line = "" if frame is None else _name(frame, with_line=True)
+    while frame is not None:
+        own = frame.f_code.co_filename.startswith(_OWN)
+        if not own and frame.f_code.co_name in _LOOP_RUNS:
+            break
+        if own:
+            outer = _name(frame)
+            inner = inner or _name(frame, with_line=True)
+        frame = frame.f_back
+    return outer or "(no gateway frame)", inner, line
+
+
+def _name(frame: FrameType, with_line: bool = False) -> str:
+    path = frame.f_code.co_filename
+    short = path[len(_OWN) - len("gateway"):] if path.startswith(_OWN) else "/".join(path.rsplit("/", 2)[-2:])
+    name = f"{short}:{frame.f_code.co_qualname}"
+    return f"{name}:{frame.f_lineno}" if with_line else name
+
+
+class HoldFinder:
+    def __init__(self, out: IO[str], threshold: float) -> None:
+        self._out = out
+        self._threshold = threshold
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = threading.get_ident()
+        self._due = self._last_wall = time.perf_counter()
+        self._last_cpu = time.thread_time()
+        self._beat_no = 0
+        self._samples: deque[tuple[int, tuple[str, str, str]]] = deque()  # (beat number, where)
+        self._collections: deque[tuple[float, float, int, tuple[str, str, str] | None]] = deque()
+        self._gc_started = 0.0
+        self._gc_where: tuple[str, str, str] | None = None
+        self._stopped = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="hold-watchdog", daemon=True)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        sys.setswitchinterval(BEAT)
+        gc.callbacks.append(self._on_gc)
+        self._schedule()
+        self._watchdog.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        self._out.close()
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._due = time.perf_counter() + BEAT
+        self._loop.call_later(BEAT, self._beat)
+
+    def _beat(self) -> None:
+        now, cpu = time.perf_counter(), time.thread_time()
+        late = now - self._due
+        if late > self._threshold:
+            self._log(self._last_wall, now, late, cpu - self._last_cpu)
+        self._samples.clear()
+        while self._collections and self._collections[0][1] < now:
+            self._collections.popleft()
+        self._beat_no += 1
+        self._last_wall, self._last_cpu = now, cpu
+        if not self._stopped.is_set():
+            self._schedule()
+
+    def _log(self, since: float, now: float, late: float, cpu: float) -> None:
+        samples = Counter(at for beat, at in self._samples if beat == self._beat_no)
+        collections = [(stop - start, generation, at) for start, stop, generation, at in self._collections
+                       if stop > since and start < now]
+        gc_seconds = sum(seconds for seconds, _, _ in collections)
+        if gc_seconds > late / 2:
+            longest = max(collections)
+            cause = f"gc gen{longest[1]} from {(longest[2] or ('?', '', ''))[0]}"
+        elif cpu < (now - since) / 2:
+            cause = "descheduled (little CPU in the hold)"
+        elif samples:
+            cause = samples.most_common(1)[0][0][0]
+        else:
+            cause = "(not sampled)"
+        self._out.write(json.dumps({
+            "at": round(now, 4), "late_ms": round(late * 1000, 3), "cpu_ms": round(cpu * 1000, 3),
+            "since_beat_ms": round((now - since) * 1000, 3),
+            "gc_ms": round(gc_seconds * 1000, 3), "cause": cause,
+            "collections": [{"ms": round(s * 1000, 3), "generation": g, "from": list(at or ())}
+                            for s, g, at in collections],
+            "samples": [[*at, count] for at, count in samples.most_common()],
+        }) + "\n")
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            self._gc_where = where(sys._getframe(1))
+        else:
+            self._collections.append((self._gc_started, time.perf_counter(), info["generation"], self._gc_where))
+
+    def _watch(self) -> None:
+        frames = sys._current_frames
+        while not self._stopped.wait(BEAT):
+            beat = self._beat_no
+            if time.perf_counter() - self._due > self._threshold:
+                self._samples.append((beat, where(frames().get(self._loop_thread))))
