@@ -108,20 +108,25 @@ class HoldFinder:
 
     def _beat(self) -> None:
         now, cpu = time.perf_counter(), time.thread_time()
-        late = now - self._due
-        if late > self._threshold:
-            self._log(self._last_wall, now, late, cpu - self._last_cpu)
+        late, since, beat = now - self._due, self._last_wall, self._beat_no
+        self._beat_no += 1
+        self._last_wall, self._last_cpu, last_cpu = now, cpu, self._last_cpu
+        if self._stopped.is_set():
+            return
+        self._schedule()
+        # Copies taken in one C call each: the watchdog thread appends to both (a collection
+        # may start in it) whenever the GIL switches, which it may do in a Python loop.
+        samples, collections = list(self._samples), list(self._collections)
         self._samples.clear()
         while self._collections and self._collections[0][1] < now:
             self._collections.popleft()
-        self._beat_no += 1
-        self._last_wall, self._last_cpu = now, cpu
-        if not self._stopped.is_set():
-            self._schedule()
+        if late > self._threshold:
+            self._log(since, now, late, cpu - last_cpu, [at for n, at in samples if n == beat], collections)
 
-    def _log(self, since: float, now: float, late: float, cpu: float) -> None:
-        samples = Counter(at for beat, at in self._samples if beat == self._beat_no)
-        collections = [(stop - start, generation, at) for start, stop, generation, at in self._collections
+    def _log(self, since: float, now: float, late: float, cpu: float, sampled: list[tuple[str, str, str]],
+             all_collections: list[tuple[float, float, int, tuple[str, str, str] | None]]) -> None:
+        samples = Counter(sampled)
+        collections = [(stop - start, generation, at) for start, stop, generation, at in all_collections
                        if stop > since and start < now]
         gc_seconds = sum(seconds for seconds, _, _ in collections)
         if gc_seconds > late / 2:
