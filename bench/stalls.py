@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -120,13 +121,20 @@ def main(argv: list[str] | None = None) -> int:
             for number in range(args.rounds):
                 for count in counts:
                     for name, tree in trees if number % 2 == 0 else list(reversed(trees)):
-                        run = run_once(tree, count, tokens[count], args, workdir, upstream_port)
+                        try:
+                            run = run_once(tree, count, tokens[count], args, workdir, upstream_port)
+                        except subprocess.CalledProcessError as exc:  # the load client died: say so, go on
+                            print(f"round {number + 1}, {name}, {count:,} customers: failed: {exc}", flush=True)
+                            continue
                         results[f"{name} {count}"].append(run)
+                        if args.json:  # after every run: a long batch cut short keeps what it measured
+                            Path(args.json).write_text(json.dumps(results, indent=1))
                         print(f"round {number + 1}, {name}, {count:,} customers: open loop "
                               f"p99 {run['open_loop_p99_ms']} ms, max {run['open_loop_max_ms']} ms; holds "
                               f"> {'/'.join(map(str, BOUNDS_MS))} ms: first sight "
                               f"{summary(run['first_sight'], run['first_sight_seconds'])}; open loop "
                               f"{summary(run['open_loop'], run['open_loop_seconds'])}", flush=True)
+                        print("\n".join(by_cause(run["open_loop"], run["open_loop_seconds"])), flush=True)
         finally:
             stop(upstream)
     print(f"\nHolds over {'/'.join(map(str, BOUNDS_MS))} ms per minute, by cause, all rounds together:")
@@ -136,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
             seconds = sum(float(run[f"{phase}_seconds"]) for run in runs)
             print(f"  {key}, {phase.replace('_', ' ')} ({seconds:.0f} s): {summary(holds, seconds)}")
             print("\n".join(by_cause(holds, seconds)))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
 
 
