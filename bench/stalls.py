@@ -101,8 +101,9 @@ def by_cause(holds: list[Hold], seconds: float) -> list[str]:
     lines = []
     for cause, group in sorted(groups.items(), key=lambda item: -sum(float(h["late_ms"]) for h in item[1])):
         cpu = sum(float(h["cpu_ms"]) for h in group) / max(1e-9, sum(float(h["since_beat_ms"]) for h in group))
+        most_cpu = max(float(h["cpu_ms"]) for h in group)
         lines.append(f"    {cause}: {len(group)} holds, {summary(group, seconds)}, "
-                     f"loop thread CPU {cpu:.0%} of the wall time")
+                     f"loop thread CPU {cpu:.0%} of the wall time, at most {most_cpu:.1f} ms in one")
     return lines
 
 
