@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,8 @@ def by_cause(holds: list[Hold], seconds: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM ends the run through the `finally`s, which stop the gateway and the upstream.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     trees = [(name, Path(path).resolve()) for name, path in (t.split("=", 1) for t in args.tree or [])] \
         or [("here", ROOT)]
     counts = [int(c) for c in args.customers.split(",")]
