@@ -33,6 +33,7 @@ from typing import IO
 HOLD_LOG_ENV = "FAIRGATE_HOLD_LOG"  # where the holds go, one JSON line each
 HOLD_MS_ENV = "FAIRGATE_HOLD_MS"  # holds longer than this are logged (default 2)
 BEAT = 0.001
+INNER_DEPTH = 3
 _OWN = str(Path(__file__).resolve().parent.parent)  # gateway/: frames of the gateway's own code
 # Where the loop runs a callback from (asyncio's loop) or is run from (uvloop's, in C): a stack
 # is read from the innermost frame out to one of these, so a task's coroutine is its outermost.
@@ -50,9 +51,11 @@ def start_from_env(loop: asyncio.AbstractEventLoop) -> HoldFinder | None:
 
 def where(frame: FrameType | None) -> tuple[str, str, str]:
     """(task, inner, line): the outermost frame of the gateway's own code (the coroutine a task
-    runs: the sweeper, a request handler...), the innermost one, and the innermost frame
-    anywhere with its line (a library's, when the gateway called into one)."""
-    outer = inner = ""
+    runs: the sweeper, a request handler...), the innermost INNER_DEPTH of them with their lines
+    (innermost first: which table's `put` it was), and the innermost frame anywhere with its
+    line (a library's, when the gateway called into one)."""
+    outer = ""
+    inner: list[str] = []
     line = "" if frame is None else _name(frame, with_line=True)
     while frame is not None:
         own = frame.f_code.co_filename.startswith(_OWN)
@@ -60,9 +63,10 @@ def where(frame: FrameType | None) -> tuple[str, str, str]:
             break
         if own:
             outer = _name(frame)
-            inner = inner or _name(frame, with_line=True)
+            if len(inner) < INNER_DEPTH:
+                inner.append(_name(frame, with_line=True))
         frame = frame.f_back
-    return outer or "(no gateway frame)", inner, line
+    return outer or "(no gateway frame)", " < ".join(inner), line
 
 
 def _name(frame: FrameType, with_line: bool = False) -> str:
