@@ -7,7 +7,7 @@ The loop histogram (loop_lag.py) says that the loop was held, not by what. Here:
   thread's CPU time (`time.thread_time`) between two beats says whether it computed all that
   time or the process was descheduled (another process on the core, the VM);
 - a watchdog thread looks every BEAT seconds whether the beat is late by more than the threshold
-  and, if so, samples the loop thread's stack (`sys._current_frames`). The switch interval is
+  and, if so, samples the loop thread's stack (faulthandler's, in C). The switch interval is
   lowered to BEAT while on, so a hold in Python code is sampled while it lasts; a hold inside
   one C call (a dict copy) shows as the Python line that made the call, sampled right after;
 - a gc callback times every collection, with the stack that triggered it, so a hold that is a
@@ -19,10 +19,13 @@ thread's CPU in it, the collections in it, the sampled stacks and the cause read
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import json
 import os
+import re
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -49,31 +52,66 @@ def start_from_env(loop: asyncio.AbstractEventLoop) -> HoldFinder | None:
     return finder
 
 
-def where(frame: FrameType | None) -> tuple[str, str, str]:
+Entry = tuple[str, int, str]  # a frame: (file, line, function), innermost first
+
+
+def own_stack(frame: FrameType | None) -> list[Entry]:
+    """This thread's frames (the gc callback's): safe to walk, nothing else runs meanwhile."""
+    entries: list[Entry] = []
+    while frame is not None:
+        entries.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_qualname))
+        frame = frame.f_back
+    return entries
+
+
+_THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
+_FRAME = re.compile(r'^  File "(.*)", line (\d+|\?\?\?) in (.*)$')
+
+
+def stack_of(thread: int, scratch: int) -> list[Entry]:
+    """Another thread's frames, as faulthandler writes them to the file `scratch`: in C, with
+    the GIL held from the first frame to the last. Walking `f_back` from
+    `sys._current_frames()` in Python lets the GIL go mid-walk, and the running thread's frames
+    can be gone under it (seen on 3.11: a float where a frame was)."""
+    os.ftruncate(scratch, 0)
+    os.lseek(scratch, 0, os.SEEK_SET)
+    faulthandler.dump_traceback(scratch, all_threads=True)
+    size = os.lseek(scratch, 0, os.SEEK_CUR)
+    entries: list[Entry] = []
+    mine = False
+    for text in os.pread(scratch, size, 0).decode("utf-8", "replace").splitlines():
+        if header := _THREAD.match(text):
+            mine = int(header.group(1), 16) == thread
+        elif mine and (frame := _FRAME.match(text)):
+            number = frame.group(2)
+            entries.append((frame.group(1), int(number) if number.isdigit() else 0, frame.group(3)))
+    return entries
+
+
+def where(stack: list[Entry]) -> tuple[str, str, str]:
     """(task, inner, line): the outermost frame of the gateway's own code (the coroutine a task
     runs: the sweeper, a request handler...), the innermost INNER_DEPTH of them with their lines
     (innermost first: which table's `put` it was), and the innermost frame anywhere with its
     line (a library's, when the gateway called into one)."""
     outer = ""
     inner: list[str] = []
-    line = "" if frame is None else _name(frame, with_line=True)
-    while frame is not None:
-        own = frame.f_code.co_filename.startswith(_OWN)
-        if not own and frame.f_code.co_name in _LOOP_RUNS:
+    line = _name(stack[0], with_line=True) if stack else ""
+    for entry in stack:
+        path, _, function = entry
+        own = path.startswith(_OWN)
+        if not own and function.rsplit(".", 1)[-1] in _LOOP_RUNS:
             break
         if own:
-            outer = _name(frame)
+            outer = _name(entry)
             if len(inner) < INNER_DEPTH:
-                inner.append(_name(frame, with_line=True))
-        frame = frame.f_back
+                inner.append(_name(entry, with_line=True))
     return outer or "(no gateway frame)", " < ".join(inner), line
 
 
-def _name(frame: FrameType, with_line: bool = False) -> str:
-    path = frame.f_code.co_filename
+def _name(entry: Entry, with_line: bool = False) -> str:
+    path, number, function = entry
     short = path[len(_OWN) - len("gateway"):] if path.startswith(_OWN) else "/".join(path.rsplit("/", 2)[-2:])
-    name = f"{short}:{frame.f_code.co_qualname}"
-    return f"{name}:{frame.f_lineno}" if with_line else name
+    return f"{short}:{function}:{number}" if with_line else f"{short}:{function}"
 
 
 class HoldFinder:
@@ -154,13 +192,13 @@ class HoldFinder:
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
-            self._gc_where = where(sys._getframe(1))
+            self._gc_where = where(own_stack(sys._getframe(1)))
         else:
             self._collections.append((self._gc_started, time.perf_counter(), info["generation"], self._gc_where))
 
     def _watch(self) -> None:
-        frames = sys._current_frames
-        while not self._stopped.wait(BEAT):
-            beat = self._beat_no
-            if time.perf_counter() - self._due > self._threshold:
-                self._samples.append((beat, where(frames().get(self._loop_thread))))
+        with tempfile.TemporaryFile() as scratch:
+            while not self._stopped.wait(BEAT):
+                beat = self._beat_no
+                if time.perf_counter() - self._due > self._threshold:
+                    self._samples.append((beat, where(stack_of(self._loop_thread, scratch.fileno()))))
