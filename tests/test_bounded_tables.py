@@ -83,3 +83,19 @@ def test_blocked_addresses_are_bounded_and_the_oldest_block_goes_first():
     logins.record_failure("192.0.2.1")
     assert len(logins._blocked_until) == 10
     assert logins.blocked_for("10.0.39.15") > 0 and logins.blocked_for("10.0.39.5") == 0
+
+
+def test_sweeping_many_passes_keeps_every_live_entry_in_its_turn_and_forgets_the_expired():
+    table: BoundedTable[int, float] = BoundedTable(100_000, lambda until, now: until <= now)
+    for n in range(30_000):
+        table.put(n, T0 - 1.0 if n % 3 == 0 else T0 + n)  # every third has expired
+    for _ in range(10 * 30_000 // 64):  # about ten passes, 64 entries a step as the sweeper goes
+        table.sweep(T0, 64)
+    kept = [n for n in range(30_000) if n % 3]
+    assert table.expirations == 10_000 and len(table) == len(kept)
+    # Swept round and round: the same cycle of entries, from wherever the last step stopped.
+    first = kept.index(next(iter(table)))
+    assert list(table) == kept[first:] + kept[:first]
+    assert all(table[n] == T0 + n for n in kept)
+    table.put(-1, T0 + 1.0)
+    assert next(reversed(table)) == -1

@@ -19,6 +19,7 @@ from gateway.proxy.handler import ProxyHandler
 from gateway.server.admin import ADMIN_TOKEN_ENV, build_admin_app
 from gateway.server.assembly import Assembly, assemble_state
 from gateway.server.garbage import GenerationalFreeze, PauseTimer, tune_collector
+from gateway.server.holds import start_from_env as find_holds
 from gateway.server.listener import make_proxy_server
 from gateway.server.loop_lag import probe_loop_lag
 from gateway.server.reloader import ConfigTransform, ReloadResult, RuntimeHolder
@@ -180,6 +181,7 @@ async def serve(config: GatewayConfig, options: ServeOptions) -> int:
     frozen = tune_collector(config.server.gc)
     log.info("garbage collector tuned", extra={"frozen_objects": frozen, "thresholds": list(gc.get_threshold())})
     freezing = _start_freezing(config, gateway.metrics, loop)
+    holds = find_holds(loop)  # bench/stalls.py only: None unless its env var is set
     announce_ready()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[ReloadResult]] = set()
@@ -200,6 +202,8 @@ async def serve(config: GatewayConfig, options: ServeOptions) -> int:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await gateway.drain()
+        if holds is not None:
+            holds.stop()
     return 0
 
 
