@@ -13,8 +13,7 @@ bound once: a C call, no Python frame, no clock read, no list to reorder). Every
 a sweep makes the recent generation the old one; what is used again moves back on its first use;
 `idle` seconds later what is left of the old one was not used since, and is forgotten a sweep
 budget at a time. So an entry is forgotten between `idle` and about 2 x `idle` after its last use
-(and any time if the memo stood empty before it: see `sweep`; a memo forgetting early only costs
-computing a value again).
+(earlier only if the clock jumps; a memo forgetting early only costs computing a value again).
 """
 
 from __future__ import annotations
@@ -59,6 +58,11 @@ class Memo(dict[K, V]):
             value = self._compute(key)  # an exception is not remembered, as with lru_cache
             if dict.__len__(self) + len(old) >= self.limit:
                 self._make_room()
+            elif not old and not dict.__len__(self):
+                # Empty until now: the sweeper skips an empty memo, so its last sweep may be an
+                # idle period ago, and the next would take this entry for that old. Start afresh.
+                self._swept_at = None
+                self._behind = False
         self[key] = value
         return value
 
@@ -84,7 +88,7 @@ class Memo(dict[K, V]):
         if self._swept_at is None or now < self._swept_at:
             self._turned_at = self._drain_at = now  # the first sweep, or a clock set back: start here
         elif now - self._swept_at >= self.idle:
-            # Not looked at for a whole idle period (the sweeper skips an empty memo; or the clock
+            # Not looked at for a whole idle period (no sweeper ran, or the clock
             # jumped): what it holds may be that old, and it cannot tell, so all of it may go now.
             self._behind = True
         self._swept_at = now
