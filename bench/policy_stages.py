@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH: another tree's gateway wins for an A/B
 
 from bench.memory_per_customer import CONFIG, ISSUER, SECRET, tokens  # noqa: E402  # after the path is set
 
@@ -92,9 +92,9 @@ async def measure(count: int, requests: int, rate: float) -> dict[str, object]:
             if clock.time() >= next_batch:
                 next_batch += _BATCH_EVERY
                 b0 = ns()
-                await detection.drain()
+                await state.detection.drain()
                 b1 = ns()
-                await enforcement.drain()
+                await state.enforcement.drain()
                 await limiter.drain()
                 await usage.flush()
                 server.sweeper.tick()
@@ -111,14 +111,16 @@ async def measure(count: int, requests: int, rate: float) -> dict[str, object]:
             await one(n, True)
         cpu = time.process_time() - started
         total = sum(spent.values())
-        return {"customers": count, "rate": rate, "requests": requests,
+        import gateway
+
+        return {"gateway": gateway.__file__, "customers": count, "rate": rate, "requests": requests,
                 "cpu_us_per_request": round(cpu / requests * 1e6, 1),
                 "timed_us_per_request": round(total / requests / 1000, 1),
                 "clock_reading_us": round(reading / 1000, 2),
                 "us_per_request": {stage: round(took / requests / 1000 - (reading / 1000 if stage in _EVERY else 0), 2)
                                    for stage, took in spent.items()},
                 "share": {stage: round(took / total, 3) for stage, took in spent.items()},
-                "tracked": detection.tracked}
+                "tracked": state.detection.tracked}
 
 
 def main() -> None:
@@ -137,7 +139,8 @@ def main() -> None:
         result = json.loads(out)
         stages = ", ".join(f"{stage} {us}" for stage, us in result["us_per_request"].items())
         print(f"{count} customers at {args.rate:.0f} req/s: CPU {result['cpu_us_per_request']} us/request "
-              f"(timed {result['timed_us_per_request']}); {stages}", flush=True)
+              f"stages {stages}", flush=True)
+    print(f"gateway package: {result['gateway']}")
 
 
 if __name__ == "__main__":
