@@ -7,6 +7,11 @@ background tasks' own rate, subtracted) and then for N requests over one keep-al
 connection. Prints k instructions per request for each scenario asked for.
 
     .venv/bin/python bench/callgrind_request.py --port-base 23100 [--scenario plain --scenario policy]
+    .venv/bin/python bench/callgrind_request.py --port-base 23100 --scenario policy --customers 20000
+
+With `--customers N` the policy scenario rotates over N customers' tokens (one user each, as
+bench/run.py's many-customer targets), each sent once before the idle period over
+`--warm-connections` connections so every token is warm when counting starts.
 
 `--state-url redis://127.0.0.1:PORT/0` counts a gateway on Redis state instead (a Redis of your
 own: the bench writes under its default key prefix), `--gateway-config` merges YAML over the
@@ -43,16 +48,18 @@ from bench.tokens import write_tokens  # noqa: E402
 PATHS = {"plain": "/open/bench", "policy": "/detect/bench"}
 
 
-def send(port: int, path: str, count: int, tokens: list[str], connections: int = 1) -> None:
+def send(port: int, path: str, count: int, tokens: list[str], connections: int = 1, start: int = 0) -> None:
     """`count` requests over `connections` keep-alive connections at once: with several, the
-    gateway never waits for the client, so background tasks add less per request."""
+    gateway never waits for the client, so background tasks add less per request. Tokens are
+    taken in rotation from `start`, each connection its own consecutive run of them."""
     if connections > 1:
         share = [count // connections + (n < count % connections) for n in range(connections)]
+        starts = [start + sum(share[:n]) for n in range(connections)]
         with ThreadPoolExecutor(connections) as pool:
-            list(pool.map(lambda n: send(port, path, n, tokens), share))
+            list(pool.map(lambda n: send(port, path, share[n], tokens, 1, starts[n]), range(connections)))
         return
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    for n in range(count):
+    for n in range(start, start + count):
         headers = {"Authorization": f"Bearer {tokens[n % len(tokens)]}"} if tokens else {}
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
@@ -62,26 +69,29 @@ def send(port: int, path: str, count: int, tokens: list[str], connections: int =
     connection.close()
 
 
-def instructions(outfile: str) -> int:
+def events(outfile: str) -> dict[str, int]:
+    """The dump's totals by event: Ir (instructions); with --cache-sim also D1mr, DLmr, ... (misses)."""
     text = Path(outfile).read_text()
-    match = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(r"^totals:\s+(\d+)", text, re.M)
-    assert match, outfile
-    return int(match.group(1))
+    names = re.search(r"^events:\s+(.+)$", text, re.M)
+    match = re.search(r"^summary:\s+(.+)$", text, re.M) or re.search(r"^totals:\s+(.+)$", text, re.M)
+    assert names and match, outfile
+    return dict(zip(names.group(1).split(), (int(value) for value in match.group(1).split()), strict=False))
 
 
-def dump(pid: int, workdir: Path, label: str) -> int:
+def dump(pid: int, workdir: Path, label: str) -> dict[str, int]:
     before = set(glob.glob(str(workdir / "callgrind.out.*")))
     subprocess.run(["callgrind_control", "-d", label, str(pid)], check=True, capture_output=True)
     for _ in range(600):
         new = set(glob.glob(str(workdir / "callgrind.out.*"))) - before
         if new:
             time.sleep(0.5)  # let the file be written whole
-            return instructions(new.pop())
+            return events(new.pop())
         time.sleep(0.1)
     raise SystemExit("no callgrind dump appeared")
 
 
-def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list[str]) -> float:
+def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list[str]) -> dict[str, float]:
+    """Per request, in thousands, by event (Ir alone unless --cache-sim)."""
     port, admin_port, upstream_port = args.port_base, args.port_base + 1, args.port_base + 2
     config = workdir / "gateway.yaml"
     text = bench_config(port, admin_port, upstream_port, args.state_url)
@@ -95,6 +105,7 @@ def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list
     upstream = subprocess.Popen([find("nginx") or "nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
     gateway = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={workdir}/callgrind.out.%p",
+         *(["--cache-sim=yes"] if args.cache_sim else []),
          sys.executable, *([str(ROOT / "bench" / "request_path_gateway.py")] if args.no_background
                            else ["-m", "gateway"]), "run", "-c", str(config)],
         cwd=workdir, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONHASHSEED": "0"},
@@ -102,22 +113,30 @@ def measure(args: argparse.Namespace, workdir: Path, scenario: str, tokens: list
     try:
         wait_http(f"http://127.0.0.1:{port}/open/bench", timeout=600)
         path = PATHS[scenario]
+        if tokens and args.customers:
+            # Every customer once (warm), then the usual warm-up; the counted requests go on
+            # round the rotation from where it stopped, as wrk's rotate.lua does.
+            started = time.monotonic()
+            send(port, path, len(tokens), tokens, args.warm_connections)
+            print(f"{scenario}: {len(tokens)} tokens warmed in {time.monotonic() - started:.0f} s", flush=True)
         send(port, path, args.warmup, tokens)
+        rotation = args.warmup  # where the counted requests take up the tokens
         time.sleep(args.settle)  # the warm-up's deferred work (detection batches) is not the idle rate
         subprocess.run(["callgrind_control", "-i", "on", str(gateway.pid)], check=True, capture_output=True)
         dump(gateway.pid, workdir, "reset")
         started = time.monotonic()
         time.sleep(args.idle)
         idle = dump(gateway.pid, workdir, "idle")
-        idle_rate = idle / (time.monotonic() - started)
+        idle_seconds = time.monotonic() - started
         started = time.monotonic()
-        send(port, path, args.requests, tokens, args.connections)
+        send(port, path, args.requests, tokens, args.connections, rotation)
         time.sleep(args.drain)  # work the requests left for background batches is theirs
         busy = dump(gateway.pid, workdir, "busy")
         elapsed = time.monotonic() - started
-        print(f"{scenario}: raw {busy / args.requests / 1000:.1f} k/request over {elapsed:.0f} s, "
-              f"idle {idle_rate / 1e6:.2f} M/s subtracted", flush=True)
-        return (busy - idle_rate * elapsed) / args.requests / 1000
+        print(f"{scenario}: raw {busy['Ir'] / args.requests / 1000:.1f} k/request over {elapsed:.0f} s, "
+              f"idle {idle['Ir'] / idle_seconds / 1e6:.2f} M/s subtracted", flush=True)
+        return {event: (count - idle.get(event, 0) / idle_seconds * elapsed) / args.requests / 1000
+                for event, count in busy.items()}
     finally:
         stop(gateway)
         stop(upstream)
@@ -138,7 +157,11 @@ def main() -> None:
                              "the request path's own count, steady on a loaded machine; plain scenario only")
     parser.add_argument("--state-url", default="memory://", help="the gateway's state.url (default memory://)")
     parser.add_argument("--gateway-config", type=Path, metavar="FILE", help="YAML merged over the gateway's config")
-    parser.add_argument("--customers", type=int, help="customers' tokens in rotation (default: the bench's 400)")
+    parser.add_argument("--customers", type=int, default=0,
+                        help="policy scenario: N customers' tokens in rotation, each warm (default: 400 users of 40)")
+    parser.add_argument("--warm-connections", type=int, default=8, help="connections of the --customers warm pass")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="also simulate the caches: D1/LL misses per request (reads mr, writes mw)")
     parser.add_argument("--keep", type=Path, help="write the callgrind files here (for callgrind_annotate)")
     args = parser.parse_args()
     if args.no_background and args.scenario != ["plain"]:
@@ -146,12 +169,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="callgrind-") as tmp:
         workdir = Path(tmp) if args.keep is None else args.keep
         workdir.mkdir(parents=True, exist_ok=True)
-        many = {} if args.customers is None else {"users": args.customers, "customers": args.customers}
-        tokens = [line for line in write_tokens(workdir / "tokens.txt", "customer", **many).read_text().splitlines()
-                  if line]
+        written = (write_tokens(workdir / "tokens.txt", "many", args.customers, args.customers) if args.customers
+                   else write_tokens(workdir / "tokens.txt", "customer"))
+        tokens = [line for line in written.read_text().splitlines() if line]
         for scenario in args.scenario or ["plain", "policy"]:
             used = tokens if scenario == "policy" else []
-            print(f"{scenario}: {measure(args, workdir, scenario, used):.1f} k instructions/request", flush=True)
+            per_request = measure(args, workdir, scenario, used)
+            print(f"{scenario}: {per_request.pop('Ir'):.1f} k instructions/request"
+                  + "".join(f", {event} {value:.2f} k" for event, value in per_request.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import socket
@@ -150,6 +151,14 @@ async def test_concurrency_slots_and_release(store, key):
     await store.release("t", [(k, "a")])
     assert (await store.evaluate("t", slot("d"), T0))[0].allowed
     assert not (await store.evaluate("t", slot("e"), T0))[0].allowed
+
+
+def test_a_requests_copy_of_a_shared_check_keeps_every_other_field():
+    """Templates share their checks; a request's concurrency slot is a copy with its own token."""
+    check = Check(CONCURRENCY, "k", True, 2.0, 3, 4.0, 5.0, 6, "old", 7.0, 8.0, True, 9.0, (b"a", b"b"))
+    # Check.with_token spells out every field: one added to Check must be added there too.
+    assert len(dataclasses.fields(Check)) == 14
+    assert check.with_token("r1") == dataclasses.replace(check, token="r1", encoded=None)
 
 
 async def test_quota_reject_and_flag(store, key):

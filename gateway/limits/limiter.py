@@ -8,7 +8,6 @@ import asyncio
 import logging
 import math
 from collections import defaultdict
-from dataclasses import replace
 
 from gateway.auth.identity import Identity
 from gateway.calendar import Calendar
@@ -137,7 +136,7 @@ class Limiter:
         if template.concurrency:
             checks = list(checks)
             for index in template.concurrency:
-                checks[index] = replace(checks[index], token=request_id, encoded=None)
+                checks[index] = checks[index].with_token(request_id)
         outcomes = self.store.evaluate_now(checks, now)
         if outcomes is None:
             outcomes = await self.store.evaluate(template.subject, checks, now)

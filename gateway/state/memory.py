@@ -73,46 +73,54 @@ class MemoryStore(StateStore):
             if outcome.allowed:
                 self._buckets.put(check.key, complex(taken, now))
             return [outcome]
-        decided = [self._decide(check, now) for check in checks]
-        outcomes = [outcome for outcome, _ in decided]
-        for check, outcome in zip(checks, outcomes, strict=True):
+        # Every check decided in one pass, each table read once: what a check would write is
+        # kept beside its outcome and written only if no enforced check rejected.
+        outcomes: list[Outcome] = []
+        writes: list[float] = []
+        consume = True
+        buckets, slots, used = self._buckets, self._slots, self._used
+        for check in checks:
+            kind = check.kind
+            if kind == RATE:
+                if check.interval > self._slowest:
+                    self._slowest = check.interval
+                outcome, taken = gcra(buckets.get(check.key), now, check.interval, check.burst, check.cost,
+                                      check.max_delay)
+                writes.append(taken)
+            elif kind == CONCURRENCY:
+                entry = slots.get(check.key)
+                in_use = len(entry[0]) if entry is not None and entry[1] > now else 0
+                allowed = in_use + 1 <= check.max
+                outcome = Outcome(allowed, float(check.max - in_use - (1 if allowed else 0)), 0.0,
+                                  retry_after=0.0 if allowed else 1.0)
+                writes.append(0.0)
+            else:
+                period = used.get(check.key)
+                spent = period.real if period is not None and period.imag > now else 0.0
+                outcome = quota(spent, check.cost, check.limit, check.flag_only, check.expires_at - now)
+                writes.append(spent)
+            outcomes.append(outcome)
             if not outcome.allowed and not check.shadow:
-                return outcomes  # an enforced rejection: nothing is consumed
-        for check, (outcome, taken) in zip(checks, decided, strict=True):
-            if outcome.allowed:
-                self._consume(check, taken, now)
+                consume = False  # an enforced rejection: nothing is consumed
+        if consume:
+            for check, outcome, write in zip(checks, outcomes, writes, strict=True):
+                if outcome.allowed:
+                    self._consume(check, write, now)
         return outcomes
 
-    def _decide(self, check: Check, now: float) -> tuple[Outcome, float]:
-        """The check's outcome, and for a rate check the units its bucket holds once it counts."""
-        kind = check.kind
-        if kind == RATE:
-            if check.interval > self._slowest:
-                self._slowest = check.interval
-            return gcra(self._buckets.get(check.key), now, check.interval, check.burst, check.cost, check.max_delay)
-        if kind == CONCURRENCY:
-            entry = self._slots.get(check.key)
-            used = len(entry[0]) if entry is not None and entry[1] > now else 0
-            allowed = used + 1 <= check.max
-            return Outcome(allowed, float(check.max - used - (1 if allowed else 0)), 0.0,
-                           retry_after=0.0 if allowed else 1.0), 0.0
-        period = self._used.get(check.key)
-        spent = period.real if period is not None and period.imag > now else 0.0
-        return quota(spent, check.cost, check.limit, check.flag_only, check.expires_at - now), 0.0
-
-    def _consume(self, check: Check, taken: float, now: float) -> None:
+    def _consume(self, check: Check, write: float, now: float) -> None:
+        """Write what `evaluate_now` decided: a rate check's units taken, a quota's amount spent
+        before this request (a concurrency check reads its slots again: `write` is unused)."""
         key = check.key
         if check.kind == RATE:
-            self._buckets.put(key, complex(taken, now))
+            self._buckets.put(key, complex(write, now))
         elif check.kind == CONCURRENCY:
             entry = self._slots.get(key)
             tokens = entry[0] if entry is not None and entry[1] > now else {}
             tokens[check.token] = True
             self._slots.put(key, (tokens, now + check.lease))
         elif check.cost:
-            period = self._used.get(key)
-            spent = period.real if period is not None and period.imag > now else 0.0
-            self._used.put(key, complex(spent + check.cost, check.expires_at))
+            self._used.put(key, complex(write + check.cost, check.expires_at))
 
     async def release(self, tag: str, slots: list[tuple[str, str]]) -> None:
         for key, token in slots:

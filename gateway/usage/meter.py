@@ -37,6 +37,7 @@ class UsageMeter:
         # (month, customer) -> amounts not yet in the store
         self._pending: dict[tuple[str, str], Amounts] = defaultdict(lambda: defaultdict(float))
         self._flushing = asyncio.Lock()
+        self._current: _Today | None = None
 
     def configure(self, settings: UsageSettings, calendar: Calendar, key_prefix: str) -> None:
         self.settings = settings
@@ -48,17 +49,18 @@ class UsageMeter:
         """A request the upstream answered; `units` is its route's cost (what request quotas count);
         `licenses` the quantities its token claimed, so the report knows a customer's per-unit quotas;
         `plan` the plan its limits were checked under (a token's claim may choose it)."""
-        amounts, day = self._amounts(customer)
+        today = self._today()
+        amounts = self._pending[(today.month, customer)]
         if plan is not None:
-            amounts[sys.intern(f"{day}:plans:{plan}")] += 1
-        requests, units_field, bytes_in_field, bytes_out_field, seconds_field = _day_fields(day)
+            amounts[today.plan_field(plan)] += 1
+        requests, units_field, bytes_in_field, bytes_out_field, seconds_field = today.fields
         amounts[requests] += 1
         amounts[units_field] += units
         amounts[bytes_in_field] += bytes_in
         amounts[bytes_out_field] += bytes_out
         amounts[seconds_field] += upstream_seconds
         for unit, quantity in licenses:
-            amounts[sys.intern(f"{day}:licenses:{unit}:{quantity}")] += 1
+            amounts[sys.intern(f"{today.day}:licenses:{unit}:{quantity}")] += 1
 
     def rejected(self, customer: str, reason: str) -> None:
         amounts, day = self._amounts(customer)
@@ -69,8 +71,15 @@ class UsageMeter:
         amounts[sys.intern(f"{day}:findings:{detector}")] += 1
 
     def _amounts(self, customer: str) -> tuple[Amounts, str]:
+        today = self._today()
+        return self._pending[(today.month, customer)], today.day
+
+    def _today(self) -> _Today:
         bucket, _ = self.calendar.period("day", self._clock.time())
-        return self._pending[(bucket[:7], customer)], bucket[8:]
+        today = self._current
+        if today is None or today.bucket is not bucket:  # the calendar hands out one string a day
+            today = self._current = _Today(bucket)
+        return today
 
     def index(self, month: str) -> str:
         # The month is the hash tag: a month's counters share one Cluster slot.
@@ -125,6 +134,32 @@ class UsageMeter:
     async def month(self, month: str) -> dict[str, Amounts]:
         """Every customer's usage in `month` ("2026-11") as stored (flush first for the latest)."""
         return await self._store.read_counters(self.index(month))
+
+
+# Plans' field names remembered per day at most (plan names come from the config; a bound all the same).
+_PLAN_FIELDS = 256
+
+
+class _Today:
+    """The day's bucket and the names every forwarded request adds to, made once a day rather
+    than per request (slices of the bucket, an f-string and `sys.intern` for the plan's field)."""
+
+    __slots__ = ("bucket", "month", "day", "fields", "_plans")
+
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket  # "2026-11-21"
+        self.month = bucket[:7]
+        self.day = bucket[8:]
+        self.fields = _day_fields(self.day)
+        self._plans: dict[str, str] = {}
+
+    def plan_field(self, plan: str) -> str:
+        field = self._plans.get(plan)
+        if field is None:
+            field = sys.intern(f"{self.day}:plans:{plan}")
+            if len(self._plans) < _PLAN_FIELDS:
+                self._plans[plan] = field
+        return field
 
 
 @functools.cache
