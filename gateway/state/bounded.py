@@ -13,12 +13,12 @@ index with one lookup per entry), grows its hash table in one C call of O(len), 
 table at its bound that evicts and inserts (each insert takes a new slot; a deleted one's is
 only reclaimed by a resize). At 200k entries that call held the event loop for tens of ms
 (issue 14: 42 ms of a 62 ms hold in the detection drain, up to 186 ms at first sight). Keys are
-spread by hash over a power of two of OrderedDicts of at most SHARD_ENTRIES each at the limit,
-so a resize is of one shard, never of the whole table. The trade-off: the least recently written
-entry goes first within its shard, so for a table of more than one shard the global order is
-approximate (an evicted entry is among the oldest of its shard, not the oldest of all), and
-iteration is shard by shard. A table of at most SHARD_ENTRIES keeps exact global order, and every
-table keeps every entry up to its limit and never more.
+spread by hash over a power of two of OrderedDicts, at most SHARD_ENTRIES each at the limit, so a
+resize is of one shard, never of the whole table. The trade-off: the least recently written entry
+goes first within its shard, so for a table of more than one shard the global order is
+approximate (an evicted entry is among the oldest of its shard, not of all), and iteration is
+shard by shard; a read costs a Python call more than a dict's. A table of at most SHARD_ENTRIES
+keeps exact global order, and every table keeps every entry up to its limit and never more.
 
 Why a sweep rebuilds a table that shrank: a dict never gives back its hash table when entries
 are deleted, only when it grows again (issue 14: after the idle sweep every table was empty and
@@ -38,10 +38,12 @@ D = TypeVar("D")
 
 Expired = Callable[[V, float], bool]  # (entry, now) -> whether it may be forgotten
 
-# A shard holds at most about this many entries at the table's limit: growing or reshuffling an
-# OrderedDict of 8k entries is one C call of well under a ms; at most MAX_SHARDS of them (a table
-# with no real bound, 2**62, gets that many and lets each grow).
-SHARD_ENTRIES = 8192
+# A shard holds at most this many entries at the table's limit. Measured (bench/table_growth_micro.py,
+# CPU time on the loaded 2-vCPU VM, 200k entries): the longest put growing the table or writing at
+# its limit took 24-38 ms unsharded, 1.3-2.0 ms with shards of 6,250 (at most 8,192), 0.8-1.1 ms
+# with shards of 3,125 (at most 4,096): the margin under issue 14's 2 ms. At most MAX_SHARDS of
+# them (a table with no real bound, 2**62, gets that many and lets each grow).
+SHARD_ENTRIES = 4096
 MAX_SHARDS = 256
 
 
