@@ -30,6 +30,7 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
+from operator import itemgetter
 from typing import TypeVar, overload
 
 K = TypeVar("K")
@@ -55,12 +56,9 @@ def shards_for(limit: int) -> int:
     return count
 
 
-def _rank(ranked: tuple[float, object]) -> float:
-    return ranked[0]
-
-
 class BoundedTable(MutableMapping[K, V]):
-    """Reads are a dict's. `put` writes an entry as the newest; past `limit` the oldest go.
+    """Reads are a mapping's (`get`, `[]`, `in`, iteration). `put` writes an entry as the newest;
+    past `limit` the oldest go.
     A caller that counts reads as use too calls `move_to_end(key)` on a hit.
 
     `evictions` counts entries pushed out by the bound (a table too small for its load shows
@@ -96,7 +94,7 @@ class BoundedTable(MutableMapping[K, V]):
         if count != len(self._shards):
             # In about the order they were written: each shard's own order, interleaved by rank.
             ranked = [(rank / len(shard), entry) for shard in self._shards for rank, entry in enumerate(shard.items())]
-            ranked.sort(key=_rank)
+            ranked.sort(key=itemgetter(0))
             entries = [entry for _, entry in ranked]
             self._shards = [OrderedDict() for _ in range(count)]
             self._mask = count - 1
