@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from gateway.auth.failed_logins import FailedLogins
 from gateway.config.auth import FailedLoginLimit
-from gateway.state.bounded import BoundedTable
+from gateway.state.bounded import SHARD_ENTRIES, BoundedTable, shards_for
 from gateway.state.memory import MemoryStore
 from gateway.state.sightings import MemorySightings, Query, Sighting
 from gateway.state.store import RATE, Check
@@ -24,15 +24,69 @@ def rate(key: str) -> Check:
 
 
 def test_a_full_table_evicts_oldest_first_through_many_evictions():
-    table: BoundedTable[int, int] = BoundedTable(200_000)
+    table: BoundedTable[int, int] = BoundedTable(SHARD_ENTRIES)  # one shard: exact global order
     for n in range(400_000):
         table.put(n, n)
-        assert len(table) <= 200_000
-    assert list(table) == list(range(200_000, 400_000))  # exactly the newest, in write order
-    table.put(200_000, -1)  # rewriting an entry makes it the newest
+        assert len(table) <= SHARD_ENTRIES
+    assert list(table) == list(range(400_000 - SHARD_ENTRIES, 400_000))  # exactly the newest, in write order
+    oldest = 400_000 - SHARD_ENTRIES
+    table.put(oldest, -1)  # rewriting an entry makes it the newest
     table.put(400_000, 0)
-    assert 200_000 in table and 200_001 not in table
-    assert next(reversed(table)) == 400_000 and table[200_000] == -1
+    assert oldest in table and oldest + 1 not in table
+    assert next(reversed(table)) == 400_000 and table[oldest] == -1
+    assert table.evictions == 400_000 + 1 - SHARD_ENTRIES
+
+
+def test_a_large_table_keeps_every_entry_up_to_its_limit_and_then_each_shards_newest():
+    table: BoundedTable[str, int] = BoundedTable(200_000)  # many shards
+    for n in range(200_000):
+        table.put(f"k{n}", n)
+    assert len(table) == 200_000 and table.evictions == 0
+    assert all(table[f"k{n}"] == n for n in range(200_000))
+    for n in range(200_000, 400_000):
+        table.put(f"k{n}", n)
+        assert len(table) <= 200_000
+    assert len(table) == 200_000 and table.evictions == 200_000
+    # The oldest of each shard went: the newest half is all there, and nearly all that is kept is
+    # from the newest 200k (old ones left only in shards the newest wrote less into).
+    assert all(f"k{n}" in table for n in range(300_000, 400_000))
+    assert sum(value >= 200_000 for value in table.values()) > 0.97 * 200_000
+    assert sorted(table) == sorted(f"k{value}" for value in table.values())
+
+
+def test_a_large_table_written_in_one_shard_still_holds_its_limit_then_evens_out():
+    table: BoundedTable[int, int] = BoundedTable(100_000)
+    shards = shards_for(100_000)
+    assert shards > 1
+    for n in range(150_000):  # every key in the same shard
+        table.put(n * shards, n)
+    assert len(table) == 100_000 and table.evictions == 50_000
+    assert (149_999 * shards) in table and (49_999 * shards) not in table
+    # Writes to the other shards take the room of the fullest one's oldest entries.
+    for n in range(100_000):
+        table.put(n * shards + 1, n)
+        assert len(table) <= 100_000
+    assert len(table) == 100_000 and table.evictions == 150_000
+    assert all((n * shards + 1) in table for n in range(100_000 - 100_000 // shards, 100_000))
+
+
+def test_lowering_the_limit_of_a_large_table_shrinks_it_at_the_next_write():
+    table: BoundedTable[int, int] = BoundedTable(200_000)
+    for n in range(200_000):
+        table.put(n, n)
+    table.limit = 150_000  # the same shards, each down to its share
+    table.put(200_000, 0)
+    assert len(table) == 150_000 and table.evictions == 50_001
+    assert all(n in table for n in range(100_000, 200_001))
+    table.limit = 20_000  # fewer shards: spread again
+    assert len(table) == 150_000
+    table.put(200_001, 0)
+    assert len(table) == 20_000 and table.evictions == 180_002
+    assert all(n in table for n in range(190_000, 200_002))
+    table.limit = 300_000  # raised: nothing goes
+    for n in range(300_000):
+        table.put(-n - 1, n)
+    assert len(table) == 300_000 and table.evictions == 180_002 + 20_000
 
 
 def test_lowering_the_limit_shrinks_the_table_from_the_oldest_end():
@@ -86,16 +140,36 @@ def test_blocked_addresses_are_bounded_and_the_oldest_block_goes_first():
 
 
 def test_sweeping_many_passes_keeps_every_live_entry_in_its_turn_and_forgets_the_expired():
-    table: BoundedTable[int, float] = BoundedTable(100_000, lambda until, now: until <= now)
-    for n in range(30_000):
+    table: BoundedTable[int, float] = BoundedTable(SHARD_ENTRIES, lambda until, now: until <= now)
+    for n in range(3_000):
         table.put(n, T0 - 1.0 if n % 3 == 0 else T0 + n)  # every third has expired
-    for _ in range(10 * 30_000 // 64):  # about ten passes, 64 entries a step as the sweeper goes
+    for _ in range(10 * 3_000 // 64):  # about ten passes, 64 entries a step as the sweeper goes
         table.sweep(T0, 64)
-    kept = [n for n in range(30_000) if n % 3]
-    assert table.expirations == 10_000 and len(table) == len(kept)
+    kept = [n for n in range(3_000) if n % 3]
+    assert table.expirations == 1_000 and len(table) == len(kept)
     # Swept round and round: the same cycle of entries, from wherever the last step stopped.
     first = kept.index(next(iter(table)))
     assert list(table) == kept[first:] + kept[:first]
     assert all(table[n] == T0 + n for n in kept)
     table.put(-1, T0 + 1.0)
     assert next(reversed(table)) == -1
+
+
+def test_a_sweep_pass_over_a_large_table_reaches_every_entry_once():
+    looked: list[str] = []
+
+    def expired(until: float, now: float) -> bool:
+        looked.append(names[until])
+        return until <= now
+
+    table: BoundedTable[str, float] = BoundedTable(200_000, expired)
+    names = {T0 - 1.0 - n if n % 3 == 0 else T0 + n: f"k{n}" for n in range(50_000)}
+    for until, name in names.items():
+        table.put(name, until)
+    for _ in range(3):  # three passes of 64-entry steps: each reaches every entry left once
+        looked.clear()
+        before = sorted(table)
+        for start in range(0, len(before), 64):
+            table.sweep(T0, min(64, len(before) - start))
+        assert sorted(looked) == before
+    assert table.expirations == len(range(0, 50_000, 3)) and len(table) == 50_000 - table.expirations

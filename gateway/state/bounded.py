@@ -8,6 +8,18 @@ before it (measured: 200k evictions from a 200k-entry dict took 11.6 s, 0.23 s h
 OrderedDict keeps its order in a linked list, so the oldest entry is one step away; it costs
 about 53 bytes per entry more than a dict.
 
+Why a large table is split in shards: a dict, and an OrderedDict more so (it rebuilds its node
+index with one lookup per entry), grows its hash table in one C call of O(len), and so does a
+table at its bound that evicts and inserts (each insert takes a new slot; a deleted one's is
+only reclaimed by a resize). At 200k entries that call held the event loop for tens of ms
+(issue 14: 42 ms of a 62 ms hold in the detection drain, up to 186 ms at first sight). Keys are
+spread by hash over a power of two of OrderedDicts, at most SHARD_ENTRIES each at the limit, so a
+resize is of one shard, never of the whole table. The trade-off: the least recently written entry
+goes first within its shard, so for a table of more than one shard the global order is
+approximate (an evicted entry is among the oldest of its shard, not of all), and iteration is
+shard by shard; a read costs a Python call more than a dict's. A table of at most SHARD_ENTRIES
+keeps exact global order, and every table keeps every entry up to its limit and never more.
+
 Why a sweep rebuilds a table that shrank: a dict never gives back its hash table when entries
 are deleted, only when it grows again (issue 14: after the idle sweep every table was empty and
 still held the table sized for its 200k entries, 3 MB for the sightings at 20k customers).
@@ -15,36 +27,158 @@ still held the table sized for its 200k entries, 3 MB for the sightings at 20k c
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator, MutableMapping
+from operator import itemgetter
+from typing import TypeVar, overload
 
 K = TypeVar("K")
 V = TypeVar("V")
+D = TypeVar("D")
 
 Expired = Callable[[V, float], bool]  # (entry, now) -> whether it may be forgotten
 
+# A shard holds at most this many entries at the table's limit. Measured (bench/table_growth_micro.py,
+# CPU time on the loaded 2-vCPU VM, 200k entries): the longest put growing the table or writing at
+# its limit took 24-38 ms unsharded, 1.3-2.0 ms with shards of 6,250 (at most 8,192), 0.8-1.1 ms
+# with shards of 3,125 (at most 4,096): the margin under issue 14's 2 ms. At most MAX_SHARDS of
+# them (a table with no real bound, 2**62, gets that many and lets each grow).
+SHARD_ENTRIES = 4096
+MAX_SHARDS = 256
 
-class BoundedTable(OrderedDict[K, V]):
-    """Reads are a dict's. `put` writes an entry as the newest; past `limit` the oldest go.
+
+def shards_for(limit: int) -> int:
+    """The power of two of shards that keeps each at most SHARD_ENTRIES at `limit`."""
+    count = 1
+    while count < MAX_SHARDS and count * SHARD_ENTRIES < limit:
+        count *= 2
+    return count
+
+
+class BoundedTable(MutableMapping[K, V]):
+    """Reads are a mapping's (`get`, `[]`, `in`, iteration). `put` writes an entry as the newest;
+    past `limit` the oldest go.
     A caller that counts reads as use too calls `move_to_end(key)` on a hit.
 
     `evictions` counts entries pushed out by the bound (a table too small for its load shows
     here), `expirations` those `sweep` forgot because `expired` said so."""
 
+    __slots__ = ("_shards", "_mask", "_share", "_limit", "_len", "evictions", "expirations",
+                 "_expired", "_peak", "_turn", "_left")
+
     def __init__(self, limit: int, expired: Expired[V] | None = None) -> None:
-        super().__init__()
-        self.limit = limit  # may be changed (a reload); the table shrinks at the next put
+        self._shards: list[OrderedDict[K, V]] = [OrderedDict()]
+        self._mask = 0
+        self._len = 0
+        self._limit = self._share = 0
+        self.limit = limit
         self.evictions = 0
         self.expirations = 0
         self._expired = expired
         self._peak = 0  # the most entries a sweep has seen since the table was last rebuilt
+        self._turn = 0  # the shard the sweep is in, and how many of its entries it has still to look at
+        self._left = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: int) -> None:
+        """May be changed (a reload): the table shrinks at the next put. A change of the number
+        of shards spreads the entries again, once, in O(len); the tables a reload sizes are
+        empty when they are first given their limit."""
+        self._limit = limit
+        count = shards_for(limit)
+        if count != len(self._shards):
+            # In about the order they were written: each shard's own order, interleaved by rank.
+            ranked = [(rank / len(shard), entry) for shard in self._shards for rank, entry in enumerate(shard.items())]
+            ranked.sort(key=itemgetter(0))
+            entries = [entry for _, entry in ranked]
+            self._shards = [OrderedDict() for _ in range(count)]
+            self._mask = count - 1
+            self._turn = self._left = 0
+            for key, value in entries:
+                self._shards[hash(key) & self._mask][key] = value
+        self._share = limit // count
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + sys.getsizeof(self._shards) + sum(map(sys.getsizeof, self._shards))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._shards[hash(key) & self._mask]
+
+    def __getitem__(self, key: K) -> V:
+        return self._shards[hash(key) & self._mask][key]
+
+    @overload
+    def get(self, key: K, /) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V | D, /) -> V | D: ...
+
+    def get(self, key: K, default: object = None, /) -> object:
+        return self._shards[hash(key) & self._mask].get(key, default)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        """Writes without the bound and without making an entry that was there the newest."""
+        shard = self._shards[hash(key) & self._mask]
+        size = len(shard)
+        shard[key] = value
+        self._len += len(shard) - size
+
+    def __delitem__(self, key: K) -> None:
+        del self._shards[hash(key) & self._mask][key]
+        self._len -= 1
+
+    def __iter__(self) -> Iterator[K]:
+        for shard in self._shards:
+            yield from shard
+
+    def __reversed__(self) -> Iterator[K]:
+        for shard in reversed(self._shards):
+            yield from reversed(shard)
+
+    def clear(self) -> None:
+        for shard in self._shards:
+            shard.clear()
+        self._len = 0
+
+    def move_to_end(self, key: K, last: bool = True) -> None:
+        self._shards[hash(key) & self._mask].move_to_end(key, last)
 
     def put(self, key: K, value: V) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
+        shard = self._shards[hash(key) & self._mask]
+        size = len(shard)
+        shard[key] = value
+        if len(shard) == size:  # written again: now the newest
+            shard.move_to_end(key)
+        else:
+            self._len += 1
+            if self._len > self._limit:
+                self._evict(shard)
+
+    def _evict(self, written: OrderedDict[K, V]) -> None:
+        """Down to the limit, each shard's oldest first. At the limit a write replaces the oldest
+        entry of its own shard, or if that shard holds less than its share, of the fullest: the
+        shards stay even and every one keeps its share of the limit."""
+        share = self._share
+        if self._len - self._limit > 1:  # a lowered limit: every shard down to its share at once
+            keep = share + 1 if self._limit % len(self._shards) else share  # the rest one at a time
+            for shard in self._shards:
+                excess = len(shard) - keep
+                for _ in range(excess):
+                    shard.popitem(last=False)
+                if excess > 0:
+                    self._len -= excess
+                    self.evictions += excess
+        while self._len > self._limit:
+            victim = written if len(written) > share else max(self._shards, key=len)
+            victim.popitem(last=False)
+            self._len -= 1
             self.evictions += 1
 
     def sweep(self, now: float, budget: int) -> int:
@@ -55,6 +189,8 @@ class BoundedTable(OrderedDict[K, V]):
         whatever mix of lifetimes it has (an entry kept for a month does not stop the sweep from
         reaching the idle ones behind it); a sweep pass reaches every entry once in len/budget
         calls. The price: an entry the sweep moved looks newer than it is to the size bound.
+        The shards take their turns: the sweep looks through one shard, as many entries as it
+        held when its turn came, then goes on to the next, so a pass still reaches every entry.
 
         Moved with `move_to_end`, never popped and written again: a write of a key takes a new
         slot of the hash table's entries (a deleted one's is only reclaimed by a resize), so a
@@ -65,27 +201,41 @@ class BoundedTable(OrderedDict[K, V]):
         expired = self._expired
         if expired is None:
             return 0
-        self._peak = max(self._peak, len(self))
-        forgotten = 0
-        move_to_end = self.move_to_end
-        for _ in range(min(budget, len(self))):
-            key = next(iter(self))  # the oldest: one step along the order's linked list
-            if expired(self[key], now):
-                del self[key]
-                forgotten += 1
-            else:
-                move_to_end(key)
+        self._peak = max(self._peak, self._len)
+        budget = min(budget, self._len)
+        forgotten = turns = 0
+        shards = self._shards
+        while budget > 0 and turns <= len(shards):
+            if self._left <= 0:  # this shard's turn is over: the next one's, as big as it is now
+                self._turn = (self._turn + 1) & self._mask
+                self._left = len(shards[self._turn])
+                turns += 1
+                continue
+            shard = shards[self._turn]
+            steps = min(budget, self._left, len(shard))
+            move_to_end = shard.move_to_end
+            for _ in range(steps):
+                key = next(iter(shard))  # the oldest: one step along the order's linked list
+                if expired(shard[key], now):
+                    del shard[key]
+                    forgotten += 1
+                else:
+                    move_to_end(key)
+            budget -= steps
+            self._left = self._left - steps if steps else 0
+        self._len -= forgotten
         self.expirations += forgotten
-        if forgotten and len(self) * SHRINK < self._peak and len(self) <= REBUILD_MAX:
+        if forgotten and self._len * SHRINK < self._peak and self._len <= REBUILD_MAX:
             self._rebuild()
         return forgotten
 
     def _rebuild(self) -> None:
-        """The same entries in the same order, in a hash table sized for them."""
-        entries = list(self.items())
-        self.clear()  # frees the hash table and the order's node array
-        self.update(entries)
-        self._peak = len(self)
+        """The same entries in the same order, in hash tables sized for them."""
+        for shard in self._shards:
+            entries = list(shard.items())
+            shard.clear()  # frees the hash table and the order's node array
+            shard.update(entries)
+        self._peak = self._len
 
 
 # A table is rebuilt once a sweep leaves fewer than 1/SHRINK of the most entries it held, and
