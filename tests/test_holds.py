@@ -8,7 +8,9 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,11 +25,24 @@ def hold_the_loop_until_sampled(finder: HoldFinder) -> None:
         sum(range(1000))
 
 
-async def logged(log: Path) -> list[dict[str, object]]:
+async def logged(log: Path, wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The holds logged once one of them is `wanted`. Not the first line: on a loaded machine the
+    process is descheduled past the threshold too, and each of those is a hold of its own."""
     deadline = time.monotonic() + 10
-    while not log.read_text() and time.monotonic() < deadline:
+    while True:
+        holds = [json.loads(line) for line in log.read_text().splitlines()]
+        if any(wanted(hold) for hold in holds) or time.monotonic() > deadline:
+            return holds
         await asyncio.sleep(0.001)  # the beat is due at once: the loop only has to come round
-    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def sampled_here(hold: dict[str, Any]) -> bool:
+    return any("hold_the_loop_until_sampled" in sample[2] for sample in hold["samples"])
+
+
+def collected_here(hold: dict[str, Any]) -> bool:
+    return str(hold["cause"]).startswith("gc gen2 from ") and any(
+        "test_a_hold_that_is_a_collection" in c["from"][2] for c in hold["collections"])
 
 
 @pytest.fixture
@@ -43,13 +58,12 @@ async def test_a_hold_is_logged_with_the_stack_that_held_the_loop(tmp_path, swit
     finder.start(asyncio.get_running_loop())
     try:
         hold_the_loop_until_sampled(finder)
-        holds = await logged(log)
+        holds = await logged(log, sampled_here)
     finally:
         finder.stop()
-    assert len(holds) == 1
-    hold = holds[0]
-    assert hold["late_ms"] > 2 and hold["cpu_ms"] > 0
-    assert any("hold_the_loop_until_sampled" in sample[2] for sample in hold["samples"])
+    held = [hold for hold in holds if sampled_here(hold)]
+    assert len(held) == 1, holds
+    assert held[0]["late_ms"] > 2 and held[0]["cpu_ms"] > 0
 
 
 async def test_a_hold_that_is_a_collection_names_the_generation_and_who_started_it(tmp_path, switch_interval):
@@ -60,12 +74,11 @@ async def test_a_hold_that_is_a_collection_names_the_generation_and_who_started_
     try:
         await asyncio.sleep(0)
         gc.collect()
-        holds = await logged(log)
+        holds = await logged(log, collected_here)
     finally:
         finder.stop()
     del garbage
-    assert holds and holds[0]["cause"].startswith("gc gen2 from ")
-    assert any("test_a_hold_that_is_a_collection" in c["from"][2] for c in holds[0]["collections"])
+    assert any(collected_here(hold) for hold in holds), holds
 
 
 def test_off_unless_its_variable_names_a_file(monkeypatch):
