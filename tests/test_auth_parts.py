@@ -227,3 +227,23 @@ def test_any_time_claims_give_a_bounded_identity_or_invalid_token(exp, iat, nbf,
     assert identity.expires_at >= clock.time() - 60
     assert identity.expires_at - identity.issued_at <= 86400
     assert not (isinstance(other, float) and not math.isfinite(other))
+
+
+def test_a_token_cache_of_many_shards_keeps_tokens_in_use_and_sweeps_every_shard():
+    capacity = 20_000  # several shards (state/bounded.py's SHARD_ENTRIES each at most)
+    cache = TokenCache(capacity)
+    hot = [f"hot-{n}" for n in range(10_000)]
+    for token in hot:
+        cache.put(token, identity(token), valid_until=100)
+        assert cache.get(token, now=1) is not None  # in use: protected
+    for n in range(30_000):  # a login wave past the capacity, each new token seen once
+        cache.put(f"new-{n}", identity(f"new-{n}"), valid_until=50)
+    assert all(cache.get(token, now=2).user == token for token in hot)  # type: ignore[union-attr]
+    # Each shard holds its share of the capacity: the cache fills to within a few percent of it.
+    assert capacity * 0.97 <= len(cache) <= capacity
+    assert cache.evictions == 40_000 - len(cache)
+    waiting = len(cache) - len(hot)
+    forgotten = 0
+    while step := cache.sweep(60, 500):
+        forgotten += step
+    assert forgotten == cache.expirations == waiting and len(cache) == len(hot)

@@ -119,11 +119,11 @@ def test_token_cache_sweeps_its_segments_small_again_once_tokens_expired():
         if n % 2:
             assert cache.get(f"t{n}", T0) is not None  # seen twice: protected
     cache.put("long", identity("y", T0 + 6000), T0 + 6000)
-    full = sys.getsizeof(cache._probation) + sys.getsizeof(cache._protected)
+    full = sys.getsizeof(cache)
     while cache.sweep(T0 + 60, 500):
         pass
     assert len(cache) == 1 and cache.get("long", T0 + 60).customer == "y"
-    assert (sys.getsizeof(cache._probation) + sys.getsizeof(cache._protected)) * 50 < full
+    assert sys.getsizeof(cache) * 50 < full
 
 
 async def test_usage_counters_of_idle_customers_are_packed_and_still_add_up():
