@@ -198,7 +198,12 @@ class HoldFinder:
 
     def _watch(self) -> None:
         with tempfile.TemporaryFile() as scratch:
-            while not self._stopped.wait(BEAT):
+            # A sleep, not Event.wait(BEAT): a timed condition wait never returns under libfaketime
+            # (the suite runs with the clock a year ahead), a relative sleep does.
+            while not self._stopped.is_set():
+                time.sleep(BEAT)
+                if self._stopped.is_set():
+                    break
                 beat = self._beat_no
                 if time.perf_counter() - self._due > self._threshold:
                     self._samples.append((beat, where(stack_of(self._loop_thread, scratch.fileno()))))
