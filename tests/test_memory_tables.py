@@ -262,6 +262,20 @@ async def test_a_gateway_bounds_its_limit_templates_and_sweeps_idle_customers(st
     assert statuses == [200] * 10 + [429]
 
 
+@pytest.mark.parametrize(("state", "bound"), [({}, 6 * 500), ({"max_sighting_keys": 1000}, 1000)])
+async def test_the_sightings_hold_every_tracked_identitys_keys_unless_set(start_gateway, upstream, client, state,
+                                                                           bound):
+    """A smaller bound than the tracks' would forget the devices and agents of logins still
+    tracked, so unset it follows detection.max_tracked."""
+    config = limits_config(upstream, {"standard": {"limits": []}})
+    config["detection"] = {"max_tracked": 500}
+    config["state"] = {**config.get("state", {}), **state}
+    gateway = await start_gateway(config)
+    text = await _metrics(client, gateway.admin_url)
+    assert _sample(text, 'fairgate_table_limit{table="detection_tracks"}') == 500
+    assert _sample(text, 'fairgate_table_limit{table="sightings"}') == bound
+
+
 async def _metrics(client, admin_url: str) -> str:
     async with client.get(f"{admin_url}/metrics") as response:
         return await response.text()

@@ -3,9 +3,11 @@ timer, so no test depends on how fast this machine is)."""
 
 from __future__ import annotations
 
+import logging
+
 from gateway.state.bounded import BoundedTable
-from gateway.state.tables import SWEEP_CHUNK, Sweeper, Tables
-from tests.support.clock import T0
+from gateway.state.tables import EVICTIONS_WARN_EVERY, SWEEP_CHUNK, Sweeper, Tables
+from tests.support.clock import T0, ManualClock
 
 
 class SteppingTimer:
@@ -56,3 +58,32 @@ def test_with_time_to_spare_a_tick_sweeps_each_tables_share():
     sweeper = Sweeper(tables, budget=300, interval=0.1, full_pass=0.1, time_budget=1.0, timer=SteppingTimer(0.0))
     assert sweeper.tick() == 600  # 300 of each
     assert [len(table) for table in made.values()] == [700, 700]
+
+
+def test_a_table_that_evicts_is_named_in_the_log_with_its_setting_at_most_hourly(caplog):
+    clock = ManualClock()
+    tracks: BoundedTable[int, float] = BoundedTable(100, lambda until, now: until <= now)
+    memo: BoundedTable[int, float] = BoundedTable(100)  # a memo: evicts by design, no setting
+    tables = Tables()
+    tables.add("detection_tracks", tracks, clock.time)
+    tables.add("memo_hashes", memo, clock.time)
+    sweeper = Sweeper(tables)
+    for n in range(150):
+        tracks.put(n, clock.time() + 3600)
+        memo.put(n, clock.time() + 3600)
+    with caplog.at_level(logging.WARNING, logger="fairgate.state"):
+        sweeper.tick()
+        for n in range(150, 200):
+            tracks.put(n, clock.time() + 3600)
+        clock.advance(EVICTIONS_WARN_EVERY - 1)
+        sweeper.tick()  # evicted again within the hour: not said again yet
+        clock.advance(1)
+        sweeper.tick()
+        sweeper.tick()  # nothing evicted since: nothing said
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert [(r.getMessage(), r.evicted, r.limit) for r in warnings] == [
+        ("table detection_tracks is full: entries evicted before they went idle; raise detection.max_tracked",
+         50, 100),
+        ("table detection_tracks is full: entries evicted before they went idle; raise detection.max_tracked",
+         50, 100),
+    ]

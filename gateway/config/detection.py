@@ -230,7 +230,10 @@ class DetectionSettings(Section):
     flush_interval: Duration = Field(0.1, description="How often queued observations are analysed.")
     queue_size: int = Field(100_000, ge=100, description="Observations waiting for analysis at most; beyond it the "
                                                          "oldest are dropped and counted.")
-    max_tracked: int = Field(100_000, ge=100, description="Identities tracked at once in this process; the least "
+    # 200,000 customers active within the tracks' idle time fit (issue 14's scenario): with a
+    # bound under the identities in use, every request evicted and rebuilt a track, and each
+    # rebuilt one forgot its sharing and scraping history.
+    max_tracked: int = Field(250_000, ge=100, description="Identities tracked at once in this process; the least "
                                                           "recently seen go first, and one idle longer than every "
                                                           "signal's window is swept.")
     # Off unless configured: each detector's own default mode is enforce once its section is given.

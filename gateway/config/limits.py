@@ -199,8 +199,9 @@ class StateSettings(Section):
     max_memory_keys: int = Field(1_000_000, ge=1000, description="Memory store bound; idle keys go first.")
     idle_ttl: Duration = Field(3600.0, ge=60.0, description="A memory-store rate bucket unused this long (and "
                                                             "full again) is forgotten by the sweep.")
-    max_sighting_keys: int = Field(200_000, ge=1000, description="Memory store: detection sightings kept at "
-                                                                 "most (keys); the least recently written go first.")
+    max_sighting_keys: int | None = Field(
+        None, ge=1000, description="Memory store: detection sightings kept at most (keys); the least recently "
+                                   "written go first. Unset: SIGHTING_KEYS_PER_IDENTITY per detection.max_tracked.")
 
     @model_validator(mode="after")
     def _scheme(self) -> StateSettings:

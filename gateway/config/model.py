@@ -20,6 +20,10 @@ from gateway.config.limits import Customers, LimitSettings, Plans, RateValue, St
 from gateway.config.types import Duration, HostPort, Network, Section, Size, frozen_mapping
 from gateway.config.usage import UsageSettings
 
+# Sighting keys one tracked identity writes: its paths, its agents per session (one session most
+# often), its uses and devices (sharing), its customer's seats, and one to spare (a second session).
+SIGHTING_KEYS_PER_IDENTITY = 6
+
 
 def _check_thresholds(value: tuple[int, ...] | None) -> tuple[int, ...] | None:
     if value is None:
@@ -223,6 +227,14 @@ class GatewayConfig(Section):
     alerts: AlertSettings = AlertSettings()
     upstreams: Annotated[dict[str, Upstream], AfterValidator(frozen_mapping)] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)
+
+    @property
+    def sighting_keys(self) -> int:
+        """The memory store's bound of sighting keys: as configured, else enough for every tracked
+        identity's keys. A smaller bound evicts the sightings of identities still tracked, and
+        their distinct counts (devices, agents, paths) start again from nothing."""
+        configured = self.state.max_sighting_keys
+        return configured if configured is not None else SIGHTING_KEYS_PER_IDENTITY * self.detection.max_tracked
 
     def plan_of(self, customer: str | None, claimed: str | None = None) -> str | None:
         """The plan `customer` is on; `claimed` is the plan its token names, if known."""

@@ -48,7 +48,7 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig, options: ServeOptions) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.state = assemble_state(open_store(config.state, options.clock, self.metrics), self.metrics,
+        self.state = assemble_state(open_store(config, options.clock, self.metrics), self.metrics,
                                     options.clock, options.audit_suffix)
         self.metrics.watch_detection(self.state.detection)
         self.metrics.watch_token_cache(self.state.token_cache_counts)

@@ -59,6 +59,17 @@ SWEEP_CHUNK = 64
 # A tick is due this often; each table is looked at through once per PASS seconds at most.
 SWEEP_INTERVAL = 0.1
 SWEEP_PASS = 60.0
+# A table that evicts is smaller than what it serves (for detection: identities whose history
+# is forgotten while still in use); said in the log at most this often per table, for the tables
+# whose bound a config key sets (the memos evict by design).
+EVICTIONS_WARN_EVERY = 3600.0
+CONFIGURED_BOUNDS = {
+    "rate_buckets": "state.max_memory_keys", "concurrency_slots": "state.max_memory_keys",
+    "quota_counts": "state.max_memory_keys", "sightings": "state.max_sighting_keys",
+    "detection_tracks": "detection.max_tracked", "token_cache": "auth.token_cache_size",
+    "limit_templates": "limits.max_templates", "failed_logins": "auth.failed_logins.max_tracked_addresses",
+    "blocked_addresses": "auth.failed_logins.max_tracked_addresses",
+}
 
 
 class Sweeper:
@@ -79,13 +90,16 @@ class Sweeper:
         # table -> (entries left in this pass, per tick, still owed from a tick cut short)
         self._passes: dict[str, tuple[int, int, int]] = {}
         self._resume: str | None = None  # the table a tick cut short stopped in
+        self._evicted: dict[str, tuple[int, float]] = {}  # table -> evictions when last warned, when
 
     def tick(self) -> int:
         """One bounded step over every table; how many entries were forgotten."""
         started = self._timer()
         deadline = started + self._time_budget
         forgotten = looked = 0
-        for name, table, now in self._in_turn():
+        tables = list(self.tables)
+        self._warn_of_evictions(tables)
+        for name, table, now in self._in_turn(tables):
             size = len(table)
             if not size:
                 continue
@@ -111,9 +125,22 @@ class Sweeper:
             self._observe(self._timer() - started)
         return forgotten
 
-    def _in_turn(self) -> Iterator[tuple[str, Swept, Callable[[], float]]]:
+    def _warn_of_evictions(self, tables: list[tuple[str, Swept, Callable[[], float]]]) -> None:
+        for name, table, now in tables:
+            key = CONFIGURED_BOUNDS.get(name)
+            if key is None:
+                continue
+            evictions = table.evictions
+            warned, at = self._evicted.get(name, (0, float("-inf")))
+            if evictions > warned and now() - at >= EVICTIONS_WARN_EVERY:
+                self._evicted[name] = (evictions, now())
+                log.warning("table %s is full: entries evicted before they went idle; raise %s", name, key,
+                            extra={"table": name, "limit": table.limit, "evicted": evictions - warned,
+                                   "setting": key})
+
+    def _in_turn(self, tables: list[tuple[str, Swept, Callable[[], float]]]) -> (
+            Iterator[tuple[str, Swept, Callable[[], float]]]):
         """Every table, from the one the last tick stopped in, round to the one before it."""
-        tables = list(self.tables)
         first = next((n for n, (name, _, _) in enumerate(tables) if name == self._resume), 0)
         return iter(tables[first:] + tables[:first])
 
