@@ -171,8 +171,8 @@ class Bytecodes:
 async def run(args: argparse.Namespace) -> dict[str, object]:
     config = load_config(ROOT / "config" / "gateway.yaml", ENV)
     clock = Clock()
-    engine = Detection(MemorySightings(), FindingLog(None), clock, Fleet(MemoryStore(), AuditTrail(clock), clock),
-                       Grants())
+    engine = Detection(MemorySightings(config.sighting_keys), FindingLog(None), clock,
+                       Fleet(MemoryStore(), AuditTrail(clock), clock), Grants())
     engine.configure(config)
     customers = args.customers
     identities: list[Identity | None] = [

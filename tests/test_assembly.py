@@ -89,3 +89,21 @@ async def test_a_request_is_answered_under_the_config_it_started_with(start_gate
     finally:
         upstream.close()
         await upstream.wait_closed()
+
+
+async def test_a_reload_that_moves_the_sightings_bound_says_it_waits_for_a_restart(start_gateway, upstream, client,
+                                                                                    caplog):
+    """The bound follows detection.max_tracked but is the store's: re-spreading a full table
+    over new shards on a reload would hold the loop, so it is read at start and the log says so."""
+    config = enforcement_config(upstream)
+    config["detection"] = {**config.get("detection", {}), "max_tracked": 500}
+    gateway = await start_gateway(config, clock=ManualClock(T0))
+    limit = gateway.server.state.store.sightings().table.limit
+    config["detection"]["max_tracked"] = 800
+    gateway.config_path.write_text(yaml.safe_dump(config))
+    with caplog.at_level("WARNING", logger="fairgate.server"):
+        async with client.post(f"{gateway.admin_url}/admin/reload", headers=ADMIN) as response:
+            assert response.status == 200
+    assert gateway.server.state.detection.settings.max_tracked == 800
+    assert (limit, gateway.server.state.store.sightings().table.limit) == (3000, 3000)
+    assert any("sightings bound" in record.getMessage() for record in caplog.records)

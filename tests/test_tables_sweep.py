@@ -68,22 +68,48 @@ def test_a_table_that_evicts_is_named_in_the_log_with_its_setting_at_most_hourly
     tables.add("detection_tracks", tracks, clock.time)
     tables.add("memo_hashes", memo, clock.time)
     sweeper = Sweeper(tables)
+
+    def warned() -> list[tuple[str, int, int]]:
+        said = [(r.getMessage(), r.evicted, r.limit) for r in caplog.records if r.levelno == logging.WARNING]
+        caplog.clear()
+        return said
+
+    said = ("table detection_tracks is full: entries evicted before they went idle; raise detection.max_tracked",
+            50, 100)
     for n in range(150):
-        tracks.put(n, clock.time() + 3600)
-        memo.put(n, clock.time() + 3600)
+        tracks.put(n, clock.time() + 7200)
+        memo.put(n, clock.time() + 7200)
     with caplog.at_level(logging.WARNING, logger="fairgate.state"):
         sweeper.tick()
+        assert warned() == [said]  # at once, the tracks only
         for n in range(150, 200):
-            tracks.put(n, clock.time() + 3600)
+            tracks.put(n, clock.time() + 7200)
         clock.advance(EVICTIONS_WARN_EVERY - 1)
-        sweeper.tick()  # evicted again within the hour: not said again yet
+        sweeper.tick()
+        assert warned() == []  # evicted again within the hour: not said again yet
         clock.advance(1)
         sweeper.tick()
-        sweeper.tick()  # nothing evicted since: nothing said
-    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
-    assert [(r.getMessage(), r.evicted, r.limit) for r in warnings] == [
-        ("table detection_tracks is full: entries evicted before they went idle; raise detection.max_tracked",
-         50, 100),
-        ("table detection_tracks is full: entries evicted before they went idle; raise detection.max_tracked",
-         50, 100),
+        assert warned() == [said]  # the hour is up: the 50 since
+        sweeper.tick()
+        assert warned() == []  # nothing evicted since
+
+
+def test_a_table_a_reload_replaced_is_counted_afresh(caplog):
+    clock = ManualClock()
+    current: list[BoundedTable[int, float]] = [BoundedTable(100)]
+    tables = Tables()
+    tables.follow("token_cache", lambda: current[0], clock.time)
+    sweeper = Sweeper(tables)
+    for n in range(300):
+        current[0].put(n, 0.0)
+    with caplog.at_level(logging.WARNING, logger="fairgate.state"):
+        sweeper.tick()
+        current[0] = BoundedTable(100)  # a reload: a new table, its count from 0
+        for n in range(150):
+            current[0].put(n, 0.0)
+        clock.advance(EVICTIONS_WARN_EVERY)
+        sweeper.tick()
+    assert [(r.getMessage(), r.evicted) for r in caplog.records] == [
+        ("table token_cache is full: entries evicted before they went idle; raise auth.token_cache_size", 200),
+        ("table token_cache is full: entries evicted before they went idle; raise auth.token_cache_size", 50),
     ]

@@ -201,7 +201,7 @@ class StateSettings(Section):
                                                             "full again) is forgotten by the sweep.")
     max_sighting_keys: int | None = Field(
         None, ge=1000, description="Memory store: detection sightings kept at most (keys); the least recently "
-                                   "written go first. Unset: SIGHTING_KEYS_PER_IDENTITY per detection.max_tracked.")
+                                   "written go first. Unset: 6 x detection.max_tracked. Read at start.")
 
     @model_validator(mode="after")
     def _scheme(self) -> StateSettings:

@@ -49,9 +49,12 @@ class RuntimeHolder:
             except ConfigError as exc:
                 return self._rejected(tuple(exc.lines()))
             previous = self.current
-            if (config.server, config.admin, config.state) != (previous.config.server, previous.config.admin,
-                                                                 previous.config.state):
-                log.warning("server, admin and state settings take effect only on restart")
+            if (config.server, config.admin, config.state, config.sighting_keys) != (
+                    previous.config.server, previous.config.admin, previous.config.state,
+                    previous.config.sighting_keys):
+                # The sightings bound too (it follows detection.max_tracked): a table of 800k
+                # keys re-spread over new shards would hold the loop for seconds.
+                log.warning("server, admin and state settings (and the sightings bound) take effect only on restart")
             try:
                 # Built in full before anything changes: the old Runtime and state settings stay
                 # in force unless both of the new ones could be built.

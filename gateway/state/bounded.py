@@ -43,9 +43,10 @@ Expired = Callable[[V, float], bool]  # (entry, now) -> whether it may be forgot
 # CPU time on the loaded 2-vCPU VM, 200k entries): the longest put growing the table or writing at
 # its limit took 24-38 ms unsharded, 1.3-2.0 ms with shards of 6,250 (at most 8,192), 0.8-1.1 ms
 # with shards of 3,125 (at most 4,096): the margin under issue 14's 2 ms. At most MAX_SHARDS of
-# them (a table with no real bound, 2**62, gets that many and lets each grow).
+# them (a table with no real bound, 2**62, gets that many and lets each grow): 512 keeps the
+# default sightings bound (1.5M keys: 6 per tracked identity) at 2,930 a shard.
 SHARD_ENTRIES = 4096
-MAX_SHARDS = 256
+MAX_SHARDS = 512
 
 
 def shards_for(limit: int) -> int:

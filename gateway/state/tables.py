@@ -98,7 +98,6 @@ class Sweeper:
         deadline = started + self._time_budget
         forgotten = looked = 0
         tables = list(self.tables)
-        self._warn_of_evictions(tables)
         for name, table, now in self._in_turn(tables):
             size = len(table)
             if not size:
@@ -121,17 +120,20 @@ class Sweeper:
                 break
         else:
             self._resume = None
+        self._warn_of_evictions(tables)
         if self._observe is not None:
             self._observe(self._timer() - started)
         return forgotten
 
     def _warn_of_evictions(self, tables: list[tuple[str, Swept, Callable[[], float]]]) -> None:
         for name, table, now in tables:
-            key = CONFIGURED_BOUNDS.get(name)
+            key = CONFIGURED_BOUNDS.get(name.removeprefix("local_"))  # the Redis store's fallback: the same keys
             if key is None:
                 continue
             evictions = table.evictions
             warned, at = self._evicted.get(name, (0, float("-inf")))
+            if evictions < warned:  # a reload replaced the table (token cache, templates): counted afresh
+                warned = 0
             if evictions > warned and now() - at >= EVICTIONS_WARN_EVERY:
                 self._evicted[name] = (evictions, now())
                 log.warning("table %s is full: entries evicted before they went idle; raise %s", name, key,
