@@ -241,11 +241,15 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         rate = statistics.median(r.requests_per_second for r in rounds[open_loop_name]) / 2
         target = next(t for t in targets_ if t.name == open_loop_name)
         m.open_loop_customers = 20_000 if 20_000 in many_tokens else max(many_tokens)
+        references = [t for t in targets_ if t.name in (names.NGINX, names.BARE)]
         for _ in range(extra_rounds):
             before = looplag.read(target.admin_port)
             m.open_loop.append(openloop.run(target.port, target.path, rate, args.duration, args.connections,
                                             target.warm_up))
             m.open_loop_lags.append(looplag.during(before, looplag.read(target.admin_port)))
+            for reference in references:  # interleaved: the machine's own tail at this rate
+                m.open_loop_references.setdefault(reference.name, []).append(
+                    openloop.run(reference.port, reference.path, rate, args.duration, args.connections, None))
     idle_since = time.monotonic()  # the memory-store gateway gets no more requests
     memory_metrics = looplag.scrape(memory.admin_port) or ""
     batches_after = looplag.parse_batches(memory_metrics)

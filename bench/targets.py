@@ -37,6 +37,9 @@ class Measurements:
     open_loop: list[OpenLoopResult] = field(default_factory=list)
     open_loop_customers: int | None = None
     open_loop_lags: list[looplag.Lag | None] = field(default_factory=list)
+    # The same open loop, interleaved, through nginx proxying and aiohttp's bare server: what this
+    # machine gives at that rate before any gateway code (the ceiling of target 3).
+    open_loop_references: dict[str, list[OpenLoopResult]] = field(default_factory=dict)
     # The memory-store gateway's background batch steps over the rounds and the open loop, by batch.
     batches: dict[str, looplag.Lag | None] = field(default_factory=dict)
     memory: Memory | None = None
@@ -205,6 +208,10 @@ def markdown(m: Measurements) -> str:
         lines += [f"Open loop run {n + 1}: {r.rate_done:,.0f} of {r.rate_asked:,.0f} req/s, p50 {r.p50_ms:.2f} ms, "
                   f"p99 {r.p99_ms:.2f} ms, p99.9 {r.p999_ms:.2f} ms, max {r.max_ms:.1f} ms, {r.errors} errors, "
                   f"{r.unfinished} unanswered" for n, r in enumerate(m.open_loop)]
+        lines += [f"Open loop at the same rate through {name} ({len(runs)} runs): p99 "
+                  f"{_range([r.p99_ms for r in runs], unit=' ms')}, "
+                  f"max {_range([r.max_ms for r in runs], '{:.1f}', ' ms')}"
+                  for name, runs in m.open_loop_references.items() if runs]
     for n, f in enumerate(m.fleet):
         members = ", ".join(f"{r.requests_per_second:,.0f} req/s at {r.cpu_us_per_request:.0f} us CPU/req, "
                             f"{r.errors} errors"

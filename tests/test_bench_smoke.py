@@ -159,6 +159,19 @@ def test_targets_are_judged_on_the_median_with_the_range_shown():
     assert memory.status == "met" and memory.measured.startswith("1.00 KB")
 
 
+def test_the_open_loop_is_shown_beside_the_same_rate_through_the_references():
+    def run(p99: float, top: float) -> openloop.OpenLoopResult:
+        return openloop.OpenLoopResult(1000, 1000, 5000, 0, 0, 0.2, p99, p99, top)
+
+    m = targets.Measurements({}, names.BARE, names.PLAIN, names.EVERY_POLICY, {}, cold={})
+    m.open_loop = [run(8.0, 15.0), run(7.0, 12.0), run(20.0, 35.0)]
+    m.open_loop_references = {names.NGINX: [run(2.4, 4.3), run(2.9, 6.5), run(2.5, 6.0)], names.BARE: []}
+    text = targets.markdown(m)
+    assert f"Open loop at the same rate through {names.NGINX} (3 runs): p99 2.50 ms (rounds 2.40-2.90), " \
+           "max 6.0 ms (rounds 4.3-6.5)" in text
+    assert f"through {names.BARE}" not in text  # no runs, no line
+
+
 def test_a_baseline_file_gives_the_deltas_of_cpu_and_rate(tmp_path):
     before = tmp_path / "before.json"
     compare.save(before, {names.PLAIN: [_result(names.PLAIN, 10_000)]})
