@@ -134,8 +134,8 @@ class Sweeper:
             warned, at = self._evicted.get(name, (0, float("-inf")))
             if evictions < warned:  # a reload replaced the table (token cache, templates): counted afresh
                 warned = 0
-            if evictions > warned and now() - at >= EVICTIONS_WARN_EVERY:
-                self._evicted[name] = (evictions, now())
+            if evictions > warned and (moment := now()) - at >= EVICTIONS_WARN_EVERY:
+                self._evicted[name] = (evictions, moment)
                 log.warning("table %s is full: entries evicted before they went idle; raise %s", name, key,
                             extra={"table": name, "limit": table.limit, "evicted": evictions - warned,
                                    "setting": key})
