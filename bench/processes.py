@@ -181,14 +181,16 @@ state: {{url: "{state_url}", timeout: 200ms}}
 
 
 def start_fairgate(config: Path, upstream_port: int, state_url: str, core: int | None = SERVER_CORE,
-                   workers: int = 1, extra: Path | None = None, tree: Path = ROOT) -> Gateway:
+                   workers: int = 1, extra: Path | None = None, tree: Path = ROOT,
+                   module: str = "gateway") -> Gateway:
     """`core=None` leaves the process (or the workers) to the scheduler; `extra` is YAML merged
     over the bench's config (e.g. short idle TTLs, so the idle RSS is read after they pass);
-    `tree` the source tree whose gateway runs (an A/B of two checkouts in one run)."""
+    `tree` the source tree whose gateway runs (an A/B of two checkouts in one run); `module` what
+    `python -m` runs (a bench variant of the gateway, e.g. bench.detection_worker_gateway)."""
     port, admin_port = bench_port(), bench_port()
     text = bench_config(port, admin_port, upstream_port, state_url)
     config.write_text(text if extra is None else merged_yaml(text, extra.read_text()))
-    process = pinned([sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", str(workers)], core,
+    process = pinned([sys.executable, "-m", module, "run", "-c", str(config), "--workers", str(workers)], core,
                      tree=tree)
     return Gateway(process, port, admin_port)
 

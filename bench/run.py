@@ -77,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="idle time of the memory-store gateway before its RSS is read again (default 60)")
     parser.add_argument("--gateway-config", type=Path, metavar="FILE",
                         help="YAML merged over every bench gateway's config (e.g. shorter idle TTLs for --idle)")
+    parser.add_argument("--gateway-module", default="gateway", metavar="MODULE",
+                        help="what `python -m` runs as the memory-store gateway (default gateway; "
+                             "bench.detection_worker_gateway: the detection-in-a-worker prototype)")
     parser.add_argument("--skip", type=_extras, default=(), metavar="NAME,NAME",
                         help=f"leave out some of the runs after the rounds: {','.join(EXTRAS)}")
     parser.add_argument("--quick", action="store_true",
@@ -150,7 +153,8 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         targets_.append(Target(names.NAIVE, naive_port, naive.pid))
     # Each fairgate process serves every variant, so a comparison is never between two
     # processes (which alone differ by several microseconds per request here).
-    memory = start_fairgate(workdir / "memory.yaml", upstream_port, "memory://", extra=args.gateway_config)
+    memory = start_fairgate(workdir / "memory.yaml", upstream_port, "memory://", extra=args.gateway_config,
+                            module=args.gateway_module)
     processes.append(memory.process)
     on_memory = {"pid": memory.process.pid, "admin_port": memory.admin_port}
     targets_ += [

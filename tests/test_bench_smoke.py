@@ -5,20 +5,28 @@ The bench itself is not run here."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bench import compare, looplag, names, openloop, report, targets
 from bench.run import EXTRAS, parse_args
 from bench.wrk import Result, parse
+from gateway.clock import SYSTEM_CLOCK
 from gateway.metrics import Metrics
+from tests.support.configs import detection_config
+from tests.support.gateways import write_process_config
 from tests.support.ports import free_port
-from tests.support.waiting import block_until
+from tests.support.tokens import bearer, hs_token
+from tests.support.waiting import block_until, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,3 +199,37 @@ def test_the_main_table_has_a_row_per_target_and_the_paired_comparisons_under_it
     assert f"| {names.AUTH_ON} | 9,000 | 1.00 | 3.00 | 0 | 100.0 | <= 2.5 |" in text
     assert "Authentication on / off (same process, same requests): 0.95x req/s (rounds 0.90-1.00)" in text
     assert "first sight: 1,500 req/s" in text
+
+
+async def test_the_detection_worker_prototype_analyses_every_request_the_gateway_observed(upstream, tmp_path):
+    """bench.detection_worker_gateway's numbers mean something only if its worker does the
+    detectors' work: every observed request reaches the worker and is analysed before the
+    gateway exits."""
+    config = detection_config(upstream)
+    path, url, admin_url = write_process_config(tmp_path, "gateway", config)
+    process = subprocess.Popen([sys.executable, "-m", "bench.detection_worker_gateway", "run", "-c", str(path)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        async with aiohttp.ClientSession() as client:
+            async def ready() -> bool:
+                assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+                try:
+                    async with client.get(f"{admin_url}/readyz") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(ready, timeout=20.0)
+            logins = [hs_token(SYSTEM_CLOCK, sub=f"user{n}", org_id=f"cust{n}") for n in range(5)]
+            for n in range(20):
+                async with client.get(f"{url}/echo/api/records/{n}", headers=bearer(logins[n % 5])) as response:
+                    assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.to_thread(process.communicate, timeout=20)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, output.decode()
+    assert "detection worker: 20 observations" in output.decode()
+    assert "5 tracked" in output.decode()
