@@ -42,6 +42,8 @@ class DetectionGauges(Protocol):
     def backlog(self) -> int: ...
     @property
     def sanctions(self) -> Sized: ...
+    @property
+    def worker_starts(self) -> int: ...
 
 
 class LookupCounts(Protocol):
@@ -411,6 +413,10 @@ class _DetectionCollector(Collector):
                                 value=detection.backlog)
         yield GaugeMetricFamily("fairgate_sanctions", "Blocks and re-logins in force in this process.",
                                 value=len(detection.sanctions))
+        yield CounterMetricFamily("fairgate_detection_worker_starts",
+                                  "Detection worker processes started (detection.worker); more than one: "
+                                  "a worker died or hung, and the batch it held was dropped.",
+                                  value=detection.worker_starts)
 
 
 class _TableCollector(Collector):

@@ -230,6 +230,11 @@ class DetectionSettings(Section):
     flush_interval: Duration = Field(0.1, description="How often queued observations are analysed.")
     queue_size: int = Field(100_000, ge=100, description="Observations waiting for analysis at most; beyond it the "
                                                          "oldest are dropped and counted.")
+    # Off by default: a second process per gateway, worth it where a core is free for it
+    # (measured in docs/performance.md, ninth and tenth sessions).
+    worker: bool = Field(False, description="Analyse in a worker process of its own instead of the gateway's "
+                                            "event loop: the request path keeps only the queuing, findings and "
+                                            "sanctions come back. Worth a free core. Read at start.")
     # 200,000 customers active within the tracks' idle time fit (issue 14's scenario): with a
     # bound under the identities in use, every request evicted and rebuilt a track, and each
     # rebuilt one forgot its sharing and scraping history.

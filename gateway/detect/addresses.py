@@ -48,9 +48,9 @@ class Hasher:
             log.warning("detection.hash_salt is not set: a random salt is used, so address hashes differ "
                         "between gateways and restarts")
             salt = secrets.token_bytes(16)
-        self._salt = salt[:64]
+        self.salt = salt[:64]  # what a detection worker is given: its hashes must be the gateway's
         self.hashes: Memo[str, str] = Memo(self._hash, HASHES_MEMO)
         self.hash = self.hashes.__getitem__
 
     def _hash(self, value: str) -> str:
-        return hashlib.blake2b(value.encode(), key=self._salt, digest_size=8).hexdigest()
+        return hashlib.blake2b(value.encode(), key=self.salt, digest_size=8).hexdigest()

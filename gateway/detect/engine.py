@@ -24,7 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.detect.addresses import NETWORKS, Hasher
 from gateway.detect.context import Context
 from gateway.detect.detector import Detector
-from gateway.detect.findings import FindingLog
+from gateway.detect.findings import Finding, FindingLog
 from gateway.detect.observation import ANONYMOUS, PROOF, Observation, subject_of
 from gateway.detect.refusals import automation_blocked, challenge, session_problem
 from gateway.detect.sanctions import BLOCK, CHALLENGE, Sanction, Sanctions, session_key, user_key
@@ -34,6 +34,7 @@ from gateway.detect.seats import SeatsDetector
 from gateway.detect.sharing import SharingWatch
 from gateway.detect.sharing_detector import SHARING_POLICY, SharingDetector
 from gateway.detect.travel import TravelCheck
+from gateway.detect.worker import WorkerLink
 from gateway.fleet.grants import Grants
 from gateway.fleet.sharing import Fleet
 from gateway.fleet.topics import Topic
@@ -70,30 +71,35 @@ class DetectionSetup:
 class Detection:
     observes = True  # the request path queues what it forwards (see detect/off.py for a config without detectors)
 
-    def __init__(self, sightings: Sightings, findings: FindingLog, clock: Clock, fleet: Fleet, grants: Grants) -> None:
+    def __init__(self, sightings: Sightings, findings: FindingLog, clock: Clock, fleet: Fleet | None,
+                 grants: Grants) -> None:
         self.sightings = sightings
         self.findings = findings
         self.sanctions = Sanctions()
         self.grants = grants  # exemptions and allow-listed users and agents (admin API)
         self.dropped = 0  # observations dropped because analysis fell behind
         self._clock = clock
-        self._fleet = fleet
-        fleet.receive(Topic.SANCTIONS, self.sanctions.sync_from)
+        self._fleet = fleet  # None in a detection worker: the gateway shares what it sanctions
+        if fleet is not None:
+            fleet.receive(Topic.SANCTIONS, self.sanctions.sync_from)
         self._queue: deque[Observation] = deque()
         self._ctx = Context(findings, self.sanctions, grants, self._sanction)
         self._detectors: tuple[Detector, ...] = ()
         self._scraping: ScrapingDetector | None = None
         self._salt: bytes | object | None = object()
         self._analysing = asyncio.Lock()
+        self._worker: WorkerLink | None = None  # detection.worker: the analysis runs there
+        self._configured = False
 
     def configure(self, config: GatewayConfig) -> None:
         """Take a (re)loaded config; what was observed so far is kept."""
         self.apply(self.prepare(config))
 
-    def prepare(self, config: GatewayConfig) -> DetectionSetup:
-        """Compile a config's detectors, changing nothing yet (a reload applies them with the rest)."""
+    def prepare(self, config: GatewayConfig, salt: bytes | None = None) -> DetectionSetup:
+        """Compile a config's detectors, changing nothing yet (a reload applies them with the rest);
+        `salt` instead of the config's (a worker takes its gateway's)."""
         settings = config.detection
-        salt = settings.salt()
+        salt = salt if salt is not None else settings.salt()
         hasher = Hasher(salt) if salt != self._salt else self.hasher
         prefix = config.state.key_prefix
         return DetectionSetup(
@@ -125,27 +131,48 @@ class Detection:
         actions = settings.scraping.actions if scraping is not None else {}
         self._blocking = frozenset(cls for cls, action in actions.items() if action == "block")
         self._challenging = frozenset(cls for cls, action in actions.items() if action == "challenge")
+        self._configure_worker(setup)
+
+    def _configure_worker(self, setup: DetectionSetup) -> None:
+        """The first config decides whether the analysis runs in a worker process."""
+        wanted = setup.config.detection.worker and bool(self._detectors)
+        if not self._configured and wanted:
+            self._worker = WorkerLink(self._received, self.sanctions, self.grants)
+        elif self._configured and wanted != (self._worker is not None):
+            log.warning("detection.worker (and whether any detector is on, with it) takes effect only on restart")
+        self._configured = True
+        if self._worker is not None:
+            self._worker.configure(setup.config, self.hasher.salt)
 
     @property
     def backlog(self) -> int:
         return len(self._queue)
 
     @property
+    def worker_starts(self) -> int:
+        return self._worker.starts if self._worker is not None else 0
+
+    @property
     def tracked(self) -> int:
-        """Identities with state in this process (at most detection.max_tracked)."""
-        return len(self._ctx.tracks)
+        """Identities with state (at most detection.max_tracked), in this process or its worker."""
+        return self._worker.tracked if self._worker is not None else len(self._ctx.tracks)
 
     def watch(self, tables: Tables) -> None:
         """The per-identity tables: shown on /metrics, and swept once idle past every window;
         and the memos of work per address, client and path, swept once unused for MEMO_IDLE."""
         ctx, now = self._ctx, self._clock.time
-        tables.add("detection_tracks", ctx.tracks, now)
+        tables.follow("detection_tracks", lambda: self._local_or_worker("detection_tracks", ctx.tracks), now)
         for name in ("detection_bulk_days", "detection_bulk_readers", "detection_networks", "memo_templates"):
-            tables.follow(name, lambda name=name: self._scraping_table(name), now)  # type: ignore[misc]  # lambda default binds the name
+            tables.follow(name, lambda name=name: self._local_or_worker(name, self._scraping_table(name)), now)  # type: ignore[misc]  # lambda default binds the name
+        tables.follow("detection_sightings", lambda: self._local_or_worker("sightings", None), now)
         # The process's own memos: shared by every Gateway in it (tests), each of which sweeps them.
         tables.add("memo_networks", NETWORKS, now)
         tables.add("memo_anonymous", ANONYMOUS, now)
         tables.follow("memo_hashes", lambda: self._hashes(), now)
+
+    def _local_or_worker(self, name: str, local: Swept | None) -> Swept | None:
+        """A table of this process's, or as the worker last reported its own of that name."""
+        return self._worker.tables.get(name) if self._worker is not None else local
 
     def _hashes(self) -> Swept | None:
         hasher: Hasher | None = getattr(self, "hasher", None)  # none before the first config
@@ -224,6 +251,8 @@ class Detection:
     # -- off the request path -------------------------------------------------------------
 
     async def run(self) -> None:
+        if self._worker is not None:
+            await self._worker.start()  # now, not with the first batch: one that cannot start says so at once
         while True:
             await asyncio.sleep(self.settings.flush_interval)
             try:
@@ -242,6 +271,9 @@ class Detection:
                 await self._analyse(batch)
 
     async def _analyse(self, batch: deque[Observation]) -> None:
+        if self._worker is not None:
+            self.dropped += await self._worker.analyse(batch, self._clock.time())
+            return
         seen: list[Sighting] = []
         grants, detectors, clock, ctx = self.grants, self._detectors, time.perf_counter, self._ctx
         since = clock()
@@ -276,4 +308,18 @@ class Detection:
 
     def _sanction(self, sanction: Sanction) -> None:
         self.sanctions.add(sanction)
-        self._fleet.publish_soon(sanction.as_change())
+        if self._fleet is not None:
+            self._fleet.publish_soon(sanction.as_change())
+
+    def _received(self, events: list[Sanction | Finding]) -> None:
+        """What the worker's detectors did with a batch, in their order, done here."""
+        for event in events:
+            if isinstance(event, Sanction):
+                self._sanction(event)
+            else:
+                self.findings.record(event)
+
+    async def close(self) -> None:
+        """Stop the worker process, if any (after the last `drain`)."""
+        if self._worker is not None:
+            await self._worker.close()

@@ -39,6 +39,28 @@ class Observation:
             self.subject = subject_of(self.customer, self.user, self.client_ip, self.headers)
 
 
+# What the detectors read of a request's headers (the agent and the anonymous fingerprint,
+# scraping's browser signals and conditional requests, the device cookie), besides the
+# configured `detection.sharing.device_header`: all a worker process is sent of them.
+DETECTED_HEADERS = ("User-Agent", "Accept", "Accept-Language", "Accept-Encoding", "Sec-Fetch-Mode",
+                    "Sec-Fetch-Dest", "If-None-Match", "If-Modified-Since", "Cookie")
+
+# An Observation as a worker process is sent it: its fields in order, the headers a plain dict.
+Row = tuple[float, str, str | None, str | None, str | None, str, str, str, dict[str, str], int, bytes | None,
+            str, bool, bool]
+
+
+def as_row(obs: Observation, header_names: tuple[str, ...]) -> Row:
+    headers = obs.headers
+    return (obs.at, obs.route_class, obs.customer, obs.user, obs.session, obs.client_ip, obs.method, obs.target,
+            {name: value for name in header_names if (value := headers.get(name)) is not None}, obs.status,
+            obs.body_digest, obs.subject, obs.refused, obs.offered_proof)
+
+
+def from_row(row: Row) -> Observation:
+    return Observation(*row)
+
+
 def subject_of(customer: str | None, user: str | None, client_ip: str, headers: Mapping[str, str]) -> str:
     """Whom detection keeps scores, sightings and browser proofs for: a login, or an anonymous
     client as its network (/24, /48: rotating addresses inside a provider's range add up) and a

@@ -63,6 +63,8 @@ def keyed_under(prefixes: tuple[str, ...]) -> Match:
 class Sanctions:
     def __init__(self) -> None:
         self._table: dict[str, Sanction] = {}
+        # Changes made here since a detection worker was last told (None: no worker to tell).
+        self.journal: list[Sanction | str] | None = None
 
     def __bool__(self) -> bool:
         return bool(self._table)
@@ -74,6 +76,8 @@ class Sanctions:
         current = self._table.get(sanction.key)
         if current is None or current.until < sanction.until:
             self._table[sanction.key] = sanction
+            if self.journal is not None:
+                self.journal.append(sanction)
 
     def get(self, key: str, now: float) -> Sanction | None:
         sanction = self._table.get(key)
@@ -87,7 +91,20 @@ class Sanctions:
         keys = [key for key in self._table if key.startswith(key_prefix)]
         for key in keys:
             del self._table[key]
+        if self.journal is not None:
+            self.journal.append(key_prefix)
         return len(keys)
+
+    def entries(self) -> list[Sanction]:
+        return list(self._table.values())
+
+    def replay(self, changes: Iterable[Sanction | str]) -> None:
+        """Make the changes another table journaled (a sanction added, or a key prefix lifted)."""
+        for change in changes:
+            if isinstance(change, str):
+                self.clear(change)
+            else:
+                self.add(change)
 
     def lift(self, grant: Grant, recent: Iterable[Finding]) -> tuple[str, ...]:
         """Lift what an allow-list entry allows: a user's own sanctions and its sessions', or those

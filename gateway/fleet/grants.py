@@ -78,6 +78,14 @@ class Grants:
             if isinstance(entry.get("id"), str):
                 self.revoke(entry["id"])
 
+    def entries(self) -> list[Grant]:
+        return list(self._grants.values())
+
+    def load(self, grants: list[Grant]) -> None:
+        """Hold exactly these grants (a detection worker, told the gateway's)."""
+        self._grants = {grant.id: grant for grant in grants}
+        self._changed()
+
     def in_force(self, now: float, customer: str | None = None) -> list[Grant]:
         self._expire(now)
         return [g for g in self._grants.values() if customer is None or g.customer in (customer, None)]

@@ -141,6 +141,7 @@ class GatewayServer:
         # aiohttp closes idle keep-alive connections and waits for running handlers.
         await self._proxy.cleanup()
         await self.state.detection.drain()  # findings of the last requests are not lost
+        await self.state.detection.close()  # its worker process, if any, answered the last batch
         await self.state.enforcement.drain()
         await self.state.fleet.drain()  # what the last decisions share
         runtime = self.runtimes.current

@@ -1,0 +1,237 @@
+"""`detection.worker`: the detectors run in a process of their own, and a client, the admin API
+and the audit trail see what they would see with the analysis in the gateway's loop. The worker
+is a real child process fed over real pipes; it is killed on purpose to see what is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator, Mapping
+
+import yaml
+
+from gateway.config import GatewayConfig
+from gateway.config.loader import load_config
+from gateway.detect.engine import Detection
+from gateway.detect.findings import FindingLog
+from gateway.detect.observation import DETECTED_HEADERS, Observation
+from gateway.fleet.grants import Grants
+from gateway.state.memory import MemorySightings
+from tests.support.clock import ManualClock
+from tests.support.configs import detection_config
+from tests.support.tokens import ADMIN, bearer, hs_token
+from tests.support.traffic import BROWSER, HEADLESS, browse_headless
+
+
+def worker_config(upstream, tmp_path, **detection) -> dict:
+    config = detection_config(upstream, worker=True, **detection)
+    config["enforcement"] = {"audit": {"path": str(tmp_path / "audit.jsonl"), "flush_interval": "10ms"}}
+    return config
+
+
+async def metrics(client, gateway) -> str:
+    async with client.get(f"{gateway.admin_url}/metrics") as response:
+        return await response.text()
+
+
+def sample(text: str, name: str) -> float:
+    (line,) = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def test_a_block_found_in_the_worker_refuses_the_next_request_and_is_audited(
+        start_gateway, upstream, client, tmp_path):
+    clock = ManualClock()
+    gateway = await start_gateway(worker_config(upstream, tmp_path), clock=clock)
+    token = bearer(hs_token(clock))
+    assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
+    async with client.get(f"{gateway.url}/echo/portal/next",
+                          headers={**token, **HEADLESS, "Accept": "application/json"}) as response:
+        assert response.status == 403
+        assert (await response.json())["type"].endswith("automation-blocked")
+    async with client.get(f"{gateway.admin_url}/admin/findings?detector=scraping", headers=ADMIN) as response:
+        (finding,) = (await response.json())["findings"]
+    assert finding["subject"] == "user:acme/alice" and finding["action"] == "block"
+    assert "automation_agent" in finding["signals"]
+    text = await metrics(client, gateway)
+    assert 'fairgate_findings_total{action="block",detector="scraping"} 1.0' in text
+    assert sample(text, "fairgate_detection_worker_starts_total") == 1
+    # The worker's own table, as it reported it with its last answer.
+    assert sample(text, 'fairgate_table_entries{table="detection_tracks"}') == 1
+
+    await gateway.server.drain()
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [e["subject"] for e in events if e["kind"] == "sanction"] == ["user:acme/alice"]
+
+
+async def test_sharing_through_the_worker_reads_the_configured_device_header(start_gateway, upstream, client, tmp_path):
+    clock = ManualClock()
+    config = worker_config(upstream, tmp_path, sharing={"action": "flag", "device_header": "X-Device-Id"})
+    gateway = await start_gateway(config, clock=clock)
+    for n in range(4):  # four devices on one login within a minute
+        headers = {**bearer(hs_token(clock, sid=f"s{n}")), "X-Device-Id": f"device-{n}"}
+        async with client.get(f"{gateway.url}/echo/x", headers=headers) as response:
+            assert response.status == 200
+    await gateway.server.state.detection.drain()
+    (finding,) = gateway.server.state.findings.recent(detector="sharing")
+    assert finding.signals == ("devices",) and len(finding.evidence["devices"]["seen"]) == 4
+
+
+async def test_an_exemption_made_through_the_admin_api_reaches_the_worker(start_gateway, upstream, client, tmp_path):
+    clock = ManualClock()
+    gateway = await start_gateway(worker_config(upstream, tmp_path), clock=clock)
+    async with client.post(f"{gateway.admin_url}/admin/customers/acme/exceptions", headers=ADMIN,
+                           json={"exempt": "scraping", "for": "1d", "reason": "agreed crawl"}) as response:
+        assert response.status == 201
+    token = bearer(hs_token(clock))
+    assert await browse_headless(client, gateway, token, clock, 4) == [200] * 4
+    async with client.get(f"{gateway.url}/echo/portal/next", headers={**token, **HEADLESS}) as response:
+        assert response.status == 200
+    assert gateway.server.state.findings.recent() == []
+
+
+async def test_a_lifted_block_is_lifted_in_the_worker_too(start_gateway, upstream, client, tmp_path):
+    """The worker consults the sanctions in force: one the admin API lifted must not linger there."""
+    clock = ManualClock()
+    gateway = await start_gateway(worker_config(upstream, tmp_path), clock=clock)
+    token = bearer(hs_token(clock))
+    assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
+    async with client.post(f"{gateway.admin_url}/admin/allow-list", headers=ADMIN,
+                           json={"customer": "acme", "user": "alice", "for": "1d", "reason": "QA"}) as response:
+        assert response.status == 201
+    async with client.get(f"{gateway.url}/echo/x", headers={**token, **HEADLESS}) as response:
+        assert response.status == 200  # the API flags only: with the block in force it would note it
+    await gateway.server.state.detection.drain()
+    signals = [f.signals for f in gateway.server.state.findings.recent()]
+    assert ("blocked_elsewhere",) not in signals
+
+
+async def test_a_reload_reaches_the_worker(start_gateway, upstream, client, tmp_path):
+    clock = ManualClock()
+    config = worker_config(upstream, tmp_path)
+    gateway = await start_gateway(config, clock=clock)
+    config["detection"]["scraping"] = {"actions": {"portal": "flag", "api": "flag"}}
+    gateway.config_path.write_text(yaml.safe_dump(config))
+    async with client.post(f"{gateway.admin_url}/admin/reload", headers=ADMIN) as response:
+        assert response.status == 200
+    token = bearer(hs_token(clock))
+    assert await browse_headless(client, gateway, token, clock, 4) == [200] * 4
+    (finding,) = gateway.server.state.findings.recent()
+    assert finding.action == "flag"
+
+
+async def test_a_worker_that_died_between_batches_is_replaced_and_nothing_is_lost(
+        start_gateway, upstream, client, tmp_path):
+    clock = ManualClock()
+    gateway = await start_gateway(worker_config(upstream, tmp_path), clock=clock)
+    detection = gateway.server.state.detection
+    assert await browse_headless(client, gateway, bearer(hs_token(clock, sub="bob")), clock, 1) == [200]
+    worker = detection._worker
+    assert worker is not None and worker._process is not None
+    os.kill(worker._process.pid, signal.SIGKILL)
+    await worker._process.wait()
+
+    token = bearer(hs_token(clock))
+    assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3  # to the next worker
+    (finding,) = gateway.server.state.findings.recent()
+    assert finding.subject == "user:acme/alice" and finding.action == "block"
+    text = await metrics(client, gateway)
+    assert sample(text, "fairgate_detection_worker_starts_total") == 2
+    assert sample(text, "fairgate_detection_dropped_observations_total") == 0
+
+
+async def test_a_hung_worker_loses_the_batch_it_held_and_the_next_batch_goes_to_a_new_one(
+        start_gateway, upstream, client, tmp_path):
+    clock = ManualClock()
+    gateway = await start_gateway(worker_config(upstream, tmp_path), clock=clock)
+    detection = gateway.server.state.detection
+    assert await browse_headless(client, gateway, bearer(hs_token(clock, sub="bob")), clock, 1) == [200]
+    worker = detection._worker
+    assert worker is not None and worker._process is not None
+    hung = worker._process
+    os.kill(hung.pid, signal.SIGSTOP)
+    worker.reply_timeout = 0.5
+    try:
+        for n in range(3):
+            async with client.get(f"{gateway.url}/echo/portal/b{n}", headers=BROWSER) as response:
+                assert response.status == 200
+        await detection.drain()
+    finally:
+        if hung.returncode is None:
+            os.kill(hung.pid, signal.SIGKILL)
+    assert detection.dropped == 3 and hung.returncode is not None  # taken for hung, and stopped
+
+    token = bearer(hs_token(clock))
+    assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
+    (finding,) = gateway.server.state.findings.recent()
+    assert finding.action == "block"
+    text = await metrics(client, gateway)
+    assert sample(text, "fairgate_detection_worker_starts_total") == 2
+    assert sample(text, "fairgate_detection_dropped_observations_total") == 3
+
+
+async def test_the_worker_keeps_its_sightings_in_redis_when_the_gateway_does(
+        start_gateway, upstream, client, tmp_path, redis_url, key_prefix):
+    clock = ManualClock()
+    config = worker_config(upstream, tmp_path, sharing={"action": "flag", "device_header": "X-Device-Id"})
+    config["state"] = {"url": redis_url, "key_prefix": key_prefix}
+    gateway = await start_gateway(config, clock=clock)
+    for n in range(4):
+        headers = {**bearer(hs_token(clock, sid=f"s{n}")), "X-Device-Id": f"device-{n}"}
+        async with client.get(f"{gateway.url}/echo/x", headers=headers) as response:
+            assert response.status == 200
+    await gateway.server.state.detection.drain()
+    (finding,) = gateway.server.state.findings.recent(detector="sharing")
+    assert finding.signals == ("devices",)
+    import redis.asyncio
+
+    shared = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        assert [key async for key in shared.scan_iter(match=f"{key_prefix}*devices*")]
+    finally:
+        await shared.aclose()
+
+
+class Reads(Mapping[str, str]):
+    """Headers that remember which names were asked for."""
+
+    def __init__(self, headers: dict[str, str], asked: set[str]) -> None:
+        self._headers, self._asked = headers, asked
+
+    def __getitem__(self, name: str) -> str:
+        self._asked.add(name)
+        return self._headers[name]
+
+    def get(self, name, default=None):  # type: ignore[override]
+        self._asked.add(name)
+        return self._headers.get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("a detector walked every header: a worker is sent only DETECTED_HEADERS")
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+
+async def test_the_detectors_read_no_header_a_worker_is_not_sent(upstream, tmp_path):
+    """The worker gets DETECTED_HEADERS and the device header only; a detector reading one more
+    would see it missing there, and decide otherwise than in the gateway's loop."""
+    raw = worker_config(upstream, tmp_path, sharing={"action": "flag", "device_header": "X-Device-Id"})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config: GatewayConfig = load_config(path)
+    detection = Detection(MemorySightings(), FindingLog(None), ManualClock(), None, Grants())
+    detection.apply(detection.prepare(config))
+    detection._worker = None  # analysed here, where what is read can be seen
+    asked: set[str] = set()
+    headers = {**HEADLESS, "Accept": "text/html", "Cookie": "a=b", "If-None-Match": '"x"', "X-Device-Id": "d"}
+    at = ManualClock().time()
+    for n in range(60):
+        for user, agent in (("alice", HEADLESS), (None, BROWSER)):
+            detection.observe(Observation(at + n, "portal" if n % 2 else "api", "acme" if user else None, user,
+                                          f"s{n % 3}" if user else None, f"198.51.100.{n % 5}", "GET",
+                                          f"/records/{n}?page={n}", Reads({**headers, **agent}, asked),
+                                          200 if n % 7 else 304, None))
+    await detection.drain()
+    assert asked and asked <= {*DETECTED_HEADERS, "X-Device-Id"}
