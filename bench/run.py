@@ -40,6 +40,8 @@ from bench.processes import (  # noqa: E402
     SERVER_CORE,
     RedisServer,
     bench_port,
+    children,
+    cpu_seconds,
     find,
     pinned,
     proxy_conf,
@@ -80,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gateway-module", default="gateway", metavar="MODULE",
                         help="what `python -m` runs as the memory-store gateway (default gateway; "
                              "bench.detection_worker_gateway: the detection-in-a-worker prototype)")
+    parser.add_argument("--detection-worker-core", type=int, metavar="CORE",
+                        help="with a --gateway-config that sets detection.worker: pin the memory-store gateway's "
+                             "worker process to CORE (it inherits the gateway's otherwise), and report its CPU")
     parser.add_argument("--skip", type=_extras, default=(), metavar="NAME,NAME",
                         help=f"leave out some of the runs after the rounds: {','.join(EXTRAS)}")
     parser.add_argument("--quick", action="store_true",
@@ -217,6 +222,13 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         wait_http(f"http://127.0.0.1:{target.port}/healthz")
         if target.warm_up is None:
             run_wrk(target, 1, args)
+    detection_workers = children(memory.process.pid)
+    if args.detection_worker_core is not None:
+        if not detection_workers:
+            raise SystemExit("--detection-worker-core: the memory-store gateway started no detection worker "
+                             "(set detection.worker: true in --gateway-config)")
+        for child in detection_workers:
+            os.sched_setaffinity(child, {args.detection_worker_core})
     base_rss = rss_bytes(memory.process.pid)
     cold: dict[int, float] = {}
     for count, tokens in many_tokens.items():
@@ -230,11 +242,17 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
 
     batches_before = looplag.parse_batches(looplag.scrape(memory.admin_port) or "")
     rounds: dict[str, list[Result]] = {target.name: [] for target in targets_}
+    cpu_before = [cpu_seconds(pid) for pid in (memory.process.pid, *detection_workers)]
     for number in range(args.rounds):
         # Every other round runs backwards, so a drift of the machine during a round
         # favours neither side of a comparison.
         for target in targets_ if number % 2 == 0 else reversed(targets_):
             rounds[target.name].append(measure(target, args))
+    if detection_workers:
+        gateway_cpu, *worker_cpu = (cpu_seconds(pid) - before for pid, before in
+                                    zip((memory.process.pid, *detection_workers), cpu_before, strict=True))
+        print(f"detection worker: {sum(worker_cpu):.1f} s CPU over the rounds, the memory-store gateway "
+              f"{gateway_cpu:.1f} s", file=sys.stderr)
 
     m = targets.Measurements(rounds, names.BARE, names.PLAIN, names.EVERY_POLICY,
                              {count: names.many_customers(count) for count in many_tokens}, cold, jwt_rate)
