@@ -151,16 +151,18 @@ async def test_a_hung_worker_loses_the_batch_it_held_and_the_next_batch_goes_to_
     assert worker is not None and worker._process is not None
     hung = worker._process
     os.kill(hung.pid, signal.SIGSTOP)
-    worker.reply_timeout = 0.5
+    worker.reply_timeout, worker.per_observation = 0.5, 0.0
     try:
         for n in range(3):
             async with client.get(f"{gateway.url}/echo/portal/b{n}", headers=BROWSER) as response:
                 assert response.status == 200
+        for n in range(5000):  # more than the pipe holds: the gateway waits to write, not only to read
+            detection.observe_proof(f"address:198.51.100.0/24|{n}")
         await detection.drain()
     finally:
         if hung.returncode is None:
             os.kill(hung.pid, signal.SIGKILL)
-    assert detection.dropped == 3 and hung.returncode is not None  # taken for hung, and stopped
+    assert detection.dropped == 5003 and hung.returncode is not None  # taken for hung, and stopped
 
     token = bearer(hs_token(clock))
     assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
@@ -168,7 +170,7 @@ async def test_a_hung_worker_loses_the_batch_it_held_and_the_next_batch_goes_to_
     assert finding.action == "block"
     text = await metrics(client, gateway)
     assert sample(text, "fairgate_detection_worker_starts_total") == 2
-    assert sample(text, "fairgate_detection_dropped_observations_total") == 3
+    assert sample(text, "fairgate_detection_dropped_observations_total") == 5003
 
 
 async def test_the_worker_keeps_its_sightings_in_redis_when_the_gateway_does(

@@ -38,8 +38,10 @@ log = logging.getLogger("fairgate.detect")
 CONFIG, GRANTS, SANCTIONS, ROWS, END = "config", "grants", "sanctions", "rows", "end"
 # Rows pickled per message: each message is a step of the gateway's loop under 2 ms (issue 14).
 CHUNK = 256
-# A worker that takes longer than this over one batch is taken for hung, and replaced.
+# A worker that takes longer than this over one batch, plus PER_OBSERVATION for each of it
+# (measured: 155 us of CPU an observation on a slow VM), is taken for hung, and replaced.
 REPLY_TIMEOUT = 30.0
+PER_OBSERVATION = 0.001
 # A first failure starts a new worker with the next batch; each further one in a row waits
 # twice as long as the one before, from the first up to the most.
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 30.0
@@ -107,7 +109,7 @@ class WorkerLink:
         self._header_names: tuple[str, ...] = DETECTED_HEADERS
         self._failures = 0
         self._retry_at = 0.0
-        self.reply_timeout = REPLY_TIMEOUT
+        self.reply_timeout, self.per_observation = REPLY_TIMEOUT, PER_OBSERVATION
         self.starts = 0
         self.tracked = 0
         self.tables: dict[str, ReportedTable] = {}
@@ -126,14 +128,16 @@ class WorkerLink:
             return len(batch)
         writer, names = process.stdin, self._header_names
         try:
-            self._send_state(writer)
-            observations = list(batch)
-            for start in range(0, len(observations), CHUNK):
-                writer.write(encode(ROWS, [as_row(obs, names) for obs in observations[start:start + CHUNK]]))
+            # Writing waits too once the pipe is full: a stopped worker is noticed either way.
+            async with asyncio.timeout(self.reply_timeout + len(batch) * self.per_observation):
+                self._send_state(writer)
+                observations = list(batch)
+                for start in range(0, len(observations), CHUNK):
+                    writer.write(encode(ROWS, [as_row(obs, names) for obs in observations[start:start + CHUNK]]))
+                    await writer.drain()
+                writer.write(encode(END, now))
                 await writer.drain()
-            writer.write(encode(END, now))
-            await writer.drain()
-            _, (events, report) = await asyncio.wait_for(read_message(process.stdout), self.reply_timeout)
+                _, (events, report) = await read_message(process.stdout)
         except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, pickle.UnpicklingError) as exc:
             await self._failed(process, exc, len(batch))
             return len(batch)
