@@ -79,6 +79,23 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
+def pin_detection_workers(gateway_pid: int, core: int | None, timeout: float = 10.0) -> list[int]:
+    """The gateway's detection workers (`detection.worker`), pinned to `core` if one is given;
+    waits for them when a core is given (a gateway starts its worker just after it listens)."""
+    deadline = time.monotonic() + timeout
+    found = children(gateway_pid)
+    while core is not None and not found and time.monotonic() < deadline:
+        time.sleep(0.05)
+        found = children(gateway_pid)
+    if core is not None:
+        if not found:
+            raise SystemExit("--detection-worker-core: the gateway started no detection worker "
+                             "(set detection.worker: true in --gateway-config)")
+        for child in found:
+            os.sched_setaffinity(child, {core})
+    return found
+
+
 def bench_port(redis: bool = False) -> int:
     """A free loopback port; BENCH_PORTS=LOW-HIGH keeps a run inside a range (a shared machine)."""
     low_high = os.environ.get("BENCH_PORTS")

@@ -40,9 +40,9 @@ from bench.processes import (  # noqa: E402
     SERVER_CORE,
     RedisServer,
     bench_port,
-    children,
     cpu_seconds,
     find,
+    pin_detection_workers,
     pinned,
     proxy_conf,
     rss_bytes,
@@ -222,13 +222,7 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         wait_http(f"http://127.0.0.1:{target.port}/healthz")
         if target.warm_up is None:
             run_wrk(target, 1, args)
-    detection_workers = children(memory.process.pid)
-    if args.detection_worker_core is not None:
-        if not detection_workers:
-            raise SystemExit("--detection-worker-core: the memory-store gateway started no detection worker "
-                             "(set detection.worker: true in --gateway-config)")
-        for child in detection_workers:
-            os.sched_setaffinity(child, {args.detection_worker_core})
+    detection_workers = pin_detection_workers(memory.process.pid, args.detection_worker_core)
     base_rss = rss_bytes(memory.process.pid)
     cold: dict[int, float] = {}
     for count, tokens in many_tokens.items():

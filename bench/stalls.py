@@ -35,6 +35,7 @@ from bench import openloop  # noqa: E402
 from bench.processes import (  # noqa: E402
     LOAD_CORE,
     bench_port,
+    pin_detection_workers,
     start_fairgate,
     start_nginx,
     stop,
@@ -60,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tree", action="append", metavar="NAME=DIR",
                         help="a checkout to run (repeatable; default: this one, as 'here')")
     parser.add_argument("--json", metavar="FILE", help="also write every hold, by run, as JSON")
+    parser.add_argument("--gateway-config", type=Path, metavar="FILE",
+                        help="YAML merged over the gateway's config (e.g. detection.worker: true)")
+    parser.add_argument("--detection-worker-core", type=int, metavar="CORE",
+                        help="with detection.worker: pin the gateway's worker process to CORE")
     return parser.parse_args(argv)
 
 
@@ -68,11 +73,13 @@ def run_once(tree: Path, customers: int, tokens: Path, args: argparse.Namespace,
     log = workdir / f"holds-{time.monotonic_ns()}.jsonl"
     os.environ[HOLD_LOG_ENV], os.environ[HOLD_MS_ENV] = str(log), str(args.threshold_ms)
     try:
-        gateway = start_fairgate(workdir / "gateway.yaml", upstream_port, "memory://", tree=tree)
+        gateway = start_fairgate(workdir / "gateway.yaml", upstream_port, "memory://", tree=tree,
+                                 extra=args.gateway_config)
     finally:
         del os.environ[HOLD_LOG_ENV], os.environ[HOLD_MS_ENV]
     try:
         wait_http(f"http://127.0.0.1:{gateway.port}/healthz")
+        pin_detection_workers(gateway.process.pid, args.detection_worker_core)
         first_at = time.perf_counter()
         openloop.each_token_once(gateway.port, PATH, args.connections, tokens)
         open_at = time.perf_counter()

@@ -415,7 +415,7 @@ class _DetectionCollector(Collector):
                                 value=len(detection.sanctions))
         yield CounterMetricFamily("fairgate_detection_worker_starts",
                                   "Detection worker processes started (detection.worker); more than one: "
-                                  "a worker died or hung, and the batch it held was dropped.",
+                                  "a worker died or hung and was replaced, with its detection state.",
                                   value=detection.worker_starts)
 
 

@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 from collections.abc import Iterator, Mapping
 
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import GatewayConfig
 from gateway.config.loader import load_config
 from gateway.detect.engine import Detection
-from gateway.detect.findings import FindingLog
+from gateway.detect.findings import SCRAPING, Action, Finding, FindingLog
 from gateway.detect.observation import DETECTED_HEADERS, Observation
-from gateway.fleet.grants import Grants
+from gateway.detect.sanctions import AUTOMATION, Sanction, Sanctions
+from gateway.detect.worker import REPLY_TIMEOUT
+from gateway.fleet.grants import ALLOW_USER, Grant, Grants
 from gateway.state.memory import MemorySightings
 from tests.support.clock import ManualClock
 from tests.support.configs import detection_config
-from tests.support.tokens import ADMIN, bearer, hs_token
+from tests.support.tokens import ADMIN, AUDIENCE, ISSUER, bearer, hs_token
 from tests.support.traffic import BROWSER, HEADLESS, browse_headless
 
 
@@ -144,7 +149,8 @@ async def test_a_worker_that_died_between_batches_is_replaced_and_nothing_is_los
 async def test_a_hung_worker_loses_the_batch_it_held_and_the_next_batch_goes_to_a_new_one(
         start_gateway, upstream, client, tmp_path):
     clock = ManualClock()
-    gateway = await start_gateway(worker_config(upstream, tmp_path), clock=clock)
+    # No batch of the run loop's own: the test's drains decide what goes in which batch.
+    gateway = await start_gateway(worker_config(upstream, tmp_path, flush_interval="1h"), clock=clock)
     detection = gateway.server.state.detection
     assert await browse_headless(client, gateway, bearer(hs_token(clock, sub="bob")), clock, 1) == [200]
     worker = detection._worker
@@ -163,6 +169,7 @@ async def test_a_hung_worker_loses_the_batch_it_held_and_the_next_batch_goes_to_
         if hung.returncode is None:
             os.kill(hung.pid, signal.SIGKILL)
     assert detection.dropped == 5003 and hung.returncode is not None  # taken for hung, and stopped
+    worker.reply_timeout = REPLY_TIMEOUT  # the next worker's start-up is not timed at 0.5 s
 
     token = bearer(hs_token(clock))
     assert await browse_headless(client, gateway, token, clock, 3) == [200] * 3
@@ -237,3 +244,75 @@ async def test_the_detectors_read_no_header_a_worker_is_not_sent(upstream, tmp_p
                                           200 if n % 7 else 304, None))
     await detection.drain()
     assert asked and asked <= {*DETECTED_HEADERS, "X-Device-Id"}
+
+
+async def test_a_config_whose_issuer_has_a_public_key_is_told_to_a_worker(upstream, tmp_path):
+    """Parsed public keys do not pickle: the worker is told the config without `auth`, and a
+    config it cannot be told fails in `prepare` (a rejected reload), never halfway through `apply`."""
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    (tmp_path / "issuer.pem").write_bytes(key.public_bytes(serialization.Encoding.PEM,
+                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
+    raw = worker_config(upstream, tmp_path)
+    raw["auth"] = {"issuers": [{"name": "ec", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256"],
+                                "public_key_file": str(tmp_path / "issuer.pem")}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config: GatewayConfig = load_config(path)
+    detection = Detection(MemorySightings(), FindingLog(None), ManualClock(), None, Grants())
+    setup = detection.prepare(config)
+    detection.apply(setup)
+    assert setup.worker_config is not None
+    kind, (told, salt) = pickle.loads(setup.worker_config[4:])
+    assert kind == "config" and told.detection == config.detection and told.auth is None
+    assert salt == detection.hasher.salt
+
+
+async def test_what_a_grant_made_while_the_worker_held_the_batch_exempts_is_left_out():
+    """An allow-list entry made while the worker analysed: its sanction and finding about that
+    user are not applied here (the detectors in the gateway's loop would have seen the grant)."""
+    clock = ManualClock()
+    findings = FindingLog(None)
+    detection = Detection(MemorySightings(), findings, clock, None, Grants())
+    now = clock.time()
+    detection.grants.add(Grant("g-1", ALLOW_USER, now + 86400, "admin", "QA", now, customer="acme", user="alice"))
+    events = [Sanction("user:acme/alice", AUTOMATION, now + 600, "p"),
+              Finding(SCRAPING, "user:acme/alice", "acme", "alice", Action.BLOCK, False, now, ("x",), until=now + 600),
+              Sanction("user:acme/bob", AUTOMATION, now + 600, "p"),
+              Finding(SCRAPING, "user:acme/bob", "acme", "bob", Action.BLOCK, False, now, ("x",), until=now + 600)]
+    detection._received(events, True)
+    assert [f.user for f in findings.recent()] == ["bob"]
+    assert detection.sanctions.get("user:acme/alice", now) is None
+    assert detection.sanctions.get("user:acme/bob", now) is not None
+
+
+async def test_a_worker_is_told_the_state_store_its_gateway_started_with(upstream, tmp_path):
+    """The state section takes effect on restart only: a worker started after a reload must not
+    open another store than its gateway's."""
+    configs = []
+    for prefix in ("first", "reloaded"):
+        raw = worker_config(upstream, tmp_path)
+        raw["state"] = {"key_prefix": prefix}
+        path = tmp_path / f"{prefix}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        configs.append(load_config(path))
+    detection = Detection(MemorySightings(), FindingLog(None), ManualClock(), None, Grants())
+    detection.apply(detection.prepare(configs[0]))
+    setup = detection.prepare(configs[1])
+    assert setup.worker_config is not None
+    _, (told, _) = pickle.loads(setup.worker_config[4:])
+    assert told.state.key_prefix == "first" and told.detection == configs[1].detection
+
+
+def test_the_sanctions_journal_stays_bounded_while_nothing_is_sent():
+    sanctions = Sanctions()
+    sanctions.journal = []
+    at = ManualClock().time()
+    assert sanctions.clear("user:acme/") == 0 and sanctions.journal == []  # nothing lifted: nothing to tell
+    for n in range(5000):
+        sanctions.add(Sanction(f"user:acme/u{n % 10}", AUTOMATION, at + n, "p"))
+    assert len(sanctions.journal) <= 2 * len(sanctions) + 1025
+    told = Sanctions()
+    told.add(Sanction("user:acme/lifted-meanwhile", AUTOMATION, at + 10, "p"))
+    told.replay(sanctions.journal)
+    assert sorted(s.key for s in told.entries()) == sorted(s.key for s in sanctions.entries())
+    assert {s.until for s in told.entries()} == {s.until for s in sanctions.entries()}

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from gateway.auth.identity import Identity
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
+from gateway.config.limits import StateSettings
 from gateway.detect.addresses import NETWORKS, Hasher
 from gateway.detect.context import Context
 from gateway.detect.detector import Detector
@@ -34,7 +35,7 @@ from gateway.detect.seats import SeatsDetector
 from gateway.detect.sharing import SharingWatch
 from gateway.detect.sharing_detector import SHARING_POLICY, SharingDetector
 from gateway.detect.travel import TravelCheck
-from gateway.detect.worker import WorkerLink
+from gateway.detect.worker import WorkerLink, encode_config
 from gateway.fleet.grants import Grants
 from gateway.fleet.sharing import Fleet
 from gateway.fleet.topics import Topic
@@ -66,10 +67,12 @@ class DetectionSetup:
     scraping: ScrapingSignals | None
     travel: TravelCheck
     zone: zoneinfo.ZoneInfo
+    worker_config: bytes | None = None  # what a detection worker is told of the config (detection.worker)
 
 
 class Detection:
     observes = True  # the request path queues what it forwards (see detect/off.py for a config without detectors)
+    feeds_worker = True  # False in the detection worker itself
 
     def __init__(self, sightings: Sightings, findings: FindingLog, clock: Clock, fleet: Fleet | None,
                  grants: Grants) -> None:
@@ -90,6 +93,7 @@ class Detection:
         self._analysing = asyncio.Lock()
         self._worker: WorkerLink | None = None  # detection.worker: the analysis runs there
         self._configured = False
+        self._state_at_start: StateSettings | None = None  # what a worker opens, whatever a reload says
 
     def configure(self, config: GatewayConfig) -> None:
         """Take a (re)loaded config; what was observed so far is kept."""
@@ -102,12 +106,16 @@ class Detection:
         salt = salt if salt is not None else settings.salt()
         hasher = Hasher(salt) if salt != self._salt else self.hasher
         prefix = config.state.key_prefix
+        # Encoded here, not in apply: a config that cannot be sent is rejected with the rest of the reload.
+        told = (encode_config(config, hasher.salt, self._state_at_start)
+                if self.feeds_worker and (settings.worker or self._worker is not None) else None)
         return DetectionSetup(
             config, salt, hasher,
             SharingWatch(settings.sharing, hasher, prefix) if settings.sharing.mode != "off" else None,
             ScrapingSignals(settings.scraping) if settings.scraping.mode != "off" else None,
             TravelCheck(settings.sharing.geoip_database, settings.sharing.max_speed_kmh),
             zoneinfo.ZoneInfo(config.limits.time_zone),
+            told,
         )
 
     def apply(self, setup: DetectionSetup) -> None:
@@ -140,9 +148,13 @@ class Detection:
             self._worker = WorkerLink(self._received, self.sanctions, self.grants)
         elif self._configured and wanted != (self._worker is not None):
             log.warning("detection.worker (and whether any detector is on, with it) takes effect only on restart")
+        if not self._configured:
+            self._state_at_start = setup.config.state
         self._configured = True
         if self._worker is not None:
-            self._worker.configure(setup.config, self.hasher.salt)
+            told = setup.worker_config
+            self._worker.configure(setup.config, told if told is not None else encode_config(
+                setup.config, self.hasher.salt, self._state_at_start))
 
     @property
     def backlog(self) -> int:
@@ -311,13 +323,33 @@ class Detection:
         if self._fleet is not None:
             self._fleet.publish_soon(sanction.as_change())
 
-    def _received(self, events: list[Sanction | Finding]) -> None:
-        """What the worker's detectors did with a batch, in their order, done here."""
+    def _received(self, events: list[Sanction | Finding], recheck: bool = False) -> None:
+        """What the worker's detectors did with a batch, in their order, done here. `recheck`: the
+        grants changed while the worker held the batch, and what they now exempt is left out, as
+        the detectors here would have (each makes a sanction just before its finding: the finding
+        left out takes its sanction along)."""
+        held: Sanction | None = None
         for event in events:
             if isinstance(event, Sanction):
-                self._sanction(event)
+                if held is not None:
+                    self._sanction(held)
+                held = event
+            elif recheck and self._exempt_now(event):
+                held = None
             else:
+                if held is not None:
+                    self._sanction(held)
+                    held = None
                 self.findings.record(event)
+        if held is not None:
+            self._sanction(held)
+
+    def _exempt_now(self, finding: Finding) -> bool:
+        grants = self.grants
+        if grants.exempt(finding.customer, finding.user, finding.detector, finding.at):
+            return True
+        agent = finding.evidence.get("user_agent")
+        return bool(grants.agents) and isinstance(agent, str) and grants.agent_allowed(agent, finding.at)
 
     async def close(self) -> None:
         """Stop the worker process, if any (after the last `drain`)."""

@@ -40,10 +40,11 @@ class Observation:
 
 
 # What the detectors read of a request's headers (the agent and the anonymous fingerprint,
-# scraping's browser signals and conditional requests, the device cookie), besides the
-# configured `detection.sharing.device_header`: all a worker process is sent of them.
+# scraping's browser signals and conditional requests), besides the configured
+# `detection.sharing.device_header` and, with a `device_cookie`, Cookie: all a worker process is
+# sent of them.
 DETECTED_HEADERS = ("User-Agent", "Accept", "Accept-Language", "Accept-Encoding", "Sec-Fetch-Mode",
-                    "Sec-Fetch-Dest", "If-None-Match", "If-Modified-Since", "Cookie")
+                    "Sec-Fetch-Dest", "If-None-Match", "If-Modified-Since")
 
 # An Observation as a worker process is sent it: its fields in order, the headers a plain dict.
 Row = tuple[float, str, str | None, str | None, str | None, str, str, str, dict[str, str], int, bytes | None,

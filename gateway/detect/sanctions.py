@@ -77,7 +77,7 @@ class Sanctions:
         if current is None or current.until < sanction.until:
             self._table[sanction.key] = sanction
             if self.journal is not None:
-                self.journal.append(sanction)
+                self._journal(sanction)
 
     def get(self, key: str, now: float) -> Sanction | None:
         sanction = self._table.get(key)
@@ -91,9 +91,16 @@ class Sanctions:
         keys = [key for key in self._table if key.startswith(key_prefix)]
         for key in keys:
             del self._table[key]
-        if self.journal is not None:
-            self.journal.append(key_prefix)
+        if keys and self.journal is not None:
+            self._journal(key_prefix)
         return len(keys)
+
+    def _journal(self, change: Sanction | str) -> None:
+        journal = self.journal
+        assert journal is not None
+        journal.append(change)
+        if len(journal) > 2 * len(self._table) + 1024:  # not sent for long (no traffic): the table says it all
+            self.journal = ["", *self._table.values()]  # "" lifts everything first
 
     def entries(self) -> list[Sanction]:
         return list(self._table.values())

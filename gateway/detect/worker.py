@@ -16,6 +16,7 @@ before the first batch that needs them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copyreg
 import io
 import logging
@@ -27,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.config import GatewayConfig
+from gateway.config.limits import StateSettings
 from gateway.detect.findings import Finding
 from gateway.detect.observation import DETECTED_HEADERS, Observation, as_row
 from gateway.detect.sanctions import Sanction, Sanctions
@@ -60,6 +62,15 @@ class _Pickler(pickle.Pickler):
     # Config objects hold read-only mappings, which pickle does not take on its own.
     dispatch_table = copyreg.dispatch_table.copy()
     dispatch_table[MappingProxyType] = lambda mapping: (read_only, (dict(mapping),))
+
+
+def encode_config(config: GatewayConfig, salt: bytes, state: StateSettings | None = None) -> bytes:
+    """The config as a worker is told it, encoded when the config is prepared (a reload's apply
+    cannot fail then). Without `auth` and `alerts`: the issuers' parsed public keys do not pickle,
+    and the worker needs no token secret or webhook key. `state`: the gateway's own, read at its
+    start (a worker started after a reload must open the store its gateway uses)."""
+    return encode(CONFIG, (config.model_copy(update={"auth": None, "alerts": None,
+                                                     "state": state or config.state}), salt))
 
 
 def encode(kind: str, payload: object) -> bytes:
@@ -96,7 +107,7 @@ class ReportedTable:
 class WorkerLink:
     """The gateway's side of the worker: its process, what it was told, what it reported."""
 
-    def __init__(self, received: Callable[[Events], None], sanctions: Sanctions, grants: Grants,
+    def __init__(self, received: Callable[[Events, bool], None], sanctions: Sanctions, grants: Grants,
                  command: Sequence[str] = (sys.executable, "-m", "gateway.server.detection_worker")) -> None:
         self._received = received
         self._sanctions = sanctions
@@ -114,12 +125,15 @@ class WorkerLink:
         self.tracked = 0
         self.tables: dict[str, ReportedTable] = {}
 
-    def configure(self, config: GatewayConfig, salt: bytes) -> None:
-        """The config (and address salt) for the next batch, and for every worker started later."""
-        self._config = encode(CONFIG, (config, salt))
+    def configure(self, config: GatewayConfig, message: bytes) -> None:
+        """The config (`encode_config`: with the address salt) for the next batch, and for every
+        worker started later."""
+        self._config = message
         self._config_sent = False
-        device = config.detection.sharing.device_header
-        self._header_names = DETECTED_HEADERS + ((device,) if device else ())
+        sharing = config.detection.sharing
+        # The Cookie header (a portal's session cookie: a login token) only where a device cookie is read.
+        self._header_names = (DETECTED_HEADERS + ((sharing.device_header,) if sharing.device_header else ())
+                              + (("Cookie",) if sharing.device_cookie else ()))
 
     async def analyse(self, batch: Sequence[Observation], now: float) -> int:
         """Have the worker analyse `batch` and do what it found; how many observations were lost."""
@@ -127,24 +141,45 @@ class WorkerLink:
         if process is None or process.stdin is None or process.stdout is None:
             return len(batch)
         writer, names = process.stdin, self._header_names
+        granted = -1
         try:
             # Writing waits too once the pipe is full: a stopped worker is noticed either way.
             async with asyncio.timeout(self.reply_timeout + len(batch) * self.per_observation):
                 self._send_state(writer)
+                granted = self._grants.version
                 observations = list(batch)
                 for start in range(0, len(observations), CHUNK):
                     writer.write(encode(ROWS, [as_row(obs, names) for obs in observations[start:start + CHUNK]]))
                     await writer.drain()
+                    await asyncio.sleep(0)  # drain() yields only once the pipe is full: one chunk a step
                 writer.write(encode(END, now))
                 await writer.drain()
-                _, (events, report) = await read_message(process.stdout)
-        except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, pickle.UnpicklingError) as exc:
+                kind, (events, report) = await read_message(process.stdout)
+                if kind != END:
+                    raise pickle.UnpicklingError(f"answer {kind!r}")
+        except asyncio.CancelledError:
+            # Cut off mid-exchange: what is left in either pipe is unknown, so this worker is done
+            # (else the next batch would read this one's answer).
+            self._abandon(process)
+            raise
+        except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
+            await self._failed(process, exc, len(batch))
+            return len(batch)
+        except Exception as exc:  # an answer that does not decode (a worker of another version?), or a bug
+            log.exception("detection worker: a batch's exchange failed")
             await self._failed(process, exc, len(batch))
             return len(batch)
         self._failures = 0
         self._take(report)
-        self._received(events)
+        # Grants that changed while the worker held the batch: what they now exempt is left out.
+        self._received(events, self._grants.version != granted)
         return 0
+
+    def _abandon(self, process: asyncio.subprocess.Process) -> None:
+        self._process = None
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()  # reaped by the event loop's child watcher
 
     def _send_state(self, writer: asyncio.StreamWriter) -> None:
         if not self._config_sent:
@@ -173,8 +208,11 @@ class WorkerLink:
         if time.monotonic() < self._retry_at:
             return None
         try:
+            # A session of its own: a terminal's Ctrl-C is the gateway's to act on; the worker ends
+            # when its input does.
             process = await asyncio.create_subprocess_exec(
-                *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                start_new_session=True)
         except OSError as exc:
             await self._failed(None, exc, 0)
             return None

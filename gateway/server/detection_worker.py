@@ -58,6 +58,8 @@ class Outbox(FindingLog):
 class Analysis(Detection):
     """Detection as the worker runs it: a sanction is kept (the detectors consult it) and sent."""
 
+    feeds_worker = False
+
     def __init__(self, store: StateStore, clock: GatewayTime) -> None:
         self.outbox = Outbox()
         super().__init__(store.sightings(), self.outbox, clock, None, Grants())
