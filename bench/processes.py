@@ -79,9 +79,9 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
-def pin_detection_workers(gateway_pid: int, core: int | None, timeout: float = 10.0) -> list[int]:
-    """The gateway's detection workers (`detection.worker`), pinned to `core` if one is given;
-    waits for them when a core is given (a gateway starts its worker just after it listens)."""
+def pin_detection_workers(gateway_pid: int, core: int | None, timeout: float = 10.0, nice: int = 0) -> list[int]:
+    """The gateway's detection workers (`detection.worker`), pinned to `core` if one is given and
+    at `nice`; waits for them when a core is given (a gateway starts its worker just after it listens)."""
     deadline = time.monotonic() + timeout
     found = children(gateway_pid)
     while core is not None and not found and time.monotonic() < deadline:
@@ -93,6 +93,8 @@ def pin_detection_workers(gateway_pid: int, core: int | None, timeout: float = 1
                              "(set detection.worker: true in --gateway-config)")
         for child in found:
             os.sched_setaffinity(child, {core})
+            if nice:
+                os.setpriority(os.PRIO_PROCESS, child, nice)
     return found
 
 

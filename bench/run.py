@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--detection-worker-core", type=int, metavar="CORE",
                         help="with a --gateway-config that sets detection.worker: pin the memory-store gateway's "
                              "worker process to CORE (it inherits the gateway's otherwise), and report its CPU")
+    parser.add_argument("--detection-worker-nice", type=int, default=0, metavar="N",
+                        help="with --detection-worker-core: run the worker at this nice value")
     parser.add_argument("--skip", type=_extras, default=(), metavar="NAME,NAME",
                         help=f"leave out some of the runs after the rounds: {','.join(EXTRAS)}")
     parser.add_argument("--quick", action="store_true",
@@ -222,7 +224,8 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         wait_http(f"http://127.0.0.1:{target.port}/healthz")
         if target.warm_up is None:
             run_wrk(target, 1, args)
-    detection_workers = pin_detection_workers(memory.process.pid, args.detection_worker_core)
+    detection_workers = pin_detection_workers(memory.process.pid, args.detection_worker_core,
+                                              nice=args.detection_worker_nice)
     base_rss = rss_bytes(memory.process.pid)
     cold: dict[int, float] = {}
     for count, tokens in many_tokens.items():

@@ -4,6 +4,7 @@ is a real child process fed over real pipes; it is killed on purpose to see what
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
@@ -316,3 +317,25 @@ def test_the_sanctions_journal_stays_bounded_while_nothing_is_sent():
     told.replay(sanctions.journal)
     assert sorted(s.key for s in told.entries()) == sorted(s.key for s in sanctions.entries())
     assert {s.until for s in told.entries()} == {s.until for s in sanctions.entries()}
+
+
+async def test_a_hung_worker_holds_the_gateways_stop_for_the_drain_timeout_only(
+        start_gateway, upstream, client, tmp_path):
+    clock = ManualClock()
+    config = worker_config(upstream, tmp_path, flush_interval="1h")
+    config["server"]["drain_timeout"] = "1s"
+    gateway = await start_gateway(config, clock=clock)
+    detection = gateway.server.state.detection
+    assert await browse_headless(client, gateway, bearer(hs_token(clock, sub="bob")), clock, 1) == [200]
+    worker = detection._worker
+    assert worker is not None and worker._process is not None
+    hung = worker._process
+    os.kill(hung.pid, signal.SIGSTOP)
+    try:
+        async with client.get(f"{gateway.url}/echo/portal/last", headers=BROWSER) as response:
+            assert response.status == 200
+        await asyncio.wait_for(gateway.server.drain(), 20)  # not REPLY_TIMEOUT's 30 s and more
+    finally:
+        if hung.returncode is None:
+            os.kill(hung.pid, signal.SIGKILL)
+    assert detection.dropped == 1  # the last request's observation, counted

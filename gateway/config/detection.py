@@ -231,8 +231,8 @@ class DetectionSettings(Section):
     queue_size: int = Field(100_000, ge=100, description="Observations waiting for analysis at most; beyond it the "
                                                          "oldest are dropped and counted.")
     # Off by default: a second process per gateway, worth it only where a core is free for it
-    # (docs/performance.md, "Tenth session": less CPU per request on the gateway's core, throughput
-    # and tail no better when the worker shares a core with the load).
+    # (docs/performance.md, "Tenth session": less CPU per request on the gateway's core; more
+    # throughput only when the worker's core is free; the tail no better).
     worker: bool = Field(False, description="Analyse in a worker process of its own instead of the gateway's "
                                             "event loop: the request path keeps only the queuing, findings and "
                                             "sanctions come back. Worth a free core. Read at start.")

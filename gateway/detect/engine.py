@@ -351,6 +351,11 @@ class Detection:
         agent = finding.evidence.get("user_agent")
         return bool(grants.agents) and isinstance(agent, str) and grants.agent_allowed(agent, finding.at)
 
+    def finishing(self, grace: float) -> None:
+        """The gateway stops: its last drain waits for the worker `grace` seconds at most."""
+        if self._worker is not None:
+            self._worker.finishing(grace)
+
     async def close(self) -> None:
         """Stop the worker process, if any (after the last `drain`)."""
         if self._worker is not None:

@@ -238,6 +238,11 @@ class WorkerLink:
             await _stop(process, 0.0)
         self._process = None
 
+    def finishing(self, grace: float) -> None:
+        """The gateway stops: the last batch goes now (no back-off) and is waited for `grace` at most."""
+        self._retry_at = 0.0
+        self.reply_timeout, self.per_observation = min(self.reply_timeout, grace), 0.0
+
     async def close(self, grace: float = 5.0) -> None:
         """End the worker's input and let it exit (after the last batch was answered)."""
         process, self._process = self._process, None

@@ -140,7 +140,9 @@ class GatewayServer:
         log.info("draining", extra={"grace_seconds": self.config.server.drain_timeout})
         # aiohttp closes idle keep-alive connections and waits for running handlers.
         await self._proxy.cleanup()
-        await self.state.detection.drain()  # findings of the last requests are not lost
+        # Findings of the last requests are not lost; a hung worker does not hold the stop for long.
+        self.state.detection.finishing(max(1.0, self.config.server.drain_timeout))
+        await self.state.detection.drain()
         await self.state.detection.close()  # its worker process, if any, answered the last batch
         await self.state.enforcement.drain()
         await self.state.fleet.drain()  # what the last decisions share
