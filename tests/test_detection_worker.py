@@ -9,6 +9,8 @@ import json
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 
 import yaml
@@ -21,11 +23,12 @@ from gateway.detect.engine import Detection
 from gateway.detect.findings import SCRAPING, Action, Finding, FindingLog
 from gateway.detect.observation import DETECTED_HEADERS, Observation
 from gateway.detect.sanctions import AUTOMATION, Sanction, Sanctions
-from gateway.detect.worker import REPLY_TIMEOUT
+from gateway.detect.worker import CONFIG, REPLY_TIMEOUT, encode
 from gateway.fleet.grants import ALLOW_USER, Grant, Grants
 from gateway.state.memory import MemorySightings
 from tests.support.clock import ManualClock
 from tests.support.configs import detection_config
+from tests.support.paths import ROOT
 from tests.support.tokens import ADMIN, AUDIENCE, ISSUER, bearer, hs_token
 from tests.support.traffic import BROWSER, HEADLESS, browse_headless
 
@@ -263,7 +266,7 @@ async def test_a_config_whose_issuer_has_a_public_key_is_told_to_a_worker(upstre
     setup = detection.prepare(config)
     detection.apply(setup)
     assert setup.worker_config is not None
-    kind, (told, salt) = pickle.loads(setup.worker_config[4:])
+    kind, (told, salt, _) = pickle.loads(setup.worker_config[4:])
     assert kind == "config" and told.detection == config.detection and told.auth is None
     assert salt == detection.hasher.salt
 
@@ -300,7 +303,7 @@ async def test_a_worker_is_told_the_state_store_its_gateway_started_with(upstrea
     detection.apply(detection.prepare(configs[0]))
     setup = detection.prepare(configs[1])
     assert setup.worker_config is not None
-    _, (told, _) = pickle.loads(setup.worker_config[4:])
+    _, (told, _, _) = pickle.loads(setup.worker_config[4:])
     assert told.state.key_prefix == "first" and told.detection == configs[1].detection
 
 
@@ -339,3 +342,17 @@ async def test_a_hung_worker_holds_the_gateways_stop_for_the_drain_timeout_only(
         if hung.returncode is None:
             os.kill(hung.pid, signal.SIGKILL)
     assert detection.dropped == 1  # the last request's observation, counted
+
+
+def test_a_worker_refuses_a_gateway_of_another_version(upstream, tmp_path):
+    """A worker started after an upgrade in place runs the new code: it must not guess at what
+    an older gateway sends it."""
+    raw = worker_config(upstream, tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    message = encode(CONFIG, (config.model_copy(update={"auth": None, "alerts": None}), b"s" * 16, "0.0.1-older"))
+    done = subprocess.run([sys.executable, "-m", "gateway.server.detection_worker"], input=message,
+                          capture_output=True, timeout=60, cwd=ROOT)
+    assert done.returncode != 0
+    assert b"cannot serve a gateway of 0.0.1-older" in done.stderr

@@ -264,7 +264,10 @@ class Detection:
 
     async def run(self) -> None:
         if self._worker is not None:
-            await self._worker.start()  # now, not with the first batch: one that cannot start says so at once
+            try:
+                await self._worker.start()  # now, not with the first batch
+            except Exception:  # the first batch tries again
+                log.exception("detection worker did not start")
         while True:
             await asyncio.sleep(self.settings.flush_interval)
             try:

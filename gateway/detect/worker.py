@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.config.limits import StateSettings
 from gateway.detect.findings import Finding
@@ -70,7 +71,7 @@ def encode_config(config: GatewayConfig, salt: bytes, state: StateSettings | Non
     and the worker needs no token secret or webhook key. `state`: the gateway's own, read at its
     start (a worker started after a reload must open the store its gateway uses)."""
     return encode(CONFIG, (config.model_copy(update={"auth": None, "alerts": None,
-                                                     "state": state or config.state}), salt))
+                                                     "state": state or config.state}), salt, __version__))
 
 
 def encode(kind: str, payload: object) -> bytes:

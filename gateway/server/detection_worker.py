@@ -14,8 +14,10 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from typing import Any, BinaryIO
 
+from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.detect.engine import Detection, DetectionSetup
 from gateway.detect.findings import Finding, FindingLog
@@ -30,18 +32,22 @@ from gateway.state.tables import Sweeper, Tables
 
 
 class GatewayTime:
-    """The gateway's clock, as of the batch being analysed."""
+    """The gateway's clock as of the last batch, moving on by this process's own clock since (the
+    sweep forgets idle tracks while no batch comes)."""
 
-    __slots__ = ("now",)
+    __slots__ = ("_at", "_since")
 
     def __init__(self) -> None:
-        self.now = 0.0
+        self._at, self._since = 0.0, time.monotonic()
+
+    def set(self, now: float) -> None:
+        self._at, self._since = now, time.monotonic()
 
     def time(self) -> float:
-        return self.now
+        return self._at + (time.monotonic() - self._since)
 
     def monotonic(self) -> float:
-        return self.now
+        return self.time()
 
 
 class Outbox(FindingLog):
@@ -102,7 +108,11 @@ class Worker:
 
     async def _take(self, kind: str, payload: Any) -> None:
         if kind == CONFIG:
-            self._configure(*payload)
+            config, salt, version = payload
+            if version != __version__:  # an upgrade in place: this code is not its gateway's
+                raise SystemExit(f"detection worker: fairgate {__version__} cannot serve a gateway of {version}; "
+                                 "restart the gateway")
+            self._configure(config, salt)
             return
         analysis = self._analysis
         if analysis is None:
@@ -111,7 +121,7 @@ class Worker:
             for row in payload:
                 analysis.observe(from_row(row))
         elif kind == END:
-            self._clock.now = payload
+            self._clock.set(payload)
             await analysis.drain()
             events, analysis.outbox.events = analysis.outbox.events, []
             self._answers.write(encode(END, (events, analysis.report(self._tables))))
