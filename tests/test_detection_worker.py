@@ -5,6 +5,7 @@ is a real child process fed over real pipes; it is killed on purpose to see what
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import pickle
@@ -17,14 +18,16 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.config.loader import load_config
 from gateway.detect.engine import Detection
 from gateway.detect.findings import SCRAPING, Action, Finding, FindingLog
-from gateway.detect.observation import DETECTED_HEADERS, Observation
+from gateway.detect.observation import DETECTED_HEADERS, Observation, as_row
 from gateway.detect.sanctions import AUTOMATION, Sanction, Sanctions
-from gateway.detect.worker import CONFIG, REPLY_TIMEOUT, encode
-from gateway.fleet.grants import ALLOW_USER, Grant, Grants
+from gateway.detect.worker import CONFIG, END, REPLY_TIMEOUT, ROWS, encode
+from gateway.fleet.grants import ALLOW_USER, EXEMPT, Grant, Grants
+from gateway.server import detection_worker
 from gateway.state.memory import MemorySightings
 from tests.support.clock import ManualClock
 from tests.support.configs import detection_config
@@ -97,7 +100,10 @@ async def test_an_exemption_made_through_the_admin_api_reaches_the_worker(start_
     assert await browse_headless(client, gateway, token, clock, 4) == [200] * 4
     async with client.get(f"{gateway.url}/echo/portal/next", headers={**token, **HEADLESS}) as response:
         assert response.status == 200
+    detection = gateway.server.state.detection
+    await detection.drain()
     assert gateway.server.state.findings.recent() == []
+    assert detection.dropped == 0 and detection.tracked == 1  # analysed there, and let be
 
 
 async def test_a_lifted_block_is_lifted_in_the_worker_too(start_gateway, upstream, client, tmp_path):
@@ -356,3 +362,85 @@ def test_a_worker_refuses_a_gateway_of_another_version(upstream, tmp_path):
                           capture_output=True, timeout=60, cwd=ROOT)
     assert done.returncode != 0
     assert b"cannot serve a gateway of 0.0.1-older" in done.stderr
+
+
+async def test_a_batch_already_out_with_a_hung_worker_holds_the_stop_for_the_drain_timeout_only(
+        start_gateway, upstream, client, tmp_path):
+    """The run loop's batch is out (its timeout set before the stop began) when the stop comes."""
+    clock = ManualClock()
+    config = worker_config(upstream, tmp_path)  # flush_interval 10 ms: the run loop takes the batch
+    config["server"]["drain_timeout"] = "1s"
+    gateway = await start_gateway(config, clock=clock)
+    detection = gateway.server.state.detection
+    assert await browse_headless(client, gateway, bearer(hs_token(clock, sub="bob")), clock, 1) == [200]
+    worker = detection._worker
+    assert worker is not None and worker._process is not None
+    hung = worker._process
+    os.kill(hung.pid, signal.SIGSTOP)
+    try:
+        async with client.get(f"{gateway.url}/echo/portal/last", headers=BROWSER) as response:
+            assert response.status == 200
+        async with asyncio.timeout(10):
+            while detection.backlog or not detection._analysing.locked():  # taken, and out with the worker
+                await asyncio.sleep(0.005)
+        await asyncio.wait_for(gateway.server.drain(), 10)  # not REPLY_TIMEOUT's 30 s
+    finally:
+        if hung.returncode is None:
+            os.kill(hung.pid, signal.SIGKILL)
+    assert detection.dropped == 1
+
+
+async def test_a_sanction_left_out_for_a_grant_made_meanwhile_is_taken_back_in_the_worker():
+    """An exemption lifts nothing (only allow-list entries do): the sanction the worker made and
+    keeps in its own table must still go there, or its detectors go on seeing it in force."""
+    clock = ManualClock()
+    detection = Detection(MemorySightings(), FindingLog(None), clock, None, Grants())
+    now = clock.time()
+    held_before = Sanction("user:acme/alice2", AUTOMATION, now + 60, "p")  # in force at both ends
+    detection.sanctions.add(held_before)
+    detection.sanctions.journal = []  # a worker is told
+    detection.grants.add(Grant("g-1", EXEMPT, now + 86400, "admin", "QA", now, customer="acme", exempt="scraping"))
+    made = Sanction("user:acme/alice", AUTOMATION, now + 600, "p")
+    detection._received([made, Finding(SCRAPING, "user:acme/alice", "acme", "alice", Action.BLOCK, False, now,
+                                       ("x",), until=now + 600)], True)
+    assert detection.sanctions.get("user:acme/alice", now) is None
+    worker = Sanctions()
+    worker.add(held_before)
+    worker.add(made)  # the worker's detectors applied it there
+    worker.replay(detection.sanctions.journal)
+    assert worker.entries() == [held_before]
+
+
+async def test_the_worker_drops_nothing_its_gateway_sent_and_answers_a_batch_that_failed(
+        upstream, tmp_path, monkeypatch):
+    raw = worker_config(upstream, tmp_path, queue_size=100)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    monkeypatch.setattr(detection_worker, "configure_logging", lambda level, fmt: None)
+    answers = io.BytesIO()
+    worker = detection_worker.Worker(answers)
+    try:
+        await worker._take(CONFIG, (config.model_copy(update={"auth": None, "alerts": None}), b"s" * 16,
+                                    __version__))
+        analysis = worker._analysis
+        assert analysis is not None
+        at = ManualClock().time()
+        # A batch the gateway queued before a reload lowered queue_size: all of it is analysed.
+        rows = [as_row(Observation(at + n, "portal", "acme", "alice", "s1", "198.51.100.7", "GET", f"/p/{n}",
+                                   HEADLESS, 200, None), DETECTED_HEADERS) for n in range(150)]
+        await worker._take(ROWS, rows)
+        assert analysis.backlog == 150 and analysis.dropped == 0
+
+        async def fails(batch):
+            raise RuntimeError("a detector's bug")
+
+        monkeypatch.setattr(analysis, "_analyse", fails)
+        await worker._take(END, at + 150)  # answered all the same: the worker and its state go on
+        kind, (events, _) = pickle.loads(answers.getvalue()[4:])
+        assert kind == END and events == []
+    finally:
+        if worker._sweeping is not None:
+            worker._sweeping.cancel()
+        if worker._store is not None:
+            await worker._store.close()

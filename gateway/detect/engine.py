@@ -287,7 +287,11 @@ class Detection:
 
     async def _analyse(self, batch: deque[Observation]) -> None:
         if self._worker is not None:
-            self.dropped += await self._worker.analyse(batch, self._clock.time())
+            try:
+                self.dropped += await self._worker.analyse(batch, self._clock.time())
+            except asyncio.CancelledError:  # cut off: the batch is lost, and counted
+                self.dropped += len(batch)
+                raise
             return
         seen: list[Sighting] = []
         grants, detectors, clock, ctx = self.grants, self._detectors, time.perf_counter, self._ctx
@@ -338,6 +342,8 @@ class Detection:
                     self._sanction(held)
                 held = event
             elif recheck and self._exempt_now(event):
+                if held is not None:  # the worker took it into its own table: it is told this one's
+                    self.sanctions.retell(held.key)
                 held = None
             else:
                 if held is not None:

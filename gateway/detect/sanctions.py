@@ -102,6 +102,15 @@ class Sanctions:
         if len(journal) > 2 * len(self._table) + 1024:  # not sent for long (no traffic): the table says it all
             self.journal = ["", *self._table.values()]  # "" lifts everything first
 
+    def retell(self, key_prefix: str) -> None:
+        """Tell a detection worker again what this table holds under `key_prefix` (it holds a
+        sanction there this table did not take)."""
+        if self.journal is None:
+            return
+        self._journal(key_prefix)
+        for sanction in [s for key, s in self._table.items() if key.startswith(key_prefix)]:
+            self._journal(sanction)
+
     def entries(self) -> list[Sanction]:
         return list(self._table.values())
 

@@ -122,6 +122,7 @@ class WorkerLink:
         self._failures = 0
         self._retry_at = 0.0
         self.reply_timeout, self.per_observation = REPLY_TIMEOUT, PER_OBSERVATION
+        self._deadline: asyncio.Timeout | None = None  # the batch out now, if any: `finishing` shortens it
         self.starts = 0
         self.tracked = 0
         self.tables: dict[str, ReportedTable] = {}
@@ -145,7 +146,8 @@ class WorkerLink:
         granted = -1
         try:
             # Writing waits too once the pipe is full: a stopped worker is noticed either way.
-            async with asyncio.timeout(self.reply_timeout + len(batch) * self.per_observation):
+            async with asyncio.timeout(self.reply_timeout + len(batch) * self.per_observation) as deadline:
+                self._deadline = deadline
                 self._send_state(writer)
                 granted = self._grants.version
                 observations = list(batch)
@@ -161,6 +163,7 @@ class WorkerLink:
         except asyncio.CancelledError:
             # Cut off mid-exchange: what is left in either pipe is unknown, so this worker is done
             # (else the next batch would read this one's answer).
+            log.warning("detection worker: a batch's exchange was cut off", extra={"lost_observations": len(batch)})
             self._abandon(process)
             raise
         except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
@@ -170,6 +173,8 @@ class WorkerLink:
             log.exception("detection worker: a batch's exchange failed")
             await self._failed(process, exc, len(batch))
             return len(batch)
+        finally:
+            self._deadline = None
         self._failures = 0
         self._take(report)
         # Grants that changed while the worker held the batch: what they now exempt is left out.
@@ -243,6 +248,11 @@ class WorkerLink:
         """The gateway stops: the last batch goes now (no back-off) and is waited for `grace` at most."""
         self._retry_at = 0.0
         self.reply_timeout, self.per_observation = min(self.reply_timeout, grace), 0.0
+        deadline = self._deadline  # a batch out already (the run loop's): its timeout was set before
+        if deadline is not None:
+            when, current = asyncio.get_running_loop().time() + grace, deadline.when()
+            if current is None or current > when:
+                deadline.reschedule(when)
 
     async def close(self, grace: float = 5.0) -> None:
         """End the worker's input and let it exit (after the last batch was answered)."""

@@ -11,6 +11,7 @@ does, once the gateway has sent its last batch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.detect.engine import Detection, DetectionSetup
 from gateway.detect.findings import Finding, FindingLog
-from gateway.detect.observation import from_row
+from gateway.detect.observation import Observation, from_row
 from gateway.detect.sanctions import Sanction
 from gateway.detect.worker import CONFIG, END, GRANTS, ROWS, SANCTIONS, Events, Report, encode, read_message
 from gateway.fleet.grants import Grants
@@ -29,6 +30,8 @@ from gateway.server.logs import configure_logging
 from gateway.state.factory import open_store
 from gateway.state.store import StateStore
 from gateway.state.tables import Sweeper, Tables
+
+log = logging.getLogger("fairgate.detect")
 
 
 class GatewayTime:
@@ -77,6 +80,11 @@ class Analysis(Detection):
         self.sanctions.add(sanction)
         self.outbox.events.append(sanction)
 
+    def observe(self, obs: Observation) -> None:
+        # The gateway's queue bounds a batch (and counts what it drops): a reload that lowered
+        # queue_size must not drop here, uncounted, what the gateway had queued before it.
+        self._queue.append(obs)
+
     def report(self, tables: Tables) -> Report:
         return self.tracked, {name: (len(table), table.limit, table.evictions, table.expirations)
                               for name, table in tables.counts()}
@@ -122,7 +130,10 @@ class Worker:
                 analysis.observe(from_row(row))
         elif kind == END:
             self._clock.set(payload)
-            await analysis.drain()
+            try:
+                await analysis.drain()
+            except Exception:  # as in the gateway's loop: the rest of the batch is lost, not the worker
+                log.exception("detection batch failed")
             events, analysis.outbox.events = analysis.outbox.events, []
             self._answers.write(encode(END, (events, analysis.report(self._tables))))
             self._answers.flush()
