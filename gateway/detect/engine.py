@@ -4,7 +4,8 @@ batches off it by the detectors (sharing, scraping, seats), sanctions applied to
 The request path pays for two things only: appending an Observation after the upstream
 answered, and a sanction lookup that is skipped while none are in force. One batch makes one
 call to the sightings store (memory, or one Redis pipeline), never one per request, and yields
-to the event loop after each millisecond of work.
+to the event loop after each millisecond of work. With `detection.worker` the batches are
+analysed in a process of their own instead (worker.py), and what it found is done here.
 """
 
 from __future__ import annotations
