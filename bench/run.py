@@ -249,7 +249,8 @@ def _run(args: argparse.Namespace, workdir: Path, processes: list) -> str:
         gateway_cpu, *worker_cpu = (cpu_seconds(pid) - before for pid, before in
                                     zip((memory.process.pid, *detection_workers), cpu_before, strict=True))
         print(f"detection worker: {sum(worker_cpu):.1f} s CPU over the rounds, the memory-store gateway "
-              f"{gateway_cpu:.1f} s", file=sys.stderr)
+              f"{gateway_cpu:.1f} s; RSS worker {sum(map(rss_bytes, detection_workers)) / 2**20:.0f} MiB, "
+              f"gateway {rss_bytes(memory.process.pid) / 2**20:.0f} MiB", file=sys.stderr)
 
     m = targets.Measurements(rounds, names.BARE, names.PLAIN, names.EVERY_POLICY,
                              {count: names.many_customers(count) for count in many_tokens}, cold, jwt_rate)
