@@ -34,12 +34,35 @@ from tests.support.configs import detection_config
 from tests.support.paths import ROOT
 from tests.support.tokens import ADMIN, AUDIENCE, ISSUER, bearer, hs_token
 from tests.support.traffic import BROWSER, HEADLESS, browse_headless
+from tests.support.waiting import wait_until
 
 
 def worker_config(upstream, tmp_path, **detection) -> dict:
     config = detection_config(upstream, worker=True, **detection)
     config["enforcement"] = {"audit": {"path": str(tmp_path / "audit.jsonl"), "flush_interval": "10ms"}}
     return config
+
+
+def loaded(raw: dict, tmp_path, name: str = "config") -> GatewayConfig:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+async def stopped_worker(start_gateway, upstream, client, tmp_path, config: dict | None = None):
+    """A gateway whose worker analysed one batch and was then stopped (SIGSTOP): it answers nothing."""
+    clock = ManualClock()
+    gateway = await start_gateway(config or worker_config(upstream, tmp_path), clock=clock)
+    assert await browse_headless(client, gateway, bearer(hs_token(clock, sub="bob")), clock, 1) == [200]
+    worker = gateway.server.state.detection._worker
+    assert worker is not None and worker._process is not None
+    os.kill(worker._process.pid, signal.SIGSTOP)
+    return gateway, clock, worker, worker._process
+
+
+def kill(process) -> None:
+    if process.returncode is None:
+        os.kill(process.pid, signal.SIGKILL)
 
 
 async def metrics(client, gateway) -> str:
@@ -158,15 +181,10 @@ async def test_a_worker_that_died_between_batches_is_replaced_and_nothing_is_los
 
 async def test_a_hung_worker_loses_the_batch_it_held_and_the_next_batch_goes_to_a_new_one(
         start_gateway, upstream, client, tmp_path):
-    clock = ManualClock()
     # No batch of the run loop's own: the test's drains decide what goes in which batch.
-    gateway = await start_gateway(worker_config(upstream, tmp_path, flush_interval="1h"), clock=clock)
+    gateway, clock, worker, hung = await stopped_worker(
+        start_gateway, upstream, client, tmp_path, worker_config(upstream, tmp_path, flush_interval="1h"))
     detection = gateway.server.state.detection
-    assert await browse_headless(client, gateway, bearer(hs_token(clock, sub="bob")), clock, 1) == [200]
-    worker = detection._worker
-    assert worker is not None and worker._process is not None
-    hung = worker._process
-    os.kill(hung.pid, signal.SIGSTOP)
     worker.reply_timeout, worker.per_observation = 0.5, 0.0
     try:
         for n in range(3):
@@ -176,8 +194,7 @@ async def test_a_hung_worker_loses_the_batch_it_held_and_the_next_batch_goes_to_
             detection.observe_proof(f"address:198.51.100.0/24|{n}")
         await detection.drain()
     finally:
-        if hung.returncode is None:
-            os.kill(hung.pid, signal.SIGKILL)
+        kill(hung)
     assert detection.dropped == 5003 and hung.returncode is not None  # taken for hung, and stopped
     worker.reply_timeout = REPLY_TIMEOUT  # the next worker's start-up is not timed at 0.5 s
 
@@ -237,9 +254,7 @@ async def test_the_detectors_read_no_header_a_worker_is_not_sent(upstream, tmp_p
     """The worker gets DETECTED_HEADERS and the device header only; a detector reading one more
     would see it missing there, and decide otherwise than in the gateway's loop."""
     raw = worker_config(upstream, tmp_path, sharing={"action": "flag", "device_header": "X-Device-Id"})
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    config: GatewayConfig = load_config(path)
+    config = loaded(raw, tmp_path)
     detection = Detection(MemorySightings(), FindingLog(None), ManualClock(), None, Grants())
     detection.apply(detection.prepare(config))
     detection._worker = None  # analysed here, where what is read can be seen
@@ -265,9 +280,7 @@ async def test_a_config_whose_issuer_has_a_public_key_is_told_to_a_worker(upstre
     raw = worker_config(upstream, tmp_path)
     raw["auth"] = {"issuers": [{"name": "ec", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256"],
                                 "public_key_file": str(tmp_path / "issuer.pem")}]}
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    config: GatewayConfig = load_config(path)
+    config = loaded(raw, tmp_path)
     detection = Detection(MemorySightings(), FindingLog(None), ManualClock(), None, Grants())
     setup = detection.prepare(config)
     detection.apply(setup)
@@ -302,9 +315,7 @@ async def test_a_worker_is_told_the_state_store_its_gateway_started_with(upstrea
     for prefix in ("first", "reloaded"):
         raw = worker_config(upstream, tmp_path)
         raw["state"] = {"key_prefix": prefix}
-        path = tmp_path / f"{prefix}.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        configs.append(load_config(path))
+        configs.append(loaded(raw, tmp_path, prefix))
     detection = Detection(MemorySightings(), FindingLog(None), ManualClock(), None, Grants())
     detection.apply(detection.prepare(configs[0]))
     setup = detection.prepare(configs[1])
@@ -330,23 +341,16 @@ def test_the_sanctions_journal_stays_bounded_while_nothing_is_sent():
 
 async def test_a_hung_worker_holds_the_gateways_stop_for_the_drain_timeout_only(
         start_gateway, upstream, client, tmp_path):
-    clock = ManualClock()
     config = worker_config(upstream, tmp_path, flush_interval="1h")
     config["server"]["drain_timeout"] = "1s"
-    gateway = await start_gateway(config, clock=clock)
+    gateway, _, _, hung = await stopped_worker(start_gateway, upstream, client, tmp_path, config)
     detection = gateway.server.state.detection
-    assert await browse_headless(client, gateway, bearer(hs_token(clock, sub="bob")), clock, 1) == [200]
-    worker = detection._worker
-    assert worker is not None and worker._process is not None
-    hung = worker._process
-    os.kill(hung.pid, signal.SIGSTOP)
     try:
         async with client.get(f"{gateway.url}/echo/portal/last", headers=BROWSER) as response:
             assert response.status == 200
         await asyncio.wait_for(gateway.server.drain(), 20)  # not REPLY_TIMEOUT's 30 s and more
     finally:
-        if hung.returncode is None:
-            os.kill(hung.pid, signal.SIGKILL)
+        kill(hung)
     assert detection.dropped == 1  # the last request's observation, counted
 
 
@@ -354,9 +358,7 @@ def test_a_worker_refuses_a_gateway_of_another_version(upstream, tmp_path):
     """A worker started after an upgrade in place runs the new code: it must not guess at what
     an older gateway sends it."""
     raw = worker_config(upstream, tmp_path)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    config = load_config(path)
+    config = loaded(raw, tmp_path)
     message = encode(CONFIG, (config.model_copy(update={"auth": None, "alerts": None}), b"s" * 16, "0.0.1-older"))
     done = subprocess.run([sys.executable, "-m", "gateway.server.detection_worker"], input=message,
                           capture_output=True, timeout=60, cwd=ROOT)
@@ -367,26 +369,18 @@ def test_a_worker_refuses_a_gateway_of_another_version(upstream, tmp_path):
 async def test_a_batch_already_out_with_a_hung_worker_holds_the_stop_for_the_drain_timeout_only(
         start_gateway, upstream, client, tmp_path):
     """The run loop's batch is out (its timeout set before the stop began) when the stop comes."""
-    clock = ManualClock()
     config = worker_config(upstream, tmp_path)  # flush_interval 10 ms: the run loop takes the batch
     config["server"]["drain_timeout"] = "1s"
-    gateway = await start_gateway(config, clock=clock)
+    gateway, _, _, hung = await stopped_worker(start_gateway, upstream, client, tmp_path, config)
     detection = gateway.server.state.detection
-    assert await browse_headless(client, gateway, bearer(hs_token(clock, sub="bob")), clock, 1) == [200]
-    worker = detection._worker
-    assert worker is not None and worker._process is not None
-    hung = worker._process
-    os.kill(hung.pid, signal.SIGSTOP)
     try:
         async with client.get(f"{gateway.url}/echo/portal/last", headers=BROWSER) as response:
             assert response.status == 200
-        async with asyncio.timeout(10):
-            while detection.backlog or not detection._analysing.locked():  # taken, and out with the worker
-                await asyncio.sleep(0.005)
+        await wait_until(lambda: not detection.backlog and detection._analysing.locked(), timeout=10,
+                         message="the run loop never took the batch out to the worker")
         await asyncio.wait_for(gateway.server.drain(), 10)  # not REPLY_TIMEOUT's 30 s
     finally:
-        if hung.returncode is None:
-            os.kill(hung.pid, signal.SIGKILL)
+        kill(hung)
     assert detection.dropped == 1
 
 
@@ -414,9 +408,7 @@ async def test_a_sanction_left_out_for_a_grant_made_meanwhile_is_taken_back_in_t
 async def test_the_worker_drops_nothing_its_gateway_sent_and_answers_a_batch_that_failed(
         upstream, tmp_path, monkeypatch):
     raw = worker_config(upstream, tmp_path, queue_size=100)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    config = load_config(path)
+    config = loaded(raw, tmp_path)
     monkeypatch.setattr(detection_worker, "configure_logging", lambda level, fmt: None)
     answers = io.BytesIO()
     worker = detection_worker.Worker(answers)

@@ -152,10 +152,8 @@ class Detection:
         if not self._configured:
             self._state_at_start = setup.config.state
         self._configured = True
-        if self._worker is not None:
-            told = setup.worker_config
-            self._worker.configure(setup.config, told if told is not None else encode_config(
-                setup.config, self.hasher.salt, self._state_at_start))
+        if self._worker is not None and setup.worker_config is not None:  # `prepare` encoded it for the worker
+            self._worker.configure(setup.config, setup.worker_config)
 
     @property
     def backlog(self) -> int:
