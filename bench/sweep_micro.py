@@ -1,6 +1,6 @@
 """The table sweep's longest tick in CPU time (steady on a loaded machine), in-process: the real
 `Sweeper` over one `BoundedTable` of N live entries (none expire, so every entry the sweep looks
-at is kept and moved round), for a few whole passes. A tick that resizes the table shows as one
+at is kept), for a few whole passes. A tick that resizes the table shows as one
 tick of O(N) among ticks of O(budget).
 
     python bench/sweep_micro.py --entries 20000,200000 --passes 3 [--tree DIR ...]

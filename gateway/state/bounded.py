@@ -1,24 +1,26 @@
-"""A table of at most `limit` entries that forgets the least recently written first, in O(1),
-and forgets idle entries by itself when swept.
+"""A table of at most `limit` entries that forgets the least recently written first, and
+forgets idle entries by itself when swept.
 
-Why not a plain dict and `del d[next(iter(d))]`: CPython leaves a deleted entry's slot in
-place until the dict is next resized, and iteration skips those slots from the start, so
-"the first key" of a dict that keeps evicting costs time proportional to what was evicted
-before it (measured: 200k evictions from a 200k-entry dict took 11.6 s, 0.23 s here).
-OrderedDict keeps its order in a linked list, so the oldest entry is one step away; it costs
-about 53 bytes per entry more than a dict.
+Why plain dicts in shards: a dict keeps insertion order, so popping a key and writing it again
+makes it the newest, and the first key is the oldest. An OrderedDict does the same with a linked
+list beside its dict, about 53 bytes per entry more (issue 14: a customer has a dozen entries
+across the tables, so 650 bytes of the RSS per customer). What a dict lacks: CPython leaves a
+deleted entry's slot in place until the dict is next resized, and iteration skips those slots
+from the start, so "the first key" costs time proportional to what was deleted before it since
+the last resize. Unsharded that was ruinous (200k evictions from a 200k-entry dict took 11.6 s);
+in a shard of at most SHARD_ENTRIES the skipped slots are at most a few thousand, a few
+microseconds, and an eviction is the rare case (the bounds are set above the load).
 
-Why a large table is split in shards: a dict, and an OrderedDict more so (it rebuilds its node
-index with one lookup per entry), grows its hash table in one C call of O(len), and so does a
-table at its bound that evicts and inserts (each insert takes a new slot; a deleted one's is
-only reclaimed by a resize). At 200k entries that call held the event loop for tens of ms
+Why a large table is split in shards: a dict grows its hash table in one C call of O(len), and so
+does a table at its bound that evicts and inserts (each insert takes a new slot; a deleted one's
+is only reclaimed by a resize). At 200k entries that call held the event loop for tens of ms
 (issue 14: 42 ms of a 62 ms hold in the detection drain, up to 186 ms at first sight). Keys are
-spread by hash over a power of two of OrderedDicts, at most SHARD_ENTRIES each at the limit, so a
-resize is of one shard, never of the whole table. The trade-off: the least recently written entry
-goes first within its shard, so for a table of more than one shard the global order is
-approximate (an evicted entry is among the oldest of its shard, not of all), and iteration is
-shard by shard; a read costs a Python call more than a dict's. A table of at most SHARD_ENTRIES
-keeps exact global order, and every table keeps every entry up to its limit and never more.
+spread by hash over a power of two of dicts, at most SHARD_ENTRIES each at the limit, so a resize
+is of one shard, never of the whole table. The trade-off: the least recently written entry goes
+first within its shard, so for a table of more than one shard the global order is approximate
+(an evicted entry is among the oldest of its shard, not of all), and iteration is shard by
+shard; a read costs a Python call more than a dict's. A table of at most SHARD_ENTRIES keeps
+exact global order, and every table keeps every entry up to its limit and never more.
 
 Why a sweep rebuilds a table that shrank: a dict never gives back its hash table when entries
 are deleted, only when it grows again (issue 14: after the idle sweep every table was empty and
@@ -28,14 +30,16 @@ still held the table sized for its 200k entries, 3 MB for the sightings at 20k c
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
+from itertools import islice
 from operator import itemgetter
 from typing import TypeVar, overload
 
 K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
+
+_ABSENT: object = object()
 
 Expired = Callable[[V, float], bool]  # (entry, now) -> whether it may be forgotten
 
@@ -66,10 +70,10 @@ class BoundedTable(MutableMapping[K, V]):
     here), `expirations` those `sweep` forgot because `expired` said so."""
 
     __slots__ = ("_shards", "_mask", "_share", "_limit", "_len", "evictions", "expirations",
-                 "_expired", "_peak", "_turn", "_left")
+                 "_expired", "_peak", "_turn", "_pending", "_next")
 
     def __init__(self, limit: int, expired: Expired[V] | None = None) -> None:
-        self._shards: list[OrderedDict[K, V]] = [OrderedDict()]
+        self._shards: list[dict[K, V]] = [{}]
         self._mask = 0
         self._len = 0
         self._limit = self._share = 0
@@ -78,8 +82,9 @@ class BoundedTable(MutableMapping[K, V]):
         self.expirations = 0
         self._expired = expired
         self._peak = 0  # the most entries a sweep has seen since the table was last rebuilt
-        self._turn = 0  # the shard the sweep is in, and how many of its entries it has still to look at
-        self._left = 0
+        self._turn = 0  # the shard the sweep is in, its keys as its turn began, and the next to look at
+        self._pending: list[K] = []
+        self._next = 0
 
     @property
     def limit(self) -> int:
@@ -97,9 +102,10 @@ class BoundedTable(MutableMapping[K, V]):
             ranked = [(rank / len(shard), entry) for shard in self._shards for rank, entry in enumerate(shard.items())]
             ranked.sort(key=itemgetter(0))
             entries = [entry for _, entry in ranked]
-            self._shards = [OrderedDict() for _ in range(count)]
+            self._shards = [{} for _ in range(count)]
             self._mask = count - 1
-            self._turn = self._left = 0
+            self._turn = self._next = 0
+            self._pending = []
             for key, value in entries:
                 self._shards[hash(key) & self._mask][key] = value
         self._share = limit // count
@@ -148,21 +154,22 @@ class BoundedTable(MutableMapping[K, V]):
             shard.clear()
         self._len = 0
 
-    def move_to_end(self, key: K, last: bool = True) -> None:
-        self._shards[hash(key) & self._mask].move_to_end(key, last)
+    def move_to_end(self, key: K) -> None:
+        """Makes `key` the newest."""
+        shard = self._shards[hash(key) & self._mask]
+        shard[key] = shard.pop(key)
 
     def put(self, key: K, value: V) -> None:
         shard = self._shards[hash(key) & self._mask]
-        size = len(shard)
-        shard[key] = value
-        if len(shard) == size:  # written again: now the newest
-            shard.move_to_end(key)
-        else:
+        if shard.pop(key, _ABSENT) is _ABSENT:
+            shard[key] = value
             self._len += 1
             if self._len > self._limit:
                 self._evict(shard)
+        else:  # written again: now the newest
+            shard[key] = value
 
-    def _evict(self, written: OrderedDict[K, V]) -> None:
+    def _evict(self, written: dict[K, V]) -> None:
         """Down to the limit, each shard's oldest first. At the limit a write replaces the oldest
         entry of its own shard, or if that shard holds less than its share, of the fullest: the
         shards stay even and every one keeps its share of the limit."""
@@ -171,34 +178,27 @@ class BoundedTable(MutableMapping[K, V]):
             keep = share + 1 if self._limit % len(self._shards) else share  # the rest one at a time
             for shard in self._shards:
                 excess = len(shard) - keep
-                for _ in range(excess):
-                    shard.popitem(last=False)
+                for key in list(islice(shard, max(excess, 0))):
+                    del shard[key]
                 if excess > 0:
                     self._len -= excess
                     self.evictions += excess
         while self._len > self._limit:
             victim = written if len(written) > share else max(self._shards, key=len)
-            victim.popitem(last=False)
+            del victim[next(iter(victim))]
             self._len -= 1
             self.evictions += 1
 
     def sweep(self, now: float, budget: int) -> int:
-        """Look at up to `budget` entries from the oldest end: forget the expired ones, move the
-        others to the newest end. Returns how many were forgotten.
+        """Look at up to `budget` entries: forget the expired ones. Returns how many were forgotten.
 
-        Moving what is still in use round makes each call O(budget) whatever the table holds and
-        whatever mix of lifetimes it has (an entry kept for a month does not stop the sweep from
-        reaching the idle ones behind it); a sweep pass reaches every entry once in len/budget
-        calls. The price: an entry the sweep moved looks newer than it is to the size bound.
-        The shards take their turns: the sweep looks through one shard, as many entries as it
-        held when its turn came, then goes on to the next, so a pass still reaches every entry.
-
-        Moved with `move_to_end`, never popped and written again: a write of a key takes a new
-        slot of the hash table's entries (a deleted one's is only reclaimed by a resize), so a
-        sweep that wrote back what it kept resized the whole table once per half a pass or so,
-        in one C call of O(len) inside a step of 64 entries (issue 14: sweep steps of 100-500 ms
-        of wall time at 200k customers; bench/stalls.py names it). `move_to_end` only relinks
-        the order, and a forgotten entry is only deleted: the sweep never resizes."""
+        The shards take their turns: when a shard's turn comes the sweep takes a list of its keys
+        (O(SHARD_ENTRIES) at most) and goes through that list `budget` at a time, so each call is
+        O(budget) whatever the table holds and whatever mix of lifetimes it has (an entry kept for
+        a month does not stop the sweep from reaching the idle ones behind it), and a pass reaches
+        every entry that was there when its shard's turn came once. What is kept is left where it
+        is: the sweep does not change which entries are oldest to the size bound, and a forgotten
+        entry is only deleted, so the sweep never resizes a shard."""
         expired = self._expired
         if expired is None:
             return 0
@@ -207,23 +207,23 @@ class BoundedTable(MutableMapping[K, V]):
         forgotten = turns = 0
         shards = self._shards
         while budget > 0 and turns <= len(shards):
-            if self._left <= 0:  # this shard's turn is over: the next one's, as big as it is now
+            pending, start = self._pending, self._next
+            if start >= len(pending):  # this shard's turn is over: the next one's, as it is now
                 self._turn = (self._turn + 1) & self._mask
-                self._left = len(shards[self._turn])
+                self._pending, self._next = list(shards[self._turn]), 0
                 turns += 1
                 continue
             shard = shards[self._turn]
-            steps = min(budget, self._left, len(shard))
-            move_to_end = shard.move_to_end
-            for _ in range(steps):
-                key = next(iter(shard))  # the oldest: one step along the order's linked list
-                if expired(shard[key], now):
+            stop = min(start + budget, len(pending))
+            for key in pending[start:stop]:
+                value = shard.get(key, _ABSENT)
+                if value is not _ABSENT and expired(value, now):  # type: ignore[arg-type]
                     del shard[key]
                     forgotten += 1
-                else:
-                    move_to_end(key)
-            budget -= steps
-            self._left = self._left - steps if steps else 0
+            budget -= stop - start
+            self._next = stop
+        if self._next >= len(self._pending):
+            self._pending, self._next = [], 0  # holds no key of a finished turn
         self._len -= forgotten
         self.expirations += forgotten
         if forgotten and self._len * SHRINK < self._peak and self._len <= REBUILD_MAX:
@@ -232,10 +232,7 @@ class BoundedTable(MutableMapping[K, V]):
 
     def _rebuild(self) -> None:
         """The same entries in the same order, in hash tables sized for them."""
-        for shard in self._shards:
-            entries = list(shard.items())
-            shard.clear()  # frees the hash table and the order's node array
-            shard.update(entries)
+        self._shards = [dict(shard) for shard in self._shards]
         self._peak = self._len
 
 
