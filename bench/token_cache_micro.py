@@ -1,5 +1,5 @@
 """The longest single `TokenCache.put` while 200,000 tokens are seen for the first time, in CPU
-time of this thread: a put that grows one big dict resizes it in one C call of O(len).
+time of this thread: a put that grows one big OrderedDict resizes it in one C call of O(len).
 
     .venv/bin/python bench/token_cache_micro.py [--tokens 200000] [--rounds 2]
 

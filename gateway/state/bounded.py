@@ -8,8 +8,12 @@ across the tables, so 650 bytes of the RSS per customer). What a dict lacks: CPy
 deleted entry's slot in place until the dict is next resized, and iteration skips those slots
 from the start, so "the first key" costs time proportional to what was deleted before it since
 the last resize. Unsharded that was ruinous (200k evictions from a 200k-entry dict took 11.6 s);
-in a shard of at most SHARD_ENTRIES the skipped slots are at most a few thousand, a few
-microseconds, and an eviction is the rare case (the bounds are set above the load).
+in a shard of at most SHARD_ENTRIES the skipped slots are at most a few thousand: a write that
+evicts costs about 1 us more than with an OrderedDict (200k keys at the bound, every write a
+new key: 2.2-2.5 against 1.1-1.2 us), and eviction is the exception (the bounds are set above
+the load, and a table that evicts is named in the log). Compacting a shard every few hundred
+evictions cost more than it saved. The token cache, which evicts and demotes as a matter of
+course, keeps OrderedDicts (auth/token_cache.py).
 
 Why a large table is split in shards: a dict grows its hash table in one C call of O(len), and so
 does a table at its bound that evicts and inserts (each insert takes a new slot; a deleted one's
