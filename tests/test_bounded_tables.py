@@ -8,6 +8,8 @@ evicts the wrong end, fails here.
 
 from __future__ import annotations
 
+import sys
+
 from gateway.auth.failed_logins import FailedLogins
 from gateway.config.auth import FailedLoginLimit
 from gateway.state.bounded import SHARD_ENTRIES, BoundedTable, shards_for
@@ -186,3 +188,39 @@ def test_entries_written_or_deleted_while_a_sweep_is_under_way_are_handled_in_th
     assert 2_000 in table and 10 in table
     assert table.sweep(T0, 1_000) == 2 and len(table) == 998
     assert table.expirations == 2
+
+
+def test_an_emptied_table_keeps_none_of_its_keys_alive():
+    for empty in ("deleted", "cleared", "swept"):
+        table: BoundedTable[str, float] = BoundedTable(SHARD_ENTRIES, lambda until, now: until <= now)
+        keys = [f"customer-{n}" for n in range(1_000)]
+        for key in keys:
+            table.put(key, T0 - 1.0)
+        referrers_before = sys.getrefcount(keys[500])
+        table.sweep(T0, 300)  # a pass under way
+        if empty == "deleted":
+            for key in keys[300:]:
+                del table[key]  # the rest go another way (a slot released, a block ended)
+        elif empty == "cleared":
+            table.clear()
+        else:
+            while table:
+                table.sweep(T0, 300)
+        referrers_after = sys.getrefcount(keys[500])  # outside the assert: pytest's rewriting holds its operands
+        # Only this test's list refers to the key now: nothing the sweep listed holds it.
+        assert not table and referrers_after == referrers_before - 1, empty
+
+
+def test_keys_deleted_since_the_sweep_listed_them_do_not_slow_it_down():
+    table: BoundedTable[int, float] = BoundedTable(SHARD_ENTRIES, lambda until, now: until <= now)
+    for n in range(4_000):
+        table.put(n, T0 + 1.0)
+    table.sweep(T0, 1)  # the shard's turn begins: its 4,000 keys listed
+    for n in range(4_000):
+        del table[n]  # e.g. concurrency slots released
+    table.put(-1, T0 - 1.0)  # one idle entry
+    calls = 0
+    while -1 in table:
+        table.sweep(T0, 64)
+        calls += 1
+        assert calls <= 4_000 // 64 + 2  # the rest of the list at 64 a call, then the new turn

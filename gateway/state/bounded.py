@@ -1,5 +1,5 @@
-"""A table of at most `limit` entries that forgets the least recently written first, and
-forgets idle entries by itself when swept.
+"""A table of at most `limit` entries that forgets the least recently written first, and forgets
+idle entries by itself when swept.
 
 Why plain dicts in shards: a dict keeps insertion order, so popping a key and writing it again
 makes it the newest, and the first key is the oldest. An OrderedDict does the same with a linked
@@ -10,21 +10,22 @@ from the start, so "the first key" costs time proportional to what was deleted b
 the last resize. Unsharded that was ruinous (200k evictions from a 200k-entry dict took 11.6 s);
 in a shard of at most SHARD_ENTRIES the skipped slots are at most a few thousand: a write that
 evicts costs about 1 us more than with an OrderedDict (bench/table_growth_micro.py, a table of
-200k at its bound: 1.7 against 0.8 us per new key), and eviction is the exception (the bounds are set above
-the load, and a table that evicts is named in the log). Compacting a shard every few hundred
-evictions cost more than it saved. The token cache, which evicts and demotes as a matter of
-course, keeps OrderedDicts (auth/token_cache.py).
+200k at its bound: 1.7 against 0.8 us per new key), and eviction is the exception (the bounds
+are set above the load, and a table that evicts is named in the log). Compacting a shard every
+few hundred evictions cost more than it saved. The token cache, which evicts and demotes as a
+matter of course, keeps OrderedDicts (auth/token_cache.py).
 
-Why a large table is split in shards: a dict grows its hash table in one C call of O(len), and so
-does a table at its bound that evicts and inserts (each insert takes a new slot; a deleted one's
-is only reclaimed by a resize). At 200k entries that call held the event loop for tens of ms
-(issue 14: 42 ms of a 62 ms hold in the detection drain, up to 186 ms at first sight). Keys are
-spread by hash over a power of two of dicts, at most SHARD_ENTRIES each at the limit, so a resize
-is of one shard, never of the whole table. The trade-off: the least recently written entry goes
-first within its shard, so for a table of more than one shard the global order is approximate
-(an evicted entry is among the oldest of its shard, not of all), and iteration is shard by
-shard; a read costs a Python call more than a dict's. A table of at most SHARD_ENTRIES keeps
-exact global order, and every table keeps every entry up to its limit and never more.
+Why a large table is split in shards: a dict grows its hash table in one C call of O(len), and
+so does a table at its bound that evicts and inserts, or that rewrites its entries (each insert,
+and a rewrite pops and inserts, takes a new slot; a deleted one's is only reclaimed by a
+resize). At 200k entries that call held the event loop for tens of ms (issue 14: 42 ms of a 62
+ms hold in the detection drain, up to 186 ms at first sight). Keys are spread by hash over a
+power of two of dicts, at most SHARD_ENTRIES each at the limit, so a resize is of one shard,
+never of the whole table. The trade-off: the least recently written entry goes first within its
+shard, so for a table of more than one shard the global order is approximate (an evicted entry
+is among the oldest of its shard, not of all), and iteration is shard by shard; a read costs a
+Python call more than a dict's. A table of at most SHARD_ENTRIES keeps exact global order, and
+every table keeps every entry up to its limit and never more.
 
 Why a sweep rebuilds a table that shrank: a dict never gives back its hash table when entries
 are deleted, only when it grows again (issue 14: after the idle sweep every table was empty and
@@ -144,6 +145,8 @@ class BoundedTable(MutableMapping[K, V]):
     def __delitem__(self, key: K) -> None:
         del self._shards[hash(key) & self._mask][key]
         self._len -= 1
+        if not self._len:  # the sweep's list holds only deleted keys now: let them go
+            self._pending, self._next = [], 0
 
     def __iter__(self) -> Iterator[K]:
         for shard in self._shards:
@@ -157,6 +160,7 @@ class BoundedTable(MutableMapping[K, V]):
         for shard in self._shards:
             shard.clear()
         self._len = 0
+        self._pending, self._next = [], 0
 
     def move_to_end(self, key: K) -> None:
         """Makes `key` the newest."""
@@ -198,16 +202,19 @@ class BoundedTable(MutableMapping[K, V]):
 
         The shards take their turns: when a shard's turn comes the sweep takes a list of its keys
         (O(SHARD_ENTRIES) at most) and goes through that list `budget` at a time, so each call is
-        O(budget) whatever the table holds and whatever mix of lifetimes it has (an entry kept for
-        a month does not stop the sweep from reaching the idle ones behind it), and a pass reaches
-        every entry that was there when its shard's turn came once. What is kept is left where it
-        is: the sweep does not change which entries are oldest to the size bound, and a forgotten
-        entry is only deleted, so the sweep never resizes a shard."""
+        O(budget), plus a step for each empty shard it passes, whatever the table holds and
+        whatever mix of lifetimes it has (an entry kept for a month does not stop the sweep from
+        reaching the idle ones behind it); a pass reaches once every entry that was there when its
+        shard's turn came. What is kept is left where it is: the sweep does not change which
+        entries are oldest to the size bound, and a forgotten entry is only deleted, so the sweep
+        never resizes a shard."""
         expired = self._expired
         if expired is None:
             return 0
         self._peak = max(self._peak, self._len)
-        budget = min(budget, self._len)
+        # Keys listed for this turn may have been deleted since (a slot released, a block
+        # ended): they take budget too, or a few live entries would make the sweep crawl.
+        budget = min(budget, self._len + len(self._pending) - self._next)
         forgotten = turns = 0
         shards = self._shards
         while budget > 0 and turns <= len(shards):
@@ -225,10 +232,10 @@ class BoundedTable(MutableMapping[K, V]):
                     forgotten += 1
             budget -= stop - start
             self._next = stop
-        if self._next >= len(self._pending):
-            self._pending, self._next = [], 0  # holds no key of a finished turn
         self._len -= forgotten
         self.expirations += forgotten
+        if self._next >= len(self._pending) or not self._len:
+            self._pending, self._next = [], 0  # keeps no key of a finished turn, or of an empty table, alive
         if forgotten and self._len * SHRINK < self._peak and self._len <= REBUILD_MAX:
             self._rebuild()
         return forgotten
