@@ -273,7 +273,6 @@ async def run_virtual(config_path: Path, seconds: float, seed: int) -> dict:
     from gateway.demo.upstream import build_app
     from gateway.server.lifecycle import GatewayServer, ServeOptions
 
-    logging.getLogger("fairgate").setLevel(logging.ERROR)  # findings are reported below, not logged
     os.environ.setdefault("FAIRGATE_DEMO_SECRET", "fairgate-demo-secret-for-make-run-only")
     os.environ.setdefault("FAIRGATE_HASH_SALT", "fairgate-simulator-salt")
     upstream = web.AppRunner(build_app(), access_log=None)
@@ -297,16 +296,22 @@ async def run_virtual(config_path: Path, seconds: float, seed: int) -> dict:
         path.write_text(yaml.safe_dump(raw))
         config = load_config(path)
         gateway = GatewayServer(config, ServeOptions(str(path), admin_token="simulator", clock=clock))
-        await gateway.start()
+        fairgate_log = logging.getLogger("fairgate")
+        level_before = fairgate_log.level
+        fairgate_log.setLevel(logging.ERROR)  # findings are reported below, not logged
         try:
-            host, port = gateway.proxy_address
-            admin_host, admin_port = gateway.admin_address
-            roster = clients(seed, config.auth.issuers[0])
-            return await drive(f"http://{host}:{port}", f"http://{admin_host}:{admin_port}", "simulator", roster,
-                               seconds, clock, gateway.state.detection.drain)
+            await gateway.start()
+            try:
+                host, port = gateway.proxy_address
+                admin_host, admin_port = gateway.admin_address
+                roster = clients(seed, config.auth.issuers[0])
+                return await drive(f"http://{host}:{port}", f"http://{admin_host}:{admin_port}", "simulator",
+                                   roster, seconds, clock, gateway.state.detection.drain)
+            finally:
+                await gateway.drain()
+                await upstream.cleanup()
         finally:
-            await gateway.drain()
-            await upstream.cleanup()
+            fairgate_log.setLevel(level_before)  # a caller in this process (a test) gets its logging back
 
 
 async def run_live(base_url: str, admin_url: str, config_path: Path, seconds: float, seed: int) -> dict:

@@ -101,7 +101,7 @@ async def test_a_reload_that_moves_the_sightings_bound_says_it_waits_for_a_resta
     limit = gateway.server.state.store.sightings().table.limit
     config["detection"]["max_tracked"] = 800
     gateway.config_path.write_text(yaml.safe_dump(config))
-    with caplog.at_level("WARNING", logger="fairgate.server"):
+    with caplog.at_level("WARNING", logger="fairgate.reload"):
         async with client.post(f"{gateway.admin_url}/admin/reload", headers=ADMIN) as response:
             assert response.status == 200
     assert gateway.server.state.detection.settings.max_tracked == 800
