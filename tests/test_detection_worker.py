@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 
+import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -339,16 +340,23 @@ def test_the_sanctions_journal_stays_bounded_while_nothing_is_sent():
     assert {s.until for s in told.entries()} == {s.until for s in sanctions.entries()}
 
 
+@pytest.mark.parametrize("batch_out", [False, True], ids=["idle", "batch-already-out"])
 async def test_a_hung_worker_holds_the_gateways_stop_for_the_drain_timeout_only(
-        start_gateway, upstream, client, tmp_path):
-    config = worker_config(upstream, tmp_path, flush_interval="1h")
+        start_gateway, upstream, client, tmp_path, batch_out):
+    """Idle: the last observation is still queued when the stop comes (flush_interval 1h). Batch
+    already out: the run loop took it to the worker (flush_interval 10 ms), its timeout set
+    before the stop began."""
+    config = worker_config(upstream, tmp_path) if batch_out else worker_config(upstream, tmp_path, flush_interval="1h")
     config["server"]["drain_timeout"] = "1s"
     gateway, _, _, hung = await stopped_worker(start_gateway, upstream, client, tmp_path, config)
     detection = gateway.server.state.detection
     try:
         async with client.get(f"{gateway.url}/echo/portal/last", headers=BROWSER) as response:
             assert response.status == 200
-        await asyncio.wait_for(gateway.server.drain(), 20)  # not REPLY_TIMEOUT's 30 s and more
+        if batch_out:
+            await wait_until(lambda: not detection.backlog and detection._analysing.locked(), timeout=10,
+                             message="the run loop never took the batch out to the worker")
+        await asyncio.wait_for(gateway.server.drain(), 10 if batch_out else 20)  # not REPLY_TIMEOUT's 30 s and more
     finally:
         kill(hung)
     assert detection.dropped == 1  # the last request's observation, counted
@@ -364,24 +372,6 @@ def test_a_worker_refuses_a_gateway_of_another_version(upstream, tmp_path):
                           capture_output=True, timeout=60, cwd=ROOT)
     assert done.returncode != 0
     assert b"cannot serve a gateway of 0.0.1-older" in done.stderr
-
-
-async def test_a_batch_already_out_with_a_hung_worker_holds_the_stop_for_the_drain_timeout_only(
-        start_gateway, upstream, client, tmp_path):
-    """The run loop's batch is out (its timeout set before the stop began) when the stop comes."""
-    config = worker_config(upstream, tmp_path)  # flush_interval 10 ms: the run loop takes the batch
-    config["server"]["drain_timeout"] = "1s"
-    gateway, _, _, hung = await stopped_worker(start_gateway, upstream, client, tmp_path, config)
-    detection = gateway.server.state.detection
-    try:
-        async with client.get(f"{gateway.url}/echo/portal/last", headers=BROWSER) as response:
-            assert response.status == 200
-        await wait_until(lambda: not detection.backlog and detection._analysing.locked(), timeout=10,
-                         message="the run loop never took the batch out to the worker")
-        await asyncio.wait_for(gateway.server.drain(), 10)  # not REPLY_TIMEOUT's 30 s
-    finally:
-        kill(hung)
-    assert detection.dropped == 1
 
 
 async def test_a_sanction_left_out_for_a_grant_made_meanwhile_is_taken_back_in_the_worker():

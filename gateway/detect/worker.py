@@ -105,6 +105,10 @@ class ReportedTable:
         return 0  # the worker sweeps its own
 
 
+# A worker that died, hung or answered garbage: logged by `_failed` without a traceback.
+_PIPE_FAILURES = (OSError, EOFError, TimeoutError, pickle.UnpicklingError)
+
+
 class WorkerLink:
     """The gateway's side of the worker: its process, what it was told, what it reported."""
 
@@ -166,11 +170,9 @@ class WorkerLink:
             log.warning("detection worker: a batch's exchange was cut off", extra={"lost_observations": len(batch)})
             self._abandon(process)
             raise
-        except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
-            await self._failed(process, exc, len(batch))
-            return len(batch)
-        except Exception as exc:  # an answer that does not decode (a worker of another version?), or a bug
-            log.exception("detection worker: a batch's exchange failed")
+        except Exception as exc:
+            if not isinstance(exc, _PIPE_FAILURES):  # an answer that does not decode, or a bug: the traceback
+                log.exception("detection worker: a batch's exchange failed")
             await self._failed(process, exc, len(batch))
             return len(batch)
         finally:
